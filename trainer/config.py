@@ -1,0 +1,327 @@
+"""Typed, strict experiment configuration.
+
+A config is a tree of dataclasses grouped as ``data`` / ``model`` / ``train`` / ``runtime``.
+It is read from YAML, may inherit from another YAML file through a top-level ``base:`` key
+(a path relative to the file naming it), and is then overridden with dotted ``key=value``
+pairs from the command line::
+
+    cfg = load_config("configs/tiny.yaml", ["train.learning_rate=3e-5", "model.num_layers=1"])
+
+Unknown keys and values of the wrong type raise :class:`ConfigError` naming the dotted key,
+before anything is written anywhere. :func:`to_dict` gives the resolved config that
+``train`` records as ``config.yaml`` in the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the fix."""
+
+
+@dataclasses.dataclass
+class SyntheticConfig:
+    """Sizes of the synthetic catalogue/behaviour generator (see trainer/datasets/synthetic.py)."""
+
+    num_items: int = 400
+    num_users: int = 600
+    impressions_per_user: int = 8
+    candidates_per_impression: int = 5
+    min_history: int = 3
+    max_history: int = 8
+    query_fraction: float = 0.3
+    seed: int = 7
+    file_format: str = "csv"  # csv | jsonl
+
+
+@dataclasses.dataclass
+class MovieLensConfig:
+    """MovieLens loading (trainer/datasets/movielens.py)."""
+
+    variant: str = "auto"  # auto | ml-100k | ml-1m | ml-latest-small | ml-25m
+    positive_threshold: float = 4.0
+    min_positives: int = 3
+    negatives_per_positive: int = 4
+    negative_sampling: str = "uniform"  # uniform | popularity
+    eval_negatives: int = 99
+    use_tags: bool = True
+    max_train_examples: int = 0  # 0 = all; a seeded subset otherwise
+    seed: int = 13
+
+
+@dataclasses.dataclass
+class MindConfig:
+    """MIND loading (trainer/datasets/mind.py)."""
+
+    text_fields: list = dataclasses.field(
+        default_factory=lambda: ["title", "category", "subcategory"])
+    train_subdir: str = "train"
+    dev_subdir: str = "dev"
+    test_subdir: str = ""  # MIND-small has no labelled test: dev serves as test
+    validation_fraction: float = 0.1
+    max_train_impressions: int = 0
+    seed: int = 17
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where examples come from and how they are turned into text pairs and token ids."""
+
+    source: str = "synthetic"  # synthetic | files | movielens | mind
+    data_dir: str = ""  # synthetic: where files are written ("" = <model_dir>/data)
+    items_file: str = ""  # files: explicit paths (default: <data_dir>/items.{csv,jsonl})
+    impressions_file: str = ""
+    item_text_fields: list = dataclasses.field(
+        default_factory=lambda: ["title", "categories", "description"])
+    max_history: int = 5  # most recent history titles on the user side
+    sequence_length: int = 64
+    item_max_tokens: int = 24  # the candidate keeps up to this many tokens, always
+    validation_fraction: float = 0.1  # used only when the data has no `split` column
+    test_fraction: float = 0.1
+    split_seed: int = 11
+    vocab_size: int = 2000  # learned WordPiece vocabulary size for random-init models
+    lowercase: bool = True
+    shuffle_buffer: int = 20000
+    tfrecord_dir: str = ""  # non-empty: stream examples through TFRecord shards there
+    examples_per_shard: int = 50000
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    movielens: MovieLensConfig = dataclasses.field(default_factory=MovieLensConfig)
+    mind: MindConfig = dataclasses.field(default_factory=MindConfig)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which model and its sizes. ``pretrained`` overrides the size fields for BERT."""
+
+    kind: str = "bert"  # bert | mf | popularity
+    pretrained: str = ""  # local HF dir, keras-hub preset name, or hf:// handle
+    num_layers: int = 2
+    num_heads: int = 2
+    hidden_dim: int = 64
+    intermediate_dim: int = 256
+    dropout: float = 0.1
+    head_dropout: float = 0.1
+    max_sequence_length: int = 128
+    embedding_dim: int = 32  # matrix factorisation
+    l2: float = 0.0  # matrix factorisation embedding regulariser
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation. Steps are derived from the data size unless given."""
+
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    epochs: int = 3
+    steps_per_epoch: int = 0  # 0 = one pass over the training examples
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    clipnorm: float = 1.0
+    early_stopping_patience: int = 2
+    seed: int = 42
+    jit_compile: bool = False
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    """Where it runs: see trainer/distribute.py."""
+
+    strategy: str = "auto"  # auto | tpu | multi_worker | mirrored | one_device | default
+    tpu: str = ""  # TPU name/address for the resolver ("" = Colab/TPU VM default)
+    devices: list = dataclasses.field(default_factory=list)  # mirrored/one_device device names
+    logical_cpus: int = 0  # >1 splits the CPU into logical devices (tests, laptops)
+    mixed_precision: bool = False
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """The whole experiment; ``name`` is informational."""
+
+    name: str = "experiment"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+
+_CHOICES = {
+    "data.source": ("synthetic", "files", "movielens", "mind"),
+    "data.synthetic.file_format": ("csv", "jsonl"),
+    "data.movielens.variant": ("auto", "ml-100k", "ml-1m", "ml-latest-small", "ml-25m"),
+    "data.movielens.negative_sampling": ("uniform", "popularity"),
+    "model.kind": ("bert", "mf", "popularity"),
+    "runtime.strategy": ("auto", "tpu", "multi_worker", "mirrored", "one_device", "default"),
+}
+
+
+def _check_value(key: str, value: Any, annotation: Any) -> Any:
+    """Coerce a YAML value to the field's type or raise a ConfigError naming ``key``."""
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads "3e-5" as a string; it is plainly meant as a number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif annotation is list:
+        if isinstance(value, list):
+            return list(value)
+    else:  # pragma: no cover - only the annotations above are used
+        raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+    raise ConfigError(
+        f"config key '{key}' expects {annotation.__name__}, got {type(value).__name__} "
+        f"{value!r}")
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.')}' must be a mapping, "
+                          f"got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        dotted = prefix + str(key)
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key '{dotted}'; valid keys here: {', '.join(sorted(fields))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, dotted + ".")
+        else:
+            kwargs[key] = _check_value(dotted, value, hint)
+            choices = _CHOICES.get(dotted)
+            if choices and kwargs[key] not in choices:
+                raise ConfigError(f"config key '{dotted}' must be one of {choices}, "
+                                  f"got {kwargs[key]!r}")
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: str, seen: tuple = ()) -> dict:
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config groups")
+    base = raw.pop("base", None)
+    if base:
+        parent = _read_yaml(os.path.join(os.path.dirname(path), base), seen + (path,))
+        raw = _deep_merge(parent, raw)
+    return raw
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like group.key=value")
+    key, text = item.split("=", 1)
+    # YAML parsing gives 3e-5 -> float, true -> bool, [a, b] -> list, like the config file.
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip().split("."), "" if value is None else value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Returns ``raw`` with dotted ``key=value`` overrides applied (validated later)."""
+    raw = _deep_merge({}, raw)
+    for item in overrides or []:
+        path, value = _parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a config group")
+        node[path[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict) -> ExperimentConfig:
+    """Builds and validates an :class:`ExperimentConfig` from a plain dict."""
+    cfg = _build(ExperimentConfig, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Reads a YAML config (following ``base:``), applies overrides and validates it."""
+    return config_from_dict(apply_overrides(_read_yaml(path), overrides or []))
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    """The resolved config as plain data (what ``config.yaml`` in a run directory holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    def positive(key: str, value: float) -> None:
+        if value <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {value}")
+
+    d, m, t = cfg.data, cfg.model, cfg.train
+    positive("data.sequence_length", d.sequence_length)
+    positive("data.item_max_tokens", d.item_max_tokens)
+    positive("train.batch_size", t.batch_size)
+    positive("train.eval_batch_size", t.eval_batch_size)
+    positive("train.epochs", t.epochs)
+    positive("train.learning_rate", t.learning_rate)
+    if d.item_max_tokens > d.sequence_length - 3:
+        raise ConfigError(
+            f"config key 'data.item_max_tokens' ({d.item_max_tokens}) must leave room for "
+            f"[CLS]/[SEP] tokens: at most data.sequence_length - 3 = {d.sequence_length - 3}")
+    if d.sequence_length > m.max_sequence_length:
+        raise ConfigError(
+            f"config key 'data.sequence_length' ({d.sequence_length}) exceeds "
+            f"'model.max_sequence_length' ({m.max_sequence_length})")
+    if not 0 <= d.validation_fraction < 1 or not 0 <= d.test_fraction < 1 or \
+            d.validation_fraction + d.test_fraction >= 1:
+        raise ConfigError("config keys 'data.validation_fraction' + 'data.test_fraction' must "
+                          "each be in [0, 1) and sum below 1")
+    if m.kind == "bert" and not m.pretrained and m.hidden_dim % m.num_heads:
+        raise ConfigError(f"config key 'model.hidden_dim' ({m.hidden_dim}) must be divisible by "
+                          f"'model.num_heads' ({m.num_heads})")
+    if not 0 <= t.warmup_fraction < 1:
+        raise ConfigError("config key 'train.warmup_fraction' must be in [0, 1)")
+    if not d.item_text_fields:
+        raise ConfigError("config key 'data.item_text_fields' must name at least one field")
