@@ -52,6 +52,7 @@ class MovieLensConfig:
     negative_sampling: str = "uniform"  # uniform | popularity
     eval_negatives: int = 99
     use_tags: bool = True
+    max_tags: int = 5  # most applied user tags kept in an item's `tags` text
     max_train_examples: int = 0  # 0 = all; a seeded subset otherwise
     seed: int = 13
 

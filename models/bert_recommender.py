@@ -1,0 +1,88 @@
+"""BERTRecommender: a BERT cross-encoder over "user side [SEP] item side" with a click head."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import keras_hub
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="bert_recommender")
+class BERTRecommender(keras.Model):
+    """keras-hub ``BertBackbone`` + dropout + ``Dense(1)`` click head.
+
+    ``call`` returns the click *logit* (shape ``[batch]``); train it with from-logits binary
+    cross-entropy, which is numerically stable. :meth:`click_probability` is the sigmoid of
+    the logit: the quantity that is served and explained.
+
+    Inputs are a dict of int32 ``token_ids`` and ``segment_ids`` (``[batch, seq]``); the
+    padding mask is derived here (``token_ids != 0``) because a bool tensor in the input
+    dict breaks tf.distribute strategies under Keras 3 (see DESIGN.md).
+
+    Example:
+        >>> model = BERTRecommender.from_sizes(vocabulary_size=100, num_layers=1,
+        ...                                    num_heads=2, hidden_dim=16, intermediate_dim=32)
+        >>> logits = model({"token_ids": ids, "segment_ids": segments})
+    """
+
+    def __init__(self, backbone: keras_hub.models.BertBackbone, dropout: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.dropout = dropout
+        self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
+        self.click_head = keras.layers.Dense(
+            1, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            name="click_head")
+
+    @classmethod
+    def from_sizes(cls, vocabulary_size: int, num_layers: int, num_heads: int, hidden_dim: int,
+                   intermediate_dim: int, dropout: float = 0.1, head_dropout: float = 0.1,
+                   max_sequence_length: int = 128, **kwargs) -> "BERTRecommender":
+        """A randomly initialised backbone of the given sizes."""
+        backbone = keras_hub.models.BertBackbone(
+            vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
+            hidden_dim=hidden_dim, intermediate_dim=intermediate_dim, dropout=dropout,
+            max_sequence_length=max_sequence_length)
+        return cls(backbone, dropout=head_dropout, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, preset: str, head_dropout: float = 0.1,
+                        **kwargs) -> "BERTRecommender":
+        """A backbone loaded from a local Hugging Face directory, a keras-hub preset name,
+        or an ``hf://org/name`` handle (the last two need network access)."""
+        if os.path.isdir(preset) and not os.path.exists(os.path.join(preset, "config.json")):
+            raise ValueError(f"{preset}: not a Hugging Face/keras-hub model directory (no "
+                             "config.json); set model.pretrained to a directory with "
+                             "config.json, model.safetensors and vocab.txt")
+        backbone = keras_hub.models.BertBackbone.from_preset(preset)
+        return cls(backbone, dropout=head_dropout, **kwargs)
+
+    def call(self, inputs, training=False):
+        token_ids = inputs["token_ids"]
+        backbone_inputs = {
+            "token_ids": token_ids,
+            "segment_ids": inputs["segment_ids"],
+            "padding_mask": ops.cast(ops.not_equal(token_ids, 0), "int32"),
+        }
+        # pooled_output (tanh(dense(CLS))) keeps the backbone's pooled_dense trained.
+        pooled = self.backbone(backbone_inputs, training=training)["pooled_output"]
+        pooled = self.head_dropout(pooled, training=training)
+        return ops.squeeze(self.click_head(pooled), axis=-1)
+
+    def click_probability(self, inputs):
+        """Sigmoid of the click logit, the served score."""
+        return ops.sigmoid(self(inputs, training=False))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"backbone": keras.layers.serialize(self.backbone),
+                       "dropout": self.dropout})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.layers.deserialize(config["backbone"])
+        return cls(**config)

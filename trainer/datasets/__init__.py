@@ -1,0 +1,105 @@
+"""Data sources. Each produces a :class:`~trainer.datasets.canonical.SplitData`.
+
+``load(data_cfg, default_data_dir)`` dispatches on ``data.source``:
+
+* ``synthetic`` -- generates the catalogue and click log (trainer/datasets/synthetic.py),
+  writes them as the canonical files under ``data.data_dir`` (default ``<model_dir>/data``)
+  and reads them back through the same readers a user's own files go through.
+* ``files`` -- a user's own ``items`` + ``impressions`` files (CSV or JSONL; see
+  canonical.py and the README).
+* ``movielens`` / ``mind`` -- the public benchmarks (trainer/datasets/movielens.py, mind.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import tensorflow as tf
+
+from trainer.config import DataConfig
+from trainer.datasets import canonical, synthetic
+from trainer.datasets.canonical import DataError, SplitData
+
+
+def _hash_split(impression_id: str, seed: int, validation_fraction: float,
+                test_fraction: float) -> str:
+    digest = hashlib.sha256(f"{seed}:{impression_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2 ** 64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + validation_fraction:
+        return "validation"
+    return "train"
+
+
+def split_examples(examples: list, data_cfg: DataConfig) -> dict:
+    """Groups examples by their ``split`` column; rows without one are assigned by a seeded
+    hash of the impression id (so all candidates of an impression share a split)."""
+    splits = {name: [] for name in canonical.SPLITS}
+    for ex in examples:
+        split = ex.split or _hash_split(ex.impression_id, data_cfg.split_seed,
+                                        data_cfg.validation_fraction, data_cfg.test_fraction)
+        splits[split].append(ex)
+    return splits
+
+
+def load_files(items_path: str, impressions_path: str, data_cfg: DataConfig) -> SplitData:
+    """Reads and validates a user's own canonical files."""
+    catalogue = canonical.read_catalogue(items_path)
+    examples = canonical.read_examples(impressions_path, catalogue)
+    splits = split_examples(examples, data_cfg)
+    if not splits["train"]:
+        raise DataError(f"{impressions_path}: no training rows after splitting; add rows with "
+                        "split=train or lower data.validation_fraction/test_fraction")
+    info = {"source": "files", "items_file": items_path, "impressions_file": impressions_path,
+            "items": len(catalogue),
+            "examples": {k: len(v) for k, v in splits.items()}}
+    return SplitData(catalogue, splits, info)
+
+
+def _generate_synthetic(data_cfg: DataConfig, data_dir: str) -> tuple[str, str]:
+    """Writes the synthetic files unless the same generator settings already wrote them."""
+    params = dict(vars(data_cfg.synthetic))
+    file_format = params.pop("file_format")
+    params["history_window"] = data_cfg.max_history
+    items_path = os.path.join(data_dir, f"items.{file_format}")
+    impressions_path = os.path.join(data_dir, f"impressions.{file_format}")
+    stamp_path = os.path.join(data_dir, "generator.json")
+    stamp = json.dumps({"generator": "synthetic-v1", **params}, sort_keys=True)
+    if tf.io.gfile.exists(stamp_path) and tf.io.gfile.exists(items_path) and \
+            tf.io.gfile.exists(impressions_path):
+        with tf.io.gfile.GFile(stamp_path) as f:
+            if f.read() == stamp:
+                return items_path, impressions_path
+    catalogue, examples = synthetic.generate(**params)
+    canonical.write_catalogue(items_path, catalogue)
+    canonical.write_examples(impressions_path, examples)
+    canonical.atomic_write_text(stamp_path, stamp)  # last: marks the pair complete
+    return items_path, impressions_path
+
+
+def load(data_cfg: DataConfig, default_data_dir: str) -> SplitData:
+    """Loads the configured source into train/validation/test splits."""
+    data_dir = data_cfg.data_dir or default_data_dir
+    if data_cfg.source == "synthetic":
+        items_path, impressions_path = _generate_synthetic(data_cfg, data_dir)
+        data = load_files(items_path, impressions_path, data_cfg)
+        data.info.update(source="synthetic", generator=vars(data_cfg.synthetic))
+        return data
+    if data_cfg.source == "files":
+        items_path = data_cfg.items_file or canonical.find_data_file(data_dir, "items")
+        impressions_path = data_cfg.impressions_file or \
+            canonical.find_data_file(data_dir, "impressions")
+        return load_files(items_path, impressions_path, data_cfg)
+    if not data_cfg.data_dir:
+        raise DataError(f"data.source={data_cfg.source} needs data.data_dir: the directory "
+                        "holding the downloaded files")
+    if data_cfg.source == "movielens":
+        from trainer.datasets import movielens
+        return movielens.load(data_cfg.data_dir, data_cfg.movielens)
+    if data_cfg.source == "mind":
+        from trainer.datasets import mind
+        return mind.load(data_cfg.data_dir, data_cfg.mind)
+    raise DataError(f"unknown data.source {data_cfg.source!r}")

@@ -1,0 +1,233 @@
+"""Canonical examples -> tf.data datasets of int/float tensors, tokenized in the graph.
+
+The flow is::
+
+    [Example] + Catalogue --make_pair_table--> PairTable (strings, labels, ids; columnar)
+        --(optional) write_tfrecords--> TFRecord shards (for data that does not fit in memory)
+        --make_dataset--> tf.data: shuffle -> batch -> TextPairPacker (tokenize + pack) -> prefetch
+
+The user side of each pair is the query (if any) followed by the most recent history titles,
+most recent first, so deterministic end-truncation drops the oldest history first; the item
+side is the candidate's configured text fields. Only int/float tensors reach the model: a
+bool or string tensor in the input dict breaks tf.distribute under Keras 3 (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+from trainer.datasets.canonical import Catalogue, Example
+
+USER_SIDE_SEPARATOR = " ; "
+RESERVED_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # [PAD] = 0: the model's mask
+
+
+def user_side_text(query: str, history_titles: list[str], max_history: int) -> str:
+    """The user side of a pair: ``query ; newest title ; ... ; oldest kept title``.
+
+    ``history_titles`` is oldest first (as stored); the ``max_history`` most recent are kept.
+    """
+    recent = list(history_titles)[-max_history:] if max_history > 0 else []
+    parts = ([query.strip()] if query and query.strip() else []) + recent[::-1]
+    return USER_SIDE_SEPARATOR.join(parts)
+
+
+@dataclasses.dataclass
+class IdVocabulary:
+    """Integer indices for user and item ids (0 = unknown), for id-based models."""
+
+    users: dict
+    items: dict
+
+    @classmethod
+    def build(cls, train_examples: list[Example], catalogue: Catalogue) -> "IdVocabulary":
+        users = sorted({ex.user_id for ex in train_examples})
+        return cls(users={u: i + 1 for i, u in enumerate(users)},
+                   items={item: i + 1 for i, item in enumerate(sorted(catalogue))})
+
+
+@dataclasses.dataclass
+class PairTable:
+    """One row per example, columnar; what the tf.data pipeline is built from."""
+
+    user_text: np.ndarray  # object (str)
+    item_text: np.ndarray  # object (str)
+    label: np.ndarray  # float32
+    group: np.ndarray  # int64: impression index, for per-impression ranking metrics
+    user_index: np.ndarray  # int32
+    item_index: np.ndarray  # int32
+    true_probability: np.ndarray | None = None  # float32, synthetic data only
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def columns(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def make_pair_table(examples: list[Example], catalogue: Catalogue, item_text_fields: list,
+                    max_history: int, ids: IdVocabulary) -> PairTable:
+    """Builds the text pairs and id columns for ``examples``."""
+    item_text_cache = {}
+    title_cache = {}
+
+    def item_text(item_id):
+        if item_id not in item_text_cache:
+            item_text_cache[item_id] = catalogue[item_id].text(item_text_fields)
+        return item_text_cache[item_id]
+
+    def title(item_id):
+        if item_id not in title_cache:
+            title_cache[item_id] = catalogue[item_id].title
+        return title_cache[item_id]
+
+    groups: dict = {}
+    has_truth = bool(examples) and all("true_probability" in ex.extras for ex in examples)
+    table = PairTable(
+        user_text=np.array([user_side_text(ex.query, [title(h) for h in
+                                                      ex.history[-max_history:]], max_history)
+                            for ex in examples], dtype=object),
+        item_text=np.array([item_text(ex.candidate) for ex in examples], dtype=object),
+        label=np.array([ex.label for ex in examples], dtype=np.float32),
+        group=np.array([groups.setdefault(ex.impression_id, len(groups)) for ex in examples],
+                       dtype=np.int64),
+        user_index=np.array([ids.users.get(ex.user_id, 0) for ex in examples], dtype=np.int32),
+        item_index=np.array([ids.items.get(ex.candidate, 0) for ex in examples],
+                            dtype=np.int32),
+        true_probability=(np.array([float(ex.extras["true_probability"]) for ex in examples],
+                                   dtype=np.float32) if has_truth else None))
+    return table
+
+
+def learn_vocabulary(texts: list[str], vocabulary_size: int, lowercase: bool) -> list[str]:
+    """A WordPiece vocabulary learned from ``texts`` (for randomly initialised models)."""
+    data = tf.data.Dataset.from_tensor_slices(np.array(texts, dtype=object)).batch(1024)
+    return keras_hub.tokenizers.compute_word_piece_vocabulary(
+        data, vocabulary_size=vocabulary_size, lowercase=lowercase,
+        reserved_tokens=RESERVED_TOKENS)
+
+
+def make_tokenizer(vocabulary=None, lowercase: bool = True, pretrained: str = ""):
+    """A keras-hub BertTokenizer: from a pretrained preset/directory, else from a vocabulary
+    (a list of tokens or a vocab.txt path)."""
+    if pretrained:
+        return keras_hub.tokenizers.BertTokenizer.from_preset(pretrained)
+    return keras_hub.tokenizers.BertTokenizer(vocabulary=vocabulary, lowercase=lowercase)
+
+
+# ---------------------------------------------------------------------------------------
+# TFRecord shards: for data that does not fit in memory, and for gs:// pipelines.
+# ---------------------------------------------------------------------------------------
+
+_FEATURES = {
+    "user_text": tf.io.FixedLenFeature([], tf.string),
+    "item_text": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.float32),
+    "group": tf.io.FixedLenFeature([], tf.int64),
+    "user_index": tf.io.FixedLenFeature([], tf.int64),
+    "item_index": tf.io.FixedLenFeature([], tf.int64),
+    "true_probability": tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
+}
+
+
+def write_tfrecords(table: PairTable, directory: str, prefix: str,
+                    examples_per_shard: int = 50000) -> list[str]:
+    """Writes ``table`` as ``<directory>/<prefix>-NNNNN-of-MMMMM.tfrecord`` shards.
+
+    Works on any ``tf.io.gfile`` path (``gs://`` included). Each shard is written under a
+    temporary name and renamed when complete, so a crash leaves no partial shard.
+    """
+    tf.io.gfile.makedirs(directory)
+    num_shards = max(1, -(-len(table) // examples_per_shard))
+    paths = []
+    truth = table.true_probability
+    for shard in range(num_shards):
+        path = os.path.join(directory, f"{prefix}-{shard:05d}-of-{num_shards:05d}.tfrecord")
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for row in range(shard * examples_per_shard,
+                             min(len(table), (shard + 1) * examples_per_shard)):
+                feature = {
+                    "user_text": _bytes(table.user_text[row]),
+                    "item_text": _bytes(table.item_text[row]),
+                    "label": _float(table.label[row]),
+                    "group": _int(table.group[row]),
+                    "user_index": _int(table.user_index[row]),
+                    "item_index": _int(table.item_index[row]),
+                    "true_probability": _float(-1.0 if truth is None else truth[row]),
+                }
+                writer.write(tf.train.Example(
+                    features=tf.train.Features(feature=feature)).SerializeToString())
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+        paths.append(path)
+    return paths
+
+
+def _bytes(value: str):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
+
+
+def _float(value: float):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
+
+
+def _int(value: int):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def read_tfrecords(pattern_or_paths) -> tf.data.Dataset:
+    """A dataset of column dicts (like ``PairTable.columns()`` rows) from TFRecord shards."""
+    paths = (tf.io.gfile.glob(pattern_or_paths) if isinstance(pattern_or_paths, str)
+             else list(pattern_or_paths))
+    if not paths:
+        raise FileNotFoundError(f"no TFRecord shards match {pattern_or_paths!r}")
+    files = tf.data.Dataset.from_tensor_slices(sorted(paths))
+    return files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(paths)),
+                            deterministic=True).map(
+        lambda record: tf.io.parse_single_example(record, _FEATURES),
+        num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def make_dataset(source, batch_size: int, packer=None, training: bool = False,
+                 seed: int = 0, shuffle_buffer: int = 20000, repeat: bool = False,
+                 with_labels: bool = True) -> tf.data.Dataset:
+    """Batched ``(features, label)`` pairs for ``model.fit`` / ``predict``.
+
+    Args:
+      source: a :class:`PairTable` or TFRecord shard paths/glob.
+      packer: a :class:`models.layers.TextPairPacker`; when given, features include the
+        ``token_ids`` and ``segment_ids`` it produces. Id features (``user_index``,
+        ``item_index``) are always included.
+      training: shuffle (seeded, reshuffled each epoch) and drop the last partial batch so
+        every replica gets equal, static-shaped batches.
+    """
+    if isinstance(source, PairTable):
+        columns = source.columns()
+        columns.pop("true_probability", None)
+        data = tf.data.Dataset.from_tensor_slices(
+            {k: (v.astype(str) if v.dtype == object else v) for k, v in columns.items()})
+    else:
+        data = read_tfrecords(source)
+    if training:
+        data = data.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        data = data.repeat()
+    data = data.batch(batch_size, drop_remainder=training)
+
+    def to_model_inputs(batch):
+        features = {"user_index": tf.cast(batch["user_index"], tf.int32),
+                    "item_index": tf.cast(batch["item_index"], tf.int32)}
+        if packer is not None:
+            features.update(packer(batch["user_text"], batch["item_text"]))
+        if not with_labels:
+            return features
+        return features, tf.cast(batch["label"], tf.float32)
+
+    return data.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE)

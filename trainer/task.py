@@ -1,0 +1,102 @@
+"""Command-line entry point: ``python -m trainer.task {train,evaluate,predict} ...``.
+
+    python -m trainer.task train --config configs/tiny.yaml --model_dir runs/tiny \\
+        [--set train.learning_rate=3e-5 --set model.num_layers=1]
+    python -m trainer.task evaluate --model_dir runs/tiny
+    python -m trainer.task predict --model_dir runs/tiny \\
+        --user_text "i want to buy a new laptop ; acme wireless retro laptop new" \\
+        --item_text "globex wireless gaming laptop pro"
+
+Parses arguments, loads the config and dispatches; the work lives in train_lib / export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer.task", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train, evaluate and export one experiment")
+    train.add_argument("--config", required=True, help="YAML config (see configs/)")
+    train.add_argument("--model_dir", required=True, help="run directory (local or gs://)")
+    train.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="dotted override, repeatable")
+    evaluate = sub.add_parser("evaluate", help="re-evaluate a trained run")
+    evaluate.add_argument("--model_dir", required=True)
+    predict = sub.add_parser("predict", help="score pairs with the exported SavedModel")
+    predict.add_argument("--model_dir", required=True)
+    predict.add_argument("--user_text", action="append", required=True,
+                         help="user side text (repeat for a batch)")
+    predict.add_argument("--item_text", action="append", required=True,
+                         help="candidate item text (repeat, same count as --user_text)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Import late so `--help` and config errors come back without loading TensorFlow.
+    from trainer import config as config_lib
+    from trainer.datasets.canonical import DataError
+
+    try:
+        if args.command == "train":
+            cfg = config_lib.load_config(args.config, args.overrides)
+            from trainer import train_lib
+            results = train_lib.train(cfg, args.model_dir)
+            _report(args.model_dir, results, train_lib.format_metrics_table(results))
+        elif args.command == "evaluate":
+            from trainer import train_lib
+            results = train_lib.evaluate(args.model_dir)
+            print(train_lib.format_metrics_table(results))
+            print(json.dumps(results, indent=2, sort_keys=True))
+        elif args.command == "predict":
+            if len(args.user_text) != len(args.item_text):
+                raise ValueError("give as many --item_text as --user_text")
+            import tensorflow as tf
+            from trainer import export
+            serve = export.load_serving_fn(os.path.join(args.model_dir, "export"))
+            out = serve(user_text=tf.constant(args.user_text),
+                        item_text=tf.constant(args.item_text))
+            for user, item, p in zip(args.user_text, args.item_text,
+                                     out["click_probability"].numpy()):
+                print(f"{p:.4f}\t{user!r}\t{item!r}")
+    except (config_lib.ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        if type(err).__name__ in ("RunDirError",):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+def _report(model_dir: str, results: dict, table: str) -> None:
+    print("\n" + table)
+    print(f"\ntrained in {results['train']['seconds']} s "
+          f"({results['train']['epochs_run']} epochs x {results['train']['steps_per_epoch']} "
+          f"steps, {results['train']['replicas']} replica(s))")
+    print("\noutputs:")
+    for name, what in (("config.yaml", "resolved config"), ("data_info.json", "data counts"),
+                       ("data", "generated data files (synthetic source)"),
+                       ("vocab.txt", "WordPiece vocabulary"),
+                       ("tensorboard", "TensorBoard logs: tensorboard --logdir"),
+                       ("checkpoints", "best weights by validation AUC"),
+                       ("model.keras", "Keras model"),
+                       ("export", "SavedModel (serving_default on raw strings)"),
+                       ("metrics.json", "validation/test metrics")):
+        path = os.path.join(model_dir, name)
+        if os.path.exists(path) or "://" in model_dir:
+            print(f"  {path:<48} {what}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""The one training routine every model uses: data -> model -> fit -> evaluate -> export.
+
+``train(cfg, model_dir)`` leaves this output contract in ``model_dir``::
+
+    config.yaml       the resolved config (written before training starts)
+    data_info.json    counts and anything skipped by the data source
+    vocab.txt         the WordPiece vocabulary (text models)
+    tensorboard/      train/ and validation/ event files: loss, AUC, learning rate
+    checkpoints/      best.weights.h5 (best validation AUC)
+    backup/           BackupAndRestore state while training runs, so a killed job resumes
+    model.keras       the trained Keras model (loads with keras.models.load_model)
+    export/           SavedModel: raw strings in, click_probability out (trainer/export.py)
+    metrics.json      {"validation": {...}, "test": {...}} from trainer/metrics.py
+
+Everything that can reject the input (config, run directory, data files) runs before the
+first file is written into ``model_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+import yaml
+
+from models.baselines import MatrixFactorization, MostPopular
+from models.bert_recommender import BERTRecommender
+from models.layers.text_pair_packer import TextPairPacker
+from trainer import config as config_lib
+from trainer import datasets, distribute, export, input_pipeline, metrics
+from trainer.datasets.canonical import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+class RunDirError(ValueError):
+    """The model_dir cannot be used for this run; the message says why and what to do."""
+
+
+@keras.saving.register_keras_serializable(package="bert_recommender")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to ``peak`` over ``warmup_steps``, then linear decay to 0."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int):
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warmup = keras.ops.cast(max(self.warmup_steps, 1), "float32")
+        total = keras.ops.cast(max(self.total_steps, self.warmup_steps + 1), "float32")
+        up = self.peak * step / warmup
+        down = self.peak * keras.ops.maximum(0.0, (total - step) / (total - warmup))
+        return keras.ops.where(step < warmup, up, down)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps}
+
+
+def make_optimizer(train_cfg: config_lib.TrainConfig, total_steps: int):
+    """AdamW with warmup + linear decay, global-norm clipping, and no weight decay on
+    LayerNorm parameters and biases (the BERT recipe)."""
+    schedule = WarmupLinearDecay(train_cfg.learning_rate,
+                                 int(train_cfg.warmup_fraction * total_steps), total_steps)
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule, weight_decay=train_cfg.weight_decay,
+        global_clipnorm=train_cfg.clipnorm or None)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "global_bias"])
+    return optimizer
+
+
+# ---------------------------------------------------------------------------------------
+# Run directory
+# ---------------------------------------------------------------------------------------
+
+def check_model_dir(model_dir: str, cfg: config_lib.ExperimentConfig) -> bool:
+    """Raises RunDirError if ``model_dir`` holds a run of a *different* config.
+
+    Returns True when it holds the same config (the run resumes from its backup).
+    """
+    path = os.path.join(model_dir, "config.yaml")
+    if not tf.io.gfile.exists(path):
+        return False
+    with tf.io.gfile.GFile(path) as f:
+        existing = yaml.safe_load(f.read())
+    resolved = config_lib.to_dict(cfg)
+    if existing != resolved:
+        diff = _diff_keys(existing or {}, resolved)
+        raise RunDirError(
+            f"{path}: model_dir already holds a run with a different config (differs at "
+            f"{', '.join(diff[:5]) or 'top level'}); use a new --model_dir, or rerun with the "
+            "same config to resume")
+    return True
+
+
+def _diff_keys(a, b, prefix="") -> list:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+# ---------------------------------------------------------------------------------------
+# Data and model
+# ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class PreparedData:
+    """Everything the model-facing steps need, built from a SplitData."""
+
+    tables: dict  # split -> PairTable
+    info: dict
+    ids: input_pipeline.IdVocabulary
+    vocabulary: list | None  # learned WordPiece vocabulary (random-init text models)
+
+
+def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedData:
+    """Loads and validates the data, builds pair tables and (if needed) a vocabulary.
+
+    Writes nothing into ``model_dir`` except, for the synthetic source, the generated data
+    under ``data.data_dir`` (default ``<model_dir>/data``).
+    """
+    data = datasets.load(cfg.data, os.path.join(model_dir, "data"))
+    ids = input_pipeline.IdVocabulary.build(data.splits["train"], data.catalogue)
+    tables = {name: input_pipeline.make_pair_table(
+        examples, data.catalogue, cfg.data.item_text_fields, cfg.data.max_history, ids)
+        for name, examples in data.splits.items()}
+    for name in ("train", "validation"):
+        if len(tables[name]) == 0:
+            raise datasets.DataError(f"the {name} split is empty; check the data's split "
+                                     "column or data.validation_fraction")
+    vocabulary = None
+    if cfg.model.kind == "bert" and not cfg.model.pretrained:
+        texts = [item.text(cfg.data.item_text_fields) for item in data.catalogue.values()]
+        texts += sorted({ex.query for ex in data.splits["train"] if ex.query})
+        vocabulary = input_pipeline.learn_vocabulary(
+            texts, cfg.data.vocab_size, cfg.data.lowercase)
+    info = dict(data.info)
+    info["pairs"] = {name: len(t) for name, t in tables.items()}
+    return PreparedData(tables, info, ids, vocabulary)
+
+
+def make_packer(cfg: config_lib.ExperimentConfig, vocabulary) -> TextPairPacker | None:
+    """The in-graph tokenizer + packer for text models (None for id-based models)."""
+    if cfg.model.kind != "bert":
+        return None
+    tokenizer = input_pipeline.make_tokenizer(
+        vocabulary=vocabulary, lowercase=cfg.data.lowercase, pretrained=cfg.model.pretrained)
+    return TextPairPacker(tokenizer, cfg.data.sequence_length, cfg.data.item_max_tokens)
+
+
+def build_model(cfg: config_lib.ExperimentConfig, packer, ids: input_pipeline.IdVocabulary,
+                train_table: input_pipeline.PairTable) -> keras.Model:
+    """The model named by ``model.kind`` (call inside ``strategy.scope()``)."""
+    m = cfg.model
+    if m.kind == "bert":
+        if m.pretrained:
+            return BERTRecommender.from_pretrained(m.pretrained, head_dropout=m.head_dropout)
+        return BERTRecommender.from_sizes(
+            vocabulary_size=packer.tokenizer.vocabulary_size(), num_layers=m.num_layers,
+            num_heads=m.num_heads, hidden_dim=m.hidden_dim, intermediate_dim=m.intermediate_dim,
+            dropout=m.dropout, head_dropout=m.head_dropout,
+            max_sequence_length=m.max_sequence_length)
+    if m.kind == "mf":
+        return MatrixFactorization(len(ids.users), len(ids.items), m.embedding_dim, m.l2)
+    model = MostPopular(len(ids.items))
+    model.set_counts(train_table.item_index, train_table.label)
+    return model
+
+
+def _dummy_batch(cfg, packer) -> dict:
+    features = {"user_index": tf.zeros([1], tf.int32), "item_index": tf.zeros([1], tf.int32)}
+    if packer is not None:
+        features.update(packer(tf.constant(["a"]), tf.constant(["b"])))
+    return features
+
+
+def predict_logits(model: keras.Model, table: input_pipeline.PairTable, packer,
+                   batch_size: int) -> np.ndarray:
+    """Logits for every row of ``table``, in order."""
+    if len(table) == 0:
+        return np.zeros([0], np.float32)
+    ds = input_pipeline.make_dataset(table, batch_size, packer=packer, with_labels=False)
+    return np.asarray(model.predict(ds, verbose=0), dtype=np.float32).reshape(-1)
+
+
+def evaluate_tables(model, tables: dict, packer, batch_size: int) -> dict:
+    """metrics.json content: trainer/metrics.py on the validation and test splits."""
+    results = {}
+    for name in ("validation", "test"):
+        table = tables[name]
+        if len(table) == 0:
+            continue
+        logits = predict_logits(model, table, packer, batch_size)
+        results[name] = metrics.evaluate_predictions(
+            table.label, logits, table.group, true_probabilities=table.true_probability)
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# Train
+# ---------------------------------------------------------------------------------------
+
+def _callbacks(model_dir: str, patience: int) -> list:
+    return [
+        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(model_dir, "checkpoints", "best.weights.h5"), monitor="val_auc",
+            mode="max", save_best_only=True, save_weights_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
+                                      restore_best_weights=True),
+        keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"),
+                                    update_freq="epoch"),
+    ]
+
+
+def _write_json(path: str, payload: dict) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def train(cfg: config_lib.ExperimentConfig, model_dir: str,
+          strategy: tf.distribute.Strategy | None = None) -> dict:
+    """Trains, evaluates and exports one experiment; returns the metrics.json content."""
+    started = time.time()
+    resuming = check_model_dir(model_dir, cfg)
+    strategy = strategy or distribute.make_strategy(cfg.runtime)
+    keras.utils.set_random_seed(cfg.train.seed)
+    prepared = prepare_data(cfg, model_dir)
+    tables = prepared.tables
+
+    # The input is valid: from here on the run directory is written.
+    tf.io.gfile.makedirs(model_dir)
+    if not resuming:
+        atomic_write_text(os.path.join(model_dir, "config.yaml"), config_lib.dump_yaml(cfg))
+    _write_json(os.path.join(model_dir, "data_info.json"), prepared.info)
+    vocabulary = prepared.vocabulary
+    if vocabulary is not None:
+        vocab_path = os.path.join(model_dir, "vocab.txt")
+        atomic_write_text(vocab_path, "\n".join(vocabulary) + "\n")
+        vocabulary = vocab_path
+    packer = make_packer(cfg, vocabulary)
+
+    global_batch = cfg.train.batch_size * strategy.num_replicas_in_sync
+    steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(tables["train"]) // global_batch)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    with strategy.scope():
+        model = build_model(cfg, packer, prepared.ids, tables["train"])
+        model(_dummy_batch(cfg, packer))  # build the weights before compile/restore
+        model.compile(
+            optimizer=make_optimizer(cfg.train, total_steps),
+            loss=keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
+            jit_compile=cfg.train.jit_compile)
+
+    history = {}
+    if model.trainable_weights:
+        source = tables["train"]
+        if cfg.data.tfrecord_dir:
+            source = input_pipeline.write_tfrecords(
+                tables["train"], cfg.data.tfrecord_dir, "train", cfg.data.examples_per_shard)
+        train_ds = input_pipeline.make_dataset(
+            source, global_batch, packer=packer, training=True, seed=cfg.train.seed,
+            shuffle_buffer=cfg.data.shuffle_buffer, repeat=True)
+        val_ds = input_pipeline.make_dataset(tables["validation"], cfg.train.eval_batch_size,
+                                             packer=packer)
+        fit = model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch,
+                        validation_data=val_ds, shuffle=False,  # tf.data shuffles
+                        callbacks=_callbacks(model_dir, cfg.train.early_stopping_patience),
+                        verbose=2)
+        history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    train_seconds = time.time() - started
+
+    results = evaluate_tables(model, tables, packer, cfg.train.eval_batch_size)
+    results["train"] = {"seconds": round(train_seconds, 1), "steps_per_epoch": steps_per_epoch,
+                        "epochs_run": len(history.get("loss", [])),
+                        "replicas": strategy.num_replicas_in_sync, "history": history}
+    model_path = os.path.join(model_dir, "model.keras")
+    tmp_model = model_path + ".tmp.keras"
+    model.save(tmp_model)
+    tf.io.gfile.rename(tmp_model, model_path, overwrite=True)
+    export.export_saved_model(model, os.path.join(model_dir, "export"), packer)
+    _write_json(os.path.join(model_dir, "metrics.json"), results)
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluate a finished run
+# ---------------------------------------------------------------------------------------
+
+def load_run_config(model_dir: str) -> config_lib.ExperimentConfig:
+    path = os.path.join(model_dir, "config.yaml")
+    if not tf.io.gfile.exists(path):
+        raise RunDirError(f"{path}: not found; --model_dir must be a directory written by "
+                          "`train`")
+    with tf.io.gfile.GFile(path) as f:
+        return config_lib.config_from_dict(yaml.safe_load(f.read()))
+
+
+def load_run_packer(cfg: config_lib.ExperimentConfig, model_dir: str):
+    vocabulary = None
+    if cfg.model.kind == "bert" and not cfg.model.pretrained:
+        vocabulary = os.path.join(model_dir, "vocab.txt")
+    return make_packer(cfg, vocabulary)
+
+
+def evaluate(model_dir: str) -> dict:
+    """Re-evaluates a trained run on its validation and test splits."""
+    cfg = load_run_config(model_dir)
+    model_path = os.path.join(model_dir, "model.keras")
+    if not tf.io.gfile.exists(model_path):
+        raise RunDirError(f"{model_path}: not found; the run did not finish training")
+    prepared = prepare_data(cfg, model_dir)
+    model = keras.models.load_model(model_path)
+    return evaluate_tables(model, prepared.tables, load_run_packer(cfg, model_dir),
+                           cfg.train.eval_batch_size)
+
+
+# ---------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------
+
+TABLE_KEYS = ("auc", "oracle_auc", "logloss", "pr_auc", "group_auc", "mrr", "ndcg@5",
+              "ndcg@10", "hr@10", "examples")
+
+
+def format_metrics_table(results: dict) -> str:
+    """A fixed-width text table of the headline metrics per split."""
+    splits = [s for s in ("validation", "test") if s in results]
+    lines = [f"{'metric':<12}" + "".join(f"{s:>12}" for s in splits)]
+    for key in TABLE_KEYS:
+        if not any(key in results[s] for s in splits):
+            continue
+        cells = []
+        for s in splits:
+            value = results[s].get(key)
+            cells.append(f"{'-':>12}" if value is None else
+                         f"{value:>12d}" if isinstance(value, int) else
+                         f"{value:>12.4f}" if not math.isnan(value) else f"{'nan':>12}")
+        lines.append(f"{key:<12}" + "".join(cells))
+    return "\n".join(lines)
