@@ -206,7 +206,8 @@ def test_max_train_impressions_is_seeded_and_recorded(tmp_path):
 
 def test_labelled_test_subdir_becomes_test_and_dev_validation(tmp_path):
     root = write_mind(tmp_path, extra={"test": (
-        ["9\tU9\t11/17/2019 8:00:00 AM\tN7\tN8-1 N1-0"], ["N1\tnews\tworld\tSummit opens\t\t\t\t"])})
+        ["9\tU9\t11/17/2019 8:00:00 AM\tN7\tN8-1 N1-0"],
+        ["N1\tnews\tworld\tSummit opens\t\t\t\t"])})
     data = mind.load(root, _cfg(test_subdir="test"))
     assert list(_groups(data.splits["test"])) == ["test-9"]
     assert list(_groups(data.splits["validation"])) == ["dev-1", "dev-2"]

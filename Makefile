@@ -1,0 +1,28 @@
+# The README's two commands live here: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUN_DIR ?= runs/demo
+
+.PHONY: demo test install clean-demo
+
+# Create the virtualenv and install the package with its test extras (idempotent).
+$(VENV)/.installed: setup.py
+	@test -n "$(PYTHON)" || { echo "error: no python3.11 found; run with PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev,tfds]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Train, evaluate and export on the embedded synthetic data; prints metrics and outputs.
+demo: install
+	rm -rf $(RUN_DIR)
+	$(PY) -m trainer.task train --config configs/demo.yaml --model_dir $(RUN_DIR)
+
+test: install
+	$(PY) -m pytest tests -q
+
+clean-demo:
+	rm -rf $(RUN_DIR)

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny configs, paths to ../shared assets (skipped cleanly when absent)."""
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+MINILM_DIR = os.path.join(SHARED, "models", "all-MiniLM-L6-v2")
+MOVIELENS_SMALL_DIR = os.path.join(SHARED, "data", "ml-latest-small")
+
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Smaller than configs/tiny.yaml: keeps each end-to-end training run to a few seconds.
+MICRO_OVERRIDES = [
+    "data.synthetic.num_items=40", "data.synthetic.num_users=24",
+    "data.synthetic.impressions_per_user=4", "data.synthetic.candidates_per_impression=3",
+    "data.vocab_size=100", "train.epochs=1", "train.batch_size=8",
+]
+
+
+@pytest.fixture
+def tiny_config():
+    """configs/tiny.yaml shrunk further; returns a function taking extra overrides."""
+    from trainer import config as config_lib
+
+    def make(*overrides):
+        return config_lib.load_config(os.path.join(REPO, "configs", "tiny.yaml"),
+                                      MICRO_OVERRIDES + list(overrides))
+    return make
+
+
+def require_shared(path):
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not present")
+    return path

@@ -1,0 +1,100 @@
+import os
+
+import pytest
+
+from trainer import config as config_lib
+from trainer.config import ConfigError
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs")
+
+
+def test_every_shipped_config_loads():
+    names = sorted(n for n in os.listdir(CONFIGS) if n.endswith(".yaml"))
+    assert {"demo.yaml", "tiny.yaml"} <= set(names)
+    for name in names:
+        cfg = config_lib.load_config(os.path.join(CONFIGS, name))
+        assert isinstance(cfg, config_lib.ExperimentConfig)
+
+
+def test_tiny_inherits_from_demo_and_overrides():
+    demo = config_lib.load_config(os.path.join(CONFIGS, "demo.yaml"))
+    tiny = config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"))
+    assert tiny.name == "tiny" and demo.name == "demo"
+    assert tiny.model.hidden_dim < demo.model.hidden_dim
+    # Keys tiny does not set come from demo.
+    assert tiny.train.learning_rate == demo.train.learning_rate
+    assert tiny.data.synthetic.query_fraction == demo.data.synthetic.query_fraction
+
+
+def test_dotted_overrides_are_typed():
+    cfg = config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"), [
+        "train.learning_rate=3e-5", "model.num_layers=1", "train.jit_compile=true",
+        "data.item_text_fields=[title]", "runtime.strategy=one_device"])
+    assert cfg.train.learning_rate == pytest.approx(3e-5)
+    assert isinstance(cfg.train.learning_rate, float)
+    assert cfg.model.num_layers == 1
+    assert cfg.train.jit_compile is True
+    assert cfg.data.item_text_fields == ["title"]
+    assert cfg.runtime.strategy == "one_device"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.learnin_rate=1e-3", "train.learnin_rate"),
+    ("modle.num_layers=1", "modle"),
+    ("data.synthetic.bogus=1", "data.synthetic.bogus"),
+])
+def test_unknown_keys_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"unknown config key '{key}'"):
+        config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"), [override])
+
+
+@pytest.mark.parametrize("override,key", [
+    ("model.num_layers=two", "model.num_layers"),
+    ("model.num_layers=1.5", "model.num_layers"),
+    ("train.jit_compile=1", "train.jit_compile"),
+    ("train.learning_rate=fast", "train.learning_rate"),
+    ("data.item_text_fields=title", "data.item_text_fields"),
+])
+def test_wrong_types_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}' expects"):
+        config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"), [override])
+
+
+@pytest.mark.parametrize("override,key", [
+    ("runtime.strategy=gpu", "runtime.strategy"),
+    ("model.kind=gpt", "model.kind"),
+    ("data.item_max_tokens=60", "data.item_max_tokens"),
+    ("data.sequence_length=512", "data.sequence_length"),
+    ("model.hidden_dim=15", "model.hidden_dim"),
+    ("train.batch_size=0", "train.batch_size"),
+])
+def test_invalid_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"), [override])
+
+
+def test_yaml_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  num_layers: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config_lib.load_config(str(bad))
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  hiden_dim: 8\n")
+    with pytest.raises(ConfigError, match="'model.hiden_dim'"):
+        config_lib.load_config(str(typo))
+    with pytest.raises(ConfigError, match="not found"):
+        config_lib.load_config(str(tmp_path / "missing.yaml"))
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        config_lib.load_config(str(loop))
+    with pytest.raises(ConfigError, match="group.key=value"):
+        config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"), ["learning_rate"])
+
+
+def test_resolved_config_round_trips():
+    cfg = config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"), ["train.epochs=7"])
+    import yaml
+    again = config_lib.config_from_dict(yaml.safe_load(config_lib.dump_yaml(cfg)))
+    assert again == cfg
