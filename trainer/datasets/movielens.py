@@ -42,9 +42,12 @@ Conversion (identical for all three):
   sample, and excluding every rated item also keeps the held-out validation/test items
   out of training negatives. The positive sits at a seeded random position in its
   impression so ties in a scorer cannot favour it.
-* Determinism: every user draws from its own generator seeded by ``(cfg.seed, purpose,
-  crc32(user_id))``, so the same seed gives the same negatives whatever the model, the
-  other users or ``max_train_examples``; another seed gives other negatives.
+* Determinism: each training impression, and each user's evaluation pair, draws from its
+  own generator seeded by ``(cfg.seed, purpose, crc32(user_id), k)``, so the same seed
+  gives the same negatives whatever the model, the other users or ``max_train_examples``
+  (a subset keeps its impressions unchanged); another seed gives other negatives.
+* ``cfg.max_train_examples > 0`` keeps a seeded subset of whole training impressions:
+  ``max_train_examples // (1 + negatives_per_positive)`` of them (``info["train_subset"]``).
 
 Memory: ratings are read streaming with the ``csv`` module into typed buffers and kept
 as numpy arrays -- 20 bytes a rating (int32 user, int32 item, float32 rating, int64
@@ -62,7 +65,6 @@ import array
 import collections
 import csv
 import dataclasses
-import io
 import math
 import os
 import re
@@ -146,75 +148,51 @@ def _exists(path: str) -> bool:
     return tf.io.gfile.exists(path)
 
 
-@dataclasses.dataclass
-class _TextFile:
-    """Opens a text file for streaming; gs:// and other remote paths are read whole."""
-
-    path: str
-    encoding: str
-
-    def __enter__(self):
-        if "://" in self.path:
-            with tf.io.gfile.GFile(self.path, "rb") as f:
-                raw = f.read()
-            self._handle = io.StringIO(self._decode(raw), newline="")
-        else:
-            self._handle = open(self.path, encoding=self.encoding, newline="")
-        return self._handle
-
-    def _decode(self, raw: bytes) -> str:
-        try:
-            return raw.decode(self.encoding)
-        except UnicodeDecodeError as err:
-            line = raw[:err.start].count(b"\n") + 1
-            raise DataError(f"{self.path}:{line}: text is not valid {self.encoding}; MovieLens "
-                            "CSV files are UTF-8 (.dat/u.* files are Latin-1)") from None
-
-    def __exit__(self, *exc):
-        self._handle.close()
-        return False
+def _decoded_lines(path: str, encoding: str) -> Iterator[str]:
+    """Streams a file's lines (ends kept), decoding line by line so a bad byte is reported
+    with its line number. Remote paths (gs://...) go through tf.io.gfile."""
+    if not _exists(path):
+        raise DataError(f"{path}: file not found")
+    handle = tf.io.gfile.GFile(path, "rb") if "://" in path else open(path, "rb")
+    with handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                yield raw.decode(encoding)
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{line_no}: text is not valid {encoding}; MovieLens "
+                                "CSV files are UTF-8 (.dat and u.* files Latin-1); re-save "
+                                f"the file as {encoding}") from None
 
 
 def _lines(path: str, encoding: str) -> Iterator[tuple[int, str]]:
     """(line number, line without its end) for every non-blank line."""
-    line_no = 0
-    with _TextFile(path, encoding) as f:
-        try:
-            for line_no, line in enumerate(f, start=1):
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield line_no, line
-        except UnicodeDecodeError:
-            raise DataError(f"{path}:{line_no + 1}: text is not valid {encoding}; re-save the "
-                            f"file as {encoding}") from None
+    for line_no, line in enumerate(_decoded_lines(path, encoding), start=1):
+        line = line.rstrip("\r\n")
+        if line.strip():
+            yield line_no, line
 
 
 def _csv_rows(path: str, header: list[str]) -> Iterator[tuple[int, list[str]]]:
     """Rows of a headed UTF-8 CSV file, checking the header and each row's length."""
-    with _TextFile(path, "utf-8") as f:
-        reader = csv.reader(f)
-        try:
-            first = next(reader, None)
-            if first is None:
-                raise DataError(f"{path}: file is empty; expected the header "
-                                f"{','.join(header)}")
-            first = [h.strip().lstrip("\ufeff") for h in first]
-            if first[:len(header)] != header:
-                raise DataError(f"{path}:1: header is {','.join(first)!r}; expected "
-                                f"{','.join(header)!r} -- is this the right MovieLens file?")
-            width = len(first)
-            for record in reader:
-                if not record or all(not v.strip() for v in record):
-                    continue
-                if len(record) != width:
-                    raise DataError(f"{path}:{reader.line_num}: malformed row: {len(record)} "
-                                    f"fields where the header has {width}")
-                yield reader.line_num, record
-        except csv.Error as err:
-            raise DataError(f"{path}:{reader.line_num}: malformed CSV: {err}") from None
-        except UnicodeDecodeError:
-            raise DataError(f"{path}:{reader.line_num + 1}: text is not valid UTF-8; re-save "
-                            "the file as UTF-8") from None
+    reader = csv.reader(_decoded_lines(path, "utf-8"))
+    try:
+        first = next(reader, None)
+        if first is None:
+            raise DataError(f"{path}: file is empty; expected the header {','.join(header)}")
+        first = [h.strip().lstrip("\ufeff") for h in first]
+        if first[:len(header)] != header:
+            raise DataError(f"{path}:1: header is {','.join(first)!r}; expected "
+                            f"{','.join(header)!r} -- is this the right MovieLens file?")
+        width = len(first)
+        for record in reader:
+            if not record or all(not v.strip() for v in record):
+                continue
+            if len(record) != width:
+                raise DataError(f"{path}:{reader.line_num}: malformed row: {len(record)} "
+                                f"fields where the header has {width}")
+            yield reader.line_num, record
+    except csv.Error as err:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV: {err}") from None
 
 
 class _RatingBuffer:
@@ -404,10 +382,12 @@ def resolve_data_dir(data_dir: str, variant: str = "auto") -> str:
 
 
 def read_movielens(data_dir: str, cfg: MovieLensConfig):
-    """Parses a local MovieLens directory into ``(variant, catalogue, ratings, skipped)``.
+    """Parses a local MovieLens directory.
 
-    ``ratings`` is ``(user, item, rating, timestamp)`` numpy arrays (raw MovieLens ids);
-    ``skipped`` counts items and rows left out, by reason.
+    Returns ``(variant, data_dir, catalogue, ratings, untitled, skipped, has_tags)``:
+    ``ratings`` is ``(user, item, rating, timestamp)`` numpy arrays of raw MovieLens ids,
+    ``untitled`` the ids of movies left out for lack of a title, ``skipped`` counts by
+    reason, ``data_dir`` the folder actually read.
     """
     variant = cfg.variant
     if variant not in ("auto",) + VARIANTS:
@@ -439,7 +419,8 @@ def read_movielens(data_dir: str, cfg: MovieLensConfig):
         if tags and movie_id in tags:
             fields["tags"] = top_tags(tags[movie_id], cfg.max_tags)
         catalogue[str(movie_id)] = Item(str(movie_id), fields, provider="")
-    return variant, data_dir, catalogue, ratings, skipped, tags is not None
+    untitled = np.array([m for m, f in movies.items() if not f["title"]], dtype=np.int64)
+    return variant, data_dir, catalogue, ratings, untitled, skipped, tags is not None
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -470,12 +451,14 @@ def _sorted_keys(keys: Iterable[str], numeric: bool) -> np.ndarray:
 
 
 def prepare(catalogue: Catalogue, users: np.ndarray, items: np.ndarray, ratings: np.ndarray,
-            timestamps: np.ndarray, cfg: MovieLensConfig, skipped: collections.Counter
-            ) -> _Prepared:
+            timestamps: np.ndarray, cfg: MovieLensConfig, skipped: collections.Counter,
+            untitled: np.ndarray | None = None) -> _Prepared:
     """Maps raw ids to dense codes, drops unusable rows (counted) and sorts per user.
 
     ``items`` holds raw movie ids whose ``str()`` is a catalogue key (ints for files,
-    strings for TFDS); ``users`` raw user ids (ints or strings).
+    strings for TFDS); ``users`` raw user ids (ints or strings). Ratings of ``untitled``
+    movies (in the movies file, but without a title) are counted apart from ratings of
+    movies the movies file lacks.
     """
     _check_cfg(cfg)
     if not len(catalogue):
@@ -489,7 +472,11 @@ def prepare(catalogue: Catalogue, users: np.ndarray, items: np.ndarray, ratings:
     known = keys[np.minimum(codes, n_items - 1)] == items
     unknown = int(n_read - np.count_nonzero(known))
     if unknown:
-        skipped["ratings_unknown_item"] += unknown
+        of_untitled = 0
+        if untitled is not None and len(untitled):
+            of_untitled = int(np.count_nonzero(np.isin(items[~known], untitled)))
+        skipped["ratings_item_without_title"] += of_untitled
+        skipped["ratings_unknown_item"] += unknown - of_untitled
     if not known.all():
         users, codes, ratings, timestamps = (users[known], codes[known], ratings[known],
                                              timestamps[known])
@@ -528,7 +515,7 @@ def prepare(catalogue: Catalogue, users: np.ndarray, items: np.ndarray, ratings:
                        "impressions_total": total_train,
                        "impressions_kept": min(keep_impressions, total_train)}
         if keep_impressions < total_train:
-            rng = np.random.default_rng([cfg.seed, _PURPOSE_SUBSET])
+            rng = np.random.default_rng([cfg.seed % 2**63, _PURPOSE_SUBSET])
             selected = np.zeros(total_train, dtype=bool)
             selected[rng.choice(total_train, size=keep_impressions, replace=False)] = True
     info = {
@@ -555,8 +542,10 @@ def _check_cfg(cfg: MovieLensConfig) -> None:
                         f"got {cfg.negative_sampling!r}")
 
 
-def _user_rng(seed: int, purpose: int, user_id: str) -> np.random.Generator:
-    return np.random.default_rng([seed, purpose, zlib.crc32(user_id.encode("utf-8"))])
+def _user_rng(seed: int, purpose: int, user_id: str, index: int = 0) -> np.random.Generator:
+    # SeedSequence takes non-negative ints only; the modulo keeps any int seed usable.
+    return np.random.default_rng([seed % 2**63, purpose, zlib.crc32(user_id.encode("utf-8")),
+                                  index])
 
 
 def _sample_negatives(rng: np.random.Generator, k: int, rated: set, n_items: int,
@@ -627,12 +616,13 @@ def iter_examples(prep: _Prepared, cfg: MovieLensConfig) -> Iterator[Example]:
         def history(j):
             return tuple(ids[max(0, j - HISTORY_CAP):j])
 
-        train_rng = _user_rng(cfg.seed, _PURPOSE_TRAIN, user_id)
         for j in range(max(n - 2, 0)):
             selected = prep.train_selected is None or prep.train_selected[train_index]
             train_index += 1
             if not selected:
                 continue
+            # One generator per impression: a subset keeps its impressions unchanged.
+            train_rng = _user_rng(cfg.seed, _PURPOSE_TRAIN, user_id, j)
             negs = _sample_negatives(train_rng, cfg.negatives_per_positive, rated, n_items, cdf)
             shorts["train_impressions_short_of_negatives"] += len(negs) < \
                 cfg.negatives_per_positive
@@ -684,9 +674,10 @@ def load(data_dir: str, cfg: MovieLensConfig) -> SplitData:
     ``info`` holds ``variant``, ``users``, ``items``, ``positives``, ``examples`` and
     ``impressions`` per split, ``skipped`` (counts by reason) and the settings used.
     """
-    variant, data_dir, catalogue, ratings, skipped, has_tags = read_movielens(data_dir, cfg)
+    variant, data_dir, catalogue, ratings, untitled, skipped, has_tags = read_movielens(
+        data_dir, cfg)
     users, items, values, stamps = ratings
-    prep = prepare(catalogue, users, items, values, stamps, cfg, skipped)
+    prep = prepare(catalogue, users, items, values, stamps, cfg, skipped, untitled)
     info = {"source": "files", "variant": variant, "data_dir": data_dir,
             "ratings_read": int(len(users)),
             "tags_used": bool(has_tags and cfg.use_tags),
@@ -696,8 +687,8 @@ def load(data_dir: str, cfg: MovieLensConfig) -> SplitData:
 
 
 def _skipped_dict(skipped: collections.Counter) -> dict:
-    out = {key: 0 for key in ("items_without_title", "ratings_unknown_item",
-                              "duplicate_ratings")}
+    out = {key: 0 for key in ("items_without_title", "ratings_item_without_title",
+                              "ratings_unknown_item", "duplicate_ratings")}
     out.update(skipped)
     return dict(out)
 
@@ -718,10 +709,13 @@ def download(variant: str, cache_dir: str, url: str | None = None,
     if url is None:
         url = OFFICIAL_URL.format(variant=variant)
         file_hash = file_hash or OFFICIAL_SHA256[variant]
+    cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
+    # get_file silently falls back to /tmp/.keras when cache_dir does not exist yet.
+    os.makedirs(cache_dir, exist_ok=True)
     try:
         extracted = keras.utils.get_file(
             fname=f"{variant}.zip", origin=url, file_hash=file_hash, extract=True,
-            cache_dir=os.path.abspath(os.path.expanduser(cache_dir)), cache_subdir="movielens")
+            cache_dir=cache_dir, cache_subdir="movielens")
     except ValueError as err:  # keras raises ValueError for a checksum mismatch
         raise DataError(f"download of {url} failed: {err}") from None
     except Exception as err:  # pylint: disable=broad-except  # urllib failures come as Exception
@@ -757,6 +751,7 @@ def tfds_to_canonical(rating_batches: Iterable[dict], movie_records: Iterable[di
             skipped["items_without_title"] += 1
             continue
         catalogue[movie_id] = Item(movie_id, fields, provider="")
+    untitled = [m for m, f in movies.items() if not f["title"]]
     users, items, values, stamps = [], [], [], []
     for batch in rating_batches:
         users.append(np.array([_tfds_id(u) for u in np.atleast_1d(batch["user_id"])]))
@@ -767,12 +762,14 @@ def tfds_to_canonical(rating_batches: Iterable[dict], movie_records: Iterable[di
         raise DataError(f"TFDS {variant}: no ratings")
     users_a, items_a = np.concatenate(users), np.concatenate(items)
     # TFDS ids are strings; real ones are digits, so sort them as numbers like the files do.
-    if all(k.isdigit() for k in catalogue) and all(s.isdigit() for s in np.unique(items_a)):
+    untitled_a = np.array(untitled, dtype=str)
+    if all(k.isdigit() for k in movies) and all(s.isdigit() for s in np.unique(items_a)):
         items_a = items_a.astype(np.int64)
-        users_a = users_a.astype(np.int64) if all(
-            s.isdigit() for s in np.unique(users_a)) else users_a
+        untitled_a = untitled_a.astype(np.int64)
+    if all(s.isdigit() for s in np.unique(users_a)):
+        users_a = users_a.astype(np.int64)
     prep = prepare(catalogue, users_a, items_a, np.concatenate(values), np.concatenate(stamps),
-                   cfg, skipped)
+                   cfg, skipped, untitled_a)
     info = {"source": "tfds", "variant": variant, "ratings_read": int(len(users_a)),
             "tags_used": False, "items_with_tags": 0, "skipped": _skipped_dict(skipped)}
     return build_split_data(catalogue, prep, cfg, info)
