@@ -8,6 +8,10 @@ import keras
 import keras_hub
 from keras import ops
 
+# cls: BERT's pooler, tanh(dense([CLS])); first: the [CLS] vector itself; mean: the mean of
+# the non-padding token vectors.
+POOLING = ("cls", "first", "mean")
+
 
 @keras.saving.register_keras_serializable(package="bert_recommender")
 class BERTRecommender(keras.Model):
@@ -27,10 +31,18 @@ class BERTRecommender(keras.Model):
         >>> logits = model({"token_ids": ids, "segment_ids": segments})
     """
 
-    def __init__(self, backbone: keras_hub.models.BertBackbone, dropout: float = 0.1, **kwargs):
+    def __init__(self, backbone: keras_hub.models.BertBackbone, dropout: float = 0.1,
+                 pooling: str = "cls", **kwargs):
         super().__init__(**kwargs)
+        if pooling not in POOLING:
+            raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
         self.backbone = backbone
         self.dropout = dropout
+        self.pooling = pooling
+        if pooling != "cls":
+            # The [CLS] pooler is unused; freezing it keeps it out of the optimizer, which
+            # would otherwise see variables without gradients.
+            backbone.pooled_dense.trainable = False
         self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
         self.click_head = keras.layers.Dense(
             1, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
@@ -39,16 +51,17 @@ class BERTRecommender(keras.Model):
     @classmethod
     def from_sizes(cls, vocabulary_size: int, num_layers: int, num_heads: int, hidden_dim: int,
                    intermediate_dim: int, dropout: float = 0.1, head_dropout: float = 0.1,
-                   max_sequence_length: int = 128, **kwargs) -> "BERTRecommender":
-        """A randomly initialised backbone of the given sizes."""
+                   max_sequence_length: int = 128, pooling: str = "cls",
+                   **kwargs) -> "BERTRecommender":
+        """A randomly initialised keras-hub ``BertBackbone`` of the given sizes."""
         backbone = keras_hub.models.BertBackbone(
             vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
             hidden_dim=hidden_dim, intermediate_dim=intermediate_dim, dropout=dropout,
             max_sequence_length=max_sequence_length)
-        return cls(backbone, dropout=head_dropout, **kwargs)
+        return cls(backbone, dropout=head_dropout, pooling=pooling, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, preset: str, head_dropout: float = 0.1,
+    def from_pretrained(cls, preset: str, head_dropout: float = 0.1, pooling: str = "cls",
                         **kwargs) -> "BERTRecommender":
         """A backbone loaded from a local Hugging Face directory, a keras-hub preset name,
         or an ``hf://org/name`` handle (the last two need network access)."""
@@ -57,7 +70,7 @@ class BERTRecommender(keras.Model):
                              "config.json); set model.pretrained to a directory with "
                              "config.json, model.safetensors and vocab.txt")
         backbone = keras_hub.models.BertBackbone.from_preset(preset)
-        return cls(backbone, dropout=head_dropout, **kwargs)
+        return cls(backbone, dropout=head_dropout, pooling=pooling, **kwargs)
 
     def call(self, inputs, training=False):
         token_ids = inputs["token_ids"]
@@ -66,8 +79,17 @@ class BERTRecommender(keras.Model):
             "segment_ids": inputs["segment_ids"],
             "padding_mask": ops.cast(ops.not_equal(token_ids, 0), "int32"),
         }
-        # pooled_output (tanh(dense(CLS))) keeps the backbone's pooled_dense trained.
-        pooled = self.backbone(backbone_inputs, training=training)["pooled_output"]
+        outputs = self.backbone(backbone_inputs, training=training)
+        if self.pooling == "cls":
+            # pooled_output (tanh(dense(CLS))) keeps the backbone's pooled_dense trained.
+            pooled = outputs["pooled_output"]
+        elif self.pooling == "first":
+            pooled = outputs["sequence_output"][:, 0, :]
+        else:
+            mask = ops.expand_dims(ops.cast(backbone_inputs["padding_mask"],
+                                            outputs["sequence_output"].dtype), -1)
+            pooled = ops.sum(outputs["sequence_output"] * mask, axis=1) / ops.maximum(
+                ops.sum(mask, axis=1), 1.0)
         pooled = self.head_dropout(pooled, training=training)
         return ops.squeeze(self.click_head(pooled), axis=-1)
 
@@ -78,7 +100,7 @@ class BERTRecommender(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update({"backbone": keras.layers.serialize(self.backbone),
-                       "dropout": self.dropout})
+                       "dropout": self.dropout, "pooling": self.pooling})
         return config
 
     @classmethod

@@ -21,9 +21,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and the fix."""
+from trainer.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -109,6 +107,7 @@ class ModelConfig:
     intermediate_dim: int = 256
     dropout: float = 0.1
     head_dropout: float = 0.1
+    pooling: str = "cls"  # cls: tanh(dense([CLS])) | first: the [CLS] vector | mean: over tokens
     max_sequence_length: int = 128
     embedding_dim: int = 32  # matrix factorisation
     l2: float = 0.0  # matrix factorisation embedding regulariser
@@ -159,6 +158,7 @@ _CHOICES = {
     "data.movielens.variant": ("auto", "ml-100k", "ml-1m", "ml-latest-small", "ml-25m"),
     "data.movielens.negative_sampling": ("uniform", "popularity"),
     "model.kind": ("bert", "mf", "popularity"),
+    "model.pooling": ("cls", "first", "mean"),
     "runtime.strategy": ("auto", "tpu", "multi_worker", "mirrored", "one_device", "default"),
 }
 

@@ -42,9 +42,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # Import late so `--help` and config errors come back without loading TensorFlow.
     from trainer import config as config_lib
-    from trainer.datasets.canonical import DataError
+    from trainer.errors import UserInputError
 
     try:
         if args.command == "train":
@@ -58,24 +57,23 @@ def main(argv: list[str] | None = None) -> int:
             print(train_lib.format_metrics_table(results))
             print(json.dumps(results, indent=2, sort_keys=True))
         elif args.command == "predict":
+            export_dir = os.path.join(args.model_dir, "export")
+            if not os.path.isdir(export_dir) and "://" not in export_dir:
+                raise UserInputError(f"{export_dir}: no SavedModel; train first or point "
+                                     "--model_dir at a finished run")
             if len(args.user_text) != len(args.item_text):
-                raise ValueError("give as many --item_text as --user_text")
+                raise UserInputError("give as many --item_text as --user_text")
             import tensorflow as tf
             from trainer import export
-            serve = export.load_serving_fn(os.path.join(args.model_dir, "export"))
+            serve = export.load_serving_fn(export_dir)
             out = serve(user_text=tf.constant(args.user_text),
                         item_text=tf.constant(args.item_text))
             for user, item, p in zip(args.user_text, args.item_text,
                                      out["click_probability"].numpy()):
                 print(f"{p:.4f}\t{user!r}\t{item!r}")
-    except (config_lib.ConfigError, DataError) as err:
+    except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except ValueError as err:
-        if type(err).__name__ in ("RunDirError",):
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        raise
     return 0
 
 

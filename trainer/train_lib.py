@@ -36,12 +36,9 @@ from models.layers.text_pair_packer import TextPairPacker
 from trainer import config as config_lib
 from trainer import datasets, distribute, export, input_pipeline, metrics
 from trainer.datasets.canonical import atomic_write_text
+from trainer.errors import DataError, RunDirError
 
 log = logging.getLogger(__name__)
-
-
-class RunDirError(ValueError):
-    """The model_dir cannot be used for this run; the message says why and what to do."""
 
 
 @keras.saving.register_keras_serializable(package="bert_recommender")
@@ -138,7 +135,7 @@ def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedDa
         for name, examples in data.splits.items()}
     for name in ("train", "validation"):
         if len(tables[name]) == 0:
-            raise datasets.DataError(f"the {name} split is empty; check the data's split "
+            raise DataError(f"the {name} split is empty; check the data's split "
                                      "column or data.validation_fraction")
     vocabulary = None
     if cfg.model.kind == "bert" and not cfg.model.pretrained:
@@ -166,12 +163,13 @@ def build_model(cfg: config_lib.ExperimentConfig, packer, ids: input_pipeline.Id
     m = cfg.model
     if m.kind == "bert":
         if m.pretrained:
-            return BERTRecommender.from_pretrained(m.pretrained, head_dropout=m.head_dropout)
+            return BERTRecommender.from_pretrained(m.pretrained, head_dropout=m.head_dropout,
+                                                   pooling=m.pooling)
         return BERTRecommender.from_sizes(
             vocabulary_size=packer.tokenizer.vocabulary_size(), num_layers=m.num_layers,
             num_heads=m.num_heads, hidden_dim=m.hidden_dim, intermediate_dim=m.intermediate_dim,
             dropout=m.dropout, head_dropout=m.head_dropout,
-            max_sequence_length=m.max_sequence_length)
+            max_sequence_length=m.max_sequence_length, pooling=m.pooling)
     if m.kind == "mf":
         return MatrixFactorization(len(ids.users), len(ids.items), m.embedding_dim, m.l2)
     model = MostPopular(len(ids.items))

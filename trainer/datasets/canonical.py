@@ -31,16 +31,14 @@ from typing import Iterable
 
 import tensorflow as tf
 
+from trainer.errors import DataError
+
 SPLITS = ("train", "validation", "test")
 ITEM_TEXT_FIELDS = ("title", "categories", "description", "tags")
 _ITEM_COLUMNS = ("item_id", "title", "categories", "description", "tags", "provider")
 _REQUIRED_ITEM_COLUMNS = ("item_id", "title")
 _REQUIRED_IMPRESSION_COLUMNS = ("user_id", "impression_id", "history", "candidate", "label")
 _KNOWN_IMPRESSION_COLUMNS = _REQUIRED_IMPRESSION_COLUMNS + ("query", "timestamp", "split")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and line and what to do about it."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,160 @@
+"""One harness for every model: build, call, one fit step, .keras round-trip, SavedModel."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models.baselines import MatrixFactorization, MostPopular
+from models.bert_recommender import BERTRecommender
+from models.layers.text_pair_packer import TextPairPacker
+from tests.conftest import MINILM_DIR, REPO, require_shared
+from trainer import export, input_pipeline
+
+VOCAB = input_pipeline.RESERVED_TOKENS + [f"w{i}" for i in range(95)]  # ~100 tokens
+BATCH = 6
+
+
+def tiny_bert():
+    return BERTRecommender.from_sizes(vocabulary_size=len(VOCAB), num_layers=1, num_heads=2,
+                                      hidden_dim=16, intermediate_dim=32,
+                                      max_sequence_length=16)
+
+
+def tiny_popularity():
+    model = MostPopular(num_items=10)
+    model.set_counts(np.array([1, 1, 1, 2, 3]), np.array([1, 1, 0, 1, 0]))
+    return model
+
+
+MODELS = {
+    "bert": tiny_bert,
+    "mf": lambda: MatrixFactorization(num_users=8, num_items=10, embedding_dim=4),
+    "popularity": tiny_popularity,
+}
+
+
+def make_packer():
+    tokenizer = input_pipeline.make_tokenizer(vocabulary=VOCAB)
+    return TextPairPacker(tokenizer, sequence_length=16, item_max_tokens=6)
+
+
+def batch(packer):
+    rng = np.random.default_rng(0)
+    user = [" ".join(f"w{i}" for i in rng.integers(0, 95, 8)) for _ in range(BATCH)]
+    item = [" ".join(f"w{i}" for i in rng.integers(0, 95, 4)) for _ in range(BATCH)]
+    features = {"user_index": tf.constant(rng.integers(0, 9, BATCH), tf.int32),
+                "item_index": tf.constant(rng.integers(0, 11, BATCH), tf.int32)}
+    features.update(packer(tf.constant(user), tf.constant(item)))
+    labels = tf.constant([1, 0, 1, 0, 0, 1], tf.float32)
+    return features, labels, user, item
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_harness(name, tmp_path):
+    packer = make_packer()
+    features, labels, user, item = batch(packer)
+    model = MODELS[name]()
+    logits = model(features)
+    assert logits.shape == (BATCH,)
+
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    model.fit(features, labels, epochs=1, batch_size=BATCH, verbose=0)
+    after = [w.numpy() for w in model.trainable_weights]
+    if name == "popularity":
+        assert not model.trainable_weights
+    else:
+        assert all(not np.allclose(a, b) for a, b in zip(before, after) if a.size > 1) or \
+            any(not np.allclose(a, b) for a, b in zip(before, after))
+
+    expected = model.predict(features, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_allclose(reloaded.predict(features, verbose=0), expected, atol=1e-6)
+
+    export_dir = str(tmp_path / "export")
+    export.export_saved_model(model, export_dir, packer if name == "bert" else None)
+    serve = export.load_serving_fn(export_dir)
+    if name == "bert":
+        out = serve(user_text=tf.constant(user), item_text=tf.constant(item))
+        tokens = export.load_serving_fn(export_dir, "serve_tokens")(
+            token_ids=features["token_ids"], segment_ids=features["segment_ids"])
+        np.testing.assert_allclose(tokens["logit"].numpy(), expected, atol=1e-5)
+    else:
+        out = serve(user_index=features["user_index"], item_index=features["item_index"])
+    np.testing.assert_allclose(out["logit"].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(out["click_probability"].numpy(),
+                               1 / (1 + np.exp(-expected)), atol=1e-5)
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_bert_logits_ignore_padding():
+    packer = make_packer()
+    model = tiny_bert()
+    features = packer(tf.constant(["w1 w2"]), tf.constant(["w3"]))
+    longer = {k: tf.pad(v, [[0, 0], [0, 0]]) for k, v in features.items()}
+    # Changing what sits in padded positions' segment ids must not change the score.
+    noisy = dict(longer, segment_ids=tf.where(longer["token_ids"] == 0, 1,
+                                              longer["segment_ids"]))
+    np.testing.assert_allclose(model(longer).numpy(), model(noisy).numpy(), atol=1e-6)
+
+
+def test_popularity_orders_by_training_clicks():
+    model = tiny_popularity()
+    scores = model({"item_index": tf.constant([1, 2, 3, 0])}).numpy()
+    # item 1 clicked twice, item 2 once, item 3 never, unknown (0) never.
+    assert scores[0] > scores[1] > scores[2] == scores[3]
+
+
+def test_pretrained_minilm_loads_offline():
+    path = require_shared(MINILM_DIR)
+    model = BERTRecommender.from_pretrained(path)
+    assert model.backbone.num_layers == 6 and model.backbone.hidden_dim == 384
+    tokenizer = input_pipeline.make_tokenizer(pretrained=path)
+    packer = TextPairPacker(tokenizer, sequence_length=32, item_max_tokens=12)
+    features = packer(tf.constant(["i want to buy a new laptop"]),
+                      tf.constant(["a lightweight laptop with long battery life"]))
+    assert features["token_ids"].numpy()[0, 0] == tokenizer.token_to_id("[CLS]")
+    assert model(features).shape == (1,)
+    # The pretrained embeddings are really loaded: same values as in the safetensors file.
+    from safetensors.numpy import load_file
+    weights = load_file(os.path.join(path, "model.safetensors"))
+    key = [k for k in weights if k.endswith("word_embeddings.weight")][0]
+    np.testing.assert_allclose(model.backbone.token_embedding.embeddings.numpy(),
+                               weights[key], atol=1e-6)
+
+
+def test_pretrained_rejects_a_directory_without_config(tmp_path):
+    with pytest.raises(ValueError, match="config.json"):
+        BERTRecommender.from_pretrained(str(tmp_path))
+
+
+def test_saved_model_matches_in_process_model_in_a_fresh_process(tmp_path):
+    packer = make_packer()
+    features, _, user, item = batch(packer)
+    model = tiny_bert()
+    expected = keras.ops.convert_to_numpy(model.click_probability(features))
+    export.export_saved_model(model, str(tmp_path / "export"), packer)
+    np.save(tmp_path / "expected.npy", expected)
+    script = textwrap.dedent(f"""
+        import numpy as np, tensorflow as tf
+        import tensorflow_text  # registers the tokenizer ops
+        loaded = tf.saved_model.load({str(tmp_path / 'export')!r})
+        out = loaded.signatures["serving_default"](user_text=tf.constant({user!r}),
+                                                   item_text=tf.constant({item!r}))
+        diff = np.abs(out["click_probability"].numpy() - np.load({str(tmp_path / 'expected.npy')!r}))
+        print("MAXDIFF", diff.max())
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    max_diff = float(result.stdout.split("MAXDIFF")[1])
+    assert max_diff <= 1e-5

@@ -1,0 +1,155 @@
+"""End to end: train on tiny synthetic data and check the run directory's output contract."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from tests.conftest import REPO
+from trainer import config as config_lib
+from trainer import export, train_lib
+from trainer.datasets.canonical import DataError
+
+RANKING_KEYS = {"auc", "logloss", "group_auc", "mrr", "ndcg@5", "ndcg@10", "hr@10", "examples"}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    cfg = config_lib.load_config(os.path.join(REPO, "configs", "tiny.yaml"), [
+        "data.synthetic.num_items=40", "data.synthetic.num_users=24",
+        "data.synthetic.impressions_per_user=4", "data.synthetic.candidates_per_impression=3",
+        "data.vocab_size=100", "train.epochs=2", "train.batch_size=8"])
+    model_dir = str(tmp_path_factory.mktemp("run") / "tiny")
+    results = train_lib.train(cfg, model_dir)
+    return cfg, model_dir, results
+
+
+def test_output_contract(trained_run):
+    cfg, model_dir, results = trained_run
+    for name in ("config.yaml", "tensorboard", "checkpoints", "export", "metrics.json",
+                 "model.keras", "vocab.txt", "data_info.json"):
+        assert os.path.exists(os.path.join(model_dir, name)), name
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        saved = json.load(f)
+    assert RANKING_KEYS | {"oracle_auc"} <= set(saved["test"])
+    assert RANKING_KEYS <= set(saved["validation"])
+    assert saved["test"]["examples"] == 24 * 3
+    assert 0.5 < saved["test"]["oracle_auc"] <= 1.0
+    assert saved["train"]["epochs_run"] == 2
+    with open(os.path.join(model_dir, "config.yaml")) as f:
+        assert config_lib.config_from_dict(yaml.safe_load(f)) == cfg
+    # Nothing temporary is left behind.
+    assert not [n for n in os.listdir(model_dir) if ".tmp" in n or ".old-" in n]
+    assert not os.path.exists(os.path.join(model_dir, "backup"))  # removed after success
+
+
+def _scalar_tags(event_dir):
+    tags = set()
+    for name in os.listdir(event_dir):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(event_dir, name)):
+            for value in event.summary.value:
+                tags.add(value.tag)
+    return tags
+
+
+def test_tensorboard_has_loss_auc_and_learning_rate(trained_run):
+    _, model_dir, _ = trained_run
+    train_tags = _scalar_tags(os.path.join(model_dir, "tensorboard", "train"))
+    val_tags = _scalar_tags(os.path.join(model_dir, "tensorboard", "validation"))
+    assert {"epoch_loss", "epoch_auc", "epoch_learning_rate"} <= train_tags
+    assert {"epoch_loss", "epoch_auc"} <= val_tags
+
+
+def test_evaluate_reproduces_metrics(trained_run):
+    _, model_dir, results = trained_run
+    again = train_lib.evaluate(model_dir)
+    for split in ("validation", "test"):
+        for key in ("auc", "logloss", "ndcg@10"):
+            assert again[split][key] == pytest.approx(results[split][key], abs=1e-5)
+
+
+def test_export_serves_the_trained_model(trained_run):
+    cfg, model_dir, _ = trained_run
+    prepared = train_lib.prepare_data(cfg, model_dir)
+    table = prepared.tables["test"]
+    model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
+    packer = train_lib.load_run_packer(cfg, model_dir)
+    logits = train_lib.predict_logits(model, table, packer, 16)
+    serve = export.load_serving_fn(os.path.join(model_dir, "export"))
+    out = serve(user_text=tf.constant(table.user_text.astype(str)),
+                item_text=tf.constant(table.item_text.astype(str)))
+    np.testing.assert_allclose(out["logit"].numpy(), logits, atol=1e-5)
+
+
+def test_same_config_resumes_and_different_config_is_refused(trained_run):
+    cfg, model_dir, _ = trained_run
+    assert train_lib.check_model_dir(model_dir, cfg) is True
+    other = config_lib.config_from_dict(
+        {**config_lib.to_dict(cfg), "train": {**config_lib.to_dict(cfg)["train"],
+                                              "learning_rate": 0.5}})
+    before = sorted(os.listdir(model_dir))
+    with pytest.raises(train_lib.RunDirError, match=r"config.yaml: .*train.learning_rate"):
+        train_lib.train(other, model_dir)
+    assert sorted(os.listdir(model_dir)) == before
+
+
+def test_bad_data_fails_before_anything_is_written(tmp_path, tiny_config):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "items.csv").write_text("item_id,title\na,red laptop\nb,blue phone\n")
+    (data_dir / "impressions.csv").write_text(
+        "user_id,impression_id,history,candidate,label\nu,1,a,b,1\nu,1,a,c,0\n")
+    cfg = tiny_config("data.source=files", f"data.data_dir={data_dir}")
+    model_dir = tmp_path / "run"
+    with pytest.raises(DataError, match=r"impressions.csv:3: candidate id 'c'"):
+        train_lib.train(cfg, str(model_dir))
+    assert not model_dir.exists()
+
+
+def test_users_own_files_train(tmp_path, tiny_config):
+    """A user's own CSV files without a split column train end to end (hash split)."""
+    rng = np.random.default_rng(0)
+    words = ["red", "blue", "laptop", "phone", "fast", "cheap", "light", "big"]
+    items = ["item_id,title,categories"] + [
+        f"i{k},{' '.join(rng.choice(words, 3))},{rng.choice(['tech', 'home'])}"
+        for k in range(30)]
+    rows = ["user_id,impression_id,history,candidate,label,query"]
+    for imp in range(60):
+        hist = " ".join(f"i{k}" for k in rng.choice(30, 3, replace=False))
+        for c, label in zip(rng.choice(30, 3, replace=False), (1, 0, 0)):
+            rows.append(f"u{imp % 10},{imp},{hist},i{c},{label},{'a query' if imp % 2 else ''}")
+    (tmp_path / "items.csv").write_text("\n".join(items) + "\n")
+    (tmp_path / "impressions.csv").write_text("\n".join(rows) + "\n")
+    cfg = tiny_config("data.source=files", f"data.data_dir={tmp_path}",
+                      "data.validation_fraction=0.2", "data.test_fraction=0.2")
+    results = train_lib.train(cfg, str(tmp_path / "run"))
+    assert "oracle_auc" not in results["test"]
+    assert results["test"]["examples"] > 0
+
+
+@pytest.mark.parametrize("kind", ["mf", "popularity"])
+def test_baselines_train_through_the_same_library(tmp_path, tiny_config, kind):
+    results = train_lib.train(tiny_config(f"model.kind={kind}"), str(tmp_path / kind))
+    assert RANKING_KEYS <= set(results["test"])
+    assert os.path.exists(tmp_path / kind / "export" / "saved_model.pb")
+    assert results["train"]["epochs_run"] == (0 if kind == "popularity" else 1)
+
+
+def test_format_metrics_table():
+    table = train_lib.format_metrics_table(
+        {"validation": {"auc": 0.75, "examples": 10}, "test": {"auc": float("nan"),
+                                                                "examples": 12}})
+    lines = table.splitlines()
+    assert lines[0].split() == ["metric", "validation", "test"]
+    assert lines[1].split() == ["auc", "0.7500", "nan"]
+    assert lines[2].split() == ["examples", "10", "12"]
+
+
+def test_warmup_linear_decay_schedule():
+    schedule = train_lib.WarmupLinearDecay(peak=1.0, warmup_steps=10, total_steps=110)
+    values = [float(schedule(step)) for step in (0, 5, 10, 60, 110, 200)]
+    assert values == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0, 0.0])
