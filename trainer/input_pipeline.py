@@ -181,15 +181,23 @@ def _int(value: int):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
-def read_tfrecords(pattern_or_paths) -> tf.data.Dataset:
-    """A dataset of column dicts (like ``PairTable.columns()`` rows) from TFRecord shards."""
+def read_tfrecords(pattern_or_paths, ordered: bool = True) -> tf.data.Dataset:
+    """A dataset of column dicts (like ``PairTable.columns()`` rows) from TFRecord shards.
+
+    ``ordered`` reads shards one after another (rows in written order, as evaluation needs);
+    otherwise shards are interleaved in parallel (training, where order does not matter).
+    """
     paths = (tf.io.gfile.glob(pattern_or_paths) if isinstance(pattern_or_paths, str)
              else list(pattern_or_paths))
     if not paths:
         raise FileNotFoundError(f"no TFRecord shards match {pattern_or_paths!r}")
     files = tf.data.Dataset.from_tensor_slices(sorted(paths))
-    return files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(paths)),
-                            deterministic=True).map(
+    if ordered:
+        records = files.flat_map(tf.data.TFRecordDataset)
+    else:
+        records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(paths)),
+                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    return records.map(
         lambda record: tf.io.parse_single_example(record, _FEATURES),
         num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -213,7 +221,7 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
         data = tf.data.Dataset.from_tensor_slices(
             {k: (v.astype(str) if v.dtype == object else v) for k, v in columns.items()})
     else:
-        data = read_tfrecords(source)
+        data = read_tfrecords(source, ordered=not training)
     if training:
         data = data.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:

@@ -57,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             print(train_lib.format_metrics_table(results))
             print(json.dumps(results, indent=2, sort_keys=True))
         elif args.command == "predict":
+            if len(args.user_text) != len(args.item_text):
+                raise UserInputError("give as many --item_text as --user_text")
             export_dir = os.path.join(args.model_dir, "export")
             if not os.path.isdir(export_dir) and "://" not in export_dir:
                 raise UserInputError(f"{export_dir}: no SavedModel; train first or point "
                                      "--model_dir at a finished run")
-            if len(args.user_text) != len(args.item_text):
-                raise UserInputError("give as many --item_text as --user_text")
             import tensorflow as tf
             from trainer import export
             serve = export.load_serving_fn(export_dir)

@@ -210,14 +210,20 @@ def evaluate_tables(model, tables: dict, packer, batch_size: int) -> dict:
 # Train
 # ---------------------------------------------------------------------------------------
 
-def _callbacks(model_dir: str, patience: int) -> list:
+def _callbacks(model_dir: str | None, patience: int) -> list:
+    # Early stopping (restoring the best weights) selects the model in every run; the rest
+    # write into the run directory, so a benchmark without one gets only early stopping.
+    early_stopping = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
+                                                   patience=patience,
+                                                   restore_best_weights=True)
+    if not model_dir:
+        return [early_stopping]
     return [
         keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
         keras.callbacks.ModelCheckpoint(
             os.path.join(model_dir, "checkpoints", "best.weights.h5"), monitor="val_auc",
             mode="max", save_best_only=True, save_weights_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
-                                      restore_best_weights=True),
+        early_stopping,
         keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"),
                                     update_freq="epoch"),
     ]
@@ -225,6 +231,52 @@ def _callbacks(model_dir: str, patience: int) -> list:
 
 def _write_json(path: str, payload: dict) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict, packer,
+              strategy: tf.distribute.Strategy, model_dir: str | None = None,
+              verbose: int = 2) -> dict:
+    """Compiles ``model`` and fits it on ``tables["train"]``, validating on
+    ``tables["validation"]``: the one fit routine every model goes through.
+
+    ``model`` must have been created inside ``strategy.scope()`` (see :func:`build_model`);
+    it is built on a dummy batch and compiled there. Models without trainable weights
+    (MostPopular) are compiled but not fitted. Early stopping on validation AUC restores
+    the best weights. With ``model_dir`` the run also writes ``backup/`` (resumable),
+    ``checkpoints/best.weights.h5`` and ``tensorboard/`` there; without it nothing is
+    written (benchmarks compare several models in one process).
+
+    Returns ``{"steps_per_epoch": int, "epochs_run": int, "history": {metric: [floats]}}``.
+    """
+    global_batch = cfg.train.batch_size * strategy.num_replicas_in_sync
+    steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(tables["train"]) // global_batch)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    with strategy.scope():
+        model(_dummy_batch(cfg, packer))  # build the weights before compile/restore
+        model.compile(
+            optimizer=make_optimizer(cfg.train, total_steps),
+            loss=keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
+            jit_compile=cfg.train.jit_compile)
+
+    history = {}
+    if model.trainable_weights:
+        source = tables["train"]
+        if cfg.data.tfrecord_dir:
+            source = input_pipeline.write_tfrecords(
+                tables["train"], cfg.data.tfrecord_dir, "train", cfg.data.examples_per_shard)
+        train_ds = input_pipeline.make_dataset(
+            source, global_batch, packer=packer, training=True, seed=cfg.train.seed,
+            shuffle_buffer=cfg.data.shuffle_buffer, repeat=True)
+        val_ds = input_pipeline.make_dataset(tables["validation"], cfg.train.eval_batch_size,
+                                             packer=packer)
+        fit = model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch,
+                        validation_data=val_ds, shuffle=False,  # tf.data shuffles
+                        callbacks=_callbacks(model_dir, cfg.train.early_stopping_patience),
+                        verbose=verbose)
+        history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    return {"steps_per_epoch": steps_per_epoch, "epochs_run": len(history.get("loss", [])),
+            "history": history}
 
 
 def train(cfg: config_lib.ExperimentConfig, model_dir: str,
@@ -249,40 +301,17 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
         vocabulary = vocab_path
     packer = make_packer(cfg, vocabulary)
 
-    global_batch = cfg.train.batch_size * strategy.num_replicas_in_sync
-    steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(tables["train"]) // global_batch)
-    total_steps = steps_per_epoch * cfg.train.epochs
     with strategy.scope():
         model = build_model(cfg, packer, prepared.ids, tables["train"])
-        model(_dummy_batch(cfg, packer))  # build the weights before compile/restore
-        model.compile(
-            optimizer=make_optimizer(cfg.train, total_steps),
-            loss=keras.losses.BinaryCrossentropy(from_logits=True),
-            metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
-            jit_compile=cfg.train.jit_compile)
-
-    history = {}
-    if model.trainable_weights:
-        source = tables["train"]
-        if cfg.data.tfrecord_dir:
-            source = input_pipeline.write_tfrecords(
-                tables["train"], cfg.data.tfrecord_dir, "train", cfg.data.examples_per_shard)
-        train_ds = input_pipeline.make_dataset(
-            source, global_batch, packer=packer, training=True, seed=cfg.train.seed,
-            shuffle_buffer=cfg.data.shuffle_buffer, repeat=True)
-        val_ds = input_pipeline.make_dataset(tables["validation"], cfg.train.eval_batch_size,
-                                             packer=packer)
-        fit = model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch,
-                        validation_data=val_ds, shuffle=False,  # tf.data shuffles
-                        callbacks=_callbacks(model_dir, cfg.train.early_stopping_patience),
-                        verbose=2)
-        history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    fitted = fit_model(cfg, model, tables, packer, strategy, model_dir)
     train_seconds = time.time() - started
 
     results = evaluate_tables(model, tables, packer, cfg.train.eval_batch_size)
-    results["train"] = {"seconds": round(train_seconds, 1), "steps_per_epoch": steps_per_epoch,
-                        "epochs_run": len(history.get("loss", [])),
-                        "replicas": strategy.num_replicas_in_sync, "history": history}
+    results["train"] = {"seconds": round(train_seconds, 1),
+                        "steps_per_epoch": fitted["steps_per_epoch"],
+                        "epochs_run": fitted["epochs_run"],
+                        "replicas": strategy.num_replicas_in_sync,
+                        "history": fitted["history"]}
     model_path = os.path.join(model_dir, "model.keras")
     tmp_model = model_path + ".tmp.keras"
     model.save(tmp_model)
