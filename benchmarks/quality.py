@@ -42,12 +42,22 @@ Outputs in ``--out``: ``quality.json`` ({"protocol": {...}, "rows": [...]}), ``d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
 import os
 import sys
 import time
+
+import numpy as np
+
+from trainer import config as config_lib
+from trainer import metrics
+from trainer.errors import DataError, UserInputError
+
+# TensorFlow (train_lib, datasets) is imported inside run(), after the arguments are checked,
+# so --help and usage errors answer at once.
 
 MODELS = ("popularity", "mf", "bert", "bert_pretrained")
 METRICS = ("hr@10", "ndcg@10", "mrr", "auc")
@@ -73,12 +83,10 @@ def user_matrix(logits, labels, groups):
 
     Returns ``(scores, group_ids)``.
 
-    >>> s, g = user_matrix([0.1, 0.9, 0.5, 0.7], [0, 0, 1, 1], [3, 3, 5, 5])
+    >>> s, g = user_matrix([0.1, 0.9, 0.5, 0.7], [0, 1, 1, 0], [5, 5, 3, 3])
     >>> s.tolist(), g.tolist()
-    ([[0.5, 0.1], [0.7, 0.9]], [5, 3])
+    ([[0.5, 0.7], [0.9, 0.1]], [3, 5])
     """
-    import numpy as np
-
     logits = np.asarray(logits, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
     groups = np.asarray(groups).reshape(-1)
@@ -102,8 +110,6 @@ def user_matrix(logits, labels, groups):
 
 def regular_groups(labels, groups, size: int):
     """Group ids with exactly one positive and ``size`` rows (the scoreable impressions)."""
-    import numpy as np
-
     labels = np.asarray(labels).reshape(-1)
     groups = np.asarray(groups).reshape(-1)
     ids, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
@@ -113,8 +119,6 @@ def regular_groups(labels, groups, size: int):
 
 def summarize(per_user: dict, rows, bootstrap: int, seed: int) -> dict:
     """Mean and 95% bootstrap CI of each metric over the users indexed by ``rows``."""
-    from trainer import metrics
-
     out = {"users_evaluated": int(len(rows)), "ci95": {}}
     for key in METRICS:
         values = per_user[key][rows]
@@ -197,7 +201,7 @@ def _models(args) -> list:
     return list(dict.fromkeys(names))
 
 
-def _per_model_overrides(args, names) -> dict:
+def _per_model_overrides(args) -> dict:
     out = {name: [] for name in MODELS}
     for item in args.set_for:
         name, sep, override = item.partition(":")
@@ -223,11 +227,9 @@ def _check_pretrained(path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from trainer.errors import UserInputError
-
     try:
         names = _models(args)
-        per_model = _per_model_overrides(args, names)
+        per_model = _per_model_overrides(args)
         if args.bootstrap < 1:
             raise _Usage("--bootstrap must be >= 1")
         _check_pretrained(args.pretrained)
@@ -250,8 +252,6 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------
 
 def _config(args, overrides: list):
-    from trainer import config as config_lib
-
     cfg = config_lib.load_config(args.config, list(args.overrides) + overrides)
     # Set directly rather than as overrides: a path must not be parsed as YAML.
     cfg.data.source = args.dataset
@@ -261,8 +261,6 @@ def _config(args, overrides: list):
 
 
 def _subset(table, rows):
-    import dataclasses
-
     return type(table)(**{f.name: (None if getattr(table, f.name) is None else
                                    getattr(table, f.name)[rows])
                           for f in dataclasses.fields(table)})
@@ -270,8 +268,6 @@ def _subset(table, rows):
 
 def _impression_subset(table, max_examples: int, seed: int):
     """A seeded subset of whole impressions holding at most ``max_examples`` rows."""
-    import numpy as np
-
     if max_examples <= 0 or len(table) <= max_examples:
         return table
     ids, counts = np.unique(table.group, return_counts=True)
@@ -285,12 +281,9 @@ def _impression_subset(table, max_examples: int, seed: int):
 def run(args, names: list, per_model: dict) -> dict:
     """Loads the data once, trains and scores each model; writes and returns quality.json."""
     import keras
-    import numpy as np
 
-    from trainer import config as config_lib
-    from trainer import datasets, distribute, input_pipeline, metrics, train_lib
+    from trainer import datasets, distribute, input_pipeline, train_lib
     from trainer.datasets.canonical import atomic_write_text
-    from trainer.errors import DataError
 
     base = _config(args, [])
     started = time.time()
@@ -311,6 +304,9 @@ def run(args, names: list, per_model: dict) -> dict:
     negatives = base.data.movielens.eval_negatives
     scored = regular_groups(tables["test"].label, tables["test"].group, 1 + negatives)
     skipped_users = len(np.unique(tables["test"].group)) - len(scored)
+    if not len(scored):
+        raise DataError(f"no test impression has 1 positive + {negatives} negatives (users "
+                        "rated nearly every item?); lower data.movielens.eval_negatives")
     test = _subset(tables["test"], np.isin(tables["test"].group, scored))
     scored_users = np.array([user_of_group["test"][g] for g in scored.tolist()], dtype=object)
 
@@ -464,8 +460,6 @@ def _settings(cfg, fitted: dict, tables: dict, model) -> dict:
 
 
 def _json_default(value):
-    import numpy as np
-
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -8,6 +8,8 @@ import keras
 import keras_hub
 from keras import ops
 
+from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
+
 # cls: BERT's pooler, tanh(dense([CLS])); first: the [CLS] vector itself; mean: the mean of
 # the non-padding token vectors.
 POOLING = ("cls", "first", "mean")
@@ -45,16 +47,22 @@ class BERTRecommender(keras.Model):
             backbone.pooled_dense.trainable = False
         self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
         self.click_head = keras.layers.Dense(
-            1, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            1, kernel_initializer="glorot_uniform",
             name="click_head")
 
     @classmethod
     def from_sizes(cls, vocabulary_size: int, num_layers: int, num_heads: int, hidden_dim: int,
                    intermediate_dim: int, dropout: float = 0.1, head_dropout: float = 0.1,
                    max_sequence_length: int = 128, pooling: str = "cls",
-                   **kwargs) -> "BERTRecommender":
-        """A randomly initialised keras-hub ``BertBackbone`` of the given sizes."""
-        backbone = keras_hub.models.BertBackbone(
+                   normalize_first: bool = False, **kwargs) -> "BERTRecommender":
+        """A randomly initialised backbone of the given sizes.
+
+        ``normalize_first=False`` gives keras-hub's ``BertBackbone`` (post-LN, the
+        architecture of pretrained BERT checkpoints); True gives :class:`PreLNBertBackbone`,
+        which learns far faster from scratch.
+        """
+        backbone_cls = PreLNBertBackbone if normalize_first else keras_hub.models.BertBackbone
+        backbone = backbone_cls(
             vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
             hidden_dim=hidden_dim, intermediate_dim=intermediate_dim, dropout=dropout,
             max_sequence_length=max_sequence_length)

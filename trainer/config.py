@@ -108,6 +108,7 @@ class ModelConfig:
     dropout: float = 0.1
     head_dropout: float = 0.1
     pooling: str = "cls"  # cls: tanh(dense([CLS])) | first: the [CLS] vector | mean: over tokens
+    normalize_first: bool = False  # random init only: pre-LN blocks (see pre_ln_bert_backbone)
     max_sequence_length: int = 128
     embedding_dim: int = 32  # matrix factorisation
     l2: float = 0.0  # matrix factorisation embedding regulariser

@@ -169,7 +169,8 @@ def build_model(cfg: config_lib.ExperimentConfig, packer, ids: input_pipeline.Id
             vocabulary_size=packer.tokenizer.vocabulary_size(), num_layers=m.num_layers,
             num_heads=m.num_heads, hidden_dim=m.hidden_dim, intermediate_dim=m.intermediate_dim,
             dropout=m.dropout, head_dropout=m.head_dropout,
-            max_sequence_length=m.max_sequence_length, pooling=m.pooling)
+            max_sequence_length=m.max_sequence_length, pooling=m.pooling,
+            normalize_first=m.normalize_first)
     if m.kind == "mf":
         return MatrixFactorization(len(ids.users), len(ids.items), m.embedding_dim, m.l2)
     model = MostPopular(len(ids.items))

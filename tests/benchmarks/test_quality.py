@@ -152,6 +152,7 @@ def test_bad_arguments_exit_2(tmp_path, capsys, extra, match):
     assert match in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_pretrained_row_compares_on_its_user_subset(ml_dir, tmp_path):
     minilm = require_shared(MINILM_DIR)
     assert quality.main(_argv(ml_dir, tmp_path, "--models", "popularity,bert_pretrained",
