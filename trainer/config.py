@@ -323,6 +323,10 @@ def validate(cfg: ExperimentConfig) -> None:
     if m.kind == "bert" and not m.pretrained and m.hidden_dim % m.num_heads:
         raise ConfigError(f"config key 'model.hidden_dim' ({m.hidden_dim}) must be divisible by "
                           f"'model.num_heads' ({m.num_heads})")
+    if m.pretrained and m.normalize_first:
+        raise ConfigError("config key 'model.normalize_first' applies to random init only; a "
+                          "pretrained checkpoint (model.pretrained) keeps its own architecture; "
+                          "add --set model.normalize_first=false")
     if not 0 <= t.warmup_fraction < 1:
         raise ConfigError("config key 'train.warmup_fraction' must be in [0, 1)")
     if not d.item_text_fields:

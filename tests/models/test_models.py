@@ -20,10 +20,10 @@ VOCAB = input_pipeline.RESERVED_TOKENS + [f"w{i}" for i in range(95)]  # ~100 to
 BATCH = 6
 
 
-def tiny_bert():
+def tiny_bert(**kwargs):
     return BERTRecommender.from_sizes(vocabulary_size=len(VOCAB), num_layers=1, num_heads=2,
                                       hidden_dim=16, intermediate_dim=32,
-                                      max_sequence_length=16)
+                                      max_sequence_length=16, **kwargs)
 
 
 def tiny_popularity():
@@ -34,6 +34,8 @@ def tiny_popularity():
 
 MODELS = {
     "bert": tiny_bert,
+    "bert_pre_ln_first": lambda: tiny_bert(normalize_first=True, pooling="first"),
+    "bert_mean": lambda: tiny_bert(pooling="mean"),
     "mf": lambda: MatrixFactorization(num_users=8, num_items=10, embedding_dim=4),
     "popularity": tiny_popularity,
 }
@@ -81,9 +83,10 @@ def test_model_harness(name, tmp_path):
     np.testing.assert_allclose(reloaded.predict(features, verbose=0), expected, atol=1e-6)
 
     export_dir = str(tmp_path / "export")
-    export.export_saved_model(model, export_dir, packer if name == "bert" else None)
+    is_text = name.startswith("bert")
+    export.export_saved_model(model, export_dir, packer if is_text else None)
     serve = export.load_serving_fn(export_dir)
-    if name == "bert":
+    if is_text:
         out = serve(user_text=tf.constant(user), item_text=tf.constant(item))
         tokens = export.load_serving_fn(export_dir, "serve_tokens")(
             token_ids=features["token_ids"], segment_ids=features["segment_ids"])
@@ -105,6 +108,27 @@ def test_bert_logits_ignore_padding():
     noisy = dict(longer, segment_ids=tf.where(longer["token_ids"] == 0, 1,
                                               longer["segment_ids"]))
     np.testing.assert_allclose(model(longer).numpy(), model(noisy).numpy(), atol=1e-6)
+
+
+def test_pooling_choices_and_frozen_pooler():
+    first = tiny_bert(pooling="first")
+    assert not first.backbone.pooled_dense.trainable  # unused: kept out of the optimizer
+    assert tiny_bert().backbone.pooled_dense.trainable
+    with pytest.raises(ValueError, match="pooling"):
+        tiny_bert(pooling="max")
+
+
+def test_pre_ln_backbone_is_a_drop_in_for_bert_backbone():
+    from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
+    model = tiny_bert(normalize_first=True)
+    assert isinstance(model.backbone, PreLNBertBackbone)
+    features = make_packer()(tf.constant(["w1 w2"]), tf.constant(["w3"]))
+    outputs = model.backbone({**features, "padding_mask": tf.cast(
+        features["token_ids"] != 0, tf.int32)})
+    assert set(outputs) == {"sequence_output", "pooled_output"}
+    assert outputs["sequence_output"].shape == (1, 16, 16)
+    # The transformer blocks really normalise first.
+    assert all(layer.normalize_first for layer in model.backbone.transformer_layers)
 
 
 def test_popularity_orders_by_training_clicks():

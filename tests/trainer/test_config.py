@@ -68,10 +68,17 @@ def test_wrong_types_name_the_key(override, key):
     ("data.sequence_length=512", "data.sequence_length"),
     ("model.hidden_dim=15", "model.hidden_dim"),
     ("train.batch_size=0", "train.batch_size"),
+    ("model.pooling=max", "model.pooling"),
 ])
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"), [override])
+
+
+def test_pretrained_with_normalize_first_is_refused():
+    with pytest.raises(ConfigError, match="model.normalize_first"):
+        config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"),
+                               ["model.pretrained=/some/dir", "model.normalize_first=true"])
 
 
 def test_yaml_file_errors(tmp_path):
