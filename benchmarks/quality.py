@@ -7,8 +7,8 @@
 
 Protocol (identical for every model, so the rows differ only in the model):
 
-* The data is loaded once (``trainer.datasets.load``) and turned into pair tables once, with
-  one id vocabulary, exactly as ``trainer.train_lib.prepare_data`` does for ``train``.
+* The data is loaded and turned into pair tables once, with one id vocabulary and one
+  WordPiece vocabulary, by ``trainer.train_lib.prepare_data`` (what ``train`` uses).
 * Split: chronological leave-last-out per user (trainer/datasets/movielens.py): each user's
   last positive (rating >= ``data.movielens.positive_threshold``) is the test item, the one
   before it the validation item, earlier positives are training impressions with
@@ -282,24 +282,21 @@ def run(args, names: list, per_model: dict) -> dict:
     """Loads the data once, trains and scores each model; writes and returns quality.json."""
     import keras
 
-    from trainer import datasets, distribute, input_pipeline, train_lib
+    from trainer import distribute, train_lib
     from trainer.datasets.canonical import atomic_write_text
 
     base = _config(args, [])
     started = time.time()
-    data = datasets.load(base.data, os.path.join(args.out, "data"))
-    ids = input_pipeline.IdVocabulary.build(data.splits["train"], data.catalogue)
-    tables = {name: input_pipeline.make_pair_table(
-        examples, data.catalogue, base.data.item_text_fields, base.data.max_history, ids)
-        for name, examples in data.splits.items()}
-    for name in ("train", "validation", "test"):
-        if len(tables[name]) == 0:
-            raise DataError(f"the {name} split is empty; check the data and "
-                            "data.movielens.min_positives")
+    # The same data preparation `train` uses (one id vocabulary, one WordPiece vocabulary).
+    prepared = train_lib.prepare_data(base, args.out)
+    tables = prepared.tables
+    if len(tables["test"]) == 0:
+        raise DataError("the test split is empty; check the data and "
+                        "data.movielens.min_positives")
     user_of_group = {}
     for name in ("validation", "test"):
-        users = np.array([ex.user_id for ex in data.splits[name]], dtype=object)
-        user_of_group[name] = dict(zip(tables[name].group.tolist(), users.tolist()))
+        users = [ex.user_id for ex in prepared.splits[name]]
+        user_of_group[name] = dict(zip(tables[name].group.tolist(), users))
 
     negatives = base.data.movielens.eval_negatives
     scored = regular_groups(tables["test"].label, tables["test"].group, 1 + negatives)
@@ -310,16 +307,14 @@ def run(args, names: list, per_model: dict) -> dict:
     test = _subset(tables["test"], np.isin(tables["test"].group, scored))
     scored_users = np.array([user_of_group["test"][g] for g in scored.tolist()], dtype=object)
 
-    vocabulary = None
-    if "bert" in names:  # learned exactly as prepare_data does for a random-init BERT
-        texts = [item.text(base.data.item_text_fields) for item in data.catalogue.values()]
-        texts += sorted({ex.query for ex in data.splits["train"] if ex.query})
-        vocabulary = input_pipeline.learn_vocabulary(texts, base.data.vocab_size,
-                                                     base.data.lowercase)
+    vocabulary = prepared.vocabulary
+    if "bert" in names and vocabulary is None:
+        raise UserInputError("the bert row learns its vocabulary from the base config: set "
+                             "model.kind=bert and no model.pretrained in --config/--set")
     data_seconds = time.time() - started
-    info = dict(data.info)
-    info["pairs"] = {name: len(t) for name, t in tables.items()}
-    del data
+    info = prepared.info
+    ids = prepared.ids
+    del prepared
 
     strategy = distribute.make_strategy(base.runtime)
     seed = base.data.movielens.seed

@@ -230,7 +230,6 @@ def expected_calibration_error(labels, probabilities, num_bins: int = 10) -> flo
     if len(y) == 0:
         return float("nan")
     bins = np.clip(np.floor(p * num_bins).astype(np.int64), 0, num_bins - 1)
-    counts = np.bincount(bins, minlength=num_bins)
     label_sums = np.bincount(bins, weights=y, minlength=num_bins)
     prob_sums = np.bincount(bins, weights=p, minlength=num_bins)
     # |mean(y) - mean(p)| * n_b / n == |sum(y) - sum(p)| / n per bin.

@@ -117,6 +117,7 @@ class PreparedData:
     """Everything the model-facing steps need, built from a SplitData."""
 
     tables: dict  # split -> PairTable
+    splits: dict  # split -> [Example], row-aligned with the tables
     info: dict
     ids: input_pipeline.IdVocabulary
     vocabulary: list | None  # learned WordPiece vocabulary (random-init text models)
@@ -145,7 +146,7 @@ def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedDa
             texts, cfg.data.vocab_size, cfg.data.lowercase)
     info = dict(data.info)
     info["pairs"] = {name: len(t) for name, t in tables.items()}
-    return PreparedData(tables, info, ids, vocabulary)
+    return PreparedData(tables, data.splits, info, ids, vocabulary)
 
 
 def make_packer(cfg: config_lib.ExperimentConfig, vocabulary) -> TextPairPacker | None:
