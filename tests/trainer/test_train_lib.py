@@ -153,3 +153,18 @@ def test_warmup_linear_decay_schedule():
     schedule = train_lib.WarmupLinearDecay(peak=1.0, warmup_steps=10, total_steps=110)
     values = [float(schedule(step)) for step in (0, 5, 10, 60, 110, 200)]
     assert values == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0, 0.0])
+
+
+def test_predict_command_uses_the_export(trained_run, capsys):
+    from trainer import task
+    cfg, model_dir, _ = trained_run
+    prepared = train_lib.prepare_data(cfg, model_dir)
+    table = prepared.tables["test"]
+    user, item = str(table.user_text[0]), str(table.item_text[0])
+    assert task.main(["predict", "--model_dir", model_dir, "--user_text", user,
+                      "--item_text", item]) == 0
+    printed = float(capsys.readouterr().out.split("\t")[0])
+    model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
+    logit = train_lib.predict_logits(model, table, train_lib.load_run_packer(cfg, model_dir),
+                                     16)[0]
+    assert printed == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-4)
