@@ -27,7 +27,7 @@ import io
 import json
 import os
 import uuid
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import tensorflow as tf
 
@@ -100,6 +100,31 @@ def _read_text(path: str) -> str:
     if not text.strip():
         raise DataError(f"{path}: file is empty; it needs a header row and at least one row")
     return text
+
+
+def decoded_lines(path: str, encoding: str = "utf-8", missing_hint: str = "",
+                  fix: str = "") -> Iterator[tuple[int, str]]:
+    """Streams ``(line_number, text)`` of a file, each line decoded on its own (ending kept)
+    so a bad byte is reported with its line; a leading byte-order mark is dropped.
+
+    For the source-specific loaders (MovieLens, MIND) whose files are too large to read
+    whole. ``missing_hint`` is added to the file-not-found error and ``fix`` replaces the
+    default advice on a decoding error.
+    """
+    if not tf.io.gfile.exists(path):
+        raise DataError(f"{path}: file not found" + (f"; {missing_hint}" if missing_hint else ""))
+    # Local files through open(): iterating a GFile line by line is much slower.
+    handle = tf.io.gfile.GFile(path, "rb") if "://" in path else open(path, "rb")
+    with handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode(encoding)
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{_where(path, line_no)}: text is not valid {encoding.upper()} (byte "
+                    f"{err.start} of the line); {fix or f're-save the file as {encoding}'}"
+                ) from None
+            yield line_no, (text.lstrip("\ufeff") if line_no == 1 else text)
 
 
 def _file_format(path: str) -> str:

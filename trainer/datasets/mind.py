@@ -66,7 +66,8 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.config import ConfigError, MindConfig
-from trainer.datasets.canonical import Catalogue, DataError, Example, Item, SplitData
+from trainer.datasets.canonical import (Catalogue, DataError, Example, Item, SplitData,
+                                        decoded_lines)
 
 NEWS_COLUMNS = ("news_id", "category", "subcategory", "title", "abstract", "url",
                 "title_entities", "abstract_entities")
@@ -88,22 +89,13 @@ def _layout_hint(cfg: MindConfig) -> str:
 
 def _iter_lines(path: str, hint: str) -> Iterator[tuple[int, str]]:
     """Yields ``(line_number, text)`` for non-blank lines, decoding each as UTF-8."""
-    if not tf.io.gfile.exists(path):
-        raise DataError(f"{path}: file not found; {hint}")
-    with tf.io.gfile.GFile(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{line_no}: text is not valid UTF-8 (byte {err.start} "
-                                "of the line); re-download the file or re-save it as UTF-8"
-                                ) from None
-            if line_no == 1:
-                text = text.lstrip("\ufeff")
-            # Strip only the line ending: trailing tabs are empty columns (entities).
-            text = text.rstrip("\r\n")
-            if text.strip():
-                yield line_no, text
+    for line_no, text in decoded_lines(
+            path, "utf-8", missing_hint=hint,
+            fix="re-download the file or re-save it as UTF-8"):
+        # Strip only the line ending: trailing tabs are empty columns (entities).
+        text = text.rstrip("\r\n")
+        if text.strip():
+            yield line_no, text
 
 
 def _split_columns(text: str, path: str, line: int, columns: tuple) -> list[str]:

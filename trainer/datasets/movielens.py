@@ -75,7 +75,8 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.config import MovieLensConfig
-from trainer.datasets.canonical import Catalogue, DataError, Example, Item, SplitData
+from trainer.datasets.canonical import (Catalogue, DataError, Example, Item, SplitData,
+                                        decoded_lines)
 
 VARIANTS = ("ml-100k", "ml-1m", "ml-latest-small", "ml-25m")
 OFFICIAL_URL = "https://files.grouplens.org/datasets/movielens/{variant}.zip"
@@ -149,19 +150,11 @@ def _exists(path: str) -> bool:
 
 
 def _decoded_lines(path: str, encoding: str) -> Iterator[str]:
-    """Streams a file's lines (ends kept), decoding line by line so a bad byte is reported
-    with its line number. Remote paths (gs://...) go through tf.io.gfile."""
-    if not _exists(path):
-        raise DataError(f"{path}: file not found")
-    handle = tf.io.gfile.GFile(path, "rb") if "://" in path else open(path, "rb")
-    with handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                yield raw.decode(encoding)
-            except UnicodeDecodeError:
-                raise DataError(f"{path}:{line_no}: text is not valid {encoding}; MovieLens "
-                                "CSV files are UTF-8 (.dat and u.* files Latin-1); re-save "
-                                f"the file as {encoding}") from None
+    """A file's decoded lines, ends kept (for csv.reader); errors name the line."""
+    fix = (f"MovieLens CSV files are UTF-8 (.dat and u.* files Latin-1); re-save the file as "
+           f"{encoding}")
+    for _, text in decoded_lines(path, encoding, fix=fix):
+        yield text
 
 
 def _lines(path: str, encoding: str) -> Iterator[tuple[int, str]]:
