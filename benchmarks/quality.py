@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -283,7 +282,7 @@ def run(args, names: list, per_model: dict) -> dict:
     import keras
 
     from trainer import distribute, train_lib
-    from trainer.datasets.canonical import atomic_write_text
+    from trainer.datasets.canonical import atomic_write_text, write_json
 
     base = _config(args, [])
     started = time.time()
@@ -423,11 +422,8 @@ def run(args, names: list, per_model: dict) -> dict:
             "same users); its row's comparison_on_subset gives every model on that subset"
             if eval_subset is not None else "bert_pretrained is scored on all users")
     result = {"protocol": protocol, "rows": rows}
-    atomic_write_text(os.path.join(args.out, "quality.json"),
-                      json.dumps(result, indent=2, sort_keys=False, default=_json_default)
-                      + "\n")
-    atomic_write_text(os.path.join(args.out, "data_info.json"),
-                      json.dumps(info, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_json(os.path.join(args.out, "quality.json"), result, sort_keys=False)
+    write_json(os.path.join(args.out, "data_info.json"), info)
     atomic_write_text(os.path.join(args.out, "config.yaml"), config_lib.dump_yaml(base))
     return result
 
@@ -452,14 +448,6 @@ def _settings(cfg, fitted: dict, tables: dict, model) -> dict:
     if fitted["history"].get("val_auc"):
         settings["best_val_auc"] = max(fitted["history"]["val_auc"])
     return settings
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 if __name__ == "__main__":

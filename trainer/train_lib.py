@@ -19,7 +19,6 @@ first file is written into ``model_dir``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -35,7 +34,7 @@ from models.bert_recommender import BERTRecommender
 from models.layers.text_pair_packer import TextPairPacker
 from trainer import config as config_lib
 from trainer import datasets, distribute, export, input_pipeline, metrics
-from trainer.datasets.canonical import atomic_write_text
+from trainer.datasets.canonical import atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError
 
 log = logging.getLogger(__name__)
@@ -231,10 +230,6 @@ def _callbacks(model_dir: str | None, patience: int) -> list:
     ]
 
 
-def _write_json(path: str, payload: dict) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
 def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict, packer,
               strategy: tf.distribute.Strategy, model_dir: str | None = None,
               verbose: int = 2) -> dict:
@@ -295,7 +290,7 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
     tf.io.gfile.makedirs(model_dir)
     if not resuming:
         atomic_write_text(os.path.join(model_dir, "config.yaml"), config_lib.dump_yaml(cfg))
-    _write_json(os.path.join(model_dir, "data_info.json"), prepared.info)
+    write_json(os.path.join(model_dir, "data_info.json"), prepared.info)
     vocabulary = prepared.vocabulary
     if vocabulary is not None:
         vocab_path = os.path.join(model_dir, "vocab.txt")
@@ -319,7 +314,7 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
     model.save(tmp_model)
     tf.io.gfile.rename(tmp_model, model_path, overwrite=True)
     export.export_saved_model(model, os.path.join(model_dir, "export"), packer)
-    _write_json(os.path.join(model_dir, "metrics.json"), results)
+    write_json(os.path.join(model_dir, "metrics.json"), results)
     return results
 
 

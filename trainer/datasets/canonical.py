@@ -29,6 +29,7 @@ import os
 import uuid
 from typing import Iterable, Iterator
 
+import numpy as np
 import tensorflow as tf
 
 from trainer.errors import DataError
@@ -269,6 +270,20 @@ def atomic_write_text(path: str, text: str) -> None:
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(text)
     tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_json(path: str, payload, sort_keys: bool = True) -> None:
+    """Writes ``payload`` as indented JSON, atomically; numpy scalars/arrays are converted."""
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=sort_keys,
+                                       default=_json_default) + "\n")
 
 
 def _encode(rows: list[dict], columns: list[str], file_format: str,
