@@ -82,21 +82,59 @@ class BERTRecommender(keras.Model):
 
     def call(self, inputs, training=False):
         token_ids = inputs["token_ids"]
-        backbone_inputs = {
-            "token_ids": token_ids,
-            "segment_ids": inputs["segment_ids"],
-            "padding_mask": ops.cast(ops.not_equal(token_ids, 0), "int32"),
-        }
-        outputs = self.backbone(backbone_inputs, training=training)
+        padding_mask = self.padding_mask(token_ids)
+        outputs = self.backbone({"token_ids": token_ids, "segment_ids": inputs["segment_ids"],
+                                 "padding_mask": padding_mask}, training=training)
+        return self._logit(outputs["sequence_output"], outputs["pooled_output"], padding_mask,
+                           training)
+
+    @staticmethod
+    def padding_mask(token_ids):
+        """1 for real tokens, 0 for [PAD] (id 0), as int32 (see the class docstring)."""
+        return ops.cast(ops.not_equal(token_ids, 0), "int32")
+
+    def token_embeddings(self, token_ids):
+        """The backbone's word-piece embeddings of ``token_ids``: what attribution methods
+        interpolate and differentiate (positions and segments are added after them)."""
+        return self.backbone.token_embedding(token_ids)
+
+    def logit_from_token_embeddings(self, token_embeddings, segment_ids, padding_mask,
+                                    training=False, return_attention_scores=False):
+        """The click logit computed from word-piece embeddings instead of ids.
+
+        Runs the backbone's sub-layers in the order its functional graph does (token
+        embeddings + position + segment embeddings -> LayerNorm -> dropout -> transformer
+        layers -> pooling -> head), so ``logit_from_token_embeddings(token_embeddings(ids),
+        ...)`` equals ``call`` up to float round-off (tests/models check it). With
+        ``return_attention_scores`` it returns ``(logit, [per-layer scores of shape
+        [batch, heads, seq, seq]])`` for attention rollout.
+        """
+        backbone = self.backbone
+        x = backbone.embeddings_add((token_embeddings,
+                                     backbone.position_embedding(token_embeddings),
+                                     backbone.segment_embedding(segment_ids)))
+        x = backbone.embeddings_dropout(backbone.embeddings_layer_norm(x), training=training)
+        attention_scores = []
+        for layer in backbone.transformer_layers:
+            if return_attention_scores:
+                x, scores = layer(x, padding_mask=padding_mask, training=training,
+                                  return_attention_scores=True)
+                attention_scores.append(scores)
+            else:
+                x = layer(x, padding_mask=padding_mask, training=training)
+        pooled_output = backbone.pooled_dense(x[:, 0, :]) if self.pooling == "cls" else None
+        logit = self._logit(x, pooled_output, padding_mask, training)
+        return (logit, attention_scores) if return_attention_scores else logit
+
+    def _logit(self, sequence_output, pooled_output, padding_mask, training):
         if self.pooling == "cls":
             # pooled_output (tanh(dense(CLS))) keeps the backbone's pooled_dense trained.
-            pooled = outputs["pooled_output"]
+            pooled = pooled_output
         elif self.pooling == "first":
-            pooled = outputs["sequence_output"][:, 0, :]
+            pooled = sequence_output[:, 0, :]
         else:
-            mask = ops.expand_dims(ops.cast(backbone_inputs["padding_mask"],
-                                            outputs["sequence_output"].dtype), -1)
-            pooled = ops.sum(outputs["sequence_output"] * mask, axis=1) / ops.maximum(
+            mask = ops.expand_dims(ops.cast(padding_mask, sequence_output.dtype), -1)
+            pooled = ops.sum(sequence_output * mask, axis=1) / ops.maximum(
                 ops.sum(mask, axis=1), 1.0)
         pooled = self.head_dropout(pooled, training=training)
         return ops.squeeze(self.click_head(pooled), axis=-1)

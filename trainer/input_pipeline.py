@@ -110,7 +110,9 @@ def learn_vocabulary(texts: list[str], vocabulary_size: int, lowercase: bool) ->
     data = tf.data.Dataset.from_tensor_slices(np.array(texts, dtype=object)).batch(1024)
     return keras_hub.tokenizers.compute_word_piece_vocabulary(
         data, vocabulary_size=vocabulary_size, lowercase=lowercase,
-        reserved_tokens=RESERVED_TOKENS)
+        # The separator joins the query and titles on the user side; item texts rarely
+        # contain it, so reserve it: otherwise it would tokenize to [UNK].
+        reserved_tokens=RESERVED_TOKENS + [USER_SIDE_SEPARATOR.strip()])
 
 
 def make_tokenizer(vocabulary=None, lowercase: bool = True, pretrained: str = ""):

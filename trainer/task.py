@@ -1,4 +1,4 @@
-"""Command-line entry point: ``python -m trainer.task {train,evaluate,predict} ...``.
+"""Command-line entry point: ``python -m trainer.task {train,evaluate,predict,explain} ...``.
 
     python -m trainer.task train --config configs/tiny.yaml --model_dir runs/tiny \\
         [--set train.learning_rate=3e-5 --set model.num_layers=1]
@@ -6,8 +6,10 @@
     python -m trainer.task predict --model_dir runs/tiny \\
         --user_text "i want to buy a new laptop ; acme wireless retro laptop new" \\
         --item_text "globex wireless gaming laptop pro"
+    python -m trainer.task explain --model_dir runs/tiny --num_examples 20 \
+        [--methods integrated_gradients,occlusion,shapley]
 
-Parses arguments, loads the config and dispatches; the work lives in train_lib / export.
+Parses arguments, loads the config and dispatches; the work lives in train_lib / export / explain_lib.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import json
 import logging
 import os
 import sys
+
+# The default methods (shap is opt-in: it needs the [explain] extra and is the slowest).
+EXPLAIN_METHODS = ("integrated_gradients", "gradient_x_input", "attention_rollout", "occlusion",
+                   "leave_one_out", "shapley")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +42,22 @@ def _parser() -> argparse.ArgumentParser:
                          help="user side text (repeat for a batch)")
     predict.add_argument("--item_text", action="append", required=True,
                          help="candidate item text (repeat, same count as --user_text)")
+    explain = sub.add_parser("explain", help="explain a trained run's recommendations and "
+                             "measure the explanations' faithfulness")
+    explain.add_argument("--model_dir", required=True)
+    explain.add_argument("--num_examples", type=int, default=20,
+                         help="impressions to explain (one candidate each)")
+    explain.add_argument("--methods", default=",".join(EXPLAIN_METHODS),
+                         help="comma-separated; token methods: integrated_gradients, "
+                         "gradient_x_input, attention_rollout, occlusion, shap (needs "
+                         "the [explain] extra); history methods: leave_one_out, shapley")
+    explain.add_argument("--split", default="test", choices=("validation", "test", "train"))
+    explain.add_argument("--select", default="top", choices=("top", "random"),
+                         help="top: each impression's top-scored candidate (the "
+                         "recommendation); random: any candidate")
+    explain.add_argument("--ig_steps", type=int, default=32)
+    explain.add_argument("--shapley_permutations", type=int, default=32)
+    explain.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -56,6 +78,18 @@ def main(argv: list[str] | None = None) -> int:
             results = train_lib.evaluate(args.model_dir)
             print(train_lib.format_metrics_table(results))
             print(json.dumps(results, indent=2, sort_keys=True))
+        elif args.command == "explain":
+            from explainability.explainer import format_faithfulness_table
+            from trainer import explain_lib
+            summary = explain_lib.explain(
+                args.model_dir, num_examples=args.num_examples,
+                methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+                split=args.split, select=args.select, seed=args.seed,
+                ig_steps=args.ig_steps, shapley_permutations=args.shapley_permutations)
+            print("\n" + format_faithfulness_table(summary))
+            out = os.path.join(args.model_dir, "explanations")
+            print(f"\noutputs:\n  {out}/report.html\n  {out}/explanations.jsonl\n"
+                  f"  {out}/faithfulness.json")
         elif args.command == "predict":
             if len(args.user_text) != len(args.item_text):
                 raise UserInputError("give as many --item_text as --user_text")

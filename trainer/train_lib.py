@@ -120,6 +120,7 @@ class PreparedData:
     info: dict
     ids: input_pipeline.IdVocabulary
     vocabulary: list | None  # learned WordPiece vocabulary (random-init text models)
+    catalogue: dict | None = None  # item id -> Item (explanations need titles)
 
 
 def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedData:
@@ -145,7 +146,7 @@ def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedDa
             texts, cfg.data.vocab_size, cfg.data.lowercase)
     info = dict(data.info)
     info["pairs"] = {name: len(t) for name, t in tables.items()}
-    return PreparedData(tables, data.splits, info, ids, vocabulary)
+    return PreparedData(tables, data.splits, info, ids, vocabulary, data.catalogue)
 
 
 def make_packer(cfg: config_lib.ExperimentConfig, vocabulary) -> TextPairPacker | None:

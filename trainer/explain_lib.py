@@ -1,0 +1,177 @@
+"""``python -m trainer.task explain``: explain a trained run's recommendations.
+
+Loads the run (config, ``model.keras``, vocabulary, data), picks impressions from a split,
+explains one candidate of each with :mod:`explainability`, and writes::
+
+    <model_dir>/explanations/
+        report.html          one self-contained page: heatmaps, history bars, sentences
+        explanations.jsonl   one record per explained example
+        faithfulness.json    per method: faithfulness with bootstrap 95% intervals, cost
+    <model_dir>/tensorboard/explanations/   text summaries (sentences, the faithfulness table)
+
+Everything is validated before anything is written; the three files are written into a
+temporary directory that is renamed into place, so an interrupted run leaves no
+half-written ``explanations/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from explainability import explainer as explainer_lib
+from explainability.history_attributions import Case
+from explainability.pair_scorer import PairScorer
+from explainability.report import render_report
+from trainer import input_pipeline
+from trainer.datasets.canonical import atomic_write_text, write_json
+from trainer.errors import DataError, RunDirError, UserInputError
+from trainer.train_lib import load_run_config, load_run_packer, prepare_data
+
+SELECTIONS = ("top", "random")
+
+
+def load_text_run(model_dir: str):
+    """``(cfg, model, packer)`` of a finished run of a text (BERT) model."""
+    cfg = load_run_config(model_dir)
+    if cfg.model.kind != "bert":
+        raise UserInputError(f"{model_dir}: explain needs a text model (model.kind=bert); "
+                             f"this run trained model.kind={cfg.model.kind}")
+    model_path = os.path.join(model_dir, "model.keras")
+    if not tf.io.gfile.exists(model_path):
+        raise RunDirError(f"{model_path}: not found; the run did not finish training")
+    return cfg, keras.models.load_model(model_path), load_run_packer(cfg, model_dir)
+
+
+def make_compose(max_history: int):
+    """The run's user-side formatting for a list of shown titles (oldest first)."""
+    return lambda query, titles: input_pipeline.user_side_text(query, titles, max_history)
+
+
+def make_case(example, impression: list, catalogue, cfg, index: int) -> Case:
+    """A :class:`Case` for ``example`` with the other candidates of its impression."""
+    shown = list(example.history)[-cfg.data.max_history:] if cfg.data.max_history > 0 else []
+    fields = cfg.data.item_text_fields
+    truth = {}
+    if "true_reason_tokens" in example.extras:
+        truth = {"reason_tokens": example.extras.get("true_reason_tokens"),
+                 "reason_history": example.extras.get("true_reason_history")}
+    return Case(
+        query=example.query or "",
+        history=[(h, catalogue[h].title) for h in shown],
+        candidate_id=example.candidate,
+        candidate_text=catalogue[example.candidate].text(fields),
+        candidate_title=catalogue[example.candidate].title,
+        others=[(o.candidate, catalogue[o.candidate].text(fields))
+                for o in impression if o is not example],
+        meta={"example": {"index": index, "impression_id": example.impression_id,
+                          "user_id": example.user_id, "label": int(example.label)},
+              "truth": truth})
+
+
+def select_cases(examples: list, catalogue, cfg, scorer: PairScorer, num_examples: int,
+                 select: str, seed: int) -> list[Case]:
+    """``num_examples`` impressions drawn at random (seeded) from ``examples``; from each,
+    its top-scored candidate (``select="top"``: the recommendation) or a random one."""
+    impressions: dict = {}
+    for index, example in enumerate(examples):
+        impressions.setdefault(example.impression_id, []).append((index, example))
+    rng = np.random.default_rng(seed)
+    keys = sorted(impressions)
+    chosen = [keys[i] for i in rng.permutation(len(keys))[:num_examples]]
+    compose = make_compose(cfg.data.max_history)
+    fields = cfg.data.item_text_fields
+    cases = []
+    for key in chosen:
+        rows = impressions[key]
+        if select == "top":
+            users = [make_case(ex, [], catalogue, cfg, i).user_text(compose) for i, ex in rows]
+            scores = scorer.score_texts(users, [catalogue[ex.candidate].text(fields)
+                                                for _, ex in rows])
+            index, example = rows[int(np.argmax(scores))]
+        else:
+            index, example = rows[int(rng.integers(len(rows)))]
+        cases.append(make_case(example, [ex for _, ex in rows], catalogue, cfg, index))
+    return cases
+
+
+def explain(model_dir: str, num_examples: int = 20, methods: list | None = None,
+            split: str = "test", select: str = "top", seed: int = 0, ig_steps: int = 32,
+            shapley_permutations: int = 32, progress: bool = True) -> dict:
+    """Explains ``num_examples`` recommendations of the run in ``model_dir`` and writes the
+    outputs listed in the module docstring. Returns the faithfulness.json content."""
+    if num_examples < 1:
+        raise UserInputError(f"--num_examples must be at least 1, got {num_examples}")
+    if select not in SELECTIONS:
+        raise UserInputError(f"--select must be one of {SELECTIONS}, got {select!r}")
+    try:
+        options = explainer_lib.ExplainOptions(
+            methods=tuple(methods or explainer_lib.DEFAULT_METHODS), ig_steps=ig_steps,
+            shapley_permutations=shapley_permutations, seed=seed)
+    except ValueError as err:
+        raise UserInputError(f"--methods: {err}") from None
+    if "shap" in options.methods:
+        try:
+            import shap  # noqa: F401
+        except ImportError:
+            raise UserInputError('--methods shap needs the shap package: pip install -e '
+                                 '".[explain]"') from None
+    cfg, model, packer = load_text_run(model_dir)
+    prepared = prepare_data(cfg, model_dir)
+    if split not in prepared.splits or not prepared.splits[split]:
+        raise DataError(f"the {split} split of {model_dir} is empty; choose another --split")
+    scorer = PairScorer(model, packer, batch_size=cfg.train.eval_batch_size)
+    explainer = explainer_lib.Explainer(scorer, make_compose(cfg.data.max_history), options)
+    cases = select_cases(prepared.splits[split], prepared.catalogue, cfg, scorer,
+                         num_examples, select, seed)
+
+    records, token_rows, history_rows = [], [], []
+    bar = keras.utils.Progbar(len(cases), unit_name="example") if progress else None
+    for case in cases:
+        record, tokens, history = explainer.explain(case, case.meta["example"]["index"])
+        records.append(record)
+        token_rows.append(tokens)
+        history_rows.append(history)
+        if bar:
+            bar.add(1)
+    summary = explainer_lib.summarize_faithfulness(token_rows, history_rows, seed=seed)
+    summary.update({"split": split, "select": select, "seed": seed, "ig_steps": ig_steps,
+                    "shapley_permutations": shapley_permutations})
+    _write_outputs(model_dir, records, summary)
+    _write_tensorboard(model_dir, records, summary)
+    return summary
+
+
+def _write_outputs(model_dir: str, records: list, summary: dict) -> str:
+    final = os.path.join(model_dir, "explanations")
+    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tf.io.gfile.makedirs(tmp)
+        atomic_write_text(os.path.join(tmp, "explanations.jsonl"),
+                          "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        write_json(os.path.join(tmp, "faithfulness.json"), summary)
+        atomic_write_text(os.path.join(tmp, "report.html"), render_report(
+            records, summary, title=f"Explanations: {os.path.basename(model_dir.rstrip('/'))}"))
+        if tf.io.gfile.exists(final):
+            tf.io.gfile.rmtree(final)
+        tf.io.gfile.rename(tmp, final)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
+    return final
+
+
+def _write_tensorboard(model_dir: str, records: list, summary: dict) -> None:
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard",
+                                                        "explanations"))
+    with writer.as_default():
+        tf.summary.text("faithfulness", explainer_lib.format_faithfulness_table(
+            summary, markdown=True), step=0)
+        for step, record in enumerate(records[:20]):
+            tf.summary.text("explanation", record["sentence"], step=step)
+    writer.flush()
