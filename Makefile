@@ -7,11 +7,11 @@ RUN_DIR ?= runs/demo
 .PHONY: demo test install clean-demo
 
 # Create the virtualenv and install the package with its test extras (idempotent).
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py Makefile
 	@test -n "$(PYTHON)" || { echo "error: no python3.11 found; run with PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,tfds]"
+	$(PY) -m pip install --quiet -e ".[dev,tfds,explain]"
 	touch $@
 
 install: $(VENV)/.installed

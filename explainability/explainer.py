@@ -16,7 +16,7 @@ import numpy as np
 from explainability import faithfulness, sentences, token_attributions
 from explainability.counterfactual import find_counterfactual, rank_of_first
 from explainability.history_attributions import (Case, ComposeUserText, leave_one_out,
-                                                 sampled_shapley, subset_scores)
+                                                 sampled_shapley)
 from explainability.pair_scorer import PairScorer
 
 TOKEN_METHODS = ("integrated_gradients", "gradient_x_input", "attention_rollout", "occlusion",

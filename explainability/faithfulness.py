@@ -65,7 +65,8 @@ def curve_auc(scores) -> float:
 def _erasure_plan(order: np.ndarray, num: int, bins=BINS) -> dict:
     """Named groups of "top units to erase" masks, one row per variant to score."""
     counts = bin_counts(num, bins)
-    curve_counts = [int(round(f * num)) for f in CURVE_FRACTIONS]
+    # Round half up (Python's round() goes to even, which would make the steps uneven).
+    curve_counts = [int(math.floor(f * num + 0.5)) for f in CURVE_FRACTIONS]
     top = lambda cs: _top_masks(order, cs, num)  # noqa: E731
     return {
         "comprehensiveness": top(counts),  # erase the top-k

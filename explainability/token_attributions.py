@@ -88,14 +88,35 @@ def _path_gradients_fn(model, target: str):
     return path_gradients
 
 
-def baseline_ids(scorer: PairScorer, token_ids: np.ndarray, baseline: str = "pad") -> np.ndarray:
-    """``token_ids`` with every word piece (not [CLS]/[SEP]/padding) set to the baseline id."""
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-    token_ids = np.asarray(token_ids)
-    fill = scorer.pad_id if baseline == "pad" else scorer.mask_id
-    special = np.isin(token_ids, [scorer.pad_id, scorer.cls_id, scorer.sep_id])
-    return np.where(special, token_ids, fill).astype(np.int32)
+def baseline_ids(token_ids, special_ids, fill_id: int):
+    """``token_ids`` (tensor or array) with every word piece set to ``fill_id``; the
+    ``special_ids`` ([PAD], [CLS], [SEP]) stay. Works in a graph (the SavedModel's
+    ``explain`` signature) and eagerly."""
+    token_ids = tf.convert_to_tensor(token_ids, tf.int32)
+    special = tf.reduce_any(tf.equal(token_ids[..., None],
+                                     tf.constant(list(special_ids), tf.int32)), axis=-1)
+    return tf.where(special, token_ids, tf.fill(tf.shape(token_ids), fill_id))
+
+
+def integrated_gradients_tensors(model, token_ids, segment_ids, special_ids, fill_id: int,
+                                 steps: int = 32, target: str = "probability",
+                                 rule: str = "gauss_legendre") -> dict:
+    """Integrated gradients as tensors, for packed rows ``[B, L]`` of ``model``.
+
+    Returns ``attributions`` and ``gradient_x_input`` (``[B, L]``), ``score`` f(x) and
+    ``baseline_score`` f(baseline) (``[B]``). Used eagerly by :func:`integrated_gradients`
+    and traced into the SavedModel's ``explain`` signature, so both compute the same thing.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    alphas, weights = quadrature(steps, rule)
+    token_ids = tf.convert_to_tensor(token_ids, tf.int32)
+    attributions, grad_x_input, score, base_score = _path_gradients_fn(model, target)(
+        token_ids, tf.convert_to_tensor(segment_ids, tf.int32),
+        baseline_ids(token_ids, special_ids, fill_id),
+        tf.constant(alphas, tf.float32), tf.constant(weights, tf.float32))
+    return {"attributions": attributions, "gradient_x_input": grad_x_input, "score": score,
+            "baseline_score": base_score}
 
 
 def integrated_gradients(scorer: PairScorer, token_ids: np.ndarray, segment_ids: np.ndarray,
@@ -103,26 +124,23 @@ def integrated_gradients(scorer: PairScorer, token_ids: np.ndarray, segment_ids:
                          rule: str = "gauss_legendre") -> dict:
     """Integrated gradients for packed rows ``[B, L]`` (or one row ``[L]``).
 
+    ``baseline`` replaces every word piece by the ``[PAD]`` or ``[MASK]`` embedding.
     Returns a dict of numpy arrays: ``attributions`` and ``gradient_x_input`` (``[B, L]``),
     ``score`` f(x) and ``baseline_score`` f(baseline) (``[B]``), and ``completeness_error``
     = |sum(attributions) - (f(x) - f(baseline))| / |f(x) - f(baseline)| (``[B]``).
     """
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     single = np.ndim(token_ids) == 1
-    token_ids = np.atleast_2d(token_ids).astype(np.int32)
-    segment_ids = np.atleast_2d(segment_ids).astype(np.int32)
-    alphas, weights = quadrature(steps, rule)
-    fn = _path_gradients_fn(scorer.model, target)
-    attributions, grad_x_input, score, base_score = (
-        t.numpy().astype(np.float64) for t in fn(
-            tf.constant(token_ids), tf.constant(segment_ids),
-            tf.constant(baseline_ids(scorer, token_ids, baseline)),
-            tf.constant(alphas, tf.float32), tf.constant(weights, tf.float32)))
-    difference = score - base_score
-    error = np.abs(attributions.sum(-1) - difference) / np.maximum(np.abs(difference), 1e-12)
-    out = {"attributions": attributions, "gradient_x_input": grad_x_input, "score": score,
-           "baseline_score": base_score, "completeness_error": error}
+    out = integrated_gradients_tensors(
+        scorer.model, np.atleast_2d(token_ids), np.atleast_2d(segment_ids),
+        special_ids=(scorer.pad_id, scorer.cls_id, scorer.sep_id),
+        fill_id=scorer.pad_id if baseline == "pad" else scorer.mask_id, steps=steps,
+        target=target, rule=rule)
+    out = {k: v.numpy().astype(np.float64) for k, v in out.items()}
+    difference = out["score"] - out["baseline_score"]
+    out["completeness_error"] = (np.abs(out["attributions"].sum(-1) - difference)
+                                 / np.maximum(np.abs(difference), 1e-12))
     return {k: v[0] for k, v in out.items()} if single else out
 
 

@@ -182,3 +182,20 @@ def test_saved_model_matches_in_process_model_in_a_fresh_process(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     max_diff = float(result.stdout.split("MAXDIFF")[1])
     assert max_diff <= 1e-5
+
+
+@pytest.mark.parametrize("normalize_first", [False, True])
+@pytest.mark.parametrize("pooling", ["cls", "first", "mean"])
+def test_logit_from_token_embeddings_reproduces_call(pooling, normalize_first):
+    """The explainers' forward pass from embeddings must be the model, not an imitation."""
+    model = BERTRecommender.from_sizes(vocabulary_size=50, num_layers=2, num_heads=2,
+                                       hidden_dim=16, intermediate_dim=32, pooling=pooling,
+                                       normalize_first=normalize_first)
+    ids = np.array([[2, 7, 8, 3, 9, 3, 0, 0], [2, 5, 3, 6, 6, 6, 3, 0]], dtype="int32")
+    segments = np.array([[0, 0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1, 1, 0]], dtype="int32")
+    expected = np.asarray(model({"token_ids": ids, "segment_ids": segments}))
+    logits, scores = model.logit_from_token_embeddings(
+        model.token_embeddings(ids), segments, model.padding_mask(ids),
+        return_attention_scores=True)
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-6)
+    assert [tuple(s.shape) for s in scores] == [(2, 2, 8, 8)] * 2
