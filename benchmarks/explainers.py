@@ -28,7 +28,6 @@ import sys
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from explainability import explainer as explainer_lib

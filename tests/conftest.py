@@ -38,3 +38,19 @@ def require_shared(path):
     if not os.path.exists(path):
         pytest.skip(f"{path} not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One micro synthetic run (2 epochs), shared by the tests that read a run directory;
+    they must not modify what it wrote. Returns ``(cfg, model_dir, metrics)``."""
+    from trainer import config as config_lib
+    from trainer import train_lib
+
+    cfg = config_lib.load_config(os.path.join(REPO, "configs", "tiny.yaml"), [
+        "data.synthetic.num_items=40", "data.synthetic.num_users=24",
+        "data.synthetic.impressions_per_user=4", "data.synthetic.candidates_per_impression=3",
+        "data.vocab_size=100", "train.epochs=2", "train.batch_size=8"])
+    model_dir = str(tmp_path_factory.mktemp("run") / "tiny")
+    results = train_lib.train(cfg, model_dir)
+    return cfg, model_dir, results

@@ -17,17 +17,6 @@ from trainer.datasets.canonical import DataError
 RANKING_KEYS = {"auc", "logloss", "group_auc", "mrr", "ndcg@5", "ndcg@10", "hr@10", "examples"}
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    cfg = config_lib.load_config(os.path.join(REPO, "configs", "tiny.yaml"), [
-        "data.synthetic.num_items=40", "data.synthetic.num_users=24",
-        "data.synthetic.impressions_per_user=4", "data.synthetic.candidates_per_impression=3",
-        "data.vocab_size=100", "train.epochs=2", "train.batch_size=8"])
-    model_dir = str(tmp_path_factory.mktemp("run") / "tiny")
-    results = train_lib.train(cfg, model_dir)
-    return cfg, model_dir, results
-
-
 def test_output_contract(trained_run):
     cfg, model_dir, results = trained_run
     for name in ("config.yaml", "tensorboard", "checkpoints", "export", "metrics.json",

@@ -1,0 +1,63 @@
+"""The Explainer's record on a tiny model, and the faithfulness summary and table."""
+
+import numpy as np
+import pytest
+
+from explainability import explainer as explainer_lib
+from explainability.history_attributions import Case
+
+COMPOSE = lambda query, titles: " ; ".join(([query] if query else []) + titles[::-1])  # noqa
+
+
+def _case():
+    return Case(query="looking for a laptop",
+                history=[("h1", "globex vintage camera"), ("h2", "acme wireless laptops new")],
+                candidate_id="c1", candidate_text="initech wireless laptop pro",
+                candidate_title="initech wireless laptop pro",
+                others=[("c2", "acme phone classic"), ("c3", "globex camera")],
+                meta={"example": {"index": 3}, "truth": {"reason_tokens": "wireless laptop",
+                                                         "reason_history": ["h2"]}})
+
+
+def test_record_is_complete_and_aligned(tiny_scorer):
+    options = explainer_lib.ExplainOptions(shapley_permutations=8)
+    record, token_rows, history_rows = explainer_lib.Explainer(
+        tiny_scorer, COMPOSE, options).explain(_case(), index=3)
+    words = record["words"]
+    assert [w["text"] for w in words if w["segment"] == "item"] == \
+        "initech wireless laptop pro".split()
+    assert set(record["token_attributions"]) == set(explainer_lib.TOKEN_METHODS) - {"shap"}
+    assert all(len(v) == len(words) for v in record["token_attributions"].values())
+    # History is listed newest first, matching Word.part on the user side.
+    assert [h["item_id"] for h in record["history"]] == ["h2", "h1"]
+    assert words[4]["text"] == "acme" and words[4]["part"] == 0
+    assert record["shapley_permutations"] == 8
+    assert record["impression_size"] == 3 and 1 <= record["rank"] <= 3
+    assert record["truth"] == {"reason_tokens": ["wireless", "laptop"],
+                               "reason_history": ["h2"]}
+    assert record["completeness"]["integrated_gradients"]["relative_error"] < 0.01
+    assert set(token_rows) == set(record["token_attributions"]) | {"random"}
+    assert set(history_rows) == {"leave_one_out", "shapley", "random"}
+    assert "truth_precision@5" in token_rows["occlusion"]
+    assert record["sentence"].startswith("Recommended 'initech wireless laptop pro'")
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="unknown explanation method"):
+        explainer_lib.ExplainOptions(methods=("integrated_gradients", "lime"))
+
+
+def test_summary_compares_with_random_and_formats():
+    rng = np.random.default_rng(0)
+    good = [{"comprehensiveness": 0.5 + 0.01 * rng.standard_normal(),
+             "deletion_auc": 0.1, "completeness_error": 1e-4 * (i + 1)} for i in range(20)]
+    rows = [{"integrated_gradients": g, "random": {"comprehensiveness": 0.1,
+                                                   "deletion_auc": 0.1}} for g in good]
+    summary = explainer_lib.summarize_faithfulness(rows, [])
+    ig = summary["methods"]["integrated_gradients"]
+    assert ig["beats_random"] == {"comprehensiveness": True, "deletion_auc": False}
+    assert ig["completeness_error_max"] == pytest.approx(2e-3)
+    table = explainer_lib.format_faithfulness_table(summary)
+    assert "integrated_gradients" in table and "[" in table.splitlines()[2]
+    markdown = explainer_lib.format_faithfulness_table(summary, markdown=True)
+    assert "| method | comprehensiveness |" in markdown
