@@ -16,10 +16,11 @@ $(VENV)/.installed: setup.py Makefile
 
 install: $(VENV)/.installed
 
-# Train, evaluate and export on the embedded synthetic data; prints metrics and outputs.
+# Train, evaluate, export and explain on the embedded synthetic data; prints metrics and outputs.
 demo: install
 	rm -rf $(RUN_DIR)
 	$(PY) -m trainer.task train --config configs/demo.yaml --model_dir $(RUN_DIR)
+	$(PY) -m trainer.task explain --model_dir $(RUN_DIR) --num_examples 50
 
 test: install
 	$(PY) -m pytest tests -q

@@ -162,9 +162,13 @@ def summarize(per_example: list[dict], seed: int = 0) -> dict:
                    if isinstance(v, (int, float))})
     summary = {}
     for key in keys:
-        mean, interval = mean_ci([row.get(key) for row in per_example], seed=seed)
+        values = [row.get(key) for row in per_example]
+        mean, interval = mean_ci(values, seed=seed)
         summary[key] = mean
         summary[key + "_ci"] = interval
+        counted = sum(v is not None for v in values)
+        if counted < len(per_example):  # e.g. truth metrics: only examples with true reasons
+            summary[key + "_examples"] = counted
     summary["examples"] = len(per_example)
     return summary
 

@@ -39,11 +39,11 @@ def explain_sentence(title: str, score: float, rank: int | None, impression_size
     ``word_attributions`` are aligned with ``words`` (dicts with ``text`` and ``segment``).
     """
     ranked = f", rank {rank} of {impression_size}" if rank and impression_size else ""
-    parts = [f"Recommended '{title}' (score {score:.2f}{ranked})."]
+    parts = [f"Recommended '{title}' (score {score:.3f}{ranked})."]
     if counterfactual and counterfactual.get("found") and counterfactual.get("verified"):
         removed = counterfactual["removed_titles"]
         clicks = "click" if len(removed) == 1 else "clicks"
-        after = f"the score is {counterfactual['score_after']:.2f}"
+        after = f"the score is {counterfactual['score_after']:.3f}"
         if counterfactual.get("rank_after") and counterfactual.get("impression_size", 0) > 1:
             after += (f" and it falls to rank {counterfactual['rank_after']} of "
                       f"{counterfactual['impression_size']}")
@@ -54,7 +54,7 @@ def explain_sentence(title: str, score: float, rank: int | None, impression_size
         top = sorted(((a, t) for a, t in zip(history_attributions, history_titles) if a > 0),
                      reverse=True)[:2]
         if top:
-            cited = " and ".join(f"'{t}' ({a:+.2f})" for a, t in top)
+            cited = " and ".join(f"'{t}' ({a:+.2g})" for a, t in top)
             parts.append(f"Its score is associated with your clicks on {cited} "
                          f"({method} contributions to the score).")
         if counterfactual is not None and not counterfactual.get("found"):

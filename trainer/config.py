@@ -128,7 +128,8 @@ class TrainConfig:
     clipnorm: float = 1.0
     early_stopping_patience: int = 2
     seed: int = 42
-    jit_compile: bool = False
+    jit_compile: bool = False  # XLA-compile the train step
+    steps_per_execution: int = 1  # train steps per tf.function call (TPUs, tiny models)
 
 
 @dataclasses.dataclass
@@ -307,6 +308,7 @@ def validate(cfg: ExperimentConfig) -> None:
     positive("train.batch_size", t.batch_size)
     positive("train.eval_batch_size", t.eval_batch_size)
     positive("train.epochs", t.epochs)
+    positive("train.steps_per_execution", t.steps_per_execution)
     positive("train.learning_rate", t.learning_rate)
     if d.item_max_tokens > d.sequence_length - 3:
         raise ConfigError(

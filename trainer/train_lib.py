@@ -231,6 +231,35 @@ def _callbacks(model_dir: str | None, patience: int) -> list:
     ]
 
 
+def compile_model(cfg: config_lib.ExperimentConfig, model: keras.Model, packer,
+                  strategy: tf.distribute.Strategy, total_steps: int) -> keras.Model:
+    """Builds ``model`` on a dummy batch and compiles it (AdamW with warmup/decay, BCE on the
+    logit, AUC) under ``strategy``, with ``train.jit_compile`` and
+    ``train.steps_per_execution``."""
+    with strategy.scope():
+        model(_dummy_batch(cfg, packer))  # build the weights before compile/restore
+        model.compile(
+            optimizer=make_optimizer(cfg.train, total_steps),
+            loss=keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
+            jit_compile=cfg.train.jit_compile,
+            steps_per_execution=cfg.train.steps_per_execution)
+    return model
+
+
+def make_train_dataset(cfg: config_lib.ExperimentConfig, table: input_pipeline.PairTable,
+                       packer, global_batch: int) -> tf.data.Dataset:
+    """The repeated, shuffled training dataset (through TFRecord shards when
+    ``data.tfrecord_dir`` is set)."""
+    source = table
+    if cfg.data.tfrecord_dir:
+        source = input_pipeline.write_tfrecords(
+            table, cfg.data.tfrecord_dir, "train", cfg.data.examples_per_shard)
+    return input_pipeline.make_dataset(
+        source, global_batch, packer=packer, training=True, seed=cfg.train.seed,
+        shuffle_buffer=cfg.data.shuffle_buffer, repeat=True)
+
+
 def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict, packer,
               strategy: tf.distribute.Strategy, model_dir: str | None = None,
               verbose: int = 2) -> dict:
@@ -238,34 +267,22 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
     ``tables["validation"]``: the one fit routine every model goes through.
 
     ``model`` must have been created inside ``strategy.scope()`` (see :func:`build_model`);
-    it is built on a dummy batch and compiled there. Models without trainable weights
-    (MostPopular) are compiled but not fitted. Early stopping on validation AUC restores
-    the best weights. With ``model_dir`` the run also writes ``backup/`` (resumable),
-    ``checkpoints/best.weights.h5`` and ``tensorboard/`` there; without it nothing is
-    written (benchmarks compare several models in one process).
+    it is built on a dummy batch and compiled there (:func:`compile_model`). Models without
+    trainable weights (MostPopular) are compiled but not fitted. Early stopping on
+    validation AUC restores the best weights. With ``model_dir`` the run also writes
+    ``backup/`` (resumable), ``checkpoints/best.weights.h5`` and ``tensorboard/`` there;
+    without it nothing is written (benchmarks compare several models in one process).
 
     Returns ``{"steps_per_epoch": int, "epochs_run": int, "history": {metric: [floats]}}``.
     """
     global_batch = cfg.train.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(tables["train"]) // global_batch)
     total_steps = steps_per_epoch * cfg.train.epochs
-    with strategy.scope():
-        model(_dummy_batch(cfg, packer))  # build the weights before compile/restore
-        model.compile(
-            optimizer=make_optimizer(cfg.train, total_steps),
-            loss=keras.losses.BinaryCrossentropy(from_logits=True),
-            metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
-            jit_compile=cfg.train.jit_compile)
+    compile_model(cfg, model, packer, strategy, total_steps)
 
     history = {}
     if model.trainable_weights:
-        source = tables["train"]
-        if cfg.data.tfrecord_dir:
-            source = input_pipeline.write_tfrecords(
-                tables["train"], cfg.data.tfrecord_dir, "train", cfg.data.examples_per_shard)
-        train_ds = input_pipeline.make_dataset(
-            source, global_batch, packer=packer, training=True, seed=cfg.train.seed,
-            shuffle_buffer=cfg.data.shuffle_buffer, repeat=True)
+        train_ds = make_train_dataset(cfg, tables["train"], packer, global_batch)
         val_ds = input_pipeline.make_dataset(tables["validation"], cfg.train.eval_batch_size,
                                              packer=packer)
         fit = model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch,

@@ -91,18 +91,18 @@ def test_matched_words_deduplicates_keeping_the_strongest():
 
 def test_verified_counterfactual_single_click():
     text = sentence(verified(["Acme Wireless Laptop"]))
-    assert text == ("Recommended 'Initech Wireless Laptop Pro' (score 0.73, rank 1 of 4). "
+    assert text == ("Recommended 'Initech Wireless Laptop Pro' (score 0.735, rank 1 of 4). "
                     "It was recommended because of your click on 'Acme Wireless Laptop': "
-                    "without it the score is 0.31 and it falls to rank 3 of 4 "
+                    "without it the score is 0.313 and it falls to rank 3 of 4 "
                     "(verified by re-scoring). Words that matched: 'laptop', 'wireless'.")
     assert "associated with" not in text
-    assert_numbers_from(text, [0.73, 1, 4, 0.31, 3])
+    assert_numbers_from(text, [0.735, 1, 4, 0.313, 3])
 
 
 def test_verified_counterfactual_several_clicks():
     text = sentence(verified(["Acme Wireless Laptop", "Initech Phone"]))
     assert "because of your clicks on 'Acme Wireless Laptop' and 'Initech Phone': " \
-           "without them the score is 0.31" in text
+           "without them the score is 0.313" in text
     text = sentence(verified(HISTORY_TITLES[:3]))
     assert "clicks on 'Acme Wireless Laptop', 'Globex Vintage Camera' and " \
            "'Initech Phone': without them" in text
@@ -112,9 +112,9 @@ def test_verified_counterfactual_threshold_mode_has_no_rank():
     cf = verified(["Initech Phone"], score_after=0.4449, rank_after=1, impression_size=1)
     text = sentence(cf, rank=1, impression_size=1)
     assert "because" in text
-    assert "without it the score is 0.44 (verified by re-scoring)." in text
+    assert "without it the score is 0.445 (verified by re-scoring)." in text
     assert "falls to rank" not in text
-    assert_numbers_from(text, [0.73, 0.44, 1])
+    assert_numbers_from(text, [0.735, 0.445, 1])
 
 
 @pytest.mark.parametrize("counterfactual", [
@@ -132,7 +132,7 @@ def test_no_causal_wording_without_a_verified_counterfactual(counterfactual):
             "and 'Retro Leather Edition 2' (+0.12) (shapley contributions to the score).") \
         in text
     assert "Initech Phone" not in text  # negative contribution: never cited
-    assert_numbers_from(text, [0.73, 1, 4, 0.31, 0.12])
+    assert_numbers_from(text, [0.735, 1, 4, 0.31, 0.12])
 
 
 def test_not_found_is_stated_only_when_searched():
@@ -151,7 +151,7 @@ def test_no_positive_history_contribution():
 
 def test_method_name_and_missing_rank():
     text = sentence(None, rank=None, impression_size=None, method="leave-one-out")
-    assert text.startswith("Recommended 'Initech Wireless Laptop Pro' (score 0.73).")
+    assert text.startswith("Recommended 'Initech Wireless Laptop Pro' (score 0.735).")
     assert "(leave-one-out contributions to the score)" in text
 
 
@@ -171,11 +171,12 @@ def test_words_section():
 def test_every_number_comes_from_the_inputs(score, rank, size, attributions, cf):
     text = sentence(cf, score=score, rank=rank, impression_size=size,
                     history_attributions=attributions)
-    allowed = [round(score, 2), rank, size] + [round(abs(a), 2) for a in attributions]
+    # Scores carry 3 decimals, contributions 2 significant digits (small ones stay visible).
+    allowed = [round(score, 3), rank, size] + [abs(float(f"{a:.2g}")) for a in attributions]
     if cf and cf.get("found"):
-        allowed += [round(cf["score_after"], 2), cf["rank_after"], cf["impression_size"]]
+        allowed += [round(cf["score_after"], 3), cf["rank_after"], cf["impression_size"]]
     assert_numbers_from(text, allowed)
-    assert f"score {score:.2f}" in text
+    assert f"score {score:.3f}" in text
     # Signs of attributions are shown and match the (positive) cited values.
     for sign_number in re.findall(r"\(([-+]\d+\.\d+)\)", text):
         assert float(sign_number) > 0 or float(sign_number) == 0.0

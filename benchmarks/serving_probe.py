@@ -1,0 +1,80 @@
+"""Times an exported SavedModel in a fresh process (run by benchmarks/throughput.py).
+
+    python -m benchmarks.serving_probe --export_dir DIR --inputs pairs.json
+
+``pairs.json`` holds ``{"user_text": [...64], "item_text": [...64], "token_ids": [[...]],
+"segment_ids": [[...]]}`` (the ids: the same pairs packed by the run's packer). Prints one
+JSON line: for ``raw_strings`` (``serving_default``) and ``token_ids`` (``serve_tokens``):
+batch-64 examples/s (median of ``--batch_calls``) and
+batch-1 latency p50/p99 (over ``--latency_calls``), plus the load time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def _times(fn, calls: int) -> list:
+    fn()  # first call: graph warm-up
+    out = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def _summary(batch64: list, single: list) -> dict:
+    ordered = sorted(single)
+    return {"batch64_examples_per_s": 64 / statistics.median(batch64),
+            "batch1_p50_ms": 1000 * ordered[len(ordered) // 2],
+            "batch1_p99_ms": 1000 * ordered[min(len(ordered) - 1,
+                                                int(round(0.99 * (len(ordered) - 1))))]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serving_probe")
+    parser.add_argument("--export_dir", required=True)
+    parser.add_argument("--inputs", required=True)
+    parser.add_argument("--batch_calls", type=int, default=20)
+    parser.add_argument("--latency_calls", type=int, default=100)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    started = time.perf_counter()
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the tokenizer ops of serving_default)
+
+    loaded = tf.saved_model.load(args.export_dir)
+    load_seconds = time.perf_counter() - started
+    with open(args.inputs) as f:
+        pairs = json.load(f)
+    users, items = tf.constant(pairs["user_text"]), tf.constant(pairs["item_text"])
+    serve_text = loaded.signatures["serving_default"]
+    serve_tokens = loaded.signatures["serve_tokens"]
+    ids = {k: tf.constant(pairs[k], tf.int32) for k in ("token_ids", "segment_ids")}
+
+    def text(n):
+        return lambda: serve_text(user_text=users[:n], item_text=items[:n])[
+            "click_probability"].numpy()
+
+    def tokens(n):
+        return lambda: serve_tokens(token_ids=ids["token_ids"][:n],
+                                    segment_ids=ids["segment_ids"][:n])[
+            "click_probability"].numpy()
+
+    result = {"load_seconds": load_seconds,
+              "raw_strings": _summary(_times(text(64), args.batch_calls),
+                                      _times(text(1), args.latency_calls)),
+              "token_ids": _summary(_times(tokens(64), args.batch_calls),
+                                    _times(tokens(1), args.latency_calls))}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
