@@ -46,9 +46,9 @@ class BERTRecommender(keras.Model):
             # would otherwise see variables without gradients.
             backbone.pooled_dense.trainable = False
         self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
+        # float32 under mixed precision too: the logit feeds the loss and the served score.
         self.click_head = keras.layers.Dense(
-            1, kernel_initializer="glorot_uniform",
-            name="click_head")
+            1, kernel_initializer="glorot_uniform", dtype="float32", name="click_head")
 
     @classmethod
     def from_sizes(cls, vocabulary_size: int, num_layers: int, num_heads: int, hidden_dim: int,

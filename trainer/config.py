@@ -140,7 +140,9 @@ class RuntimeConfig:
     tpu: str = ""  # TPU name/address for the resolver ("" = Colab/TPU VM default)
     devices: list = dataclasses.field(default_factory=list)  # mirrored/one_device device names
     logical_cpus: int = 0  # >1 splits the CPU into logical devices (tests, laptops)
-    mixed_precision: bool = False
+    # float32 | mixed_bfloat16 (TPUs, recent GPUs) | mixed_float16 (older GPUs); the click
+    # head and the loss stay float32 either way.
+    precision: str = "float32"
 
 
 @dataclasses.dataclass
@@ -162,6 +164,7 @@ _CHOICES = {
     "model.kind": ("bert", "mf", "popularity"),
     "model.pooling": ("cls", "first", "mean"),
     "runtime.strategy": ("auto", "tpu", "multi_worker", "mirrored", "one_device", "default"),
+    "runtime.precision": ("float32", "mixed_bfloat16", "mixed_float16"),
 }
 
 

@@ -11,6 +11,7 @@ import glob
 import logging
 import os
 
+import keras
 import tensorflow as tf
 
 from trainer.config import RuntimeConfig
@@ -60,6 +61,15 @@ def _find_tpu(tpu: str, resolver_fn):
         return resolver
     except (ValueError, RuntimeError, tf.errors.NotFoundError):
         return None
+
+
+def set_precision(runtime: RuntimeConfig) -> None:
+    """Sets Keras' global dtype policy from ``runtime.precision`` (before building models).
+
+    Layers then compute in bfloat16/float16 with float32 variables; BERTRecommender keeps
+    its click head in float32 so logits, the loss and served probabilities stay float32.
+    """
+    keras.mixed_precision.set_global_policy(runtime.precision)
 
 
 def make_strategy(runtime: RuntimeConfig, tpu_resolver_fn=_default_tpu_resolver,

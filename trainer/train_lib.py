@@ -300,6 +300,7 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
     started = time.time()
     resuming = check_model_dir(model_dir, cfg)
     strategy = strategy or distribute.make_strategy(cfg.runtime)
+    distribute.set_precision(cfg.runtime)
     keras.utils.set_random_seed(cfg.train.seed)
     prepared = prepare_data(cfg, model_dir)
     tables = prepared.tables

@@ -157,3 +157,23 @@ def test_predict_command_uses_the_export(trained_run, capsys):
     logit = train_lib.predict_logits(model, table, train_lib.load_run_packer(cfg, model_dir),
                                      16)[0]
     assert printed == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-4)
+
+
+def test_mixed_precision_keeps_the_click_head_float32(tmp_path, tiny_config):
+    cfg = tiny_config("runtime.precision=mixed_bfloat16")
+    try:
+        results = train_lib.train(cfg, str(tmp_path / "bf16"))
+        model = keras.models.load_model(str(tmp_path / "bf16" / "model.keras"))
+        assert model.backbone.transformer_layers[0].compute_dtype == "bfloat16"
+        assert model.click_head.compute_dtype == "float32"
+        batch = train_lib.make_packer(cfg, str(tmp_path / "bf16" / "vocab.txt"))(
+            tf.constant(["a b"]), tf.constant(["c"]))
+        assert model(batch).dtype == "float32"
+        assert np.isfinite(results["test"]["logloss"])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_unknown_precision_is_a_config_error(tiny_config):
+    with pytest.raises(config_lib.ConfigError, match="runtime.precision"):
+        tiny_config("runtime.precision=float8")
