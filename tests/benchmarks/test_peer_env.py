@@ -236,6 +236,7 @@ def _worker(script, mode=None, **kwargs):
 def test_worker_protocol(fake_script):
     with _worker(fake_script, timeout=60) as peer:
         assert peer.info["ready"] is True and peer.info["threads"] == 2
+        assert peer.ready is peer.info
         assert peer.info["argv"][:2] == ["--num_layers", "2"]
         assert "--batch" in peer.info["argv"]
         first = peer.window(5)
