@@ -200,7 +200,8 @@ class KerasHubTrainer:
                     tf.expand_dims(label, -1))
 
         self.dataset = input_pipeline.make_dataset(
-            table, BATCH_SIZE, packer=packer, training=True, repeat=True).map(with_mask)
+            table, BATCH_SIZE, packer=packer, training=True, repeat=True,
+            cache_tokens=True).map(with_mask)
         self.window(warmup_steps)
 
     def window(self, steps: int) -> float:

@@ -89,6 +89,9 @@ class DataConfig:
     lowercase: bool = True
     shuffle_buffer: int = 20000
     tfrecord_dir: str = ""  # non-empty: stream examples through TFRecord shards there
+    # Keep the tokenized training pairs in memory after the first epoch (~1 KB per example
+    # at sequence length 128); not applied to tfrecord_dir sources, which stream.
+    cache_tokens: bool = True
     examples_per_shard: int = 50000
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
     movielens: MovieLensConfig = dataclasses.field(default_factory=MovieLensConfig)

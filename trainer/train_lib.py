@@ -251,13 +251,14 @@ def make_train_dataset(cfg: config_lib.ExperimentConfig, table: input_pipeline.P
                        packer, global_batch: int) -> tf.data.Dataset:
     """The repeated, shuffled training dataset (through TFRecord shards when
     ``data.tfrecord_dir`` is set)."""
-    source = table
+    source, cache = table, cfg.data.cache_tokens
     if cfg.data.tfrecord_dir:
         source = input_pipeline.write_tfrecords(
             table, cfg.data.tfrecord_dir, "train", cfg.data.examples_per_shard)
+        cache = False
     return input_pipeline.make_dataset(
         source, global_batch, packer=packer, training=True, seed=cfg.train.seed,
-        shuffle_buffer=cfg.data.shuffle_buffer, repeat=True)
+        shuffle_buffer=cfg.data.shuffle_buffer, repeat=True, cache_tokens=cache)
 
 
 def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict, packer,

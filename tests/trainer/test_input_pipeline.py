@@ -99,3 +99,16 @@ def test_dataset_holds_only_int_and_float_tensors(tokenizer):
         assert spec.dtype in (tf.int32, tf.float32)
     # Training batches are full (drop_remainder): 3 rows at batch size 2 give one batch of 2.
     assert [int(f["token_ids"].shape[0]) for f, _ in ds] == [2]
+
+
+def test_cached_tokens_give_the_same_examples_reshuffled_each_epoch(tokenizer):
+    table = _table()
+    packer = TextPairPacker(tokenizer, sequence_length=16, item_max_tokens=6)
+    plain = list(input_pipeline.make_dataset(table, 1, packer=packer))
+    cached = input_pipeline.make_dataset(table, 1, packer=packer, training=True, seed=3,
+                                         cache_tokens=True, repeat=True)
+    rows = [tuple(f["token_ids"].numpy()[0]) for f, _ in cached.take(30)]
+    expected = sorted(tuple(f["token_ids"].numpy()[0]) for f, _ in plain)
+    epochs = [rows[i:i + 3] for i in range(0, 30, 3)]
+    assert all(sorted(epoch) == expected for epoch in epochs)  # each epoch: every row once
+    assert len({tuple(epoch) for epoch in epochs}) > 1  # in a new order across epochs
