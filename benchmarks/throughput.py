@@ -18,8 +18,11 @@ absolute times drift on a shared machine):
   batches; ``kerashub``: keras-hub's ``BertTextClassifier`` (one output, BCE, AdamW) on the
   same packed tf.data batches as ours. Models use dropout 0.1.
 * Timing: after warm-up, ``--rounds`` rounds; in each round every implementation of a size
-  runs one timed window of ``steps`` training steps, in turn (interleaved). A row reports the
-  median examples/s over its windows.
+  runs one timed window of ``steps`` training steps, in turn (interleaved). A Keras window
+  is the second epoch of a two-epoch ``fit`` (:func:`timed_fit_window`), so per-call setup
+  is excluded as it is for the peer, whose worker times only its steps. A row reports the
+  median examples/s over its windows. The machine's load average is recorded before and
+  after: numbers from a busy machine are not comparable.
 * **MFU** = examples/s x training FLOPs per example / measured fp32 matmul peak. Training
   FLOPs = 3 x forward FLOPs (backward = 2 x forward), forward FLOPs counted from the shapes
   (:func:`forward_flops_per_example`: the encoder's matmuls and attention, the pooler and
@@ -147,6 +150,25 @@ def make_benchmark_data(num_examples: int = 4000, seed: int = 0):
     return table, vocabulary
 
 
+def timed_fit_window(model, dataset, steps: int) -> float:
+    """Seconds of ``steps`` training steps in steady state: one ``fit`` call of two epochs of
+    ``steps`` steps, timing only the second (so creating the iterator and filling the
+    shuffle buffer, which happen once per ``fit`` call, are not counted)."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds = time.perf_counter() - self.started
+
+    timer = EpochTimer()
+    model.fit(dataset, epochs=2, steps_per_epoch=steps, shuffle=False, verbose=0,
+              callbacks=[timer])
+    return timer.seconds
+
+
 class OursTrainer:
     """BERTRecommender through train_lib's build/compile/dataset and ``model.fit``."""
 
@@ -166,9 +188,7 @@ class OursTrainer:
         self.window(warmup_steps)
 
     def window(self, steps: int) -> float:
-        started = time.perf_counter()
-        self.model.fit(self.dataset, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
-        return time.perf_counter() - started
+        return timed_fit_window(self.model, self.dataset, steps)
 
 
 class KerasHubTrainer:
@@ -205,9 +225,7 @@ class KerasHubTrainer:
         self.window(warmup_steps)
 
     def window(self, steps: int) -> float:
-        started = time.perf_counter()
-        self.model.fit(self.dataset, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
-        return time.perf_counter() - started
+        return timed_fit_window(self.model, self.dataset, steps)
 
 
 class TorchTrainer:
@@ -505,10 +523,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peer environment ready in {time.perf_counter() - started:.0f} s", flush=True)
 
     threads = os.cpu_count() or 1
+    load_before = os.getloadavg()
     peak = measure_matmul_peak()
     result = {"machine": {"cpu_count": threads, "platform": platform.platform(),
                           "python": platform.python_version(), "tensorflow": tf.__version__,
-                          "keras": keras.__version__, "matmul_peak_gflops": peak},
+                          "keras": keras.__version__, "matmul_peak_gflops": peak,
+                          "load_average_before": load_before},
               "settings": {"sequence_length": SEQUENCE_LENGTH, "batch_size": BATCH_SIZE,
                            "vocabulary_size": VOCABULARY_SIZE, "rounds": args.rounds,
                            "sizes": {s: SIZES[s] for s in sizes}},
@@ -547,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "ratio_to_fastest_training": pipeline_rate / fastest}
     if args.scaling_examples:
         result["scaling"] = measure_scaling(table, vocabulary, args.scaling_examples)
+    result["machine"]["load_average_after"] = os.getloadavg()
     print("\n" + format_table(result))
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "throughput.json")
