@@ -51,10 +51,13 @@ class TextPairPacker(keras.layers.Layer):
     def _pack(self, user_text, item_text):
         user_text = tf.convert_to_tensor(user_text)
         item_text = tf.convert_to_tensor(item_text)
-        user = self.tokenizer(user_text)
-        item = self.tokenizer(item_text)
-        if not isinstance(user, tf.RaggedTensor):  # a scalar string came in
+        if user_text.shape.rank != 1:  # a scalar string came in
             raise ValueError("TextPairPacker expects a batch (rank-1 tensor) of strings")
+        # One tokenizer call for both sides: its per-call cost is what dominates a
+        # serving batch.
+        tokens = self.tokenizer(tf.concat([user_text, item_text], axis=0))
+        batch = tf.shape(user_text)[0]
+        user, item = tokens[:batch], tokens[batch:]
         item = item[:, : self.item_max_tokens]
         user_budget = self.sequence_length - 3 - item.row_lengths()
         positions = tf.ragged.range(user.row_lengths())
