@@ -281,9 +281,27 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def _migrate(raw: dict) -> dict:
+    """Reads run directories written by earlier versions.
+
+    ``runtime.mixed_precision`` (a bool that no code read, so every run trained in
+    float32) became ``runtime.precision``: its default ``false`` is dropped; ``true`` asks
+    for something that never happened, so it is an error that names the new key.
+    """
+    runtime = raw.get("runtime")
+    if isinstance(runtime, dict) and "mixed_precision" in runtime:
+        runtime = dict(runtime)
+        if runtime.pop("mixed_precision"):
+            raise ConfigError("config key 'runtime.mixed_precision' was replaced by "
+                              "'runtime.precision': set it to mixed_bfloat16 or "
+                              "mixed_float16")
+        raw = {**raw, "runtime": runtime}
+    return raw
+
+
 def config_from_dict(raw: dict) -> ExperimentConfig:
     """Builds and validates an :class:`ExperimentConfig` from a plain dict."""
-    cfg = _build(ExperimentConfig, raw, "")
+    cfg = _build(ExperimentConfig, _migrate(raw), "")
     validate(cfg)
     return cfg
 

@@ -105,3 +105,13 @@ def test_resolved_config_round_trips():
     import yaml
     again = config_lib.config_from_dict(yaml.safe_load(config_lib.dump_yaml(cfg)))
     assert again == cfg
+
+
+def test_runs_written_before_runtime_precision_still_load():
+    raw = config_lib.to_dict(config_lib.ExperimentConfig())
+    raw["runtime"].pop("precision")
+    raw["runtime"]["mixed_precision"] = False  # what earlier config.yaml files hold
+    assert config_lib.config_from_dict(raw).runtime.precision == "float32"
+    raw["runtime"]["mixed_precision"] = True
+    with pytest.raises(config_lib.ConfigError, match="runtime.precision"):
+        config_lib.config_from_dict(raw)
