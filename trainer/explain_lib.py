@@ -103,7 +103,8 @@ def select_cases(examples: list, catalogue, cfg, scorer: PairScorer, num_example
 def run_explanations(model_dir: str, num_examples: int = 20, methods: list | None = None,
                      split: str = "test", select: str = "top", seed: int = 0,
                      ig_steps: int = 32, shapley_permutations: int = 32,
-                     progress: bool = True) -> tuple[list, dict, dict]:
+                     progress: bool = True,
+                     ig_baseline: str = "pad") -> tuple[list, dict, dict]:
     """Explains ``num_examples`` recommendations of the run in ``model_dir``; writes nothing.
 
     Returns ``(records, faithfulness summary, context)`` where ``context`` holds the loaded
@@ -116,7 +117,7 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
     try:
         options = explainer_lib.ExplainOptions(
             methods=tuple(methods or explainer_lib.DEFAULT_METHODS), ig_steps=ig_steps,
-            shapley_permutations=shapley_permutations, seed=seed)
+            ig_baseline=ig_baseline, shapley_permutations=shapley_permutations, seed=seed)
     except ValueError as err:
         raise UserInputError(f"--methods: {err}") from None
     if "shap" in options.methods:
@@ -147,7 +148,7 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
             bar.add(1)
     summary = explainer_lib.summarize_faithfulness(token_rows, history_rows, seed=seed)
     summary.update({"split": split, "select": select, "seed": seed, "ig_steps": ig_steps,
-                    "shapley_permutations": shapley_permutations})
+                    "ig_baseline": ig_baseline, "shapley_permutations": shapley_permutations})
     return records, summary, {"cfg": cfg, "scorer": scorer, "cases": cases}
 
 

@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="top: each impression's top-scored candidate (the "
                          "recommendation); random: any candidate")
     explain.add_argument("--ig_steps", type=int, default=32)
+    explain.add_argument("--ig_baseline", default="pad", choices=("pad", "mask"),
+                         help="integrated gradients' baseline: every word piece replaced by "
+                         "the [PAD] or the [MASK] embedding")
     explain.add_argument("--shapley_permutations", type=int, default=32)
     explain.add_argument("--seed", type=int, default=0)
     return parser
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.model_dir, num_examples=args.num_examples,
                 methods=[m.strip() for m in args.methods.split(",") if m.strip()],
                 split=args.split, select=args.select, seed=args.seed,
-                ig_steps=args.ig_steps, shapley_permutations=args.shapley_permutations)
+                ig_steps=args.ig_steps, ig_baseline=args.ig_baseline,
+                shapley_permutations=args.shapley_permutations)
             print("\n" + format_faithfulness_table(summary))
             out = os.path.join(args.model_dir, "explanations")
             print(f"\noutputs:\n  {out}/report.html\n  {out}/explanations.jsonl\n"

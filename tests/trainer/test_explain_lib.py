@@ -97,11 +97,16 @@ def test_cli_prints_the_table(trained_run, tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     shutil.copytree(source, model_dir)
     code = task.main(["explain", "--model_dir", model_dir, "--num_examples", "2",
-                      "--methods", "occlusion,leave_one_out"])
+                      "--methods", "integrated_gradients,occlusion,leave_one_out",
+                      "--ig_baseline", "mask"])
     printed = capsys.readouterr().out
     assert code == 0
     assert "occlusion" in printed and "leave_one_out" in printed and "random" in printed
     assert os.path.exists(os.path.join(model_dir, "explanations", "report.html"))
+    with open(os.path.join(model_dir, "explanations", "faithfulness.json")) as f:
+        saved = json.load(f)
+    assert saved["ig_baseline"] == "mask"
+    assert saved["methods"]["integrated_gradients"]["completeness_error"] < 0.01
 
 
 @pytest.mark.parametrize("args, message", [
