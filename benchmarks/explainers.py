@@ -23,25 +23,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import sys
-import time
 
 import keras
 import tensorflow as tf
 
+from benchmarks.throughput import median_seconds
 from explainability import explainer as explainer_lib
 from explainability import token_attributions
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # trace / warm up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def measure_ig_cost(scorer, cases, compose, steps: int = 32, repeats: int = 20) -> dict:
@@ -73,8 +62,8 @@ def measure_ig_cost(scorer, cases, compose, steps: int = 32, repeats: int = 20) 
             model, ids[:1], segments[:1], special, scorer.pad_id, steps=steps)
         return out["attributions"].numpy()
 
-    train_seconds = _median_seconds(lambda: forward_backward().numpy(), repeats)
-    ig_seconds = _median_seconds(one_ig, repeats)
+    train_seconds = median_seconds(lambda: forward_backward().numpy(), repeats)
+    ig_seconds = median_seconds(one_ig, repeats)
     return {"fwd_bwd_batch32_seconds": train_seconds, "ig_seconds": ig_seconds,
             "ig_steps": steps, "ig_cost_in_fwd_bwd_32": ig_seconds / train_seconds,
             "repeats": repeats}

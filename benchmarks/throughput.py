@@ -252,6 +252,17 @@ class TorchTrainer:
 # Measurements
 # ---------------------------------------------------------------------------------------
 
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after one untimed call (tracing)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def interleaved_windows(trainers: dict, steps: int, rounds: int) -> dict:
     """``{impl: [seconds per window]}``: each round runs one window of every trainer."""
     seconds = {name: [] for name in trainers}
@@ -292,8 +303,6 @@ def measure_input_pipeline(table, vocabulary, batches: int = 200) -> float:
 
 def measure_explanation_cost(trainer: OursTrainer, repeats: int = 10) -> dict:
     """IG (32 steps) on one example vs ``train_on_batch`` on 32 examples, same model."""
-    import tensorflow as tf
-
     from explainability.token_attributions import integrated_gradients_tensors
 
     batch = next(iter(trainer.dataset.unbatch().batch(32)))
@@ -309,17 +318,7 @@ def measure_explanation_cost(trainer: OursTrainer, repeats: int = 10) -> dict:
     def step():
         return trainer.model.train_on_batch(features, labels)
 
-    def median_time(fn):
-        fn()
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - started)
-        return statistics.median(times)
-
-    ig_seconds, step_seconds = median_time(ig), median_time(step)
-    del tf
+    ig_seconds, step_seconds = median_seconds(ig, repeats), median_seconds(step, repeats)
     return {"ig_seconds": ig_seconds, "train_step_batch32_seconds": step_seconds,
             "ig_in_train_steps": ig_seconds / step_seconds}
 
