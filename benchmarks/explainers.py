@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         methods = list(explainer_lib.TOKEN_METHODS + explainer_lib.HISTORY_METHODS)
+        from explainability.shap_attributions import require_shap
         try:
-            import shap  # noqa: F401
+            require_shap()
         except ImportError:
             methods.remove("shap")
     try:

@@ -14,27 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
-
-def _times(fn, calls: int) -> list:
-    fn()  # first call: graph warm-up
-    out = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - started)
-    return out
-
-
-def _summary(batch64: list, single: list) -> dict:
-    ordered = sorted(single)
-    return {"batch64_examples_per_s": 64 / statistics.median(batch64),
-            "batch1_p50_ms": 1000 * ordered[len(ordered) // 2],
-            "batch1_p99_ms": 1000 * ordered[min(len(ordered) - 1,
-                                                int(round(0.99 * (len(ordered) - 1))))]}
+from benchmarks.throughput import call_times, latency_summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             "click_probability"].numpy()
 
     result = {"load_seconds": load_seconds,
-              "raw_strings": _summary(_times(text(64), args.batch_calls),
-                                      _times(text(1), args.latency_calls)),
-              "token_ids": _summary(_times(tokens(64), args.batch_calls),
-                                    _times(tokens(1), args.latency_calls))}
+              "raw_strings": latency_summary(call_times(text(64), args.batch_calls),
+                                             call_times(text(1), args.latency_calls)),
+              "token_ids": latency_summary(call_times(tokens(64), args.batch_calls),
+                                           call_times(tokens(1), args.latency_calls))}
     print(json.dumps(result))
     return 0
 

@@ -252,15 +252,28 @@ class TorchTrainer:
 # Measurements
 # ---------------------------------------------------------------------------------------
 
-def median_seconds(fn, repeats: int) -> float:
-    """Median wall time of ``repeats`` calls of ``fn`` after one untimed call (tracing)."""
+def call_times(fn, calls: int) -> list:
+    """Wall seconds of each of ``calls`` calls of ``fn``, after one untimed call (tracing)."""
     fn()
     times = []
-    for _ in range(repeats):
+    for _ in range(calls):
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after one untimed call (tracing)."""
+    return statistics.median(call_times(fn, repeats))
+
+
+def latency_summary(batch64_times: list, single_times: list) -> dict:
+    """Batch-64 examples/s (median) and batch-1 p50/p99 latency in ms; the one summary used
+    for both sides of the serving comparison."""
+    return {"batch64_examples_per_s": 64 / statistics.median(batch64_times),
+            "batch1_p50_ms": 1000 * _quantile(single_times, 0.5),
+            "batch1_p99_ms": 1000 * _quantile(single_times, 0.99)}
 
 
 def interleaved_windows(trainers: dict, steps: int, rounds: int) -> dict:
@@ -337,20 +350,10 @@ def measure_serving(trainer: OursTrainer, table, batch_calls: int = 20,
     call = tf.function(lambda ids, seg: model({"token_ids": ids, "segment_ids": seg},
                                               training=False))
 
-    def timed(ids, seg, calls):
-        call(ids, seg).numpy()
-        times = []
-        for _ in range(calls):
-            started = time.perf_counter()
-            call(ids, seg).numpy()
-            times.append(time.perf_counter() - started)
-        return times
-
-    batch64 = timed(packed["token_ids"], packed["segment_ids"], batch_calls)
-    single = timed(packed["token_ids"][:1], packed["segment_ids"][:1], latency_calls)
-    in_process = {"batch64_examples_per_s": 64 / statistics.median(batch64),
-                  "batch1_p50_ms": 1000 * _quantile(single, 0.5),
-                  "batch1_p99_ms": 1000 * _quantile(single, 0.99)}
+    ids, segments = packed["token_ids"], packed["segment_ids"]
+    in_process = latency_summary(
+        call_times(lambda: call(ids, segments).numpy(), batch_calls),
+        call_times(lambda: call(ids[:1], segments[:1]).numpy(), latency_calls))
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = export.export_saved_model(model, os.path.join(tmp, "export"),
                                                trainer.packer)

@@ -68,7 +68,8 @@ class Explainer:
         self.compose = compose
         self.options = options or ExplainOptions()
         if "shap" in self.options.methods:
-            from explainability import shap_attributions  # noqa: F401  (fail early)
+            from explainability.shap_attributions import require_shap
+            require_shap()  # fail here, not after other methods have run
 
     def explain(self, case: Case, index: int = 0) -> tuple[dict, dict, dict]:
         """Returns ``(record, token_rows, history_rows)``: the JSON record and, per method

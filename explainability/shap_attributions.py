@@ -84,7 +84,7 @@ def shap_word_attributions(scorer: PairScorer, token_ids: np.ndarray, segment_id
     Raises:
       ImportError: ``shap`` is not installed.
     """
-    shap = _import_shap()
+    shap = require_shap()
     if max_evals < 2:
         raise ValueError(f"max_evals must be at least 2 (the full and the empty input), "
                          f"got {max_evals}")
@@ -121,7 +121,8 @@ def shap_word_attributions(scorer: PairScorer, token_ids: np.ndarray, segment_id
     return values, evaluations
 
 
-def _import_shap():
+def require_shap():
+    """The ``shap`` module, or an ImportError saying how to install the optional extra."""
     try:
         import shap  # noqa: PLC0415 (optional extra, imported only when SHAP is asked for)
     except ImportError as error:

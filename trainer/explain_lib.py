@@ -121,11 +121,11 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
     except ValueError as err:
         raise UserInputError(f"--methods: {err}") from None
     if "shap" in options.methods:
+        from explainability.shap_attributions import require_shap
         try:
-            import shap  # noqa: F401
-        except ImportError:
-            raise UserInputError('--methods shap needs the shap package: pip install -e '
-                                 '".[explain]"') from None
+            require_shap()
+        except ImportError as err:
+            raise UserInputError(f"--methods shap: {err}") from None
     cfg, model, packer = load_text_run(model_dir)
     prepared = prepare_data(cfg, model_dir)
     if split not in prepared.splits or not prepared.splits[split]:

@@ -4,6 +4,7 @@ signature, and bad input refused before anything is written."""
 import json
 import os
 import shutil
+import sys
 
 import keras
 import numpy as np
@@ -165,3 +166,14 @@ def test_saved_model_explain_signature_matches_eager_integrated_gradients(traine
     tokens = out["tokens"].numpy().astype(str)
     assert tokens.shape == ids.shape and tokens[0, 0] == "[CLS]"
     assert list(tokens[0]) == scorer.tokens(ids[0])
+
+
+def test_shap_without_the_extra_is_refused_before_writing(trained_run, tmp_path, capsys,
+                                                          monkeypatch):
+    _, source, _ = trained_run
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(source, model_dir)
+    monkeypatch.setitem(sys.modules, "shap", None)  # makes `import shap` raise ImportError
+    assert task.main(["explain", "--model_dir", model_dir, "--methods", "shap"]) == 2
+    assert 'pip install -e ".[explain]"' in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(model_dir, "explanations"))
