@@ -9,7 +9,6 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from tests.conftest import REPO
 from trainer import config as config_lib
 from trainer import export, train_lib
 from trainer.datasets.canonical import DataError
