@@ -82,7 +82,7 @@ class Explainer:
         words = scorer.words(token_ids, segment_ids, has_query=bool(case.query.strip()))
         items = [case.candidate_text] + [text for _, text in case.others]
         impression = scorer.score_texts([user_text] * len(items), items)
-        score = float(impression[0])
+        score, rank = float(impression[0]), rank_of_first(impression)
         truth = case.meta.get("truth") or {}
         truth_tokens = _truth_list(truth.get("reason_tokens"))
         truth_history = _truth_list(truth.get("reason_history"))
@@ -167,7 +167,7 @@ class Explainer:
         record = {
             "example": dict(case.meta.get("example", {}), candidate_id=case.candidate_id),
             "score": round(score, 6),
-            "rank": rank_of_first(impression),
+            "rank": rank,
             "impression_size": len(items),
             "words": word_dicts,
             "token_attributions": {m: _rounded(v) for m, v in token_scores.items()},
@@ -177,7 +177,7 @@ class Explainer:
             "shapley_permutations": permutations,
             "counterfactual": counterfactual,
             "sentence": sentences.explain_sentence(
-                case.candidate_title, score, rank_of_first(impression), len(items),
+                case.candidate_title, score, rank, len(items),
                 counterfactual, [t for _, t in newest_first],
                 history_attributions.get(history_method), word_dicts,
                 token_scores.get(sentence_method), method=history_method.replace("_", "-")),

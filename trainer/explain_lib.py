@@ -85,18 +85,17 @@ def select_cases(examples: list, catalogue, cfg, scorer: PairScorer, num_example
     keys = sorted(impressions)
     chosen = [keys[i] for i in rng.permutation(len(keys))[:num_examples]]
     compose = make_compose(cfg.data.max_history)
-    fields = cfg.data.item_text_fields
     cases = []
     for key in chosen:
         rows = impressions[key]
+        members = [ex for _, ex in rows]
+        candidates = [make_case(ex, members, catalogue, cfg, i) for i, ex in rows]
         if select == "top":
-            users = [make_case(ex, [], catalogue, cfg, i).user_text(compose) for i, ex in rows]
-            scores = scorer.score_texts(users, [catalogue[ex.candidate].text(fields)
-                                                for _, ex in rows])
-            index, example = rows[int(np.argmax(scores))]
+            scores = scorer.score_texts([c.user_text(compose) for c in candidates],
+                                        [c.candidate_text for c in candidates])
+            cases.append(candidates[int(np.argmax(scores))])
         else:
-            index, example = rows[int(rng.integers(len(rows)))]
-        cases.append(make_case(example, [ex for _, ex in rows], catalogue, cfg, index))
+            cases.append(candidates[int(rng.integers(len(rows)))])
     return cases
 
 
