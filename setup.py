@@ -20,13 +20,19 @@ INSTALL_REQUIRES = [
     "keras-rs==0.4.0",
     "numpy>=1.26",
     "PyYAML>=6.0",
+    # Calibration curve and score histogram PNGs in every run directory.
+    "matplotlib==3.11.2",
 ]
 
 EXTRAS_REQUIRE = {
-    "dev": ["pytest>=8.0"],
+    # Tests execute the notebooks (nbclient + an ipykernel) and build the sdist (build).
+    "dev": ["pytest>=8.0", "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
+            "build==1.6.1"],
     "tfds": ["tensorflow-datasets==4.9.10"],
     "tune": ["keras-tuner==1.4.8"],
     "explain": ["shap==0.51.0"],
+    # TensorBoard's Profile tab, to view traces written with runtime.profile_steps.
+    "profile": ["tensorboard-plugin-profile==2.24.2"],
     # Colab/Cloud TPU VMs bring their own libtpu; nothing extra is pinned here.
     "tpu": [],
 }
@@ -35,10 +41,18 @@ setup(
     name="bert-recommender",
     version="0.1.0",
     description="Explainable recommendation with pretrained language models (Keras 3 / TensorFlow)",
-    python_requires=">=3.10,<3.13",
+    # >=3.11: keras 3.15.1, keras-hub 0.32.0, keras-rs 0.4.0 and matplotlib 3.11.2 require it.
+    # <3.14: tensorflow 2.21.0 and tensorflow-text 2.21.1 ship wheels for CPython 3.10-3.13
+    # only (the full pin set resolves to binary wheels on 3.11 and 3.13, none on 3.14).
+    python_requires=">=3.11,<3.14",
     packages=find_packages(include=["trainer", "trainer.*", "models", "models.*",
                                     "explainability", "explainability.*",
-                                    "benchmarks", "benchmarks.*"]),
+                                    "benchmarks", "benchmarks.*"]) + ["trainer.configs"],
+    # The top-level configs/ are installed as trainer/configs/*.yaml so a cloud job that only
+    # installs the sdist can still pass `--config configs/NAME.yaml` (trainer.config falls back
+    # to trainer.config.PACKAGED_CONFIGS_DIR). Data only: configs/ has no __init__.py.
+    package_dir={"trainer.configs": "configs"},
+    package_data={"trainer.configs": ["*.yaml"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

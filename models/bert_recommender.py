@@ -81,12 +81,23 @@ class BERTRecommender(keras.Model):
         return cls(backbone, dropout=head_dropout, pooling=pooling, **kwargs)
 
     def call(self, inputs, training=False):
+        pooled = self.head_dropout(self.pooled_output(inputs, training=training),
+                                   training=training)
+        return ops.squeeze(self.click_head(pooled), axis=-1)
+
+    def pooled_output(self, inputs, training=False):
+        """The vector the click head sees: the backbone's output pooled as ``pooling``
+        says (``[batch, hidden_dim]``), before the head's dropout and ``Dense(1)``.
+
+        ``call`` is ``click_head(head_dropout(pooled_output(x)))``, so at inference (dropout
+        off) the logit is ``click_head(pooled_output(x))``; ``trainer/run_reports.py`` uses
+        it as an item embedding.
+        """
         token_ids = inputs["token_ids"]
         padding_mask = self.padding_mask(token_ids)
         outputs = self.backbone({"token_ids": token_ids, "segment_ids": inputs["segment_ids"],
                                  "padding_mask": padding_mask}, training=training)
-        return self._logit(outputs["sequence_output"], outputs["pooled_output"], padding_mask,
-                           training)
+        return self._pool(outputs["sequence_output"], outputs["pooled_output"], padding_mask)
 
     @staticmethod
     def padding_mask(token_ids):
@@ -126,16 +137,17 @@ class BERTRecommender(keras.Model):
         logit = self._logit(x, pooled_output, padding_mask, training)
         return (logit, attention_scores) if return_attention_scores else logit
 
-    def _logit(self, sequence_output, pooled_output, padding_mask, training):
+    def _pool(self, sequence_output, pooled_output, padding_mask):
         if self.pooling == "cls":
             # pooled_output (tanh(dense(CLS))) keeps the backbone's pooled_dense trained.
-            pooled = pooled_output
-        elif self.pooling == "first":
-            pooled = sequence_output[:, 0, :]
-        else:
-            mask = ops.expand_dims(ops.cast(padding_mask, sequence_output.dtype), -1)
-            pooled = ops.sum(sequence_output * mask, axis=1) / ops.maximum(
-                ops.sum(mask, axis=1), 1.0)
+            return pooled_output
+        if self.pooling == "first":
+            return sequence_output[:, 0, :]
+        mask = ops.expand_dims(ops.cast(padding_mask, sequence_output.dtype), -1)
+        return ops.sum(sequence_output * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
+
+    def _logit(self, sequence_output, pooled_output, padding_mask, training):
+        pooled = self._pool(sequence_output, pooled_output, padding_mask)
         pooled = self.head_dropout(pooled, training=training)
         return ops.squeeze(self.click_head(pooled), axis=-1)
 

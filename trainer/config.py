@@ -16,12 +16,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import posixpath
 import typing
 from typing import Any
 
 import yaml
 
 from trainer.errors import ConfigError
+
+# Where the repository's configs/ are installed with the package (setup.py package_data),
+# and where they are in a source checkout (an editable install maps nothing there).
+PACKAGED_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+_CHECKOUT_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), "configs")
 
 
 @dataclasses.dataclass
@@ -146,6 +153,33 @@ class RuntimeConfig:
     # float32 | mixed_bfloat16 (TPUs, recent GPUs) | mixed_float16 (older GPUs); the click
     # head and the loss stay float32 either way.
     precision: str = "float32"
+    # [first, last] training steps (1-based, per fit) to trace with the TensorFlow profiler
+    # into tensorboard/train (view with the [profile] extra's Profile tab); [] = off.
+    profile_steps: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class TuneConfig:
+    """Hyperparameter search (``python -m trainer.task tune``, trainer/tune_lib.py).
+
+    ``space`` lists the config fields a trial may change, one mapping each::
+
+        {key: train.learning_rate, type: float, min: 1.0e-4, max: 3.0e-3, sampling: log}
+        {key: model.num_layers, type: int, min: 1, max: 2}
+        {key: model.hidden_dim, type: choice, values: [32, 64]}
+
+    ``type`` is float | int | choice; ``sampling`` linear (default) | log; ``step`` is
+    optional for numbers. Every trial is this config with the sampled fields replaced,
+    trained through the one training library and scored by ``objective`` on validation.
+    """
+
+    algorithm: str = "random"  # random | bayesian | hyperband
+    max_trials: int = 10
+    objective: str = "val_auc"  # val_auc (maximised) | val_loss (minimised)
+    executions_per_trial: int = 1
+    hyperband_factor: int = 3  # hyperband: trains up to train.epochs per trial
+    seed: int = 0
+    space: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -157,6 +191,7 @@ class ExperimentConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
 
 
 _CHOICES = {
@@ -168,6 +203,8 @@ _CHOICES = {
     "model.pooling": ("cls", "first", "mean"),
     "runtime.strategy": ("auto", "tpu", "multi_worker", "mirrored", "one_device", "default"),
     "runtime.precision": ("float32", "mixed_bfloat16", "mixed_float16"),
+    "tune.algorithm": ("random", "bayesian", "hyperband"),
+    "tune.objective": ("val_auc", "val_loss"),
 }
 
 
@@ -235,22 +272,53 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def _read_yaml(path: str, seen: tuple = ()) -> dict:
-    path = os.path.abspath(path)
-    if path in seen:
-        raise ConfigError(f"{path}: 'base' chain loops back to itself")
+def resolve_config_path(path: str) -> str:
+    """``path`` itself when it exists (or is a URL such as ``gs://``); otherwise, for a
+    relative ``configs/NAME.yaml``, the copy installed with the package (or the checkout's,
+    for an editable install), so cloud jobs and notebooks can name the repository's configs
+    from any working directory."""
+    if "://" in path:
+        return path
+    if os.path.exists(path) or os.path.isabs(path):
+        return os.path.abspath(path)
+    parts = os.path.normpath(path).split(os.sep)
+    if parts[0] == "configs":
+        for directory in (PACKAGED_CONFIGS_DIR, _CHECKOUT_CONFIGS_DIR):
+            candidate = os.path.join(directory, *parts[1:])
+            if os.path.exists(candidate):
+                return candidate
+    return os.path.abspath(path)
+
+
+def _read_text(path: str) -> str:
+    if "://" in path:  # gs://, and anything else TensorFlow's file systems know
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel  # only for URLs
+        if not tf.io.gfile.exists(path):
+            raise ConfigError(f"config file not found: {path}")
+        with tf.io.gfile.GFile(path) as f:
+            return f.read()
     if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path}")
     with open(path, encoding="utf-8") as f:
-        try:
-            raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        return f.read()
+
+
+def _read_yaml(path: str, seen: tuple = ()) -> dict:
+    path = resolve_config_path(path)
+    if path in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
+    try:
+        raw = yaml.safe_load(_read_text(path)) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of config groups")
     base = raw.pop("base", None)
     if base:
-        parent = _read_yaml(os.path.join(os.path.dirname(path), base), seen + (path,))
+        # URLs join with "/" whatever the local OS uses.
+        join = posixpath.join if "://" in path else os.path.join
+        parent = _read_yaml(join(posixpath.dirname(path) if "://" in path else
+                                 os.path.dirname(path), base), seen + (path,))
         raw = _deep_merge(parent, raw)
     return raw
 
@@ -357,3 +425,93 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("config key 'train.warmup_fraction' must be in [0, 1)")
     if not d.item_text_fields:
         raise ConfigError("config key 'data.item_text_fields' must name at least one field")
+    profile = cfg.runtime.profile_steps
+    if profile and (len(profile) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                 for v in profile)
+                    or not 1 <= profile[0] <= profile[1]):
+        raise ConfigError(f"config key 'runtime.profile_steps' must be [] or [first, last] "
+                          f"with 1 <= first <= last, got {profile!r}")
+    positive("tune.max_trials", cfg.tune.max_trials)
+    positive("tune.executions_per_trial", cfg.tune.executions_per_trial)
+    if cfg.tune.hyperband_factor < 2:
+        raise ConfigError("config key 'tune.hyperband_factor' must be >= 2")
+    tune_space(cfg)
+
+
+_SPACE_KEYS = {"key", "type", "min", "max", "step", "sampling", "values"}
+
+
+def field_annotation(dotted: str) -> Any:
+    """The type of the config field at ``dotted`` (e.g. ``train.learning_rate``), or None
+    when there is no such scalar field."""
+    cls, parts = ExperimentConfig, dotted.split(".")
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        hint = hints[part]
+        if dataclasses.is_dataclass(hint):
+            cls = hint
+            continue
+        return hint if i == len(parts) - 1 else None
+    return None
+
+
+def tune_space(cfg: ExperimentConfig) -> list[dict]:
+    """``tune.space`` checked entry by entry; returns the entries with defaults filled in
+    (``sampling: linear``, ``step: None``). Raises ConfigError naming ``tune.space[i]``."""
+    entries, seen = [], set()
+    for i, entry in enumerate(cfg.tune.space):
+        where = f"tune.space[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"config key '{where}' must be a mapping like {{key: "
+                              f"train.learning_rate, type: float, min: 1e-4, max: 1e-2}}")
+        unknown = set(entry) - _SPACE_KEYS
+        if unknown:
+            raise ConfigError(f"config key '{where}' has unknown fields {sorted(unknown)}; "
+                              f"valid: {sorted(_SPACE_KEYS)}")
+        key = entry.get("key")
+        annotation = field_annotation(key) if isinstance(key, str) else None
+        if annotation is None or annotation is list or key.split(".")[0] in ("tune", "name"):
+            raise ConfigError(f"config key '{where}.key' must name a scalar config field such "
+                              f"as train.learning_rate, got {key!r}")
+        if key in seen:
+            raise ConfigError(f"config key '{where}.key': {key} appears twice in tune.space")
+        seen.add(key)
+        kind = entry.get("type")
+        out = {"key": key, "type": kind, "sampling": entry.get("sampling", "linear"),
+               "step": entry.get("step")}
+        if kind == "choice":
+            values = entry.get("values")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"config key '{where}.values' must be a non-empty list")
+            out["values"] = [_check_value(f"{where}.values ({key})", v, annotation)
+                             for v in values]
+            choices = _CHOICES.get(key)
+            for v in out["values"]:
+                if choices and v not in choices:
+                    raise ConfigError(f"config key '{where}.values': {v!r} is not one of "
+                                      f"{choices} ({key})")
+        elif kind in ("float", "int"):
+            expected = float if kind == "float" else int
+            if annotation is not expected:
+                raise ConfigError(f"config key '{where}.type': {key} is "
+                                  f"{annotation.__name__}, so use type "
+                                  f"{'choice' if annotation in (str, bool) else annotation.__name__}")
+            for bound in ("min", "max"):
+                out[bound] = _check_value(f"{where}.{bound}", entry.get(bound), expected)
+            if out["step"] is not None:
+                out["step"] = _check_value(f"{where}.step", out["step"], expected)
+            if not out["min"] < out["max"]:
+                raise ConfigError(f"config key '{where}': min ({out['min']}) must be below "
+                                  f"max ({out['max']})")
+            if out["sampling"] not in ("linear", "log"):
+                raise ConfigError(f"config key '{where}.sampling' must be linear or log, got "
+                                  f"{out['sampling']!r}")
+            if out["sampling"] == "log" and out["min"] <= 0:
+                raise ConfigError(f"config key '{where}': log sampling needs min > 0")
+        else:
+            raise ConfigError(f"config key '{where}.type' must be float, int or choice, got "
+                              f"{kind!r}")
+        entries.append(out)
+    return entries

@@ -1,15 +1,24 @@
 """The one place a tf.distribute strategy is built, from ``config.runtime``.
 
-``auto`` picks a TPU if a resolver finds one, MirroredStrategy if several GPUs are visible,
-else the default strategy. The resolver and device lister are arguments so tests can hand
-in fakes; the default, one-device and two-logical-CPU mirrored paths run for real in tests.
+``auto`` picks a TPU if a resolver finds one, MultiWorkerMirroredStrategy if ``TF_CONFIG``
+describes a cluster of several tasks (Vertex AI and other cloud jobs set it), MirroredStrategy
+if several GPUs are visible, else the default strategy. The resolver and device lister are
+arguments so tests can hand in fakes; the default, one-device, two-logical-CPU mirrored and
+two-process multi-worker paths run for real in tests.
+
+Multi-worker runs write only from the chief (:func:`is_chief`); the other workers write into
+a private temporary directory (:func:`worker_write_dir`), the pattern of the TensorFlow
+multi-worker guide, because every worker must still take part in each save.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import json
 import logging
 import os
+import tempfile
 
 import keras
 import tensorflow as tf
@@ -53,14 +62,103 @@ def _default_tpu_resolver(tpu: str):
     return tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
 
 
+def _tpu_vm() -> bool:
+    """A TPU VM (Cloud TPU VM, Colab's TPU runtime): the chips are local devices."""
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")) and \
+        not os.environ.get("COLAB_TPU_ADDR")
+
+
 def _find_tpu(tpu: str, resolver_fn):
+    """A TPU cluster resolver, or None. On a TPU VM the name is ``local`` and the
+    resolver's master is empty by design; elsewhere an empty master means no TPU."""
+    name = tpu or ("local" if _tpu_vm() else "")
     try:
-        resolver = resolver_fn(tpu)
-        if not resolver.master():  # an empty master means no TPU here
+        resolver = resolver_fn(name)
+        if name != "local" and not resolver.master():
             return None
         return resolver
     except (ValueError, RuntimeError, tf.errors.NotFoundError):
         return None
+
+
+def tf_config_task_count(environ=None) -> int:
+    """How many tasks (chief + workers) the ``TF_CONFIG`` cluster has; 0 when unset."""
+    raw = (os.environ if environ is None else environ).get("TF_CONFIG", "")
+    if not raw:
+        return 0
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"TF_CONFIG is not valid JSON with a 'cluster' mapping: {err}") from None
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process owns the run directory: always, except for the non-chief
+    workers of a multi-worker strategy (the chief, or worker 0 when there is no chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def worker_write_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+    """``model_dir`` on the chief; a fresh local temporary directory on other workers
+    (delete it after the run)."""
+    if is_chief(strategy):
+        return model_dir
+    resolver = strategy.cluster_resolver
+    return tempfile.mkdtemp(prefix=f"bert_recommender_{resolver.task_type}{resolver.task_id}_")
+
+
+@dataclasses.dataclass
+class Accelerator:
+    """What :func:`detect_accelerator` found: ``kind`` is tpu | gpu | cpu."""
+
+    kind: str
+    count: int
+    name: str = ""
+    compute_capability: tuple = ()
+
+    def overrides(self) -> list[str]:
+        """Runtime/train config overrides that suit this accelerator (``--set`` syntax).
+
+        TPUs: bfloat16, XLA (TPUs always compile) and 32 steps per execution so the host
+        loop does not starve the chips. GPUs: bfloat16 from Ampere (compute capability 8)
+        on, float16 with loss scaling before; several GPUs train mirrored. CPUs: as is.
+        """
+        if self.kind == "tpu":
+            return ["runtime.strategy=tpu", "runtime.precision=mixed_bfloat16",
+                    "train.steps_per_execution=32"]
+        if self.kind == "gpu":
+            precision = ("mixed_bfloat16" if self.compute_capability and
+                         self.compute_capability[0] >= 8 else "mixed_float16")
+            strategy = "mirrored" if self.count > 1 else "one_device"
+            return [f"runtime.strategy={strategy}", f"runtime.precision={precision}",
+                    "train.jit_compile=true"]
+        return ["runtime.strategy=default"]
+
+
+def detect_accelerator(tpu_resolver_fn=None, list_gpus_fn=None,
+                       gpu_details_fn=None) -> Accelerator:
+    """The accelerator this host offers (Colab, a cloud VM, a laptop), without building a
+    strategy. The arguments are for tests, as in :func:`make_strategy`."""
+    tpu_resolver_fn = tpu_resolver_fn or _default_tpu_resolver
+    list_gpus_fn = list_gpus_fn or (lambda: tf.config.list_physical_devices("GPU"))
+    gpu_details_fn = gpu_details_fn or tf.config.experimental.get_device_details
+    resolver = _find_tpu("", tpu_resolver_fn)
+    if resolver is not None:
+        return Accelerator("tpu", 0, resolver.master())
+    gpus = list_gpus_fn()
+    if gpus:
+        details = gpu_details_fn(gpus[0]) or {}
+        return Accelerator("gpu", len(gpus), details.get("device_name", ""),
+                           tuple(details.get("compute_capability", ()) or ()))
+    return Accelerator("cpu", 1)
 
 
 def set_precision(runtime: RuntimeConfig) -> None:
@@ -72,6 +170,32 @@ def set_precision(runtime: RuntimeConfig) -> None:
     keras.mixed_precision.set_global_policy(runtime.precision)
 
 
+def _keras_compatible_reduce(strategy: tf.distribute.Strategy) -> tf.distribute.Strategy:
+    """Wraps ``strategy.reduce`` so Keras 3's ``fit`` works under MultiWorkerMirroredStrategy.
+
+    Keras 3.15 makes two calls that CollectiveAllReduceStrategy refuses (known since Keras 3.0,
+    tensorflow/tensorflow#72388): ``fit`` reduces the first batch, a nest of features and
+    labels, in a single call ("Attempt to convert a value ({'user_index': PerReplica...})");
+    and each step reduces the per-replica scalar logs with ``axis=0``, which a scalar lacks
+    ("Invalid reduction dimension 0 for input with 0 dimensions"). Reducing leaf by leaf,
+    and a scalar across replicas only, is what both calls mean.
+    """
+    reduce = strategy.reduce
+
+    def reduce_leaf(reduce_op, leaf, axis):
+        if axis is not None:
+            local = strategy.experimental_local_results(leaf)[0]
+            if local.shape.rank == 0:
+                axis = None
+        return reduce(reduce_op, leaf, axis=axis)
+
+    def reduce_each(reduce_op, value, axis=None):
+        return tf.nest.map_structure(lambda leaf: reduce_leaf(reduce_op, leaf, axis), value)
+
+    strategy.reduce = reduce_each
+    return strategy
+
+
 def make_strategy(runtime: RuntimeConfig, tpu_resolver_fn=_default_tpu_resolver,
                   list_gpus_fn=None) -> tf.distribute.Strategy:
     """Returns the strategy named by ``runtime.strategy`` (see module docstring)."""
@@ -81,6 +205,8 @@ def make_strategy(runtime: RuntimeConfig, tpu_resolver_fn=_default_tpu_resolver,
     if name == "auto":
         if runtime.tpu or _find_tpu(runtime.tpu, tpu_resolver_fn) is not None:
             name = "tpu"
+        elif tf_config_task_count() > 1:
+            name = "multi_worker"
         elif len(list_gpus_fn()) > 1:
             name = "mirrored"
         else:
@@ -95,7 +221,7 @@ def make_strategy(runtime: RuntimeConfig, tpu_resolver_fn=_default_tpu_resolver,
         strategy = tf.distribute.TPUStrategy(resolver)
     elif name == "multi_worker":
         # Reads the cluster from the TF_CONFIG environment variable.
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = _keras_compatible_reduce(tf.distribute.MultiWorkerMirroredStrategy())
     elif name == "mirrored":
         devices = runtime.devices or None
         if devices is None and runtime.logical_cpus > 1 and not list_gpus_fn():

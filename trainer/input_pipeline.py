@@ -120,6 +120,11 @@ def make_tokenizer(vocabulary=None, lowercase: bool = True, pretrained: str = ""
     (a list of tokens or a vocab.txt path)."""
     if pretrained:
         return keras_hub.tokenizers.BertTokenizer.from_preset(pretrained)
+    if isinstance(vocabulary, str) and "://" in vocabulary:
+        # keras-hub opens a vocabulary path with open(); read gs:// (and other TF file
+        # systems) here and hand it the tokens.
+        with tf.io.gfile.GFile(vocabulary) as f:
+            vocabulary = f.read().splitlines()
     return keras_hub.tokenizers.BertTokenizer(vocabulary=vocabulary, lowercase=lowercase)
 
 

@@ -1,7 +1,10 @@
-"""Command-line entry point: ``python -m trainer.task {train,evaluate,predict,explain} ...``.
+"""Command-line entry point: ``python -m trainer.task {train,tune,evaluate,predict,explain}``.
 
     python -m trainer.task train --config configs/tiny.yaml --model_dir runs/tiny \\
         [--set train.learning_rate=3e-5 --set model.num_layers=1]
+    python -m trainer.task tune --config configs/tiny.yaml --model_dir runs/tiny_tune \\
+        [--set tune.max_trials=3 --set tune.algorithm=hyperband]
+    python -m trainer.task train --config runs/tiny_tune/best_config.yaml --model_dir runs/best
     python -m trainer.task evaluate --model_dir runs/tiny
     python -m trainer.task predict --model_dir runs/tiny \\
         --user_text "i want to buy a new laptop ; acme wireless retro laptop new" \\
@@ -29,11 +32,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.task", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train, evaluate and export one experiment")
-    train.add_argument("--config", required=True, help="YAML config (see configs/)")
-    train.add_argument("--model_dir", required=True, help="run directory (local or gs://)")
-    train.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE", help="dotted override, repeatable")
+    for name, help_text in (("train", "train, evaluate and export one experiment"),
+                            ("tune", "hyperparameter search over the config's tune.space "
+                             "(keras-tuner); writes best_config.yaml")):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("--config", required=True,
+                             help="YAML config (see configs/; local, gs://, or a configs/ "
+                             "path installed with the package)")
+        command.add_argument("--model_dir", required=True, help="run directory (local or gs://)")
+        command.add_argument("--set", dest="overrides", action="append", default=[],
+                             metavar="KEY=VALUE", help="dotted override, repeatable")
     evaluate = sub.add_parser("evaluate", help="re-evaluate a trained run")
     evaluate.add_argument("--model_dir", required=True)
     predict = sub.add_parser("predict", help="score pairs with the exported SavedModel")
@@ -75,7 +83,20 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config_lib.load_config(args.config, args.overrides)
             from trainer import train_lib
             results = train_lib.train(cfg, args.model_dir)
-            _report(args.model_dir, results, train_lib.format_metrics_table(results))
+            if results:  # empty on the non-chief workers of a multi-worker run
+                _report(args.model_dir, results, train_lib.format_metrics_table(results))
+        elif args.command == "tune":
+            cfg = config_lib.load_config(args.config, args.overrides)
+            from trainer import tune_lib
+            results = tune_lib.tune(cfg, args.model_dir)
+            print("\n" + tune_lib.format_trials_table(results))
+            print(f"\nbest: trial {results['best']['trial_id']} "
+                  f"({results['objective']}={results['best']['score']:.4f})\n"
+                  f"outputs:\n  {results['best_config']}\n"
+                  f"  {os.path.join(args.model_dir, 'tune_results.json')}\n"
+                  f"  {os.path.join(args.model_dir, 'tensorboard')}   (HParams dashboard)\n"
+                  f"train it:\n  python -m trainer.task train --config "
+                  f"{results['best_config']} --model_dir RUN_DIR")
         elif args.command == "evaluate":
             from trainer import train_lib
             results = train_lib.evaluate(args.model_dir)

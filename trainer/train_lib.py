@@ -179,7 +179,8 @@ def build_model(cfg: config_lib.ExperimentConfig, packer, ids: input_pipeline.Id
     return model
 
 
-def _dummy_batch(cfg, packer) -> dict:
+def dummy_batch(packer) -> dict:
+    """A one-row batch that builds any of the models (text features when ``packer``)."""
     features = {"user_index": tf.zeros([1], tf.int32), "item_index": tf.zeros([1], tf.int32)}
     if packer is not None:
         features.update(packer(tf.constant(["a"]), tf.constant(["b"])))
@@ -212,14 +213,15 @@ def evaluate_tables(model, tables: dict, packer, batch_size: int) -> dict:
 # Train
 # ---------------------------------------------------------------------------------------
 
-def _callbacks(model_dir: str | None, patience: int) -> list:
+def _callbacks(cfg: config_lib.ExperimentConfig, model_dir: str | None) -> list:
     # Early stopping (restoring the best weights) selects the model in every run; the rest
     # write into the run directory, so a benchmark without one gets only early stopping.
     early_stopping = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
-                                                   patience=patience,
+                                                   patience=cfg.train.early_stopping_patience,
                                                    restore_best_weights=True)
     if not model_dir:
         return [early_stopping]
+    profile = cfg.runtime.profile_steps
     return [
         keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
         keras.callbacks.ModelCheckpoint(
@@ -227,7 +229,8 @@ def _callbacks(model_dir: str | None, patience: int) -> list:
             mode="max", save_best_only=True, save_weights_only=True),
         early_stopping,
         keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"),
-                                    update_freq="epoch"),
+                                    update_freq="epoch",
+                                    profile_batch=tuple(profile) if profile else 0),
     ]
 
 
@@ -237,7 +240,7 @@ def compile_model(cfg: config_lib.ExperimentConfig, model: keras.Model, packer,
     logit, AUC) under ``strategy``, with ``train.jit_compile`` and
     ``train.steps_per_execution``."""
     with strategy.scope():
-        model(_dummy_batch(cfg, packer))  # build the weights before compile/restore
+        model(dummy_batch(packer))  # build the weights before compile/restore
         model.compile(
             optimizer=make_optimizer(cfg.train, total_steps),
             loss=keras.losses.BinaryCrossentropy(from_logits=True),
@@ -263,7 +266,8 @@ def make_train_dataset(cfg: config_lib.ExperimentConfig, table: input_pipeline.P
 
 def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict, packer,
               strategy: tf.distribute.Strategy, model_dir: str | None = None,
-              verbose: int = 2) -> dict:
+              verbose: int = 2, extra_callbacks: list = (), epochs: int | None = None,
+              initial_epoch: int = 0) -> dict:
     """Compiles ``model`` and fits it on ``tables["train"]``, validating on
     ``tables["validation"]``: the one fit routine every model goes through.
 
@@ -273,6 +277,8 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
     validation AUC restores the best weights. With ``model_dir`` the run also writes
     ``backup/`` (resumable), ``checkpoints/best.weights.h5`` and ``tensorboard/`` there;
     without it nothing is written (benchmarks compare several models in one process).
+    ``extra_callbacks``, ``epochs`` (default ``train.epochs``; the learning-rate schedule
+    always spans ``train.epochs``) and ``initial_epoch`` let a tuner drive the fit.
 
     Returns ``{"steps_per_epoch": int, "epochs_run": int, "history": {metric: [floats]}}``.
     """
@@ -286,9 +292,10 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
         train_ds = make_train_dataset(cfg, tables["train"], packer, global_batch)
         val_ds = input_pipeline.make_dataset(tables["validation"], cfg.train.eval_batch_size,
                                              packer=packer)
-        fit = model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch,
+        fit = model.fit(train_ds, epochs=epochs or cfg.train.epochs,
+                        initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
                         validation_data=val_ds, shuffle=False,  # tf.data shuffles
-                        callbacks=_callbacks(model_dir, cfg.train.early_stopping_patience),
+                        callbacks=_callbacks(cfg, model_dir) + list(extra_callbacks),
                         verbose=verbose)
         history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     return {"steps_per_epoch": steps_per_epoch, "epochs_run": len(history.get("loss", [])),
@@ -297,31 +304,52 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
 
 def train(cfg: config_lib.ExperimentConfig, model_dir: str,
           strategy: tf.distribute.Strategy | None = None) -> dict:
-    """Trains, evaluates and exports one experiment; returns the metrics.json content."""
+    """Trains, evaluates and exports one experiment; returns the metrics.json content.
+
+    Under MultiWorkerMirroredStrategy every worker runs this; only the chief writes
+    ``model_dir`` (the others write into a temporary directory removed at the end, and
+    return ``{}``).
+    """
     started = time.time()
     resuming = check_model_dir(model_dir, cfg)
     strategy = strategy or distribute.make_strategy(cfg.runtime)
     distribute.set_precision(cfg.runtime)
     keras.utils.set_random_seed(cfg.train.seed)
-    prepared = prepare_data(cfg, model_dir)
+    write_dir = distribute.worker_write_dir(model_dir, strategy)
+    try:
+        return _train(cfg, model_dir, write_dir, strategy, resuming, started)
+    finally:
+        if write_dir != model_dir and tf.io.gfile.exists(write_dir):
+            tf.io.gfile.rmtree(write_dir)
+
+
+def _train(cfg, model_dir, write_dir, strategy, resuming, started) -> dict:
+    chief = write_dir == model_dir
+    prepared = prepare_data(cfg, write_dir)
     tables = prepared.tables
 
     # The input is valid: from here on the run directory is written.
-    tf.io.gfile.makedirs(model_dir)
-    if not resuming:
-        atomic_write_text(os.path.join(model_dir, "config.yaml"), config_lib.dump_yaml(cfg))
-    write_json(os.path.join(model_dir, "data_info.json"), prepared.info)
+    tf.io.gfile.makedirs(write_dir)
+    if not resuming or not chief:
+        atomic_write_text(os.path.join(write_dir, "config.yaml"), config_lib.dump_yaml(cfg))
+    if not chief:
+        _copy_backup(model_dir, write_dir)
+    write_json(os.path.join(write_dir, "data_info.json"), prepared.info)
     vocabulary = prepared.vocabulary
     if vocabulary is not None:
-        vocab_path = os.path.join(model_dir, "vocab.txt")
+        vocab_path = os.path.join(write_dir, "vocab.txt")
         atomic_write_text(vocab_path, "\n".join(vocabulary) + "\n")
         vocabulary = vocab_path
     packer = make_packer(cfg, vocabulary)
 
     with strategy.scope():
         model = build_model(cfg, packer, prepared.ids, tables["train"])
-    fitted = fit_model(cfg, model, tables, packer, strategy, model_dir)
+    fitted = fit_model(cfg, model, tables, packer, strategy, write_dir)
     train_seconds = time.time() - started
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        if not chief:
+            return {}
+        model = _single_device_copy(cfg, model, packer, prepared)
 
     results = evaluate_tables(model, tables, packer, cfg.train.eval_batch_size)
     results["train"] = {"seconds": round(train_seconds, 1),
@@ -336,6 +364,29 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
     export.export_saved_model(model, os.path.join(model_dir, "export"), packer)
     write_json(os.path.join(model_dir, "metrics.json"), results)
     return results
+
+
+def _copy_backup(model_dir: str, write_dir: str) -> None:
+    """Gives a non-chief worker the chief's BackupAndRestore state, so a restarted
+    multi-worker job resumes every worker from the same epoch (they must stay in step)."""
+    source = os.path.join(model_dir, "backup")
+    if not tf.io.gfile.isdir(source):
+        return
+    for root, _, files in tf.io.gfile.walk(source):
+        target = os.path.join(write_dir, "backup", os.path.relpath(root, source))
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(root, name), os.path.join(target, name),
+                             overwrite=True)
+
+
+def _single_device_copy(cfg, model, packer, prepared: PreparedData) -> keras.Model:
+    """The trained weights in a model outside the multi-worker strategy: evaluation, saving
+    and export then need no collective ops, so the chief runs them alone."""
+    local = build_model(cfg, packer, prepared.ids, prepared.tables["train"])
+    local(dummy_batch(packer))
+    local.set_weights(model.get_weights())
+    return local
 
 
 # ---------------------------------------------------------------------------------------
