@@ -42,7 +42,7 @@ from tensorboard.plugins.pr_curve import metadata as pr_curve_metadata
 from models.baselines import MatrixFactorization
 from models.bert_recommender import BERTRecommender
 from trainer import metrics
-from trainer.datasets.canonical import atomic_write_text
+from trainer.datasets.canonical import atomic_write_bytes, atomic_write_text
 
 BINNINGS = ("uniform", "quantile")
 PROJECTOR_TENSOR = "item_embedding/.ATTRIBUTES/VARIABLE_VALUE"
@@ -270,18 +270,8 @@ def _save_png(figure, path: str) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     figure.clear()
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
     return path
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    parent = os.path.dirname(path)
-    if parent:
-        tf.io.gfile.makedirs(parent)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def save_calibration_plot(path: str, calibration: dict, title: str = "") -> str:

@@ -145,7 +145,10 @@ def _report(model_dir: str, results: dict, table: str) -> None:
     for name, what in (("config.yaml", "resolved config"), ("data_info.json", "data counts"),
                        ("data", "generated data files (synthetic source)"),
                        ("vocab.txt", "WordPiece vocabulary"),
-                       ("tensorboard", "TensorBoard logs: tensorboard --logdir"),
+                       ("tensorboard", "TensorBoard: scalars, PR curves, histograms, text, "
+                        "projector"),
+                       ("calibration.png", "reliability diagram (validation)"),
+                       ("score_histogram.png", "predicted probability by label (validation)"),
                        ("checkpoints", "best weights by validation AUC"),
                        ("model.keras", "Keras model"),
                        ("export", "SavedModel (serving_default on raw strings)"),

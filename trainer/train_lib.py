@@ -33,7 +33,7 @@ from models.baselines import MatrixFactorization, MostPopular
 from models.bert_recommender import BERTRecommender
 from models.layers.text_pair_packer import TextPairPacker
 from trainer import config as config_lib
-from trainer import datasets, distribute, export, input_pipeline, metrics
+from trainer import datasets, distribute, export, input_pipeline, metrics, run_reports
 from trainer.datasets.canonical import atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError
 
@@ -196,17 +196,22 @@ def predict_logits(model: keras.Model, table: input_pipeline.PairTable, packer,
     return np.asarray(model.predict(ds, verbose=0), dtype=np.float32).reshape(-1)
 
 
-def evaluate_tables(model, tables: dict, packer, batch_size: int) -> dict:
-    """metrics.json content: trainer/metrics.py on the validation and test splits."""
-    results = {}
-    for name in ("validation", "test"):
-        table = tables[name]
-        if len(table) == 0:
-            continue
-        logits = predict_logits(model, table, packer, batch_size)
-        results[name] = metrics.evaluate_predictions(
-            table.label, logits, table.group, true_probabilities=table.true_probability)
-    return results
+def predict_splits(model, tables: dict, packer, batch_size: int) -> dict:
+    """Logits for each non-empty evaluation split: ``{"validation": [...], "test": [...]}``."""
+    return {name: predict_logits(model, tables[name], packer, batch_size)
+            for name in ("validation", "test") if len(tables[name])}
+
+
+def evaluate_tables(model, tables: dict, packer, batch_size: int,
+                    split_logits: dict | None = None) -> dict:
+    """metrics.json content: trainer/metrics.py on the validation and test splits (scored
+    now, or from ``split_logits`` as :func:`predict_splits` returns them)."""
+    if split_logits is None:
+        split_logits = predict_splits(model, tables, packer, batch_size)
+    return {name: metrics.evaluate_predictions(
+        tables[name].label, logits, tables[name].group,
+        true_probabilities=tables[name].true_probability)
+        for name, logits in split_logits.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -292,10 +297,19 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
         train_ds = make_train_dataset(cfg, tables["train"], packer, global_batch)
         val_ds = input_pipeline.make_dataset(tables["validation"], cfg.train.eval_batch_size,
                                              packer=packer)
+        callbacks = _callbacks(cfg, model_dir) + list(extra_callbacks)
+        # Per-epoch PR curve and score histograms. Not under a multi-worker strategy: its
+        # predict is a collective over sharded data, so rows would not line up with labels.
+        if model_dir and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            callbacks.append(run_reports.ValidationCurves(
+                os.path.join(model_dir, "tensorboard", "validation"),
+                input_pipeline.make_dataset(tables["validation"], cfg.train.eval_batch_size,
+                                            packer=packer, with_labels=False),
+                tables["validation"].label))
         fit = model.fit(train_ds, epochs=epochs or cfg.train.epochs,
                         initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
                         validation_data=val_ds, shuffle=False,  # tf.data shuffles
-                        callbacks=_callbacks(cfg, model_dir) + list(extra_callbacks),
+                        callbacks=callbacks,
                         verbose=verbose)
         history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     return {"steps_per_epoch": steps_per_epoch, "epochs_run": len(history.get("loss", [])),
@@ -351,7 +365,10 @@ def _train(cfg, model_dir, write_dir, strategy, resuming, started) -> dict:
             return {}
         model = _single_device_copy(cfg, model, packer, prepared)
 
-    results = evaluate_tables(model, tables, packer, cfg.train.eval_batch_size)
+    split_logits = predict_splits(model, tables, packer, cfg.train.eval_batch_size)
+    results = evaluate_tables(model, tables, packer, cfg.train.eval_batch_size, split_logits)
+    results["reports"] = _write_reports(cfg, model_dir, model, packer, prepared, split_logits,
+                                        fitted["epochs_run"])
     results["train"] = {"seconds": round(train_seconds, 1),
                         "steps_per_epoch": fitted["steps_per_epoch"],
                         "epochs_run": fitted["epochs_run"],
@@ -364,6 +381,20 @@ def _train(cfg, model_dir, write_dir, strategy, resuming, started) -> dict:
     export.export_saved_model(model, os.path.join(model_dir, "export"), packer)
     write_json(os.path.join(model_dir, "metrics.json"), results)
     return results
+
+
+def _write_reports(cfg, model_dir, model, packer, prepared: PreparedData, split_logits: dict,
+                   step: int) -> dict:
+    """TensorBoard text/PR curve/projector and the calibration and score PNGs of the final
+    model on validation (trainer/run_reports.py); returns their paths and the bins."""
+    table = prepared.tables["validation"]
+    embeddings = run_reports.item_embeddings(
+        model, packer, prepared.catalogue, cfg.data.item_text_fields,
+        item_index=prepared.ids.items, batch_size=cfg.train.eval_batch_size)
+    return run_reports.write_run_reports(
+        model_dir, labels=table.label, logits=split_logits["validation"],
+        user_text=table.user_text, item_text=table.item_text, embeddings=embeddings,
+        split="validation", step=step, seed=cfg.train.seed)
 
 
 def _copy_backup(model_dir: str, write_dir: str) -> None:

@@ -176,3 +176,50 @@ def test_mixed_precision_keeps_the_click_head_float32(tmp_path, tiny_config):
 def test_unknown_precision_is_a_config_error(tiny_config):
     with pytest.raises(config_lib.ConfigError, match="runtime.precision"):
         tiny_config("runtime.precision=float8")
+
+
+def _tags_by_step(event_dir):
+    found = {}
+    for name in os.listdir(event_dir):
+        path = os.path.join(event_dir, name)
+        if not name.startswith("events."):
+            continue
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                found.setdefault(value.tag, set()).add(event.step)
+    return found
+
+
+def test_run_writes_curves_text_projector_and_plots(trained_run):
+    cfg, model_dir, results = trained_run
+    val_tags = _tags_by_step(os.path.join(model_dir, "tensorboard", "validation"))
+    # One PR curve per epoch (steps 0, 1) and the final, restored-best model's at step 2.
+    assert val_tags["pr_curve"] == {0, 1, 2}
+    assert {0, 1, 2} <= val_tags["predicted_probability"]
+    assert {"scored_examples", "calibration"} <= set(val_tags)
+    projector_dir = os.path.join(model_dir, "tensorboard", "projector")
+    with open(os.path.join(projector_dir, "metadata.tsv")) as f:
+        rows = f.read().splitlines()
+    assert len(rows) == 1 + cfg.data.synthetic.num_items  # header + one row per item
+    assert os.path.exists(os.path.join(projector_dir, "projector_config.pbtxt"))
+    for png in ("calibration.png", "score_histogram.png"):
+        with open(os.path.join(model_dir, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
+    calibration = results["reports"]["calibration"]
+    assert calibration["examples"] == results["validation"]["examples"]
+    assert sum(b["count"] for b in calibration["bins"]) == calibration["examples"]
+
+
+def test_profile_steps_trace_the_requested_steps(tmp_path, tiny_config):
+    cfg = tiny_config("runtime.profile_steps=[2, 3]", "train.steps_per_epoch=4")
+    train_lib.train(cfg, str(tmp_path / "run"))
+    traces = [p for p in tf.io.gfile.glob(str(tmp_path / "run" / "tensorboard" / "train" /
+                                              "plugins" / "profile" / "*" / "*"))
+              if p.endswith(".xplane.pb")]
+    assert traces
+
+
+@pytest.mark.parametrize("value", ["[3]", "[3, 2]", "[0, 2]", "[1.5, 2]"])
+def test_bad_profile_steps_name_the_key(tiny_config, value):
+    with pytest.raises(config_lib.ConfigError, match="runtime.profile_steps"):
+        tiny_config(f"runtime.profile_steps={value}")

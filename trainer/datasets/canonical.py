@@ -261,15 +261,21 @@ def read_examples(path: str, catalogue: Catalogue) -> list[Example]:
     return examples
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file renamed into place."""
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path`` (local or ``gs://``) through a temporary file renamed
+    into place, so a reader never sees half a file."""
     parent = os.path.dirname(path)
     if parent:
         tf.io.gfile.makedirs(parent)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(data)
     tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _json_default(value):
