@@ -116,7 +116,8 @@ class RecommenderHyperModel(keras_tuner.HyperModel):
     def trial_config(self, hp) -> config_lib.ExperimentConfig:
         return trial_config(self.cfg, define_space(hp, self.space))
 
-    def _data_for(self, cfg):
+    def data_for(self, cfg):
+        """``(PreparedData, packer)`` for a trial config, prepared once per data config."""
         key = yaml.safe_dump({"data": config_lib.to_dict(cfg)["data"],
                               "kind": cfg.model.kind, "pretrained": cfg.model.pretrained})
         if key not in self._data:
@@ -126,7 +127,7 @@ class RecommenderHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         cfg = self.trial_config(hp)
-        prepared, packer = self._data_for(cfg)
+        prepared, packer = self.data_for(cfg)
         keras.utils.set_random_seed(cfg.train.seed)
         with self.strategy.scope():
             model = train_lib.build_model(cfg, packer, prepared.ids, prepared.tables["train"])
@@ -136,7 +137,7 @@ class RecommenderHyperModel(keras_tuner.HyperModel):
 
     def fit(self, hp, model, *args, callbacks=None, epochs=None, initial_epoch=0, **kwargs):
         cfg = self.trial_config(hp)
-        prepared, packer = self._data_for(cfg)
+        prepared, packer = self.data_for(cfg)
         fitted = train_lib.fit_model(cfg, model, prepared.tables, packer, self.strategy,
                                      verbose=0, extra_callbacks=callbacks or [],
                                      epochs=epochs, initial_epoch=initial_epoch)
@@ -203,7 +204,7 @@ def tune(cfg: config_lib.ExperimentConfig, model_dir: str,
                           "default, not a multi-worker cluster")
 
     hypermodel = RecommenderHyperModel(cfg, space, model_dir, strategy)
-    hypermodel._data_for(cfg)  # surfaces bad data before anything is written  # pylint: disable=protected-access
+    hypermodel.data_for(cfg)  # surfaces bad data before anything is written
     tf.io.gfile.makedirs(model_dir)
     atomic_write_text(os.path.join(model_dir, "config.yaml"), config_lib.dump_yaml(cfg))
     log_dir = os.path.join(model_dir, "tensorboard")
