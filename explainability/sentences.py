@@ -43,7 +43,14 @@ def explain_sentence(title: str, score: float, rank: int | None, impression_size
     if counterfactual and counterfactual.get("found") and counterfactual.get("verified"):
         removed = counterfactual["removed_titles"]
         clicks = "click" if len(removed) == 1 else "clicks"
-        after = f"the score is {counterfactual['score_after']:.3f}"
+        before_score, after_score = score, counterfactual["score_after"]
+        digits = 3
+        # Near-ties: a flip by less than 0.0005 would read "0.232 ... 0.232"; show enough
+        # digits that the measured drop is visible, and both scores side by side.
+        while digits < 6 and round(before_score, digits) == round(after_score, digits):
+            digits += 1
+        after = (f"the score is {after_score:.3f}" if digits == 3 else
+                 f"the score falls from {before_score:.{digits}f} to {after_score:.{digits}f}")
         if counterfactual.get("rank_after") and counterfactual.get("impression_size", 0) > 1:
             after += (f" and it falls to rank {counterfactual['rank_after']} of "
                       f"{counterfactual['impression_size']}")

@@ -15,6 +15,11 @@ if REPO not in sys.path:
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+def pytest_configure(config):
+    # Deselect with `-m "not slow"`; they still run by default (and in CI).
+    config.addinivalue_line("markers", "slow: loads a pretrained model or runs for 30 s+")
+
 # Smaller than configs/tiny.yaml: keeps each end-to-end training run to a few seconds.
 MICRO_OVERRIDES = [
     "data.synthetic.num_items=40", "data.synthetic.num_users=24",

@@ -179,6 +179,17 @@ def _write_outputs(model_dir: str, records: list, summary: dict) -> str:
     return final
 
 
+def read_explanations(model_dir: str) -> list[dict]:
+    """The records ``explain`` wrote to ``<model_dir>/explanations/explanations.jsonl``, one
+    dict per explained recommendation (``sentence``, attributions, counterfactual, ...)."""
+    path = os.path.join(model_dir, "explanations", "explanations.jsonl")
+    if not tf.io.gfile.exists(path):
+        raise RunDirError(f"{path}: not found; run `python -m trainer.task explain "
+                          f"--model_dir {model_dir}` first")
+    with tf.io.gfile.GFile(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _write_tensorboard(model_dir: str, records: list, summary: dict) -> None:
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard",
                                                         "explanations"))

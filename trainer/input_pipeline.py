@@ -250,6 +250,10 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
 
     data = data.batch(PACK_BLOCK).map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     data = data.unbatch()
+    if isinstance(source, PairTable):
+        # unbatch() hides the row count; without it Keras cannot size predict/evaluate
+        # passes and warns "Your input ran out of data" at the end of each one.
+        data = data.apply(tf.data.experimental.assert_cardinality(len(source)))
     if cache_tokens:
         data = data.cache()
     if training:

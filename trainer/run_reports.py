@@ -527,6 +527,41 @@ def write_projector(log_dir: str, embeddings: ItemEmbeddings) -> str:
 # Everything at once
 # ---------------------------------------------------------------------------------------
 
+def read_scalars(log_dir: str) -> dict:
+    """The scalar summaries under a TensorBoard ``log_dir`` (e.g. ``<model_dir>/tensorboard``):
+    ``{run: {tag: [(step, value), ...]}}`` with runs as paths relative to ``log_dir``.
+    Keras writes scalars as tensors, so this reads them the way TensorBoard's Scalars tab
+    does (the scalars plugin's tensor summaries)."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import (  # pylint: disable=import-outside-toplevel
+        EventAccumulator)
+
+    found = {}
+    for directory, _, files in sorted(tf.io.gfile.walk(log_dir)):
+        if not any(name.startswith("events.out.tfevents") for name in files):
+            continue
+        accumulator = EventAccumulator(directory)
+        accumulator.Reload()
+        tags = accumulator.PluginTagToContent("scalars") \
+            if "scalars" in accumulator.ActivePlugins() else {}
+        run = os.path.relpath(directory, log_dir) if "://" not in log_dir else \
+            directory[len(log_dir):].strip("/") or "."
+        for tag in sorted(tags):
+            found.setdefault(run, {})[tag] = [
+                (event.step, float(tf.make_ndarray(event.tensor_proto)))
+                for event in accumulator.Tensors(tag)]
+    return found
+
+
+def format_scalars(scalars: dict, digits: int = 4) -> str:
+    """:func:`read_scalars` output as one line per run and tag, values in step order."""
+    lines = []
+    for run, tags in scalars.items():
+        for tag, points in tags.items():
+            values = [round(value, digits) for _, value in sorted(points)]
+            lines.append(f"{run:<14} {tag:<32} {values}")
+    return "\n".join(lines)
+
+
 def write_run_reports(model_dir: str, *, labels, logits, user_text=None, item_text=None,
                       embeddings: ItemEmbeddings | None = None, split: str = "validation",
                       num_text_examples: int = 8, num_bins: int = 10,

@@ -460,6 +460,25 @@ TABLE_KEYS = ("auc", "oracle_auc", "logloss", "pr_auc", "group_auc", "mrr", "ndc
               "ndcg@10", "hr@10", "examples")
 
 
+COMPARISON_KEYS = ("auc", "group_auc", "mrr", "ndcg@10", "hr@10", "examples")
+
+
+def format_comparison_table(runs: dict, split: str = "test",
+                            keys: tuple = COMPARISON_KEYS) -> str:
+    """One row per run (``{name: metrics.json content}``), one column per metric of
+    ``split``: models trained on the same data side by side."""
+    lines = [f"{'model':<14}" + "".join(f"{k:>11}" for k in keys)]
+    for name, results in runs.items():
+        row = results.get(split, {})
+        cells = []
+        for key in keys:
+            value = row.get(key)
+            cells.append(f"{'-':>11}" if value is None else f"{value:>11d}"
+                         if isinstance(value, int) else f"{value:>11.4f}")
+        lines.append(f"{name:<14}" + "".join(cells))
+    return "\n".join(lines)
+
+
 def format_metrics_table(results: dict) -> str:
     """A fixed-width text table of the headline metrics per split."""
     splits = [s for s in ("validation", "test") if s in results]

@@ -99,6 +99,17 @@ def test_verified_counterfactual_single_click():
     assert_numbers_from(text, [0.735, 1, 4, 0.313, 3])
 
 
+def test_near_tie_counterfactual_shows_the_measured_drop():
+    """A flip among near-tied candidates must not read "0.232 ... the score is 0.232"."""
+    cf = verified(["Acme Wireless Laptop"], score_after=0.23196, rank_after=11,
+                  impression_size=12)
+    text = explain_sentence("Initech Wireless Laptop Pro", 0.23204, 1, 12, cf, [], None,
+                            [], None)
+    assert "without it the score falls from 0.2320 to 0.2320" not in text
+    assert "without it the score falls from 0.23204 to 0.23196 and it falls to rank 11" in text
+    assert_numbers_from(text, [0.232, 1, 12, 0.23204, 0.23196, 11])
+
+
 def test_verified_counterfactual_several_clicks():
     text = sentence(verified(["Acme Wireless Laptop", "Initech Phone"]))
     assert "because of your clicks on 'Acme Wireless Laptop' and 'Initech Phone': " \

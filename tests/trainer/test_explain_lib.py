@@ -16,6 +16,7 @@ from explainability import token_attributions
 from explainability.pair_scorer import PairScorer
 from tests.explainability.test_report import parse
 from trainer import explain_lib, export, task, train_lib
+from trainer.errors import RunDirError
 
 ISSUE_KEYS = {"comprehensiveness", "sufficiency", "aopc", "deletion_auc", "insertion_auc",
               "truth_precision@5", "seconds_per_example"}
@@ -58,6 +59,7 @@ def test_outputs_contract(explained_run):
     with open(os.path.join(out, "explanations.jsonl")) as f:
         records = [json.loads(line) for line in f]
     assert len(records) == 4
+    assert explain_lib.read_explanations(model_dir) == records
     for record in records:
         assert record["rank"] == 1  # --select top explains each impression's top candidate
         assert record["sentence"].startswith("Recommended '")
@@ -177,3 +179,8 @@ def test_shap_without_the_extra_is_refused_before_writing(trained_run, tmp_path,
     assert task.main(["explain", "--model_dir", model_dir, "--methods", "shap"]) == 2
     assert 'pip install -e ".[explain]"' in capsys.readouterr().err
     assert not os.path.exists(os.path.join(model_dir, "explanations"))
+
+
+def test_reading_explanations_of_an_unexplained_run_says_what_to_run(tmp_path):
+    with pytest.raises(RunDirError, match="run `python -m trainer.task explain"):
+        explain_lib.read_explanations(str(tmp_path))

@@ -137,6 +137,16 @@ def test_format_metrics_table():
     assert lines[2].split() == ["examples", "10", "12"]
 
 
+def test_format_comparison_table():
+    table = train_lib.format_comparison_table(
+        {"bert": {"test": {"auc": 0.7, "hr@10": 0.5, "examples": 20}},
+         "popularity": {"test": {"auc": 0.6, "examples": 20}}}, keys=("auc", "hr@10",
+                                                                      "examples"))
+    assert [line.split() for line in table.splitlines()] == [
+        ["model", "auc", "hr@10", "examples"], ["bert", "0.7000", "0.5000", "20"],
+        ["popularity", "0.6000", "-", "20"]]
+
+
 def test_warmup_linear_decay_schedule():
     schedule = train_lib.WarmupLinearDecay(peak=1.0, warmup_steps=10, total_steps=110)
     values = [float(schedule(step)) for step in (0, 5, 10, 60, 110, 200)]
@@ -208,6 +218,17 @@ def test_run_writes_curves_text_projector_and_plots(trained_run):
     calibration = results["reports"]["calibration"]
     assert calibration["examples"] == results["validation"]["examples"]
     assert sum(b["count"] for b in calibration["bins"]) == calibration["examples"]
+
+
+def test_read_scalars_returns_every_epoch(trained_run):
+    from trainer import run_reports
+
+    _, model_dir, results = trained_run
+    scalars = run_reports.read_scalars(os.path.join(model_dir, "tensorboard"))
+    losses = scalars["validation"]["epoch_loss"]
+    assert [step for step, _ in losses] == [0, 1]
+    assert [v for _, v in losses] == pytest.approx(results["train"]["history"]["val_loss"])
+    assert "epoch_learning_rate" in run_reports.format_scalars(scalars)
 
 
 def test_profile_steps_trace_the_requested_steps(tmp_path, tiny_config):
