@@ -170,7 +170,7 @@ def make_tuner(cfg: config_lib.ExperimentConfig, hypermodel: RecommenderHyperMod
     return tuner
 
 
-def _write_hparams_config(log_dir: str, space: list[dict], cfg) -> None:
+def _write_hparams_config(log_dir: str, space: list[dict]) -> None:
     """The experiment-level HParams summary: the searched fields' domains and the metrics
     the dashboard shows for each trial (the per-trial values come from keras-tuner)."""
     from tensorboard.plugins.hparams import api as hparams_api  # pylint: disable=import-outside-toplevel
@@ -197,7 +197,7 @@ def tune(cfg: config_lib.ExperimentConfig, model_dir: str,
     train_lib.check_model_dir(model_dir, cfg)
     strategy = strategy or distribute.make_strategy(cfg.runtime)
     distribute.set_precision(cfg.runtime)
-    if not distribute.is_chief(strategy):
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         # keras-tuner's oracle lives in one process; a multi-worker search would need its
         # chief/worker tuner protocol (KERASTUNER_ORACLE_*), which this does not set up.
         raise ConfigError("tune runs in one process: use runtime.strategy mirrored, tpu or "
@@ -208,14 +208,15 @@ def tune(cfg: config_lib.ExperimentConfig, model_dir: str,
     tf.io.gfile.makedirs(model_dir)
     atomic_write_text(os.path.join(model_dir, "config.yaml"), config_lib.dump_yaml(cfg))
     log_dir = os.path.join(model_dir, "tensorboard")
-    _write_hparams_config(log_dir, space, cfg)
+    _write_hparams_config(log_dir, space)
 
     tuner = make_tuner(cfg, hypermodel, model_dir)
     tuner.search(callbacks=[keras.callbacks.TensorBoard(log_dir, update_freq="epoch")])
 
+    sign = -1.0 if objective(cfg).direction == "max" else 1.0
+    # Best first; trials without a score (failed) last.
     trials = sorted(tuner.oracle.trials.values(),
-                    key=lambda t: (t.score is None, -(t.score or 0.0)
-                                   if objective(cfg).direction == "max" else (t.score or 0.0)))
+                    key=lambda t: (t.score is None, sign * (t.score or 0.0)))
     rows = [{"trial_id": t.trial_id, "status": t.status, "score": t.score,
              "values": {e["key"]: t.hyperparameters.values.get(e["key"]) for e in space},
              # Hyperband trains a trial for a budget of epochs (continuing an earlier one).

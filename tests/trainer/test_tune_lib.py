@@ -63,6 +63,16 @@ def test_a_field_listed_twice_is_refused():
         with_space(entry, entry)
 
 
+def test_a_multi_worker_search_is_refused_before_writing(tmp_path, monkeypatch):
+    class FakeMultiWorker:
+        pass
+
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", FakeMultiWorker)
+    with pytest.raises(ConfigError, match="tune runs in one process"):
+        tune_lib.tune(load(), str(tmp_path / "run"), strategy=FakeMultiWorker())
+    assert not (tmp_path / "run").exists()
+
+
 def test_space_values_that_break_the_config_fail_before_the_search(tmp_path):
     cfg = with_space({"key": "model.hidden_dim", "type": "choice", "values": [16, 15]})
     with pytest.raises(ConfigError, match=r"model.hidden_dim=15 makes an invalid config.*"
