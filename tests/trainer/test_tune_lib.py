@@ -163,8 +163,16 @@ def test_cli_random_search_under_mirrored_strategy_and_its_best_config_trains(tm
         for part in rest:
             node = getattr(node, part)
         assert node == pytest.approx(value)
-    metrics = train_lib.train(best, str(tmp_path / "best_run"))
-    assert metrics["test"]["examples"] > 0
+    # `train --config best_config.yaml`, as a user runs it (its own process: the config
+    # keeps runtime.logical_cpus=2, which must be applied before TensorFlow starts).
+    result = subprocess.run([sys.executable, "-m", "trainer.task", "train", "--config",
+                             str(model_dir / "best_config.yaml"), "--model_dir",
+                             str(tmp_path / "best_run")],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "best_run" / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["test"]["examples"] > 0 and metrics["train"]["replicas"] == 2
     assert (tmp_path / "best_run" / "export").is_dir()
 
 
