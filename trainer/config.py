@@ -316,9 +316,8 @@ def _read_yaml(path: str, seen: tuple = ()) -> dict:
     base = raw.pop("base", None)
     if base:
         # URLs join with "/" whatever the local OS uses.
-        join = posixpath.join if "://" in path else os.path.join
-        parent = _read_yaml(join(posixpath.dirname(path) if "://" in path else
-                                 os.path.dirname(path), base), seen + (path,))
+        paths = posixpath if "://" in path else os.path
+        parent = _read_yaml(paths.join(paths.dirname(path), base), seen + (path,))
         raw = _deep_merge(parent, raw)
     return raw
 

@@ -48,10 +48,15 @@ def configure_logical_cpus(count: int) -> None:
                 "start") from err
 
 
+def _local_tpu_devices() -> bool:
+    """TPU chips attached to this host (TPU VMs, Colab's TPU runtime)."""
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
 def _tpu_hinted() -> bool:
     """Whether this host plausibly has a TPU (Colab, a TPU VM, or a named TPU)."""
     return bool(os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_NAME")
-                or glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+                or _local_tpu_devices())
 
 
 def _default_tpu_resolver(tpu: str):
@@ -64,8 +69,7 @@ def _default_tpu_resolver(tpu: str):
 
 def _tpu_vm() -> bool:
     """A TPU VM (Cloud TPU VM, Colab's TPU runtime): the chips are local devices."""
-    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")) and \
-        not os.environ.get("COLAB_TPU_ADDR")
+    return _local_tpu_devices() and not os.environ.get("COLAB_TPU_ADDR")
 
 
 def _find_tpu(tpu: str, resolver_fn):

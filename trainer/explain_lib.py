@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
 import keras
 import numpy as np
@@ -29,7 +28,7 @@ from explainability.history_attributions import Case
 from explainability.pair_scorer import PairScorer
 from explainability.report import render_report
 from trainer import input_pipeline
-from trainer.datasets.canonical import atomic_write_text, write_json
+from trainer.datasets.canonical import atomic_directory, atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError, UserInputError
 from trainer.train_lib import load_run_config, load_run_packer, prepare_data
 
@@ -162,20 +161,12 @@ def explain(model_dir: str, **kwargs) -> dict:
 
 def _write_outputs(model_dir: str, records: list, summary: dict) -> str:
     final = os.path.join(model_dir, "explanations")
-    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tf.io.gfile.makedirs(tmp)
+    with atomic_directory(final) as tmp:
         atomic_write_text(os.path.join(tmp, "explanations.jsonl"),
                           "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
         write_json(os.path.join(tmp, "faithfulness.json"), summary)
         atomic_write_text(os.path.join(tmp, "report.html"), render_report(
             records, summary, title=f"Explanations: {os.path.basename(model_dir.rstrip('/'))}"))
-        if tf.io.gfile.exists(final):
-            tf.io.gfile.rmtree(final)
-        tf.io.gfile.rename(tmp, final)
-    finally:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.rmtree(tmp)
     return final
 
 

@@ -20,13 +20,11 @@ half-written SavedModel at ``export/``.
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import keras
 import tensorflow as tf
 
 from explainability.token_attributions import integrated_gradients_tensors
+from trainer.datasets.canonical import atomic_directory
 
 EXPLAIN_STEPS = 32
 
@@ -91,21 +89,8 @@ def build_archive(model: keras.Model, packer=None) -> keras.export.ExportArchive
 
 def export_saved_model(model: keras.Model, export_dir: str, packer=None) -> str:
     """Writes the SavedModel to a temporary sibling directory, then renames it into place."""
-    parent = os.path.dirname(export_dir.rstrip("/"))
-    tf.io.gfile.makedirs(parent)
-    tmp = f"{export_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_directory(export_dir) as tmp:
         build_archive(model, packer).write_out(tmp, verbose=False)
-        old = None
-        if tf.io.gfile.exists(export_dir):
-            old = f"{export_dir.rstrip('/')}.old-{uuid.uuid4().hex[:8]}"
-            tf.io.gfile.rename(export_dir, old)
-        tf.io.gfile.rename(tmp, export_dir)
-        if old:
-            tf.io.gfile.rmtree(old)
-    finally:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.rmtree(tmp)
     return export_dir
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import uuid
 
 import keras
 import numpy as np
@@ -42,7 +41,7 @@ from tensorboard.plugins.pr_curve import metadata as pr_curve_metadata
 from models.baselines import MatrixFactorization
 from models.bert_recommender import BERTRecommender
 from trainer import metrics
-from trainer.datasets.canonical import atomic_write_bytes, atomic_write_text
+from trainer.datasets.canonical import atomic_directory, atomic_write_bytes, atomic_write_text
 
 BINNINGS = ("uniform", "quantile")
 PROJECTOR_TENSOR = "item_embedding/.ATTRIBUTES/VARIABLE_VALUE"
@@ -494,9 +493,7 @@ def write_projector(log_dir: str, embeddings: ItemEmbeddings) -> str:
                          f"{len(embeddings.titles)} titles for vectors of shape "
                          f"{vectors.shape}")
     final = log_dir.rstrip("/")
-    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tf.io.gfile.makedirs(tmp)
+    with atomic_directory(final) as tmp:
         checkpoint = tf.train.Checkpoint(item_embedding=tf.Variable(vectors, trainable=False))
         # save() also writes the "checkpoint" state file, with a path relative to the
         # directory, which is how the projector finds the checkpoint after the rename.
@@ -514,12 +511,6 @@ def write_projector(log_dir: str, embeddings: ItemEmbeddings) -> str:
             tf.summary.text("projector_info", f"{len(vectors)} items, {vectors.shape[1]} "
                             f"dimensions. {embeddings.description}", step=0)
         writer.close()
-        if tf.io.gfile.exists(final):
-            tf.io.gfile.rmtree(final)
-        tf.io.gfile.rename(tmp, final)
-    finally:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.rmtree(tmp)
     return final
 
 

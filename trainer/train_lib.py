@@ -302,9 +302,7 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
         # predict is a collective over sharded data, so rows would not line up with labels.
         if model_dir and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             callbacks.append(run_reports.ValidationCurves(
-                os.path.join(model_dir, "tensorboard", "validation"),
-                input_pipeline.make_dataset(tables["validation"], cfg.train.eval_batch_size,
-                                            packer=packer, with_labels=False),
+                os.path.join(model_dir, "tensorboard", "validation"), val_ds,
                 tables["validation"].label))
         fit = model.fit(train_ds, epochs=epochs or cfg.train.epochs,
                         initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
@@ -344,7 +342,7 @@ def _train(cfg, model_dir, write_dir, strategy, resuming, started) -> dict:
 
     # The input is valid: from here on the run directory is written.
     tf.io.gfile.makedirs(write_dir)
-    if not resuming or not chief:
+    if chief and not resuming:
         atomic_write_text(os.path.join(write_dir, "config.yaml"), config_lib.dump_yaml(cfg))
     if not chief:
         _copy_backup(model_dir, write_dir)

@@ -21,6 +21,7 @@ temporary file and rename it into place so a crash never leaves a half-written f
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -271,6 +272,28 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     with tf.io.gfile.GFile(tmp, "wb") as f:
         f.write(data)
     tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str):
+    """Yields a fresh temporary sibling of ``path`` to fill; on success it replaces ``path``
+    (the old one is renamed aside first and removed only after the swap), on failure it is
+    removed, so ``path`` is never half-written. Works on ``gs://`` too."""
+    final = path.rstrip("/")
+    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+    tf.io.gfile.makedirs(tmp)
+    try:
+        yield tmp
+        old = None
+        if tf.io.gfile.exists(final):
+            old = f"{final}.old-{uuid.uuid4().hex[:8]}"
+            tf.io.gfile.rename(final, old)
+        tf.io.gfile.rename(tmp, final)
+        if old:
+            tf.io.gfile.rmtree(old)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
 
 
 def atomic_write_text(path: str, text: str) -> None:
