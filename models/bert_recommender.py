@@ -73,12 +73,17 @@ class BERTRecommender(keras.Model):
                         **kwargs) -> "BERTRecommender":
         """A backbone loaded from a local Hugging Face directory, a keras-hub preset name,
         or an ``hf://org/name`` handle (the last two need network access)."""
+        return cls(cls.load_backbone(preset), dropout=head_dropout, pooling=pooling, **kwargs)
+
+    @staticmethod
+    def load_backbone(preset: str) -> keras_hub.models.BertBackbone:
+        """A pretrained ``BertBackbone`` from a local Hugging Face directory, a keras-hub
+        preset name, or an ``hf://org/name`` handle (the last two need network access)."""
         if os.path.isdir(preset) and not os.path.exists(os.path.join(preset, "config.json")):
             raise ValueError(f"{preset}: not a Hugging Face/keras-hub model directory (no "
                              "config.json); set model.pretrained to a directory with "
                              "config.json, model.safetensors and vocab.txt")
-        backbone = keras_hub.models.BertBackbone.from_preset(preset)
-        return cls(backbone, dropout=head_dropout, pooling=pooling, **kwargs)
+        return keras_hub.models.BertBackbone.from_preset(preset)
 
     def call(self, inputs, training=False):
         pooled = self.head_dropout(self.pooled_output(inputs, training=training),

@@ -107,17 +107,32 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Which model and its sizes. ``pretrained`` overrides the size fields for BERT."""
+    """Which model and its sizes. ``pretrained`` overrides the size fields for BERT.
 
-    kind: str = "bert"  # bert | mf | popularity
+    ``kind: bert`` is a BERT click model whose ``interaction`` is ``cross`` (one encoder
+    over "user side [SEP] item": the reranker and teacher) or ``two_tower`` (one shared
+    item encoder for the candidate, the history items and the query, then a user
+    transformer; see models/two_tower.py). ``kind: sasrec`` is the two-tower model without
+    text (item ids only): the baseline that shows what text adds.
+    """
+
+    kind: str = "bert"  # bert | sasrec | mf | popularity
+    interaction: str = "cross"  # bert only: cross | two_tower
     pretrained: str = ""  # local HF dir, keras-hub preset name, or hf:// handle
+    # two_tower: add a learned id embedding to each item vector and an item bias (items
+    # unseen in training keep their text vector alone)
+    item_ids: bool = False
+    user_layers: int = 1  # two_tower / sasrec: transformer layers over the user sequence
+    user_heads: int = 2
     num_layers: int = 2
     num_heads: int = 2
     hidden_dim: int = 64
     intermediate_dim: int = 256
     dropout: float = 0.1
     head_dropout: float = 0.1
-    pooling: str = "cls"  # cls: tanh(dense([CLS])) | first: the [CLS] vector | mean: over tokens
+    # cls: tanh(dense([CLS])) | first: the [CLS] vector | mean: over tokens (two_tower:
+    # how each item text becomes one vector)
+    pooling: str = "cls"
     normalize_first: bool = False  # random init only: pre-LN blocks (see pre_ln_bert_backbone)
     max_sequence_length: int = 128
     embedding_dim: int = 32  # matrix factorisation
@@ -133,6 +148,10 @@ class TrainConfig:
     epochs: int = 3
     steps_per_epoch: int = 0  # 0 = one pass over the training examples
     learning_rate: float = 1e-3
+    # bce: pointwise on the labelled rows | softmax (two_tower / sasrec): sampled softmax
+    # over the batch's candidates on the positive rows, accidental hits removed, logQ
+    # corrected (for implicit feedback such as MovieLens)
+    loss: str = "bce"
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     clipnorm: float = 1.0
@@ -199,7 +218,9 @@ _CHOICES = {
     "data.synthetic.file_format": ("csv", "jsonl"),
     "data.movielens.variant": ("auto", "ml-100k", "ml-1m", "ml-latest-small", "ml-25m"),
     "data.movielens.negative_sampling": ("uniform", "popularity"),
-    "model.kind": ("bert", "mf", "popularity"),
+    "model.kind": ("bert", "sasrec", "mf", "popularity"),
+    "model.interaction": ("cross", "two_tower"),
+    "train.loss": ("bce", "softmax"),
     "model.pooling": ("cls", "first", "mean"),
     "runtime.strategy": ("auto", "tpu", "multi_worker", "mirrored", "one_device", "default"),
     "runtime.precision": ("float32", "mixed_bfloat16", "mixed_float16"),
@@ -416,6 +437,20 @@ def validate(cfg: ExperimentConfig) -> None:
     if m.kind == "bert" and not m.pretrained and m.hidden_dim % m.num_heads:
         raise ConfigError(f"config key 'model.hidden_dim' ({m.hidden_dim}) must be divisible by "
                           f"'model.num_heads' ({m.num_heads})")
+    two_tower = (m.kind == "bert" and m.interaction == "two_tower") or m.kind == "sasrec"
+    if t.loss == "softmax" and not two_tower:
+        raise ConfigError("config key 'train.loss': softmax (in-batch negatives) needs a "
+                          "model with separate user and item vectors: set "
+                          "model.interaction=two_tower (or model.kind=sasrec), or use bce")
+    if two_tower:
+        positive("model.user_layers", m.user_layers)
+        positive("model.user_heads", m.user_heads)
+        if m.hidden_dim % m.user_heads and not m.pretrained:
+            raise ConfigError(f"config key 'model.hidden_dim' ({m.hidden_dim}) must be "
+                              f"divisible by 'model.user_heads' ({m.user_heads})")
+        if d.max_history <= 0:
+            raise ConfigError("config key 'data.max_history' must be > 0 for a two-tower "
+                              "model: its user tower reads the history items")
     if m.pretrained and m.normalize_first:
         raise ConfigError("config key 'model.normalize_first' applies to random init only; a "
                           "pretrained checkpoint (model.pretrained) keeps its own architecture; "

@@ -13,6 +13,19 @@
   a served model can answer "why". Attributions sum to click_probability -
   baseline_probability; padding positions get token "[PAD]" and attribution 0.
 
+A two-tower model (``TwoTowerFeatures`` featurizer; text, ids or both) gets:
+
+* ``serving_default(query: string[None], history_text: string[None, H], history_ids:
+  string[None, H], item_text: string[None], item_id: string[None])`` ->
+  ``{"click_probability", "logit"}``. ``history_text`` holds the texts of the user's
+  most recent items (``Item.text(data.item_text_fields)``, most recent first, "" =
+  padding) and ``history_ids`` their item ids; ``query`` is "" when there is none. Ids
+  training never saw (or "") get no id feature, so a new item is scored from its text.
+* ``user_embedding(query, history_text, history_ids)`` -> ``{"user_embedding":
+  float32[None, d]}`` and ``item_embedding(item_text, item_id)`` -> ``{"item_embedding":
+  float32[None, d], "item_bias": float32[None]}``, so item vectors can be computed once and
+  cached: ``logit = dot(user_embedding, item_embedding) / sqrt(d) + item_bias``.
+
 An id-based baseline gets ``serving_default(user_index, item_index)``. The archive is
 written to a temporary directory and renamed into place, so a crash never leaves a
 half-written SavedModel at ``export/``.
@@ -25,6 +38,7 @@ import tensorflow as tf
 
 from explainability.token_attributions import integrated_gradients_tensors
 from trainer.datasets.canonical import atomic_directory
+from trainer.input_pipeline import TwoTowerFeatures
 
 EXPLAIN_STEPS = 32
 
@@ -34,11 +48,57 @@ def _outputs(logits):
     return {"click_probability": tf.sigmoid(logits), "logit": logits}
 
 
+def _add_two_tower_endpoints(archive: keras.export.ExportArchive, model, features) -> None:
+    """The two-tower signatures of the module docstring."""
+    index_table = features.index_table()
+    archive.track(index_table)
+    if features.tokenizer is not None:
+        archive.track(features.tokenizer)
+
+    def inputs(query, history_text, history_ids, item_text, item_id):
+        return features.from_text(query, history_text, item_text, history_ids=history_ids,
+                                  item_ids=item_id, index_table=index_table)
+
+    def serve(query, history_text, history_ids, item_text, item_id):
+        return _outputs(model(inputs(query, history_text, history_ids, item_text, item_id),
+                              training=False))
+
+    def user_embedding(query, history_text, history_ids):
+        empty = tf.fill(tf.shape(query), "")
+        x = inputs(query, history_text, history_ids, empty, empty)
+        return {"user_embedding": tf.cast(model.user_vectors(x, training=False), tf.float32)}
+
+    def item_embedding(item_text, item_id):
+        x = inputs(tf.fill(tf.shape(item_text), ""), tf.fill([tf.shape(item_text)[0], 1], ""),
+                   tf.fill([tf.shape(item_text)[0], 1], ""), item_text, item_id)
+        vectors = model.item_vectors(x.get("item_token_ids"), x["item_index"], training=False)
+        bias = model.item_biases(x["item_index"]) + model.global_bias
+        return {"item_embedding": tf.cast(vectors, tf.float32), "item_bias": bias}
+
+    text = tf.TensorSpec([None], tf.string)
+    history = tf.TensorSpec([None, None], tf.string)
+    archive.add_endpoint("serving_default", serve, input_signature=[
+        tf.TensorSpec([None], tf.string, name="query"),
+        tf.TensorSpec([None, None], tf.string, name="history_text"),
+        tf.TensorSpec([None, None], tf.string, name="history_ids"),
+        tf.TensorSpec([None], tf.string, name="item_text"),
+        tf.TensorSpec([None], tf.string, name="item_id")])
+    archive.add_endpoint("user_embedding", user_embedding, input_signature=[
+        tf.TensorSpec.from_spec(text, name="query"),
+        tf.TensorSpec.from_spec(history, name="history_text"),
+        tf.TensorSpec.from_spec(history, name="history_ids")])
+    archive.add_endpoint("item_embedding", item_embedding, input_signature=[
+        tf.TensorSpec.from_spec(text, name="item_text"),
+        tf.TensorSpec.from_spec(text, name="item_id")])
+
+
 def build_archive(model: keras.Model, packer=None) -> keras.export.ExportArchive:
     """An ExportArchive with the serving signatures described in the module docstring."""
     archive = keras.export.ExportArchive()
     archive.track(model)
-    if packer is not None:
+    if isinstance(packer, TwoTowerFeatures):
+        _add_two_tower_endpoints(archive, model, packer)
+    elif packer is not None:
         if not packer.built:  # built by its first call; a freshly loaded run's is not
             packer(tf.constant(["a"]), tf.constant(["b"]))
         archive.track(packer)

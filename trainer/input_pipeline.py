@@ -40,16 +40,33 @@ def user_side_text(query: str, history_titles: list[str], max_history: int) -> s
 
 @dataclasses.dataclass
 class IdVocabulary:
-    """Integer indices for user and item ids (0 = unknown), for id-based models."""
+    """Integer indices for user and item ids (0 = unknown).
+
+    ``items`` covers the whole catalogue (sorted ids -> 1..N): it indexes the item-text
+    table too. ``trained_items`` holds the items that training saw (as a candidate or in
+    a history): only those have learned id embeddings in a hybrid model; the others are
+    cold-start items, scored from their text.
+    """
 
     users: dict
     items: dict
+    trained_items: frozenset = frozenset()
 
     @classmethod
     def build(cls, train_examples: list[Example], catalogue: Catalogue) -> "IdVocabulary":
         users = sorted({ex.user_id for ex in train_examples})
+        seen = {ex.candidate for ex in train_examples}
+        for ex in train_examples:
+            seen.update(ex.history)
         return cls(users={u: i + 1 for i, u in enumerate(users)},
-                   items={item: i + 1 for i, item in enumerate(sorted(catalogue))})
+                   items={item: i + 1 for i, item in enumerate(sorted(catalogue))},
+                   trained_items=frozenset(item for item in seen if item in catalogue))
+
+    def trained_item_mask(self) -> np.ndarray:
+        """bool ``[len(items) + 1]``: True at the index of every item training saw."""
+        mask = np.zeros(len(self.items) + 1, dtype=bool)
+        mask[[self.items[item] for item in self.trained_items]] = True
+        return mask
 
 
 @dataclasses.dataclass
@@ -61,7 +78,11 @@ class PairTable:
     label: np.ndarray  # float32
     group: np.ndarray  # int64: impression index, for per-impression ranking metrics
     user_index: np.ndarray  # int32
-    item_index: np.ndarray  # int32
+    item_index: np.ndarray  # int32: the candidate's IdVocabulary.items index
+    query: np.ndarray | None = None  # object (str, "" = none)
+    # int32 [rows, max_history]: the history's IdVocabulary.items indices, most recent
+    # first, 0-padded (what the two-tower model reads instead of user_text)
+    history_index: np.ndarray | None = None
     true_probability: np.ndarray | None = None  # float32, synthetic data only
 
     def __len__(self) -> int:
@@ -69,6 +90,11 @@ class PairTable:
 
     def columns(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def subset(self, rows) -> "PairTable":
+        """The table restricted to ``rows`` (indices or a bool mask), columns aligned."""
+        return PairTable(**{k: (v[rows] if v is not None else None)
+                            for k, v in dataclasses.asdict(self).items()})
 
 
 def make_pair_table(examples: list[Example], catalogue: Catalogue, item_text_fields: list,
@@ -100,9 +126,115 @@ def make_pair_table(examples: list[Example], catalogue: Catalogue, item_text_fie
         user_index=np.array([ids.users.get(ex.user_id, 0) for ex in examples], dtype=np.int32),
         item_index=np.array([ids.items.get(ex.candidate, 0) for ex in examples],
                             dtype=np.int32),
+        query=np.array([ex.query or "" for ex in examples], dtype=object),
+        history_index=history_indices(examples, ids.items, max_history),
         true_probability=(np.array([float(ex.extras["true_probability"]) for ex in examples],
                                    dtype=np.float32) if has_truth else None))
     return table
+
+
+def history_indices(examples: list[Example], item_index: dict, max_history: int) -> np.ndarray:
+    """int32 ``[len(examples), max_history]``: each history's most recent items, most
+    recent first, as ``item_index`` indices (0 = padding or an item not in the index)."""
+    out = np.zeros((len(examples), max(max_history, 0)), dtype=np.int32)
+    if max_history <= 0:
+        return out
+    for row, ex in enumerate(examples):
+        recent = [item_index.get(h, 0) for h in list(ex.history)[-max_history:]][::-1]
+        out[row, :len(recent)] = recent
+    return out
+
+
+class TwoTowerFeatures:
+    """Model inputs of the two-tower model, from item indices (tf.data) or raw strings
+    (the SavedModel).
+
+    The catalogue's item texts are tokenized once into ``item_tokens`` (``[N + 1, L]``,
+    row 0 = no item), so a training batch gathers the rows it needs instead of
+    tokenizing history and candidate texts again; only the query is tokenized per batch.
+    Id features are the :class:`IdVocabulary` index for items training saw and 0 for the
+    others, so unseen (cold-start) items are scored from their text alone.
+
+    Args:
+      tokenizer: an :class:`models.layers.item_text_tokenizer.ItemTextTokenizer`, or None
+        for an id-only model.
+      item_ids: catalogue item ids, index-aligned with ``IdVocabulary.items`` (entry 0 is
+        a placeholder for "no item").
+      item_texts: their texts (``Item.text(data.item_text_fields)``), aligned the same way.
+      trained_mask: ``IdVocabulary.trained_item_mask()``.
+      max_history: H, the history items per example.
+    """
+
+    def __init__(self, tokenizer, item_ids: list, item_texts: list, trained_mask: np.ndarray,
+                 max_history: int):
+        self.tokenizer = tokenizer
+        self.item_ids = list(item_ids)
+        self.item_texts = list(item_texts)
+        self.trained_mask = np.asarray(trained_mask, dtype=bool)
+        self.max_history = max_history
+        self.item_tokens = None
+        if tokenizer is not None:
+            tokens = [tokenizer(tf.constant(self.item_texts[i:i + 4096])).numpy()
+                      for i in range(0, len(self.item_texts), 4096)]
+            self.item_tokens = np.concatenate(tokens).astype(np.int32)
+            self.item_tokens[0] = 0
+
+    @classmethod
+    def build(cls, tokenizer, catalogue: Catalogue, ids: IdVocabulary, item_text_fields: list,
+              max_history: int) -> "TwoTowerFeatures":
+        ordered = sorted(ids.items, key=ids.items.get)
+        return cls(tokenizer, [""] + ordered,
+                   [""] + [catalogue[item].text(item_text_fields) for item in ordered],
+                   ids.trained_item_mask(), max_history)
+
+    def _id_features(self, index):
+        trained = tf.gather(tf.constant(self.trained_mask), index)
+        return tf.where(trained, index, tf.zeros_like(index))
+
+    def features(self, batch: dict) -> dict:
+        """Model inputs from a batch of table columns (``item_index``, ``history_index``,
+        ``query``); runs inside tf.data."""
+        item = tf.cast(batch["item_index"], tf.int32)
+        history = tf.cast(batch["history_index"], tf.int32)
+        out = {"item_index": self._id_features(item),
+               "history_index": self._id_features(history)}
+        if self.tokenizer is not None:
+            table = tf.constant(self.item_tokens)
+            out["item_token_ids"] = tf.gather(table, item)
+            out["history_token_ids"] = tf.gather(table, history)
+            out["query_token_ids"] = self.tokenizer(batch["query"])
+        return out
+
+    def index_table(self) -> "tf.lookup.StaticHashTable":
+        """Item id string -> id-feature index (0 for unknown and untrained ids)."""
+        index = np.arange(len(self.item_ids), dtype=np.int64) * self.trained_mask
+        return tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(self.item_ids[1:]), tf.constant(index[1:])), default_value=0)
+
+    def from_text(self, query, history_texts, item_texts, history_ids=None, item_ids=None,
+                  index_table=None) -> dict:
+        """Model inputs from raw strings: ``query`` ``[b]`` ("" = none), ``history_texts``
+        ``[b, H]`` (most recent first, "" = padding), ``item_texts`` ``[b]`` and,
+        optionally, the matching item id strings (looked up in ``index_table``; unknown
+        ids get no id feature). What the SavedModel's signatures run."""
+        item_texts = tf.convert_to_tensor(item_texts, tf.string)
+        history_texts = tf.convert_to_tensor(history_texts, tf.string)
+        batch = tf.shape(item_texts)[0]
+        table = index_table if index_table is not None else self.index_table()
+
+        def lookup(ids, shape):
+            if ids is None:
+                return tf.zeros(shape, tf.int32)
+            return tf.cast(table.lookup(tf.convert_to_tensor(ids, tf.string)), tf.int32)
+
+        out = {"item_index": lookup(item_ids, [batch]),
+               "history_index": lookup(history_ids, tf.shape(history_texts))}
+        if self.tokenizer is not None:
+            out["item_token_ids"] = self.tokenizer(item_texts)
+            out["history_token_ids"] = self.tokenizer(history_texts)
+            out["query_token_ids"] = self.tokenizer(tf.convert_to_tensor(query, tf.string))
+        return out
 
 
 def learn_vocabulary(texts: list[str], vocabulary_size: int, lowercase: bool) -> list[str]:
@@ -132,7 +264,13 @@ def make_tokenizer(vocabulary=None, lowercase: bool = True, pretrained: str = ""
 # TFRecord shards: for data that does not fit in memory, and for gs:// pipelines.
 # ---------------------------------------------------------------------------------------
 
+def _features(max_history: int) -> dict:
+    return {**_FEATURES, "history_index": tf.io.FixedLenFeature(
+        [max_history], tf.int64, default_value=[0] * max_history)}
+
+
 _FEATURES = {
+    "query": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "user_text": tf.io.FixedLenFeature([], tf.string),
     "item_text": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.float32),
@@ -169,6 +307,11 @@ def write_tfrecords(table: PairTable, directory: str, prefix: str,
                     "item_index": _int(table.item_index[row]),
                     "true_probability": _float(-1.0 if truth is None else truth[row]),
                 }
+                if table.query is not None:
+                    feature["query"] = _bytes(table.query[row])
+                if table.history_index is not None:
+                    feature["history_index"] = tf.train.Feature(int64_list=tf.train.Int64List(
+                        value=[int(v) for v in table.history_index[row]]))
                 writer.write(tf.train.Example(
                     features=tf.train.Features(feature=feature)).SerializeToString())
         tf.io.gfile.rename(tmp, path, overwrite=True)
@@ -188,11 +331,13 @@ def _int(value: int):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
-def read_tfrecords(pattern_or_paths, ordered: bool = True) -> tf.data.Dataset:
+def read_tfrecords(pattern_or_paths, ordered: bool = True,
+                   max_history: int = 0) -> tf.data.Dataset:
     """A dataset of column dicts (like ``PairTable.columns()`` rows) from TFRecord shards.
 
     ``ordered`` reads shards one after another (rows in written order, as evaluation needs);
     otherwise shards are interleaved in parallel (training, where order does not matter).
+    ``max_history`` > 0 also reads the ``history_index`` column of that width.
     """
     paths = (tf.io.gfile.glob(pattern_or_paths) if isinstance(pattern_or_paths, str)
              else list(pattern_or_paths))
@@ -205,7 +350,8 @@ def read_tfrecords(pattern_or_paths, ordered: bool = True) -> tf.data.Dataset:
         records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(paths)),
                                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     return records.map(
-        lambda record: tf.io.parse_single_example(record, _FEATURES),
+        lambda record: tf.io.parse_single_example(
+            record, _features(max_history) if max_history else _FEATURES),
         num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -222,9 +368,11 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
 
     Args:
       source: a :class:`PairTable` or TFRecord shard paths/glob.
-      packer: a :class:`models.layers.TextPairPacker`; when given, features include the
-        ``token_ids`` and ``segment_ids`` it produces. Id features (``user_index``,
-        ``item_index``) are always included.
+      packer: the model kind's featurizer: a :class:`models.layers.TextPairPacker`
+        (cross-encoder: features include the ``token_ids`` and ``segment_ids`` it
+        produces from ``user_text`` / ``item_text``) or a :class:`TwoTowerFeatures`
+        (its :meth:`TwoTowerFeatures.features`). Id features (``user_index``,
+        ``item_index``) are always included; a featurizer may replace them.
       training: shuffle (seeded, reshuffled each epoch) and drop the last partial batch so
         every replica gets equal, static-shaped batches.
       cache_tokens: keep the packed int tensors in memory after the first pass, so later
@@ -239,12 +387,15 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
         data = tf.data.Dataset.from_tensor_slices(
             {k: (v.astype(str) if v.dtype == object else v) for k, v in columns.items()})
     else:
-        data = read_tfrecords(source, ordered=not training)
+        data = read_tfrecords(source, ordered=not training,
+                              max_history=getattr(packer, "max_history", 0))
 
     def to_model_inputs(batch):
         features = {"user_index": tf.cast(batch["user_index"], tf.int32),
                     "item_index": tf.cast(batch["item_index"], tf.int32)}
-        if packer is not None:
+        if isinstance(packer, TwoTowerFeatures):
+            features.update(packer.features(batch))
+        elif packer is not None:
             features.update(packer(batch["user_text"], batch["item_text"]))
         return features, tf.cast(batch["label"], tf.float32)
 

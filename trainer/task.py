@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 
-# The default methods (shap is opt-in: it needs the [explain] extra and is the slowest).
+# The default methods (shap and lime are opt-in: shap needs the [explain] extra; both are slow).
 EXPLAIN_METHODS = ("integrated_gradients", "gradient_x_input", "attention_rollout", "occlusion",
                    "leave_one_out", "shapley")
 
@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--methods", default=",".join(EXPLAIN_METHODS),
                          help="comma-separated; token methods: integrated_gradients, "
                          "gradient_x_input, attention_rollout, occlusion, shap (needs "
-                         "the [explain] extra); history methods: leave_one_out, shapley")
+                         "the [explain] extra), lime; history methods: leave_one_out, "
+                         "shapley")
     explain.add_argument("--split", default="test", choices=("validation", "test", "train"))
     explain.add_argument("--select", default="top", choices=("top", "random"),
                          help="top: each impression's top-scored candidate (the "

@@ -29,11 +29,8 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from models.baselines import MatrixFactorization, MostPopular
-from models.bert_recommender import BERTRecommender
-from models.layers.text_pair_packer import TextPairPacker
 from trainer import config as config_lib
-from trainer import datasets, distribute, export, input_pipeline, metrics, run_reports
+from trainer import datasets, distribute, export, input_pipeline, metrics, model_kinds, run_reports
 from trainer.datasets.canonical import atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError
 
@@ -139,7 +136,7 @@ def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedDa
             raise DataError(f"the {name} split is empty; check the data's split "
                                      "column or data.validation_fraction")
     vocabulary = None
-    if cfg.model.kind == "bert" and not cfg.model.pretrained:
+    if model_kinds.for_config(cfg).uses_text and not cfg.model.pretrained:
         texts = [item.text(cfg.data.item_text_fields) for item in data.catalogue.values()]
         texts += sorted({ex.query for ex in data.splits["train"] if ex.query})
         vocabulary = input_pipeline.learn_vocabulary(
@@ -149,42 +146,32 @@ def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedDa
     return PreparedData(tables, data.splits, info, ids, vocabulary, data.catalogue)
 
 
-def make_packer(cfg: config_lib.ExperimentConfig, vocabulary) -> TextPairPacker | None:
-    """The in-graph tokenizer + packer for text models (None for id-based models)."""
-    if cfg.model.kind != "bert":
-        return None
-    tokenizer = input_pipeline.make_tokenizer(
-        vocabulary=vocabulary, lowercase=cfg.data.lowercase, pretrained=cfg.model.pretrained)
-    return TextPairPacker(tokenizer, cfg.data.sequence_length, cfg.data.item_max_tokens)
+def make_packer(cfg: config_lib.ExperimentConfig, vocabulary,
+                prepared: PreparedData | None = None):
+    """The model kind's featurizer (trainer/model_kinds.py): the in-graph tokenizer +
+    packer of a cross-encoder, the item-token table and tokenizer of a two-tower model,
+    None for id-based models. Two-tower featurizers need ``prepared`` (the catalogue and
+    the id vocabulary)."""
+    kind = model_kinds.for_config(cfg)
+    catalogue, ids = (prepared.catalogue, prepared.ids) if prepared is not None else (None,
+                                                                                        None)
+    return kind.featurizer(cfg, vocabulary, catalogue, ids)
 
 
 def build_model(cfg: config_lib.ExperimentConfig, packer, ids: input_pipeline.IdVocabulary,
                 train_table: input_pipeline.PairTable) -> keras.Model:
-    """The model named by ``model.kind`` (call inside ``strategy.scope()``)."""
-    m = cfg.model
-    if m.kind == "bert":
-        if m.pretrained:
-            return BERTRecommender.from_pretrained(m.pretrained, head_dropout=m.head_dropout,
-                                                   pooling=m.pooling)
-        return BERTRecommender.from_sizes(
-            vocabulary_size=packer.tokenizer.vocabulary_size(), num_layers=m.num_layers,
-            num_heads=m.num_heads, hidden_dim=m.hidden_dim, intermediate_dim=m.intermediate_dim,
-            dropout=m.dropout, head_dropout=m.head_dropout,
-            max_sequence_length=m.max_sequence_length, pooling=m.pooling,
-            normalize_first=m.normalize_first)
-    if m.kind == "mf":
-        return MatrixFactorization(len(ids.users), len(ids.items), m.embedding_dim, m.l2)
-    model = MostPopular(len(ids.items))
-    model.set_counts(train_table.item_index, train_table.label)
+    """The model of ``model.kind`` (call inside ``strategy.scope()``), with anything
+    counted from ``train_table`` (popularity, sampling probabilities) already set."""
+    kind = model_kinds.for_config(cfg)
+    model = kind.build(cfg, packer, ids, train_table)
+    if train_table is not None:
+        kind.fit_counts(model, train_table)
     return model
 
 
-def dummy_batch(packer) -> dict:
-    """A one-row batch that builds any of the models (text features when ``packer``)."""
-    features = {"user_index": tf.zeros([1], tf.int32), "item_index": tf.zeros([1], tf.int32)}
-    if packer is not None:
-        features.update(packer(tf.constant(["a"]), tf.constant(["b"])))
-    return features
+def dummy_batch(cfg: config_lib.ExperimentConfig, packer) -> dict:
+    """A one-row batch that builds the model of ``cfg``."""
+    return model_kinds.for_config(cfg).dummy_batch(packer)
 
 
 def predict_logits(model: keras.Model, table: input_pipeline.PairTable, packer,
@@ -245,7 +232,7 @@ def compile_model(cfg: config_lib.ExperimentConfig, model: keras.Model, packer,
     logit, AUC) under ``strategy``, with ``train.jit_compile`` and
     ``train.steps_per_execution``."""
     with strategy.scope():
-        model(dummy_batch(packer))  # build the weights before compile/restore
+        model(dummy_batch(cfg, packer))  # build the weights before compile/restore
         model.compile(
             optimizer=make_optimizer(cfg.train, total_steps),
             loss=keras.losses.BinaryCrossentropy(from_logits=True),
@@ -288,13 +275,14 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
     Returns ``{"steps_per_epoch": int, "epochs_run": int, "history": {metric: [floats]}}``.
     """
     global_batch = cfg.train.batch_size * strategy.num_replicas_in_sync
-    steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(tables["train"]) // global_batch)
+    train_rows = model_kinds.for_config(cfg).training_rows(cfg, tables["train"])
+    steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(train_rows) // global_batch)
     total_steps = steps_per_epoch * cfg.train.epochs
     compile_model(cfg, model, packer, strategy, total_steps)
 
     history = {}
     if model.trainable_weights:
-        train_ds = make_train_dataset(cfg, tables["train"], packer, global_batch)
+        train_ds = make_train_dataset(cfg, train_rows, packer, global_batch)
         val_ds = input_pipeline.make_dataset(tables["validation"], cfg.train.eval_batch_size,
                                              packer=packer)
         callbacks = _callbacks(cfg, model_dir) + list(extra_callbacks)
@@ -352,7 +340,7 @@ def _train(cfg, model_dir, write_dir, strategy, resuming, started) -> dict:
         vocab_path = os.path.join(write_dir, "vocab.txt")
         atomic_write_text(vocab_path, "\n".join(vocabulary) + "\n")
         vocabulary = vocab_path
-    packer = make_packer(cfg, vocabulary)
+    packer = make_packer(cfg, vocabulary, prepared)
 
     with strategy.scope():
         model = build_model(cfg, packer, prepared.ids, tables["train"])
@@ -413,7 +401,7 @@ def _single_device_copy(cfg, model, packer, prepared: PreparedData) -> keras.Mod
     """The trained weights in a model outside the multi-worker strategy: evaluation, saving
     and export then need no collective ops, so the chief runs them alone."""
     local = build_model(cfg, packer, prepared.ids, prepared.tables["train"])
-    local(dummy_batch(packer))
+    local(dummy_batch(cfg, packer))
     local.set_weights(model.get_weights())
     return local
 
@@ -431,11 +419,14 @@ def load_run_config(model_dir: str) -> config_lib.ExperimentConfig:
         return config_lib.config_from_dict(yaml.safe_load(f.read()))
 
 
-def load_run_packer(cfg: config_lib.ExperimentConfig, model_dir: str):
+def load_run_packer(cfg: config_lib.ExperimentConfig, model_dir: str,
+                    prepared: PreparedData | None = None):
+    """The featurizer of a finished run (its vocabulary; two-tower runs also need the
+    run's ``prepared`` data for the catalogue and id vocabulary)."""
     vocabulary = None
-    if cfg.model.kind == "bert" and not cfg.model.pretrained:
+    if model_kinds.for_config(cfg).uses_text and not cfg.model.pretrained:
         vocabulary = os.path.join(model_dir, "vocab.txt")
-    return make_packer(cfg, vocabulary)
+    return make_packer(cfg, vocabulary, prepared)
 
 
 def evaluate(model_dir: str) -> dict:
@@ -446,7 +437,7 @@ def evaluate(model_dir: str) -> dict:
         raise RunDirError(f"{model_path}: not found; the run did not finish training")
     prepared = prepare_data(cfg, model_dir)
     model = keras.models.load_model(model_path)
-    return evaluate_tables(model, prepared.tables, load_run_packer(cfg, model_dir),
+    return evaluate_tables(model, prepared.tables, load_run_packer(cfg, model_dir, prepared),
                            cfg.train.eval_batch_size)
 
 

@@ -119,10 +119,11 @@ class RecommenderHyperModel(keras_tuner.HyperModel):
     def data_for(self, cfg):
         """``(PreparedData, packer)`` for a trial config, prepared once per data config."""
         key = yaml.safe_dump({"data": config_lib.to_dict(cfg)["data"],
-                              "kind": cfg.model.kind, "pretrained": cfg.model.pretrained})
+                              "kind": cfg.model.kind, "interaction": cfg.model.interaction,
+                              "pretrained": cfg.model.pretrained})
         if key not in self._data:
             prepared = train_lib.prepare_data(cfg, self.model_dir)
-            self._data[key] = (prepared, train_lib.make_packer(cfg, prepared.vocabulary))
+            self._data[key] = (prepared, train_lib.make_packer(cfg, prepared.vocabulary, prepared))
         return self._data[key]
 
     def build(self, hp):
@@ -132,7 +133,7 @@ class RecommenderHyperModel(keras_tuner.HyperModel):
         with self.strategy.scope():
             model = train_lib.build_model(cfg, packer, prepared.ids, prepared.tables["train"])
             # Built now: Hyperband reloads a promoted trial's weights into this model.
-            model(train_lib.dummy_batch(packer))
+            model(train_lib.dummy_batch(cfg, packer))
         return model
 
     def fit(self, hp, model, *args, callbacks=None, epochs=None, initial_epoch=0, **kwargs):

@@ -26,7 +26,8 @@ def test_record_is_complete_and_aligned(tiny_scorer):
     words = record["words"]
     assert [w["text"] for w in words if w["segment"] == "item"] == \
         "initech wireless laptop pro".split()
-    assert set(record["token_attributions"]) == set(explainer_lib.TOKEN_METHODS) - {"shap"}
+    assert set(record["token_attributions"]) == (set(explainer_lib.TOKEN_METHODS)
+                                                 - set(explainer_lib.OPT_IN_METHODS))
     assert all(len(v) == len(words) for v in record["token_attributions"].values())
     # History is listed newest first, matching Word.part on the user side.
     assert [h["item_id"] for h in record["history"]] == ["h2", "h1"]
@@ -44,7 +45,24 @@ def test_record_is_complete_and_aligned(tiny_scorer):
 
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="unknown explanation method"):
-        explainer_lib.ExplainOptions(methods=("integrated_gradients", "lime"))
+        explainer_lib.ExplainOptions(methods=("integrated_gradients", "anchors"))
+    with pytest.raises(ValueError, match="lime_samples must be an integer >= 2"):
+        explainer_lib.ExplainOptions(methods=("lime",), lime_samples=1)
+
+
+def test_lime_is_scored_like_the_other_token_methods(tiny_scorer):
+    options = explainer_lib.ExplainOptions(methods=("occlusion", "lime"), lime_samples=32)
+    explainer = explainer_lib.Explainer(tiny_scorer, COMPOSE, options)
+    record, token_rows, history_rows = explainer.explain(_case(), index=3)
+    assert set(record["token_attributions"]) == {"occlusion", "lime"}
+    assert len(record["token_attributions"]["lime"]) == len(record["words"])
+    assert set(token_rows) == {"occlusion", "lime", "random"} and history_rows == {}
+    assert set(token_rows["lime"]) >= {"comprehensiveness", "sufficiency", "aopc",
+                                       "deletion_auc", "insertion_auc", "truth_precision@5",
+                                       "seconds_per_example"}
+    assert record["seconds"]["lime"] > 0
+    again, _, _ = explainer.explain(_case(), index=3)  # seeded by options.seed + index
+    assert again["token_attributions"]["lime"] == record["token_attributions"]["lime"]
 
 
 def test_summary_compares_with_random_and_formats():

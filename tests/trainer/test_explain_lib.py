@@ -29,7 +29,7 @@ def explained_run(trained_run, tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("explain") / "run")
     shutil.copytree(source, model_dir)
     methods = ["integrated_gradients", "gradient_x_input", "attention_rollout", "occlusion",
-               "leave_one_out", "shapley"]
+               "lime", "leave_one_out", "shapley"]
     try:
         import shap  # noqa: F401
         methods.append("shap")
@@ -100,11 +100,12 @@ def test_cli_prints_the_table(trained_run, tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     shutil.copytree(source, model_dir)
     code = task.main(["explain", "--model_dir", model_dir, "--num_examples", "2",
-                      "--methods", "integrated_gradients,occlusion,leave_one_out",
+                      "--methods", "integrated_gradients,occlusion,lime,leave_one_out",
                       "--ig_baseline", "mask"])
     printed = capsys.readouterr().out
     assert code == 0
     assert "occlusion" in printed and "leave_one_out" in printed and "random" in printed
+    assert "\nlime " in printed  # opt-in token methods are accepted by the CLI
     assert os.path.exists(os.path.join(model_dir, "explanations", "report.html"))
     with open(os.path.join(model_dir, "explanations", "faithfulness.json")) as f:
         saved = json.load(f)
@@ -114,7 +115,7 @@ def test_cli_prints_the_table(trained_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--num_examples", "0"], "--num_examples must be at least 1"),
-    (["--methods", "integrated_gradients,lime"], "unknown explanation method"),
+    (["--methods", "integrated_gradients,anchors"], "unknown explanation method"),
 ])
 def test_bad_arguments_fail_before_writing(trained_run, tmp_path, capsys, args, message):
     _, source, _ = trained_run
