@@ -116,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    cfg = context["cfg"]
     cost = measure_ig_cost(context["scorer"], context["cases"],
-                           explain_lib.make_compose(cfg.data.max_history), args.ig_steps,
+                           context["compose"], args.ig_steps,
                            args.repeats)
     summary["cost"] = cost
     print("\n" + explainer_lib.format_faithfulness_table(summary))

@@ -86,6 +86,7 @@ class Explainer:
         (plus ``random``), the example's faithfulness metrics."""
         opts, scorer = self.options, self.scorer
         seed = opts.seed + index
+        scorer.bind(case)
         user_text = case.user_text(self.compose)
         token_ids, segment_ids = (a[0] for a in scorer.pack([user_text],
                                                             [case.candidate_text]))
@@ -98,7 +99,10 @@ class Explainer:
         truth_history = _truth_list(truth.get("reason_history"))
 
         token_scores, seconds, completeness = {}, {}, {}
-        for method in (m for m in TOKEN_METHODS if m in opts.methods):
+        not_applicable = {m: reason for m, reason in scorer.not_applicable.items()
+                          if m in opts.methods}
+        for method in (m for m in TOKEN_METHODS
+                       if m in opts.methods and m not in not_applicable):
             started = time.perf_counter()
             if method == "integrated_gradients":
                 ig = token_attributions.integrated_gradients(
@@ -197,6 +201,8 @@ class Explainer:
                 token_scores.get(sentence_method), method=history_method.replace("_", "-")),
             "seconds": {m: round(s, 4) for m, s in seconds.items()},
         }
+        if not_applicable:
+            record["not_applicable"] = not_applicable
         if truth:
             record["truth"] = {"reason_tokens": truth_tokens, "reason_history": truth_history}
         return record, token_rows, history_rows

@@ -37,12 +37,21 @@ class Case:
     candidate_title: str
     others: list = dataclasses.field(default_factory=list)
     meta: dict = dataclasses.field(default_factory=dict)  # ids, label, truth: copied to records
+    # What the model reads for each history item when that is more than its title (a
+    # two-tower model encodes the item's full text); None: the titles.
+    history_texts: list | None = None
+
+    def history_model_texts(self) -> list:
+        """Each history item as the model reads it (oldest first)."""
+        if self.history_texts is not None:
+            return list(self.history_texts)
+        return [title for _, title in self.history]
 
     def user_text(self, compose: ComposeUserText, keep: np.ndarray | None = None) -> str:
         """The user side with only the history items flagged in ``keep``."""
-        titles = [title for i, (_, title) in enumerate(self.history)
-                  if keep is None or keep[i]]
-        return compose(self.query, titles)
+        texts = [text for i, text in enumerate(self.history_model_texts())
+                 if keep is None or keep[i]]
+        return compose(self.query, texts)
 
 
 def subset_scores(scorer: PairScorer, case: Case, compose: ComposeUserText,

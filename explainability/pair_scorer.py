@@ -49,20 +49,35 @@ class PairScorer:
       batch_size: rows per forward pass when scoring many variants.
     """
 
+    #: leading positions of a packed row that hold no words (never grouped or erased)
+    prefix_length = 0
+    #: the user side always starts with a query part (possibly empty)
+    query_slot_always = False
+    #: token methods that cannot apply to this scorer's model, with the reason
+    not_applicable: dict = {}
+
     def __init__(self, model, packer, batch_size: int = 256):
         self.model = model
         self.packer = packer
         self.batch_size = batch_size
-        self.vocabulary = np.array(packer.tokenizer.get_vocabulary(), dtype=object)
-        token_id = packer.tokenizer.token_to_id
-        self.cls_id, self.sep_id = token_id("[CLS]"), token_id("[SEP]")
-        self.pad_id, self.mask_id = token_id("[PAD]"), token_id("[MASK]")
-        # Runs trained before ";" was reserved map it to [UNK]; tokenizing it finds either.
-        self.separator_id = int(packer.tokenizer(tf.constant([HISTORY_SEPARATOR]))[0][0])
+        self._set_tokenizer(packer.tokenizer)
         self._logits = tf.function(
             lambda ids, seg: tf.cast(model({"token_ids": ids, "segment_ids": seg},
                                            training=False), tf.float32),
             reduce_retracing=True)
+
+    def _set_tokenizer(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.vocabulary = np.array(tokenizer.get_vocabulary(), dtype=object)
+        token_id = tokenizer.token_to_id
+        self.cls_id, self.sep_id = token_id("[CLS]"), token_id("[SEP]")
+        self.pad_id, self.mask_id = token_id("[PAD]"), token_id("[MASK]")
+        # Runs trained before ";" was reserved map it to [UNK]; tokenizing it finds either.
+        self.separator_id = int(tokenizer(tf.constant([HISTORY_SEPARATOR]))[0][0])
+
+    def bind(self, case) -> None:
+        """Called before a case is explained; a scorer that needs more than the texts
+        (the two-tower scorer's item ids) takes it from the case here."""
 
     # -- packing -----------------------------------------------------------------------
 
@@ -83,8 +98,10 @@ class PairScorer:
         counts history titles from 0 either way.
         """
         words, current = [], None
-        part = -1 if has_query else 0
+        part = -1 if has_query or self.query_slot_always else 0
         for position, (token_id, segment) in enumerate(zip(token_ids, segment_ids)):
+            if position < self.prefix_length:
+                continue
             token_id = int(token_id)
             if token_id in (self.pad_id, self.cls_id, self.sep_id):
                 current = None

@@ -15,6 +15,29 @@ from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
 POOLING = ("cls", "first", "mean")
 
 
+def backbone_from_token_embeddings(backbone, token_embeddings, segment_ids, padding_mask,
+                                   training=False, return_attention_scores=False):
+    """A keras-hub BERT backbone's ``sequence_output`` from word-piece embeddings instead
+    of ids: its sub-layers in the order its functional graph runs them (token + position +
+    segment embeddings -> LayerNorm -> dropout -> transformer layers). Attribution methods
+    interpolate and differentiate the embeddings. Returns ``(sequence_output,
+    attention_scores)``; the scores (per layer, ``[batch, heads, seq, seq]``) only with
+    ``return_attention_scores``, else an empty list."""
+    x = backbone.embeddings_add((token_embeddings,
+                                 backbone.position_embedding(token_embeddings),
+                                 backbone.segment_embedding(segment_ids)))
+    x = backbone.embeddings_dropout(backbone.embeddings_layer_norm(x), training=training)
+    attention_scores = []
+    for layer in backbone.transformer_layers:
+        if return_attention_scores:
+            x, scores = layer(x, padding_mask=padding_mask, training=training,
+                              return_attention_scores=True)
+            attention_scores.append(scores)
+        else:
+            x = layer(x, padding_mask=padding_mask, training=training)
+    return x, attention_scores
+
+
 @keras.saving.register_keras_serializable(package="bert_recommender")
 class BERTRecommender(keras.Model):
     """keras-hub ``BertBackbone`` + dropout + ``Dense(1)`` click head.
@@ -126,18 +149,9 @@ class BERTRecommender(keras.Model):
         [batch, heads, seq, seq]])`` for attention rollout.
         """
         backbone = self.backbone
-        x = backbone.embeddings_add((token_embeddings,
-                                     backbone.position_embedding(token_embeddings),
-                                     backbone.segment_embedding(segment_ids)))
-        x = backbone.embeddings_dropout(backbone.embeddings_layer_norm(x), training=training)
-        attention_scores = []
-        for layer in backbone.transformer_layers:
-            if return_attention_scores:
-                x, scores = layer(x, padding_mask=padding_mask, training=training,
-                                  return_attention_scores=True)
-                attention_scores.append(scores)
-            else:
-                x = layer(x, padding_mask=padding_mask, training=training)
+        x, attention_scores = backbone_from_token_embeddings(
+            backbone, token_embeddings, segment_ids, padding_mask, training,
+            return_attention_scores)
         pooled_output = backbone.pooled_dense(x[:, 0, :]) if self.pooling == "cls" else None
         logit = self._logit(x, pooled_output, padding_mask, training)
         return (logit, attention_scores) if return_attention_scores else logit

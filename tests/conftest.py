@@ -59,3 +59,23 @@ def trained_run(tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("run") / "tiny")
     results = train_lib.train(cfg, model_dir)
     return cfg, model_dir, results
+
+
+@pytest.fixture(scope="session")
+def trained_two_tower_run(tmp_path_factory):
+    """One micro two-tower run (hybrid text + ids) trained through the CLI, shared like
+    ``trained_run``. Returns ``(model_dir, metrics)``."""
+    import json
+
+    from trainer import task
+
+    model_dir = str(tmp_path_factory.mktemp("run") / "two_tower")
+    overrides = MICRO_OVERRIDES + ["train.epochs=2", "model.interaction=two_tower",
+                                   "model.pooling=mean", "model.item_ids=true"]
+    args = ["train", "--config", os.path.join(REPO, "configs", "tiny.yaml"),
+            "--model_dir", model_dir]
+    for override in overrides:
+        args += ["--set", override]
+    assert task.main(args) == 0
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        return model_dir, json.load(f)

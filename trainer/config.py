@@ -122,8 +122,13 @@ class ModelConfig:
     # two_tower: add a learned id embedding to each item vector and an item bias (items
     # unseen in training keep their text vector alone)
     item_ids: bool = False
-    user_layers: int = 1  # two_tower / sasrec: transformer layers over the user sequence
+    # two_tower / sasrec: transformer layers over the user sequence (0: none, the parts
+    # are pooled as the item tower gives them)
+    user_layers: int = 1
     user_heads: int = 2
+    # two_tower / sasrec: add the best match between the candidate and any single part of
+    # the user side (query, each history item) to the pooled dot product (multi-interest)
+    max_interest: bool = True
     num_layers: int = 2
     num_heads: int = 2
     hidden_dim: int = 64
@@ -443,7 +448,9 @@ def validate(cfg: ExperimentConfig) -> None:
                           "model with separate user and item vectors: set "
                           "model.interaction=two_tower (or model.kind=sasrec), or use bce")
     if two_tower:
-        positive("model.user_layers", m.user_layers)
+        if m.user_layers < 0:
+            raise ConfigError(f"config key 'model.user_layers' must be >= 0, got "
+                              f"{m.user_layers}")
         positive("model.user_heads", m.user_heads)
         if m.hidden_dim % m.user_heads and not m.pretrained:
             raise ConfigError(f"config key 'model.hidden_dim' ({m.hidden_dim}) must be "

@@ -27,7 +27,8 @@ from explainability import explainer as explainer_lib
 from explainability.history_attributions import Case
 from explainability.pair_scorer import PairScorer
 from explainability.report import render_report
-from trainer import input_pipeline
+from explainability.two_tower_scorer import TwoTowerScorer
+from trainer import input_pipeline, model_kinds
 from trainer.datasets.canonical import atomic_directory, atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError, UserInputError
 from trainer.train_lib import load_run_config, load_run_packer, prepare_data
@@ -35,16 +36,30 @@ from trainer.train_lib import load_run_config, load_run_packer, prepare_data
 SELECTIONS = ("top", "random")
 
 
-def load_text_run(model_dir: str):
-    """``(cfg, model, packer)`` of a finished run of a text (BERT) model."""
+def load_text_run(model_dir: str, prepared=None):
+    """``(cfg, model, featurizer)`` of a finished run of a text model (a cross-encoder or a
+    two-tower model); the two-tower featurizer needs the run's ``prepared`` data."""
     cfg = load_run_config(model_dir)
-    if cfg.model.kind != "bert":
+    if not model_kinds.for_config(cfg).uses_text:
         raise UserInputError(f"{model_dir}: explain needs a text model (model.kind=bert); "
-                             f"this run trained model.kind={cfg.model.kind}")
+                             f"this run trained model.kind={cfg.model.kind}, which reads "
+                             "no words to explain")
     model_path = os.path.join(model_dir, "model.keras")
     if not tf.io.gfile.exists(model_path):
         raise RunDirError(f"{model_path}: not found; the run did not finish training")
-    return cfg, keras.models.load_model(model_path), load_run_packer(cfg, model_dir)
+    return (cfg, keras.models.load_model(model_path),
+            load_run_packer(cfg, model_dir, prepared))
+
+
+def make_scorer(cfg, model, featurizer) -> tuple[PairScorer, object]:
+    """``(scorer, compose)`` for the run's model: the cross-encoder scores its packed pairs;
+    a two-tower model is read through :class:`TwoTowerScorer` (one row per example, the
+    texts it encodes as slots), whose user side always keeps a query part."""
+    if isinstance(featurizer, input_pipeline.TwoTowerFeatures):
+        scorer = TwoTowerScorer(model, featurizer, batch_size=cfg.train.eval_batch_size)
+        return scorer, scorer.compose
+    return (PairScorer(model, featurizer, batch_size=cfg.train.eval_batch_size),
+            make_compose(cfg.data.max_history))
 
 
 def make_compose(max_history: int):
@@ -52,8 +67,11 @@ def make_compose(max_history: int):
     return lambda query, titles: input_pipeline.user_side_text(query, titles, max_history)
 
 
-def make_case(example, impression: list, catalogue, cfg, index: int) -> Case:
-    """A :class:`Case` for ``example`` with the other candidates of its impression."""
+def make_case(example, impression: list, catalogue, cfg, index: int,
+              history_item_text: bool = False) -> Case:
+    """A :class:`Case` for ``example`` with the other candidates of its impression.
+    ``history_item_text``: the model reads each history item's full text
+    (``data.item_text_fields``, as a two-tower model does), not its title alone."""
     shown = list(example.history)[-cfg.data.max_history:] if cfg.data.max_history > 0 else []
     fields = cfg.data.item_text_fields
     truth = {}
@@ -70,11 +88,13 @@ def make_case(example, impression: list, catalogue, cfg, index: int) -> Case:
                 for o in impression if o is not example],
         meta={"example": {"index": index, "impression_id": example.impression_id,
                           "user_id": example.user_id, "label": int(example.label)},
-              "truth": truth})
+              "truth": truth},
+        history_texts=[catalogue[h].text(fields) for h in shown] if history_item_text
+        else None)
 
 
 def select_cases(examples: list, catalogue, cfg, scorer: PairScorer, num_examples: int,
-                 select: str, seed: int) -> list[Case]:
+                 select: str, seed: int, compose=None) -> list[Case]:
     """``num_examples`` impressions drawn at random (seeded) from ``examples``; from each,
     its top-scored candidate (``select="top"``: the recommendation) or a random one."""
     impressions: dict = {}
@@ -83,13 +103,16 @@ def select_cases(examples: list, catalogue, cfg, scorer: PairScorer, num_example
     rng = np.random.default_rng(seed)
     keys = sorted(impressions)
     chosen = [keys[i] for i in rng.permutation(len(keys))[:num_examples]]
-    compose = make_compose(cfg.data.max_history)
+    compose = compose or make_compose(cfg.data.max_history)
+    history_item_text = getattr(scorer, "history_reads_item_text", False)
     cases = []
     for key in chosen:
         rows = impressions[key]
         members = [ex for _, ex in rows]
-        candidates = [make_case(ex, members, catalogue, cfg, i) for i, ex in rows]
+        candidates = [make_case(ex, members, catalogue, cfg, i, history_item_text)
+                      for i, ex in rows]
         if select == "top":
+            scorer.bind(candidates[0])  # the impression's item ids (two-tower scorer)
             scores = scorer.score_texts([c.user_text(compose) for c in candidates],
                                         [c.candidate_text for c in candidates])
             cases.append(candidates[int(np.argmax(scores))])
@@ -124,14 +147,15 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
             require_shap()
         except ImportError as err:
             raise UserInputError(f"--methods shap: {err}") from None
-    cfg, model, packer = load_text_run(model_dir)
+    cfg = load_run_config(model_dir)
     prepared = prepare_data(cfg, model_dir)
+    cfg, model, featurizer = load_text_run(model_dir, prepared)
     if split not in prepared.splits or not prepared.splits[split]:
         raise DataError(f"the {split} split of {model_dir} is empty; choose another --split")
-    scorer = PairScorer(model, packer, batch_size=cfg.train.eval_batch_size)
-    explainer = explainer_lib.Explainer(scorer, make_compose(cfg.data.max_history), options)
+    scorer, compose = make_scorer(cfg, model, featurizer)
+    explainer = explainer_lib.Explainer(scorer, compose, options)
     cases = select_cases(prepared.splits[split], prepared.catalogue, cfg, scorer,
-                         num_examples, select, seed)
+                         num_examples, select, seed, compose)
 
     # One untimed pass first, so no method's seconds_per_example includes graph tracing.
     explainer.explain(cases[0], cases[0].meta["example"]["index"])
@@ -147,7 +171,11 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
     summary = explainer_lib.summarize_faithfulness(token_rows, history_rows, seed=seed)
     summary.update({"split": split, "select": select, "seed": seed, "ig_steps": ig_steps,
                     "ig_baseline": ig_baseline, "shapley_permutations": shapley_permutations})
-    return records, summary, {"cfg": cfg, "scorer": scorer, "cases": cases}
+    not_applicable = {m: r for m, r in scorer.not_applicable.items() if m in options.methods}
+    if not_applicable:
+        summary["not_applicable"] = not_applicable
+    return records, summary, {"cfg": cfg, "scorer": scorer, "cases": cases,
+                              "compose": compose}
 
 
 def explain(model_dir: str, **kwargs) -> dict:

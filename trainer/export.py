@@ -24,7 +24,17 @@ A two-tower model (``TwoTowerFeatures`` featurizer; text, ids or both) gets:
 * ``user_embedding(query, history_text, history_ids)`` -> ``{"user_embedding":
   float32[None, d]}`` and ``item_embedding(item_text, item_id)`` -> ``{"item_embedding":
   float32[None, d], "item_bias": float32[None]}``, so item vectors can be computed once and
-  cached: ``logit = dot(user_embedding, item_embedding) / sqrt(d) + item_bias``.
+  cached: ``logit = dot(user_embedding, item_embedding) / sqrt(d) + item_bias``. A model
+  with ``max_interest`` (the default) also returns ``user_interests`` float32[None, 1+H, d]
+  (the query and each history item as the user tower sees them, zero where absent) and
+  ``interest_mask`` int32[None, 1+H]; its logit adds ``max over present k of
+  dot(user_interests[k], item_embedding) / sqrt(d)`` (0 when nothing is present).
+
+* ``explain(query, history_text, history_ids, item_text, item_id)`` (text models) ->
+  ``{"tokens": string[None, 2+H, L], "attributions": float32[None, 2+H, L],
+  "click_probability", "baseline_probability"}``: integrated gradients as above over the
+  word pieces of every text the model reads (slot 0 the query, then the history items
+  most recent first, the candidate last); item ids are not attributed.
 
 An id-based baseline gets ``serving_default(user_index, item_index)``. The archive is
 written to a temporary directory and renamed into place, so a crash never leaves a
@@ -37,6 +47,7 @@ import keras
 import tensorflow as tf
 
 from explainability.token_attributions import integrated_gradients_tensors
+from explainability.two_tower_scorer import SlotRowView
 from trainer.datasets.canonical import atomic_directory
 from trainer.input_pipeline import TwoTowerFeatures
 
@@ -66,7 +77,12 @@ def _add_two_tower_endpoints(archive: keras.export.ExportArchive, model, feature
     def user_embedding(query, history_text, history_ids):
         empty = tf.fill(tf.shape(query), "")
         x = inputs(query, history_text, history_ids, empty, empty)
-        return {"user_embedding": tf.cast(model.user_vectors(x, training=False), tf.float32)}
+        state = model.user_state(x, training=False)
+        out = {"user_embedding": tf.cast(state["user"], tf.float32)}
+        if model.max_interest:
+            out.update(user_interests=tf.cast(state["interests"], tf.float32),
+                       interest_mask=tf.cast(state["interest_mask"], tf.int32))
+        return out
 
     def item_embedding(item_text, item_id):
         x = inputs(tf.fill(tf.shape(item_text), ""), tf.fill([tf.shape(item_text)[0], 1], ""),
@@ -77,6 +93,30 @@ def _add_two_tower_endpoints(archive: keras.export.ExportArchive, model, feature
 
     text = tf.TensorSpec([None], tf.string)
     history = tf.TensorSpec([None, None], tf.string)
+    if features.tokenizer is not None and model.item_encoder is not None:
+        tokenizer = features.tokenizer.tokenizer
+        vocabulary = tf.constant(tokenizer.get_vocabulary())
+        special_ids = [tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")]
+        view = SlotRowView(model, features.max_history, features.tokenizer.sequence_length)
+
+        def explain(query, history_text, history_ids, item_text, item_id):
+            x = inputs(query, history_text, history_ids, item_text, item_id)
+            rows = view.rows(x)
+            ig = integrated_gradients_tensors(view, rows, tf.zeros_like(rows), special_ids,
+                                              fill_id=special_ids[0], steps=EXPLAIN_STEPS)
+            shape = tf.shape(view.slot_ids(rows))
+            return {"tokens": tf.gather(vocabulary, view.slot_ids(rows)),
+                    "attributions": tf.reshape(
+                        ig["attributions"][:, features.max_history + 1:], shape),
+                    "click_probability": ig["score"],
+                    "baseline_probability": ig["baseline_score"]}
+
+        archive.add_endpoint("explain", explain, input_signature=[
+            tf.TensorSpec.from_spec(text, name="query"),
+            tf.TensorSpec.from_spec(history, name="history_text"),
+            tf.TensorSpec.from_spec(history, name="history_ids"),
+            tf.TensorSpec.from_spec(text, name="item_text"),
+            tf.TensorSpec.from_spec(text, name="item_id")])
     archive.add_endpoint("serving_default", serve, input_signature=[
         tf.TensorSpec([None], tf.string, name="query"),
         tf.TensorSpec([None, None], tf.string, name="history_text"),

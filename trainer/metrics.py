@@ -491,3 +491,63 @@ def bootstrap_ci(
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+def full_ranking_metrics(
+    scores, positive_index, exclude=None, ks: Sequence[int] = (10,)
+) -> dict:
+    """Per-user metrics for "one held-out positive ranked against the whole catalogue".
+
+    Every column of ``scores`` is an item; for user ``u`` the candidates are the
+    positive ``positive_index[u]`` and every item not excluded by ``exclude[u]``
+    (e.g. everything the user already rated; the positive's own entry in
+    ``exclude`` is ignored). As in :func:`sampled_ranking_metrics`, the rank is
+    `1 + #(candidates with score >= positive)`: **ties count against the
+    positive** (a constant scorer gets the worst rank).
+
+    Args:
+        scores: array of shape [num_users, num_items].
+        positive_index: int array [num_users], the positive's column per user.
+        exclude: optional bool array [num_users, num_items]; True = not a
+            candidate. None: every other item is a candidate.
+        ks: cut-offs for HR@k and nDCG@k.
+
+    Returns:
+        Dict of float64 arrays of shape [num_users]: "hr@{k}", "ndcg@{k}", "mrr"
+        (as in :func:`sampled_ranking_metrics`) and "candidates" (items ranked
+        against the positive, the positive not included).
+
+    Example:
+        >>> m = full_ranking_metrics([[0.9, 0.5, 0.7, 0.95]], [2],
+        ...                          exclude=[[False, False, False, True]], ks=(1, 2))
+        >>> float(m["hr@1"][0]), float(m["hr@2"][0]), float(m["mrr"][0])
+        (0.0, 1.0, 0.5)
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2:
+        raise ValueError(f"scores must have shape [num_users, num_items], got {s.shape}.")
+    users = np.arange(s.shape[0])
+    positive = np.asarray(positive_index, dtype=np.int64).reshape(-1)
+    if len(positive) != s.shape[0]:
+        raise ValueError(f"positive_index has {len(positive)} entries for "
+                         f"{s.shape[0]} users.")
+    if len(positive) and (positive.min() < 0 or positive.max() >= s.shape[1]):
+        raise ValueError(f"positive_index must lie in [0, {s.shape[1]}).")
+    candidate = np.ones(s.shape, dtype=bool)
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=bool)
+        if exclude.shape != s.shape:
+            raise ValueError(f"exclude has shape {exclude.shape}, scores {s.shape}.")
+        candidate = ~exclude
+    candidate[users, positive] = False  # the positive is not its own competitor
+    above_or_tied = np.sum(candidate & (s >= s[users, positive][:, None]), axis=1)
+    rank = 1.0 + above_or_tied
+
+    result = {}
+    for k in ks:
+        hit = rank <= k
+        result[f"hr@{k}"] = hit.astype(np.float64)
+        result[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(rank + 1.0), 0.0)
+    result["mrr"] = 1.0 / rank
+    result["candidates"] = candidate.sum(axis=1).astype(np.float64)
+    return result

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import keras
 import keras_hub
+import numpy as np
 import tensorflow as tf
 
 from models.baselines import MatrixFactorization, MostPopular
@@ -61,6 +62,37 @@ class ModelKind:
 
     def fit_counts(self, model: keras.Model, table) -> None:
         """Sets anything counted from the training rows rather than learned."""
+
+    def catalogue_logits(self, model: keras.Model, featurizer, user_rows, item_text,
+                         batch_size: int) -> np.ndarray:
+        """Logits of every user in ``user_rows`` (a ``PairTable``, one row per user: its
+        user/history/query columns are read, its candidate ignored) against every
+        catalogue item: float32 ``[users, N + 1]``, column = ``IdVocabulary.items`` index
+        (column 0, "no item", is left at 0 and means nothing).
+
+        ``item_text`` holds the N + 1 item texts (entry 0 ""), index-aligned the same way.
+        This generic version scores every (user, item) pair through ``model.predict`` as
+        training's evaluation does: right for any model, but N forward passes per user
+        (a cross-encoder has no cheaper way). Kinds with separable scores override it.
+        """
+        num = len(item_text)
+        out = np.zeros([len(user_rows), num], np.float32)
+        if num <= 1 or not len(user_rows):
+            return out
+        items = np.arange(1, num, dtype=np.int32)
+        texts = np.asarray(item_text, dtype=object)[1:]
+        users_per_call = max(1, 65536 // len(items))  # bounds the pair table's size
+        for start in range(0, len(user_rows), users_per_call):
+            rows = np.arange(start, min(start + users_per_call, len(user_rows)))
+            pairs = user_rows.subset(np.repeat(rows, len(items)))
+            pairs.item_index = np.tile(items, len(rows))
+            pairs.item_text = np.tile(texts, len(rows))
+            pairs.label = np.zeros(len(pairs.item_index), np.float32)
+            data = input_pipeline.make_dataset(pairs, batch_size, packer=featurizer,
+                                               with_labels=False)
+            logits = np.asarray(model.predict(data, verbose=0), np.float32)
+            out[rows, 1:] = logits.reshape(len(rows), len(items))
+        return out
 
 
 def _tokenizer(cfg, vocabulary):
@@ -128,7 +160,8 @@ class TwoTower(ModelKind):
             max_history=cfg.data.max_history,
             embedding_dim=0 if encoder is not None else m.hidden_dim,
             pooling=m.pooling, user_layers=m.user_layers, user_heads=m.user_heads,
-            user_intermediate_dim=m.intermediate_dim, dropout=m.dropout, loss=cfg.train.loss)
+            user_intermediate_dim=m.intermediate_dim, dropout=m.dropout, loss=cfg.train.loss,
+            max_interest=m.max_interest)
 
     def dummy_batch(self, featurizer):
         history = tf.fill([1, featurizer.max_history], "")
@@ -145,6 +178,45 @@ class TwoTower(ModelKind):
     def fit_counts(self, model, table):
         if isinstance(model, TwoTowerRecommender):
             model.set_item_counts(table.item_index[table.label > 0])
+
+    def catalogue_logits(self, model, featurizer, user_rows, item_text, batch_size):
+        """``score_matrix`` of each user batch's state against the whole catalogue's item
+        vectors, computed once (ids of items training never saw are zeroed by
+        ``featurizer.features`` exactly as in training and prediction)."""
+        num = len(item_text)
+        if num != len(featurizer.item_ids):
+            raise ValueError(f"item_text has {num} entries, the featurizer's catalogue "
+                             f"{len(featurizer.item_ids)}")
+        history = featurizer.max_history
+
+        def inputs(item_index, history_index, query):
+            batch = {"item_index": tf.constant(item_index, tf.int32),
+                     "history_index": tf.constant(history_index, tf.int32)}
+            if featurizer.tokenizer is not None:
+                batch["query"] = tf.constant(np.asarray(query, dtype=object).astype(str))
+            return featurizer.features(batch)
+
+        vectors, index = [], []
+        for start in range(0, num, batch_size):
+            chunk = np.arange(start, min(start + batch_size, num), dtype=np.int32)
+            features = inputs(chunk, np.zeros([len(chunk), history], np.int32),
+                              [""] * len(chunk))
+            vectors.append(model.item_vectors(features.get("item_token_ids"),
+                                              features["item_index"]))
+            index.append(features["item_index"])
+        vectors = tf.concat(vectors, axis=0)
+        index = tf.concat(index, axis=0)
+        # The max-interest term holds a [users, 1 + H, N] tensor: keep it near 128 MB.
+        users_per_call = max(1, min(batch_size, 2 ** 25 // (num * (1 + history))))
+        out = np.zeros([len(user_rows), num], np.float32)
+        queries = (user_rows.query if user_rows.query is not None
+                   else np.full(len(user_rows), "", dtype=object))
+        for start in range(0, len(user_rows), users_per_call):
+            rows = slice(start, min(start + users_per_call, len(user_rows)))
+            state = model.user_state(inputs(user_rows.item_index[rows],
+                                            user_rows.history_index[rows], queries[rows]))
+            out[rows] = np.asarray(model.score_matrix(state, vectors, index), np.float32)
+        return out
 
 
 class SequentialIds(TwoTower):
@@ -166,6 +238,20 @@ class MatrixFactorizationKind(ModelKind):
         return MatrixFactorization(len(ids.users), len(ids.items), cfg.model.embedding_dim,
                                    cfg.model.l2)
 
+    def catalogue_logits(self, model, featurizer, user_rows, item_text, batch_size):
+        """``user . item + user bias + item bias + global bias`` for the whole catalogue,
+        read from the model's weights (the same sum as ``MatrixFactorization.call``)."""
+        if len(item_text) != model.num_items + 1:
+            raise ValueError(f"item_text has {len(item_text)} entries, the model "
+                             f"{model.num_items + 1}")
+        users = np.asarray(user_rows.user_index, np.int64)
+        user = np.asarray(model.user_embedding.embeddings, np.float32)[users]
+        item = np.asarray(model.item_embedding.embeddings, np.float32)
+        user_bias = np.asarray(model.user_bias.embeddings, np.float32)[users, 0]
+        item_bias = np.asarray(model.item_bias.embeddings, np.float32)[:, 0]
+        logits = user @ item.T + user_bias[:, None] + item_bias[None, :]
+        return (logits + np.float32(model.global_bias.numpy())).astype(np.float32)
+
 
 class Popularity(ModelKind):
     """Training click counts, the same for every user (models/baselines.py)."""
@@ -177,6 +263,14 @@ class Popularity(ModelKind):
 
     def fit_counts(self, model, table):
         model.set_counts(table.item_index, table.label)
+
+    def catalogue_logits(self, model, featurizer, user_rows, item_text, batch_size):
+        """The training counts' log popularity, the same row for every user."""
+        if len(item_text) != model.num_items + 1:
+            raise ValueError(f"item_text has {len(item_text)} entries, the model "
+                             f"{model.num_items + 1}")
+        scores = np.asarray(model.log_popularity, np.float32)
+        return np.tile(scores, (len(user_rows), 1))
 
 
 def for_config(cfg: config_lib.ExperimentConfig) -> ModelKind:

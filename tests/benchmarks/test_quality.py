@@ -1,5 +1,6 @@
-"""benchmarks/quality.py: the per-user reshape, and an end-to-end run on a tiny MovieLens
-fixture (ml-latest-small format) checking that every model is scored under one protocol."""
+"""benchmarks/quality.py: the per-user reshape, the full-ranking metric and rated sets, and
+an end-to-end run on a tiny MovieLens fixture (ml-latest-small format) checking that every
+model is scored under one protocol, sampled and full-ranking."""
 
 import json
 import os
@@ -11,11 +12,15 @@ from benchmarks import quality
 from tests.conftest import MINILM_DIR, REPO, require_shared
 from tests.trainer.datasets.test_movielens import make_movies, make_ratings, write_csv_variant
 from trainer import config as config_lib
-from trainer import metrics, train_lib
+from trainer import input_pipeline, metrics, train_lib
 
 TINY = os.path.join(REPO, "configs", "movielens_tiny.yaml")
 N_USERS = 16  # plus user 99, who has too few positives and is dropped
+N_ITEMS = 50
+PER_USER = 14  # distinct items each fixture user rated
 NEGATIVES = 9
+PAIRWISE_USERS = 4  # the cross-encoder's full-ranking user subset in the fixture run
+ROWS = ["popularity", "mf", "sasrec", "two_tower", "bert"]
 # movielens_tiny.yaml keeps only heavy users of the real data; the fixture's users are light.
 FIXTURE_OVERRIDES = [
     "data.movielens.min_positives=3", f"data.movielens.eval_negatives={NEGATIVES}",
@@ -27,8 +32,9 @@ FIXTURE_OVERRIDES = [
 @pytest.fixture(scope="module")
 def ml_dir(tmp_path_factory):
     return write_csv_variant(tmp_path_factory.mktemp("ml") / "ml-latest-small",
-                             make_ratings(n_users=N_USERS, n_items=50, per_user=14),
-                             make_movies(50))
+                             make_ratings(n_users=N_USERS, n_items=N_ITEMS,
+                                          per_user=PER_USER),
+                             make_movies(N_ITEMS))
 
 
 def _argv(ml_dir, out, *extra):
@@ -42,7 +48,10 @@ def _argv(ml_dir, out, *extra):
 @pytest.fixture(scope="module")
 def quality_run(ml_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("quality")
-    assert quality.main(_argv(ml_dir, out, "--models", "popularity,mf,bert")) == 0
+    # The tuned MF defaults train for many epochs; one keeps the fixture run short.
+    assert quality.main(_argv(ml_dir, out, "--models", ",".join(ROWS),
+                              "--set_for", "mf:train.epochs=1",
+                              "--full_ranking_pairwise_users", str(PAIRWISE_USERS))) == 0
     with open(os.path.join(out, "quality.json")) as f:
         return out, json.load(f)
 
@@ -87,11 +96,68 @@ def test_regular_groups_keeps_one_positive_and_full_size():
     assert quality.regular_groups(labels, groups, 3).tolist() == [1]
 
 
+def test_full_ranking_metrics_by_hand():
+    # Column 0 ("no item") and rated items are excluded; ties count against the positive.
+    scores = [[9.0, 0.5, 0.9, 0.7, 0.9, 0.1],   # positive: item 2 (0.9)
+              [9.0, 0.3, 0.2, 0.8, 0.1, 0.4]]   # positive: item 5 (0.4)
+    exclude = [[True, False, True, True, False, False],   # user 0 rated items 2 and 3
+               [True, True, False, False, False, True]]   # user 1 rated items 1 and 5
+    m = metrics.full_ranking_metrics(scores, [2, 5], exclude=exclude, ks=(1, 2))
+    # User 0: candidates 1 (0.5), 4 (0.9, tied: above), 5 (0.1) -> rank 2.
+    # User 1: candidates 2 (0.2), 3 (0.8, above), 4 (0.1) -> rank 2.
+    assert m["candidates"].tolist() == [3.0, 3.0]
+    assert m["mrr"].tolist() == [0.5, 0.5]
+    assert m["hr@1"].tolist() == [0.0, 0.0] and m["hr@2"].tolist() == [1.0, 1.0]
+    np.testing.assert_allclose(m["ndcg@2"], [1 / np.log2(3)] * 2)
+    # Without exclusions both also lose to column 0 (9.0) -> rank 3; item 3 (0.7) is
+    # below user 0's positive, item 1 (0.3) below user 1's.
+    m = metrics.full_ranking_metrics(scores, [2, 5], ks=(10,))
+    assert m["mrr"].tolist() == [1 / 3, 1 / 3] and m["candidates"].tolist() == [5.0, 5.0]
+
+
+def test_full_ranking_metrics_constant_scorer_gets_the_worst_rank():
+    m = metrics.full_ranking_metrics(np.zeros([1, 7]), [3], ks=(10,))
+    assert m["mrr"][0] == pytest.approx(1 / 7)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"scores": np.zeros(3), "positive_index": [0]}, "shape"),
+    ({"scores": np.zeros([2, 3]), "positive_index": [0]}, "entries"),
+    ({"scores": np.zeros([1, 3]), "positive_index": [3]}, "must lie in"),
+    ({"scores": np.zeros([1, 3]), "positive_index": [0], "exclude": np.zeros([1, 2])},
+     "exclude has shape"),
+])
+def test_full_ranking_metrics_rejects_bad_shapes(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.full_ranking_metrics(**kwargs)
+
+
+def test_rated_mask_holds_every_rating_of_the_user(ml_dir):
+    cfg = config_lib.load_config(TINY, FIXTURE_OVERRIDES)
+    cfg.data.data_dir = ml_dir
+    ratings = make_ratings(n_users=N_USERS, n_items=N_ITEMS, per_user=PER_USER)
+    items = {str(i): i for i in range(1, N_ITEMS + 1)}  # item "i" -> column i
+    ids = input_pipeline.IdVocabulary(users={}, items=items)
+    mask = quality._rated_mask(cfg, ids, ["3", "99"])
+    for row, user in enumerate((3, 99)):
+        rated = {i for u, i, _, _ in ratings if u == user}  # low ratings included
+        assert set(np.flatnonzero(mask[row]).tolist()) == {0} | rated
+
+
+def test_set_for_extends_the_tuned_defaults():
+    args = quality._parser().parse_args(["--data_dir", "d", "--out", "o", "--set_for",
+                                         "mf:model.l2=0.5", "--set_for", "bert:train.epochs=1"])
+    per_model = quality._per_model_overrides(args)
+    assert per_model["mf"] == quality.DEFAULT_SET_FOR["mf"] + ["model.l2=0.5"]
+    assert per_model["bert"] == ["train.epochs=1"]
+    assert quality.DEFAULT_SET_FOR["mf"]  # the tuned settings are recorded
+
+
 # ----------------------------------------------------------------------------- end to end
 
 def test_quality_json_structure(quality_run):
     out, result = quality_run
-    assert [row["model"] for row in result["rows"]] == ["popularity", "mf", "bert"]
+    assert [row["model"] for row in result["rows"]] == ROWS
     protocol = result["protocol"]
     assert protocol["split"] == "leave-last-out chronological"
     assert protocol["negatives_per_user"] == NEGATIVES
@@ -127,9 +193,61 @@ def test_rows_record_model_settings(quality_run):
     rows = {row["model"]: row for row in result["rows"]}
     assert rows["popularity"]["settings"]["epochs_run"] == 0  # counted, not fitted
     assert rows["mf"]["settings"]["epochs_run"] == 1
+    assert rows["mf"]["overrides"] == quality.DEFAULT_SET_FOR["mf"] + ["train.epochs=1"]
     assert rows["bert"]["settings"]["num_layers"] == 1
+    assert rows["bert"]["settings"]["interaction"] == "cross"
+    assert rows["two_tower"]["settings"]["interaction"] == "two_tower"
+    assert rows["two_tower"]["settings"]["item_ids"] is True
+    assert rows["sasrec"]["settings"]["kind"] == "sasrec"
+    assert rows["sasrec"]["settings"]["epochs_run"] == 1
     train_examples = {row["settings"]["train_examples"] for row in rows.values()}
     assert train_examples == {result["protocol"]["train_examples"]}
+
+
+def test_every_row_is_fully_ranked(quality_run):
+    _, result = quality_run
+    full = result["protocol"]["full_ranking"]
+    assert full["catalogue_items"] == N_ITEMS
+    # Each fixture user rated PER_USER distinct items: the rest are the candidates.
+    assert full["candidates_per_user"] == {"min": N_ITEMS - PER_USER,
+                                           "mean": N_ITEMS - PER_USER,
+                                           "max": N_ITEMS - PER_USER}
+    assert full["pairwise_users"] == PAIRWISE_USERS
+    for row in result["rows"]:
+        ranked = row["full_ranking"]
+        assert set(ranked["ci95"]) == set(quality.FULL_METRICS)
+        for key in quality.FULL_METRICS:
+            low, high = ranked["ci95"][key]
+            assert 0.0 <= low <= ranked[key] <= high <= 1.0, (row["model"], key)
+        assert ranked["candidates_per_user"]["min"] == N_ITEMS - PER_USER
+        # Catalogue logits equal the pairwise predict logits on the sampled candidates.
+        assert ranked["max_abs_logit_diff_vs_sampled"] < 1e-4, row["model"]
+        # Sampled ranking among 9 negatives can only be as good or better than among 36.
+        assert ranked["mrr"] <= row["mrr"] + 1e-9 or ranked["users_subset"], row["model"]
+
+
+def test_only_the_cross_encoder_is_ranked_on_a_user_subset(quality_run):
+    _, result = quality_run
+    rows = {row["model"]: row for row in result["rows"]}
+    for name in ("popularity", "mf", "sasrec", "two_tower"):
+        ranked = rows[name]["full_ranking"]
+        assert not ranked["pairwise"] and not ranked["users_subset"], name
+        assert ranked["users_evaluated"] == N_USERS
+        assert "comparison_on_subset" not in ranked
+    bert = rows["bert"]["full_ranking"]
+    assert bert["pairwise"] and bert["users_subset"]
+    assert bert["users_evaluated"] == PAIRWISE_USERS
+    assert list(bert["comparison_on_subset"]) == ROWS
+    for name, values in bert["comparison_on_subset"].items():
+        assert values["users_evaluated"] == PAIRWISE_USERS, name
+    for key in quality.FULL_METRICS:
+        assert bert["comparison_on_subset"]["bert"][key] == pytest.approx(bert[key])
+
+
+def test_printed_tables(quality_run):
+    _, result = quality_run
+    table = quality.format_full_table(result["rows"])
+    assert "bert*" in table and "sasrec " in table
 
 
 def test_missing_data_dir_is_a_clean_error(tmp_path, capsys):
@@ -145,6 +263,8 @@ def test_missing_data_dir_is_a_clean_error(tmp_path, capsys):
     (["--models", "popularity,svd"], "unknown model"),
     (["--set_for", "mf:data.max_history=2"], "shared by every model"),
     (["--pretrained", "/no/such/model"], "not a Hugging Face model directory"),
+    (["--full_ranking_pairwise_users", "-1"], "--full_ranking_pairwise_users"),
+    (["--full_ranking_pretrained_users", "-2"], "--full_ranking_pretrained_users"),
 ])
 def test_bad_arguments_exit_2(tmp_path, capsys, extra, match):
     code = quality.main(["--data_dir", str(tmp_path), "--out", str(tmp_path / "o"), *extra])
@@ -157,7 +277,8 @@ def test_pretrained_row_compares_on_its_user_subset(ml_dir, tmp_path):
     minilm = require_shared(MINILM_DIR)
     assert quality.main(_argv(ml_dir, tmp_path, "--models", "popularity,bert_pretrained",
                               "--pretrained", minilm, "--pretrained_train_examples", "12",
-                              "--pretrained_eval_users", "4")) == 0
+                              "--pretrained_eval_users", "4",
+                              "--full_ranking_pretrained_users", "4")) == 0
     with open(os.path.join(tmp_path, "quality.json")) as f:
         result = json.load(f)
     popularity, pretrained = result["rows"]
@@ -170,6 +291,12 @@ def test_pretrained_row_compares_on_its_user_subset(ml_dir, tmp_path):
     assert same["users_evaluated"] == 4
     for key in quality.METRICS:
         assert same[key] == pytest.approx(pretrained[key])
+    # Its full ranking (pairwise) covers the same 4 users, compared with every row there.
+    ranked = pretrained["full_ranking"]
+    assert ranked["pairwise"] and ranked["users_subset"] and ranked["users_evaluated"] == 4
+    assert set(ranked["comparison_on_subset"]) == {"popularity", "bert_pretrained"}
+    assert ranked["comparison_on_subset"]["popularity"]["users_evaluated"] == 4
+    assert ranked["max_abs_logit_diff_vs_sampled"] < 1e-4
 
 
 # ----------------------------------------------------------------------------- the config

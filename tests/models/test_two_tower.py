@@ -41,13 +41,13 @@ def make_features(catalogue, trained_items):
     return input_pipeline.TwoTowerFeatures.build(tokenizer, catalogue, ids, ["title"], HISTORY)
 
 
-def tiny_model(features, item_ids=True, text=True, loss="bce", hidden=16):
+def tiny_model(features, item_ids=True, text=True, loss="bce", hidden=16, user_layers=1):
     encoder = PreLNBertBackbone(vocabulary_size=len(VOCAB), num_layers=1, num_heads=2,
                                 hidden_dim=hidden, intermediate_dim=2 * hidden,
                                 max_sequence_length=ITEM_TOKENS) if text else None
     return TwoTowerRecommender(encoder, num_items=len(features.item_ids) - 1 if item_ids else 0,
                                max_history=HISTORY, embedding_dim=0 if text else hidden,
-                               dropout=0.0, loss=loss)
+                               dropout=0.0, loss=loss, user_layers=user_layers)
 
 
 def raw_batch(catalogue):
@@ -144,9 +144,12 @@ def test_in_batch_softmax_matches_hand_computation():
     x = {"item_index": tf.constant([1, 2, 1]), "history_index": tf.constant([[3, 0, 0]] * 3)}
     model(x)
     model.set_item_counts(np.array([1, 1, 1, 2]))
-    user = model.user_vectors(x).numpy()
+    state = {k: v.numpy() for k, v in model.user_state(x).items()}
     item = model.item_vectors(None, x["item_index"]).numpy()
-    logits = user @ item.T / 2.0  # sqrt(d) = 2
+    # Pooled dot product + the best single interest (the absent query is masked); sqrt(d)=2.
+    per_interest = np.einsum("bkd,nd->bkn", state["interests"], item)
+    best = np.where(state["interest_mask"][:, :, None] > 0, per_interest, -np.inf).max(1)
+    logits = (state["user"] @ item.T + best) / 2.0
     log_q = model.log_sampling_probability.numpy()[[1, 2, 1]]
     logits = logits - log_q[None, :]
     expected = []
@@ -154,7 +157,8 @@ def test_in_batch_softmax_matches_hand_computation():
         keep = [c for c in range(3) if c == row or [1, 2, 1][c] != [1, 2, 1][row]]
         z = logits[row, keep]
         expected.append(np.log(np.exp(z).sum()) - logits[row, row])
-    got = model._in_batch_softmax(tf.constant(user), tf.constant(item), x["item_index"])
+    got = model._in_batch_softmax({k: tf.constant(v) for k, v in state.items()},
+                                  tf.constant(item), x["item_index"])
     np.testing.assert_allclose(float(got), np.mean(expected), rtol=1e-5)
 
 
@@ -166,6 +170,7 @@ def test_savedmodel_signatures_match_in_a_fresh_process(tmp_path):
     x = model_inputs(features, raw)
     expected = {"logit": model(x).numpy().tolist(),
                 "user": model.user_vectors(x).numpy().tolist(),
+                "interests": model.user_state(x)["interests"].numpy().tolist(),
                 "item": model.item_vectors(x["item_token_ids"], x["item_index"]).numpy().tolist(),
                 "bias": (model.item_biases(x["item_index"]) + model.global_bias).numpy().tolist()}
     export_dir = str(tmp_path / "export")
@@ -184,13 +189,30 @@ def test_savedmodel_signatures_match_in_a_fresh_process(tmp_path):
         user = export.load_serving_fn(d, "user_embedding")(
             query=t["query"], history_text=t["history_text"], history_ids=t["history_ids"])
         np.testing.assert_allclose(user["user_embedding"].numpy(), want["user"], atol=1e-5)
+        np.testing.assert_allclose(user["user_interests"].numpy(), want["interests"],
+                                   atol=1e-5)
         item = export.load_serving_fn(d, "item_embedding")(item_text=t["item_text"],
                                                             item_id=t["item_id"])
         np.testing.assert_allclose(item["item_embedding"].numpy(), want["item"], atol=1e-5)
         np.testing.assert_allclose(item["item_bias"].numpy(), want["bias"], atol=1e-5)
-        logit = (user["user_embedding"].numpy() * item["item_embedding"].numpy()).sum(-1)
-        logit = logit / np.sqrt(item["item_embedding"].shape[-1]) + item["item_bias"].numpy()
+        # The documented client-side formula, from cached vectors.
+        v = item["item_embedding"].numpy()
+        per_interest = np.einsum("bkd,bd->bk", user["user_interests"].numpy(), v)
+        best = np.where(user["interest_mask"].numpy() > 0, per_interest, -np.inf).max(-1)
+        logit = (user["user_embedding"].numpy() * v).sum(-1) + np.where(np.isfinite(best),
+                                                                           best, 0.0)
+        logit = logit / np.sqrt(v.shape[-1]) + item["item_bias"].numpy()
         np.testing.assert_allclose(logit, want["logit"], atol=1e-4)
+        why = export.load_serving_fn(d, "explain")(**t)
+        assert why["tokens"].shape == why["attributions"].shape
+        assert why["attributions"].shape[1] == 2 + {HISTORY}  # query, history, candidate
+        np.testing.assert_allclose(why["click_probability"].numpy(),
+                                   1 / (1 + np.exp(-np.array(want["logit"]))), atol=1e-5)
+        gap = why["click_probability"].numpy() - why["baseline_probability"].numpy()
+        total = why["attributions"].numpy().sum(axis=(1, 2))
+        assert np.all(np.abs(total - gap) <= 0.05 * np.abs(gap) + 1e-4), (total, gap)
+        tokens = why["tokens"].numpy().astype(str)
+        assert np.all(why["attributions"].numpy()[tokens == "[PAD]"] == 0)
         print("OK")
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
@@ -234,12 +256,12 @@ def test_learns_planted_word_overlap_rule():
                                                    vocab_ids)
               for name, ex in (("train", train), ("test", test))}
     keras.utils.set_random_seed(0)
-    model = tiny_model(features, item_ids=False, hidden=32)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+    model = tiny_model(features, item_ids=False, hidden=32, user_layers=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True))
     data = input_pipeline.make_dataset(tables["train"], 32, packer=features, training=True,
                                        cache_tokens=True)
-    model.fit(data, epochs=6, verbose=0)
+    model.fit(data, epochs=10, verbose=0)
     logits = model.predict(input_pipeline.make_dataset(tables["test"], 128, packer=features,
                                                        with_labels=False), verbose=0)
     result = metrics.evaluate_predictions(tables["test"].label, np.asarray(logits).reshape(-1),

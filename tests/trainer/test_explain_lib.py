@@ -185,3 +185,33 @@ def test_shap_without_the_extra_is_refused_before_writing(trained_run, tmp_path,
 def test_reading_explanations_of_an_unexplained_run_says_what_to_run(tmp_path):
     with pytest.raises(RunDirError, match="run `python -m trainer.task explain"):
         explain_lib.read_explanations(str(tmp_path))
+
+
+def test_two_tower_run_trains_exports_and_explains(trained_two_tower_run, tmp_path):
+    """Train (CLI) -> metrics, export with the two-tower signatures -> explain with every
+    method: attention rollout is reported as not applicable, the others are scored."""
+    source, results = trained_two_tower_run
+    assert 0.0 <= results["test"]["auc"] <= 1.0
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(source, model_dir)
+    signatures = tf.saved_model.load(os.path.join(model_dir, "export")).signatures
+    assert {"serving_default", "user_embedding", "item_embedding", "explain"} <= set(
+        signatures)
+
+    methods = ["integrated_gradients", "gradient_x_input", "attention_rollout", "occlusion",
+               "lime", "leave_one_out", "shapley"]
+    summary = explain_lib.explain(model_dir, num_examples=3, methods=methods, progress=False)
+    assert "attention_rollout" in summary["not_applicable"]
+    assert set(summary["methods"]) == {"integrated_gradients", "gradient_x_input",
+                                       "occlusion", "lime", "random"}
+    assert summary["methods"]["integrated_gradients"]["completeness_error"] < 0.02
+    assert set(summary["history_methods"]) == {"leave_one_out", "shapley", "random"}
+    records = explain_lib.read_explanations(model_dir)
+    assert len(records) == 3
+    for record in records:
+        assert record["rank"] == 1
+        assert "attention_rollout" in record["not_applicable"]
+        assert record["sentence"].startswith("Recommended '")
+        for values in record["token_attributions"].values():
+            assert len(values) == len(record["words"])
+        assert record["counterfactual"]["criterion"]
