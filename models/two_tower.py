@@ -147,8 +147,8 @@ class TwoTowerRecommender(keras.Model):
         if self.item_encoder is not None:
             vectors = self._encode_text(token_ids, training)
         if self.num_items > 0:
-            known = ops.expand_dims(ops.cast(ops.greater(index, 0), "float32"), -1)
-            ids = self.id_dropout(self.item_id_embedding(index), training=training) * known
+            ids = self.id_dropout(self.item_id_embedding(index), training=training)
+            ids = ids * ops.expand_dims(ops.cast(ops.greater(index, 0), ids.dtype), -1)
             vectors = ids if vectors is None else vectors + ops.cast(ids, vectors.dtype)
         return vectors
 
@@ -310,7 +310,8 @@ class TwoTowerRecommender(keras.Model):
             best = ops.max(ops.where(present, per_interest, _MASKED_LOGIT), axis=1)
             # A user with nothing present has no interest to match: 0, not -1e9.
             logits = logits + ops.where(ops.any(present, axis=1), best, 0.0)
-        return logits + ops.expand_dims(self.item_biases(item_index), 0) + self.global_bias
+        return (logits + ops.expand_dims(self.item_biases(item_index), 0)
+                + ops.cast(self.global_bias, "float32"))
 
     def score(self, user_state: dict, item_vectors, item_index):
         """Logits of aligned users ``[b]`` and items ``[b, d]`` (``score_matrix``'s
@@ -324,7 +325,8 @@ class TwoTowerRecommender(keras.Model):
             present = ops.cast(user_state["interest_mask"], "bool")
             best = ops.max(ops.where(present, per_interest, _MASKED_LOGIT), axis=1)
             logits = logits + ops.where(ops.any(present, axis=1), best, 0.0)
-        return logits + self.item_biases(item_index) + self.global_bias
+        # Cast: under a mixed policy Keras reads float32 variables in the compute dtype.
+        return logits + self.item_biases(item_index) + ops.cast(self.global_bias, "float32")
 
     def item_biases(self, item_index):
         """The learned per-item bias (0 for id 0 and for id-less models), ``[n]``."""
@@ -341,7 +343,8 @@ class TwoTowerRecommender(keras.Model):
         logits = self.score_matrix(user_state, item, item_index)
         labels = ops.eye(ops.shape(logits)[0], dtype="float32")
         if self.num_items > 0:
-            probability = ops.exp(ops.take(self.log_sampling_probability, item_index))
+            probability = ops.exp(ops.cast(ops.take(self.log_sampling_probability,
+                                                    item_index), "float32"))
             logits = keras_rs.layers.SamplingProbabilityCorrection()(
                 logits, ops.broadcast_to(ops.expand_dims(probability, 0), ops.shape(logits)))
         # Accidental hits (another row's positive is this row's item) are masked here, not

@@ -47,15 +47,17 @@ def require_shared(path):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """One micro synthetic run (2 epochs), shared by the tests that read a run directory;
-    they must not modify what it wrote. Returns ``(cfg, model_dir, metrics)``."""
+    """One micro synthetic run of the cross-encoder (2 epochs), shared by the tests that
+    read a run directory; they must not modify what it wrote. Returns ``(cfg, model_dir,
+    metrics)``. (The two-tower twin is ``trained_two_tower_run``.)"""
     from trainer import config as config_lib
     from trainer import train_lib
 
     cfg = config_lib.load_config(os.path.join(REPO, "configs", "tiny.yaml"), [
         "data.synthetic.num_items=40", "data.synthetic.num_users=24",
         "data.synthetic.impressions_per_user=4", "data.synthetic.candidates_per_impression=3",
-        "data.vocab_size=100", "train.epochs=2", "train.batch_size=8"])
+        "data.vocab_size=100", "train.epochs=2", "train.batch_size=8",
+        "model.interaction=cross", "model.pooling=first"])
     model_dir = str(tmp_path_factory.mktemp("run") / "tiny")
     results = train_lib.train(cfg, model_dir)
     return cfg, model_dir, results
@@ -71,7 +73,7 @@ def trained_two_tower_run(tmp_path_factory):
 
     model_dir = str(tmp_path_factory.mktemp("run") / "two_tower")
     overrides = MICRO_OVERRIDES + ["train.epochs=2", "model.interaction=two_tower",
-                                   "model.pooling=mean", "model.item_ids=true"]
+                                   "model.item_ids=true"]
     args = ["train", "--config", os.path.join(REPO, "configs", "tiny.yaml"),
             "--model_dir", model_dir]
     for override in overrides:

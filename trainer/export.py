@@ -88,7 +88,7 @@ def _add_two_tower_endpoints(archive: keras.export.ExportArchive, model, feature
         x = inputs(tf.fill(tf.shape(item_text), ""), tf.fill([tf.shape(item_text)[0], 1], ""),
                    tf.fill([tf.shape(item_text)[0], 1], ""), item_text, item_id)
         vectors = model.item_vectors(x.get("item_token_ids"), x["item_index"], training=False)
-        bias = model.item_biases(x["item_index"]) + model.global_bias
+        bias = model.item_biases(x["item_index"]) + tf.cast(model.global_bias, tf.float32)
         return {"item_embedding": tf.cast(vectors, tf.float32), "item_bias": bias}
 
     text = tf.TensorSpec([None], tf.string)

@@ -169,7 +169,7 @@ def test_predict_command_uses_the_export(trained_run, capsys):
 
 
 def test_mixed_precision_keeps_the_click_head_float32(tmp_path, tiny_config):
-    cfg = tiny_config("runtime.precision=mixed_bfloat16")
+    cfg = tiny_config("runtime.precision=mixed_bfloat16", "model.interaction=cross")
     try:
         results = train_lib.train(cfg, str(tmp_path / "bf16"))
         model = keras.models.load_model(str(tmp_path / "bf16" / "model.keras"))
@@ -178,6 +178,18 @@ def test_mixed_precision_keeps_the_click_head_float32(tmp_path, tiny_config):
         batch = train_lib.make_packer(cfg, str(tmp_path / "bf16" / "vocab.txt"))(
             tf.constant(["a b"]), tf.constant(["c"]))
         assert model(batch).dtype == "float32"
+        assert np.isfinite(results["test"]["logloss"])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_mixed_precision_two_tower_scores_in_float32(tmp_path, tiny_config):
+    cfg = tiny_config("runtime.precision=mixed_bfloat16", "model.interaction=two_tower",
+                      "model.item_ids=true", "model.user_layers=1")
+    try:
+        results = train_lib.train(cfg, str(tmp_path / "bf16"))
+        model = keras.models.load_model(str(tmp_path / "bf16" / "model.keras"))
+        assert model.item_encoder.transformer_layers[0].compute_dtype == "bfloat16"
         assert np.isfinite(results["test"]["logloss"])
     finally:
         keras.mixed_precision.set_global_policy("float32")
