@@ -1,9 +1,18 @@
-"""Ranking quality on MovieLens: popularity vs matrix factorisation vs BERT, one protocol.
+"""Ranking quality on MovieLens: popularity, MF, SASRec, two-tower and cross-encoder BERT,
+one protocol.
 
     python -m benchmarks.quality --dataset movielens --data_dir ../shared/data/ml-latest-small \\
         --out runs/quality [--config configs/movielens.yaml] [--set train.epochs=2 ...] \\
-        [--models popularity,mf,bert] [--bootstrap 1000] \\
+        [--models popularity,mf,sasrec,two_tower,bert] [--bootstrap 1000] \\
+        [--set_for mf:train.epochs=30 ...] [--full_ranking_pairwise_users 25] \\
         [--pretrained ../shared/models/all-MiniLM-L6-v2 --pretrained_eval_users 50]
+
+Rows (``--models``; each is the base config with the row's model settings, see ``ROWS``):
+``popularity`` (training click counts), ``mf`` (matrix factorisation, with the tuned
+``DEFAULT_SET_FOR`` settings), ``sasrec`` (``model.kind=sasrec``: the two-tower model over
+item ids alone), ``two_tower`` (``model.kind=bert``, ``model.interaction=two_tower``,
+``model.item_ids=true``: shared text item encoder + item ids), ``bert`` (the cross-encoder,
+random init) and ``bert_pretrained`` (the cross-encoder from ``--pretrained``).
 
 Protocol (identical for every model, so the rows differ only in the model):
 
@@ -26,6 +35,24 @@ Protocol (identical for every model, so the rows differ only in the model):
 * ``train_seconds`` covers build + fit (including validation each epoch); ``score_seconds``
   is ``predict`` over the scored test rows (including its first-call tracing).
 
+Full ranking (every row's ``full_ranking``), because sampled metrics can reorder models
+(Krichene & Rendle, KDD 2020): each scored user's held-out positive is ranked against *every*
+catalogue item the user never rated -- no rating at all, in any split (the rated sets come
+from the loader's own ``movielens.read_movielens`` + ``prepare``) -- with no sampling, by
+``trainer.metrics.full_ranking_metrics``: HR@10, nDCG@10 and MRR, the same pessimistic ties
+and bootstrap. The logits come from the model kind's ``catalogue_logits``
+(trainer/model_kinds.py): popularity and MF read their weights, ``sasrec`` / ``two_tower``
+score one user state against the catalogue's item vectors computed once. A cross-encoder
+has no such shortcut: it scores every (user, item) pair (~N forward passes a user), so the
+cross-encoder rows are ranked on a seeded subset of ``--full_ranking_pairwise_users`` users
+(drawn from bert_pretrained's users when those are a subset) and carry
+``full_ranking.comparison_on_subset``: every row's full-ranking metrics on those users.
+``bert_pretrained`` is fully ranked only on request (``--full_ranking_pretrained_users N``,
+a seeded subset of those users): at ~20-30 pairs/s on 2 CPU cores a pretrained model takes
+minutes per user; otherwise its ``full_ranking`` holds ``skipped``.
+``full_ranking.max_abs_logit_diff_vs_sampled`` checks the catalogue logits against the
+pairwise ``predict`` logits on the sampled candidates (it should be ~1e-6).
+
 ``bert_pretrained`` (only with ``--pretrained``): the same BERTRecommender with a pretrained
 backbone and its own tokenizer. A pretrained model is slow on a CPU, so it may train on a
 seeded subset of whole training impressions (``--pretrained_train_examples``) and be scored on
@@ -35,6 +62,10 @@ also carries ``comparison_on_subset``: every other model's metrics on exactly th
 which is the comparison to read. By default it trains for 1 epoch at learning rate 3e-5
 (``PRETRAINED_OVERRIDES``); change that with ``--set_for bert_pretrained:train.epochs=2``.
 
+MF settings: ``DEFAULT_SET_FOR`` (below, with the measurements behind it) applies before
+any ``--set_for``, so ``--set_for mf:KEY=VALUE`` overrides it; a row's ``overrides`` lists
+both.
+
 Outputs in ``--out``: ``quality.json`` ({"protocol": {...}, "rows": [...]}), ``data_info.json``
 (what the loader read and skipped) and ``config.yaml`` (the resolved base config).
 """
@@ -42,7 +73,6 @@ Outputs in ``--out``: ``quality.json`` ({"protocol": {...}, "rows": [...]}), ``d
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import os
@@ -58,15 +88,44 @@ from trainer.errors import DataError, UserInputError
 # TensorFlow (train_lib, datasets) is imported inside run(), after the arguments are checked,
 # so --help and usage errors answer at once.
 
-MODELS = ("popularity", "mf", "bert", "bert_pretrained")
+MODELS = ("popularity", "mf", "sasrec", "two_tower", "bert", "bert_pretrained")
+DEFAULT_MODELS = ("popularity", "mf", "sasrec", "two_tower", "bert")
 METRICS = ("hr@10", "ndcg@10", "mrr", "auc")
+FULL_METRICS = ("hr@10", "ndcg@10", "mrr")
 KS = (10,)
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "movielens.yaml")
 # Fine-tuning a pretrained backbone wants a small learning rate; one epoch keeps a CPU run short.
 PRETRAINED_OVERRIDES = ["train.epochs=1", "train.learning_rate=3e-5"]
-_MODEL_KIND = {"popularity": "popularity", "mf": "mf", "bert": "bert",
-               "bert_pretrained": "bert"}
+# What makes each row that model (applied after --set, before DEFAULT_SET_FOR / --set_for).
+ROWS = {
+    "popularity": ["model.kind=popularity"],
+    "mf": ["model.kind=mf"],
+    "sasrec": ["model.kind=sasrec"],
+    "two_tower": ["model.kind=bert", "model.interaction=two_tower", "model.item_ids=true",
+                  "model.pretrained=''"],
+    "bert": ["model.kind=bert", "model.interaction=cross", "model.pretrained=''"],
+    "bert_pretrained": ["model.kind=bert", "model.interaction=cross"],
+}
+TEXT_ROWS = ("two_tower", "bert")  # learn the base config's WordPiece vocabulary
+# Per-row defaults that --set_for extends (later overrides win); recorded in the row.
+# MF, tuned on ml-latest-small with this protocol (configs/movielens.yaml: 50,000-example
+# training subset, 4 uniform negatives per positive; 608 users; sampled nDCG@10 [95% CI] /
+# full-ranking nDCG@10 [95% CI]; popularity: 0.350 [0.320, 0.379] / 0.024 [0.014, 0.033]):
+#   base config (3 epochs, lr 1e-3, dim 32, l2 0)      0.347 [0.318, 0.374] / 0.020 [0.012, 0.030]
+#   20 epochs, lr 1e-2, l2 0, weight_decay 0 (stops at 4) 0.332 [0.304, 0.360] / 0.019
+#   20 epochs, lr 1e-2, l2 1e-5                          0.382 [0.352, 0.413] / 0.021
+#   30 epochs, lr 3e-3, l2 1e-5                          0.386 [0.356, 0.416] / 0.027
+#   30 epochs, lr 3e-3, l2 1e-4                          0.370 [0.341, 0.399] / 0.026
+#   30 epochs, lr 3e-3, l2 1e-5, dim 64  (chosen)        0.394 [0.365, 0.425] / 0.029 [0.019, 0.039]
+#     the same, train.seed=7                             0.392 [0.361, 0.424] / 0.027
+#   30 epochs, lr 3e-3, l2 1e-5, dim 128                 0.393 [0.364, 0.425] / 0.027 (3x slower)
+# Without l2 the user/item vectors overfit within 2-4 epochs (early stopping ends the run);
+# l2 regularises the embedding tables (models/baselines.py). It trains ~16 epochs (~85 s on
+# 2 shared cores). Full ranking is within the intervals of popularity: the catalogue's
+# 9.7k items are dominated by popularity, which MF learns only from the 50k subset.
+DEFAULT_SET_FOR = {"mf": ["train.epochs=30", "train.learning_rate=3e-3", "model.l2=1e-5",
+                          "model.embedding_dim=64"]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -116,10 +175,11 @@ def regular_groups(labels, groups, size: int):
     return ids[(counts == size) & (positives == 1)]
 
 
-def summarize(per_user: dict, rows, bootstrap: int, seed: int) -> dict:
-    """Mean and 95% bootstrap CI of each metric over the users indexed by ``rows``."""
+def summarize(per_user: dict, rows, bootstrap: int, seed: int, keys=METRICS) -> dict:
+    """Mean and 95% bootstrap CI of each metric in ``keys`` over the users indexed by
+    ``rows``."""
     out = {"users_evaluated": int(len(rows)), "ci95": {}}
-    for key in METRICS:
+    for key in keys:
         values = per_user[key][rows]
         out[key] = float(values.mean()) if len(values) else float("nan")
         low, high = metrics.bootstrap_ci(values, num_samples=bootstrap, seed=seed)
@@ -149,6 +209,29 @@ def format_table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def format_full_table(rows: list) -> str:
+    """Fixed-width text table of the rows' full-ranking metrics (``row["full_ranking"]``,
+    or summaries with a ``model`` key)."""
+    head = (f"{'model':<16}{'hr@10':>8}{'ndcg@10 [95% CI]':>26}{'mrr':>8}{'users':>7}"
+            f"{'cands':>7}{'score_s':>9}")
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        full = row.get("full_ranking", row)
+        if "skipped" in full:
+            lines.append(f"{row['model']:<16}  not ranked: {full['skipped']}")
+            continue
+        low, high = full["ci95"]["ndcg@10"]
+        ndcg = f"{full['ndcg@10']:.4f} [{low:.3f}, {high:.3f}]"
+        cands = full.get("candidates_per_user", {}).get("mean")
+        score_s = full.get("score_seconds")
+        mark = "*" if full.get("users_subset") else ""
+        lines.append(f"{row['model'] + mark:<16}{full['hr@10']:>8.4f}{ndcg:>26}"
+                     f"{full['mrr']:>8.4f}{full['users_evaluated']:>7d}"
+                     f"{'-' if cands is None else f'{cands:.0f}':>7}"
+                     f"{'-' if score_s is None else f'{score_s:.1f}':>9}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------
@@ -168,7 +251,8 @@ def _parser() -> argparse.ArgumentParser:
                              "mf:train.learning_rate=1e-2; recorded in its row")
     parser.add_argument("--models", default="",
                         help=f"comma-separated subset of {','.join(MODELS)} (default: "
-                             "popularity,mf,bert, plus bert_pretrained with --pretrained)")
+                             f"{','.join(DEFAULT_MODELS)}, plus bert_pretrained with "
+                             "--pretrained)")
     parser.add_argument("--bootstrap", type=int, default=1000,
                         help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--pretrained", default="",
@@ -179,6 +263,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained_eval_users", type=int, default=0,
                         help="score bert_pretrained on a seeded subset of this many users "
                              "(0 = all); the row then compares all models on that subset")
+    parser.add_argument("--full_ranking_pairwise_users", type=int, default=25,
+                        help="full ranking of the cross-encoder rows (every (user, item) "
+                             "pair through the model) on a seeded subset of this many users "
+                             "(0 = all); their rows then compare every model on that subset")
+    parser.add_argument("--full_ranking_pretrained_users", type=int, default=0,
+                        help="full ranking of bert_pretrained on a seeded subset of this many "
+                             "of the cross-encoder's full-ranking users (0 = none: a "
+                             "pretrained model scores ~20-30 pairs/s on 2 CPU cores, i.e. "
+                             "minutes per user on ml-latest-small)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch training lines")
     return parser
 
@@ -189,7 +282,7 @@ class _Usage(Exception):
 
 def _models(args) -> list:
     names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else \
-        ["popularity", "mf", "bert"] + (["bert_pretrained"] if args.pretrained else [])
+        list(DEFAULT_MODELS) + (["bert_pretrained"] if args.pretrained else [])
     unknown = [m for m in names if m not in MODELS]
     if unknown:
         raise _Usage(f"--models: unknown model(s) {unknown}; choose from {','.join(MODELS)}")
@@ -201,7 +294,7 @@ def _models(args) -> list:
 
 
 def _per_model_overrides(args) -> dict:
-    out = {name: [] for name in MODELS}
+    out = {name: list(DEFAULT_SET_FOR.get(name, [])) for name in MODELS}
     for item in args.set_for:
         name, sep, override = item.partition(":")
         if not sep or name not in MODELS or "=" not in override:
@@ -231,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         per_model = _per_model_overrides(args)
         if args.bootstrap < 1:
             raise _Usage("--bootstrap must be >= 1")
+        if args.full_ranking_pairwise_users < 0:
+            raise _Usage("--full_ranking_pairwise_users must be >= 0 (0 = all users)")
+        if args.full_ranking_pretrained_users < 0:
+            raise _Usage("--full_ranking_pretrained_users must be >= 0 (0 = none)")
         _check_pretrained(args.pretrained)
         result = run(args, names, per_model)
     except (_Usage, UserInputError) as err:
@@ -242,6 +339,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\non the {row['users_evaluated']} users {row['model']} was scored on:")
             print(format_table([{"model": name, **values} for name, values in
                                 row["comparison_on_subset"].items()]))
+    protocol = result["protocol"]["full_ranking"]
+    print(f"\nfull ranking: the held-out item against every never-rated catalogue item "
+          f"({protocol['catalogue_items']} items; * = a user subset, compared below)")
+    print(format_full_table(result["rows"]))
+    for row in result["rows"]:
+        if "comparison_on_subset" in row["full_ranking"]:
+            print(f"\nfull ranking on the {row['full_ranking']['users_evaluated']} users "
+                  f"{row['model']} was ranked for:")
+            print(format_full_table([{"model": name, **values} for name, values in
+                                     row["full_ranking"]["comparison_on_subset"].items()]))
     print(f"\nwrote {os.path.join(args.out, 'quality.json')}")
     return 0
 
@@ -259,12 +366,6 @@ def _config(args, overrides: list):
     return cfg
 
 
-def _subset(table, rows):
-    return type(table)(**{f.name: (None if getattr(table, f.name) is None else
-                                   getattr(table, f.name)[rows])
-                          for f in dataclasses.fields(table)})
-
-
 def _impression_subset(table, max_examples: int, seed: int):
     """A seeded subset of whole impressions holding at most ``max_examples`` rows."""
     if max_examples <= 0 or len(table) <= max_examples:
@@ -274,14 +375,43 @@ def _impression_subset(table, max_examples: int, seed: int):
     keep = ids[order][np.cumsum(counts[order]) <= max_examples]
     if not len(keep):
         keep = ids[order][:1]
-    return _subset(table, np.isin(table.group, keep))
+    return table.subset(np.isin(table.group, keep))
+
+
+def _rated_mask(cfg, ids, users) -> np.ndarray:
+    """bool ``[len(users), len(ids.items) + 1]``: True where the user rated the item (any
+    rating, any split) and in column 0 ("no item"). The rated sets come from the loader's
+    own parsing and cleaning (``movielens.read_movielens`` + ``prepare``: duplicates and
+    ratings of untitled movies dropped alike), read a second time because the canonical
+    examples keep positives only."""
+    from trainer.datasets import movielens
+
+    ml = cfg.data.movielens
+    _, _, catalogue, ratings, untitled, skipped, _ = movielens.read_movielens(
+        cfg.data.data_dir, ml)
+    prep = movielens.prepare(catalogue, *ratings, ml, skipped, untitled)
+    column = np.array([ids.items[item] for item in prep.item_ids], dtype=np.int64)
+    code_of_user = {user: code for code, user in enumerate(prep.user_ids)}
+    mask = np.zeros([len(users), len(ids.items) + 1], dtype=bool)
+    mask[:, 0] = True
+    for row, user in enumerate(users):
+        code = code_of_user[user]
+        mask[row, column[prep.item[prep.starts[code]:prep.ends[code]]]] = True
+    return mask
+
+
+def _seeded_rows(pool: np.ndarray, size: int, seed: list) -> np.ndarray:
+    """A sorted seeded subset of ``size`` entries of ``pool`` (all of it for 0 or more)."""
+    if size <= 0 or size >= len(pool):
+        return pool
+    return np.sort(np.random.default_rng(seed).choice(pool, size, replace=False))
 
 
 def run(args, names: list, per_model: dict) -> dict:
     """Loads the data once, trains and scores each model; writes and returns quality.json."""
     import keras
 
-    from trainer import distribute, train_lib
+    from trainer import distribute, model_kinds, train_lib
     from trainer.datasets.canonical import atomic_write_text, write_json
 
     base = _config(args, [])
@@ -303,50 +433,74 @@ def run(args, names: list, per_model: dict) -> dict:
     if not len(scored):
         raise DataError(f"no test impression has 1 positive + {negatives} negatives (users "
                         "rated nearly every item?); lower data.movielens.eval_negatives")
-    test = _subset(tables["test"], np.isin(tables["test"].group, scored))
+    test = tables["test"].subset(np.isin(tables["test"].group, scored))
     scored_users = np.array([user_of_group["test"][g] for g in scored.tolist()], dtype=object)
 
     vocabulary = prepared.vocabulary
-    if "bert" in names and vocabulary is None:
-        raise UserInputError("the bert row learns its vocabulary from the base config: set "
-                             "model.kind=bert and no model.pretrained in --config/--set")
+    text_rows = [name for name in names if name in TEXT_ROWS]
+    if text_rows and vocabulary is None:
+        raise UserInputError(f"the {','.join(text_rows)} row(s) learn their vocabulary from "
+                             "the base config: set model.kind=bert and no model.pretrained "
+                             "in --config/--set")
+
+    # Full ranking: one row per scored user (its held-out positive), in `scored` order.
+    positives = np.flatnonzero(test.label > 0)
+    positives = positives[np.argsort(test.group[positives], kind="stable")]
+    user_rows = test.subset(positives)
+    assert np.array_equal(user_rows.group, scored)
+    ids = prepared.ids
+    rated = _rated_mask(base, ids, scored_users)
+    if not rated[np.arange(len(scored)), user_rows.item_index].all():
+        raise DataError("a held-out test item is missing from its user's ratings; the "
+                        "rated sets disagree with the split")
+    catalogue = prepared.catalogue
+    item_text = [""] + [catalogue[item].text(base.data.item_text_fields)
+                        for item in sorted(ids.items, key=ids.items.get)]
+    candidates = (~rated).sum(axis=1)  # the never-rated items each positive competes with
+
     data_seconds = time.time() - started
     info = prepared.info
-    ids = prepared.ids
+    # What the featurizers need (two-tower kinds: the catalogue and ids); the examples go.
+    featurizer_data = train_lib.PreparedData(tables={}, splits={}, info=info, ids=ids,
+                                             vocabulary=vocabulary, catalogue=catalogue)
     del prepared
 
     strategy = distribute.make_strategy(base.runtime)
     seed = base.data.movielens.seed
+    all_rows = np.arange(len(scored))
     eval_subset = None  # row indices (into scored users) of the pretrained user subset
-    per_user_all, rows = {}, []
+    if "bert_pretrained" in names and 0 < args.pretrained_eval_users < len(scored):
+        eval_subset = _seeded_rows(all_rows, args.pretrained_eval_users, [seed, 2])
+    # Users the pairwise (cross-encoder) rows are fully ranked for: inside bert_pretrained's
+    # users when those are a subset, so every pairwise row is ranked on the same users.
+    pairwise_rows = _seeded_rows(eval_subset if eval_subset is not None else all_rows,
+                                 args.full_ranking_pairwise_users, [seed, 3])
+    per_user_all, per_user_full_all, full_rows_of, rows = {}, {}, {}, []
     for name in names:
-        overrides = [f"model.kind={_MODEL_KIND[name]}"]
-        if name == "bert":
-            overrides.append("model.pretrained=''")
+        overrides = list(ROWS[name])
         if name == "bert_pretrained":
             overrides += PRETRAINED_OVERRIDES
         cfg = _config(args, overrides + per_model[name])
         if name == "bert_pretrained":
             cfg.model.pretrained = args.pretrained  # a path, so not a YAML override
+        kind = model_kinds.for_config(cfg)
         model_tables = {"train": tables["train"], "validation": tables["validation"],
                         "test": test}
-        users_rows = np.arange(len(scored))
+        users_rows = all_rows
         if name == "bert_pretrained":
             model_tables["train"] = _impression_subset(
                 tables["train"], args.pretrained_train_examples, seed)
-            if 0 < args.pretrained_eval_users < len(scored):
-                rng = np.random.default_rng([seed, 2])
-                users_rows = np.sort(rng.choice(len(scored), args.pretrained_eval_users,
-                                                replace=False))
-                eval_subset = users_rows
+            if eval_subset is not None:
+                users_rows = eval_subset
                 chosen = set(scored_users[users_rows].tolist())
-                model_tables["test"] = _subset(test, np.isin(test.group, scored[users_rows]))
+                model_tables["test"] = test.subset(np.isin(test.group, scored[users_rows]))
                 val = tables["validation"]
                 val_users = np.array([user_of_group["validation"][g]
                                       for g in val.group.tolist()], dtype=object)
-                model_tables["validation"] = _subset(
-                    val, np.array([u in chosen for u in val_users], dtype=bool))
-        packer = train_lib.make_packer(cfg, None if cfg.model.pretrained else vocabulary)
+                model_tables["validation"] = val.subset(
+                    np.array([u in chosen for u in val_users], dtype=bool))
+        packer = train_lib.make_packer(cfg, None if cfg.model.pretrained else vocabulary,
+                                       featurizer_data)
 
         print(f"\n== {name}: {len(model_tables['train'])} training examples, "
               f"{cfg.train.epochs} epoch(s) ==", flush=True)
@@ -370,28 +524,57 @@ def run(args, names: list, per_model: dict) -> dict:
             per_user[key][users_rows] = per_user_rows[key]
         per_user_all[name] = per_user
 
+        # Full ranking. A kind without its own catalogue_logits scores every pair.
+        pairwise = type(kind).catalogue_logits is model_kinds.ModelKind.catalogue_logits
+        full_rows = np.intersect1d(pairwise_rows, users_rows) if pairwise else users_rows
+        if name == "bert_pretrained":
+            full_rows = _seeded_rows(full_rows, args.full_ranking_pretrained_users,
+                                     [seed, 4]) if args.full_ranking_pretrained_users else []
+        full_rows_of[name] = full_rows
         row = {"model": name, **summarize(per_user, users_rows, args.bootstrap, seed),
                "candidates_per_user": int(matrix.shape[1]),
                "train_seconds": round(train_seconds, 2),
-               "score_seconds": round(score_seconds, 2),
-               "settings": _settings(cfg, fitted, model_tables, model),
-               "overrides": (PRETRAINED_OVERRIDES if name == "bert_pretrained" else [])
-               + per_model[name]}
+               "score_seconds": round(score_seconds, 2)}
+        if not len(full_rows):
+            row["full_ranking"] = {"skipped": "not requested: a pretrained cross-encoder "
+                                              "scores every catalogue item for each user (see "
+                                              "--full_ranking_pretrained_users)"}
+        else:
+            row["full_ranking"] = _full_ranking(
+                kind, model, packer, user_rows, full_rows, item_text, rated, logits,
+                model_tables["test"], scored, cfg.train.eval_batch_size, pairwise, args, seed)
+            ranked = row["full_ranking"].pop("per_user")
+            per_user_full = {k: np.full(len(scored), np.nan) for k in FULL_METRICS}
+            for key in FULL_METRICS:
+                per_user_full[key][full_rows] = ranked[key]
+            per_user_full_all[name] = per_user_full
+        row.update({"settings": _settings(cfg, fitted, model_tables, model),
+                    "overrides": (PRETRAINED_OVERRIDES if name == "bert_pretrained" else [])
+                    + per_model[name]})
         if name == "bert_pretrained":
             row["settings"]["pretrained"] = args.pretrained
             row["settings"]["eval_users_subset"] = eval_subset is not None
         rows.append(row)
+        full_ndcg = row["full_ranking"].get("ndcg@10", float("nan"))
         print(f"   {name}: hr@10 {row['hr@10']:.4f}  ndcg@10 {row['ndcg@10']:.4f}  "
-              f"train {train_seconds:.1f} s  score {score_seconds:.1f} s", flush=True)
+              f"full-ranking ndcg@10 {full_ndcg:.4f} ({len(full_rows)} users)  train "
+              f"{train_seconds:.1f} s  score {score_seconds:.1f} s + "
+              f"{row['full_ranking'].get('score_seconds', 0.0):.1f} s", flush=True)
         keras.backend.clear_session()  # free the graph before the next model
 
-    if eval_subset is not None:
-        for row in rows:
-            if row["model"] == "bert_pretrained":
-                row["comparison_on_subset"] = {
-                    name: summarize(per_user_all[name], eval_subset, args.bootstrap, seed)
-                    for name in names}
+    for row in rows:
+        if row["model"] == "bert_pretrained" and eval_subset is not None:
+            row["comparison_on_subset"] = {
+                name: summarize(per_user_all[name], eval_subset, args.bootstrap, seed)
+                for name in names}
+        if row["full_ranking"].get("users_subset"):
+            subset = full_rows_of[row["model"]]
+            row["full_ranking"]["comparison_on_subset"] = {
+                name: summarize(values, subset, args.bootstrap, seed, FULL_METRICS)
+                for name, values in per_user_full_all.items()
+                if np.isfinite(values["mrr"][subset]).all()}
 
+    pairwise_run = any(row["full_ranking"].get("pairwise") for row in rows)
     ml = base.data.movielens
     protocol = {
         "dataset": args.dataset, "data_dir": args.data_dir, "variant": info.get("variant"),
@@ -411,6 +594,27 @@ def run(args, names: list, per_model: dict) -> dict:
         "ties": "a negative tied with the positive ranks above it (pessimistic)",
         "metrics": "mean over users of per-user HR@10, nDCG@10, MRR, AUC "
                    "(trainer.metrics.sampled_ranking_metrics)",
+        "full_ranking": {
+            "candidates": "the held-out positive and every catalogue item the user never "
+                          "rated (any rating, any split); no sampling",
+            "rated_from": "trainer.datasets.movielens.read_movielens + prepare",
+            "catalogue_items": len(ids.items),
+            "candidates_per_user": _spread(candidates),
+            "ties": "an item tied with the positive ranks above it (pessimistic)",
+            "metrics": "mean over users of per-user HR@10, nDCG@10, MRR "
+                       "(trainer.metrics.full_ranking_metrics), same bootstrap",
+            "logits": "ModelKind.catalogue_logits (trainer/model_kinds.py)",
+            "pairwise_users": int(len(pairwise_rows)) if pairwise_run else None,
+            "pretrained_users": (int(len(full_rows_of["bert_pretrained"]))
+                                 if "bert_pretrained" in names else None),
+            "pairwise_note": (
+                "rows whose kind scores every (user, item) pair (the cross-encoders) are "
+                "ranked on a seeded subset of users"
+                + (" drawn from bert_pretrained's users" if eval_subset is not None else "")
+                + "; their full_ranking.comparison_on_subset gives every model on it"
+                if pairwise_run and len(pairwise_rows) < len(scored) else
+                "every row is ranked for every scored user"),
+        },
         "data_seconds": round(data_seconds, 2),
         "replicas": strategy.num_replicas_in_sync,
     }
@@ -428,14 +632,49 @@ def run(args, names: list, per_model: dict) -> dict:
     return result
 
 
+def _full_ranking(kind, model, packer, user_rows, full_rows, item_text, rated, logits,
+                  sampled, scored, batch_size: int, pairwise: bool, args, seed: int) -> dict:
+    """The row's full-ranking block (with ``per_user``: the per-user metric arrays)."""
+    t0 = time.time()
+    catalogue_logits = kind.catalogue_logits(model, packer, user_rows.subset(full_rows),
+                                             item_text, batch_size)
+    seconds = time.time() - t0
+    full = metrics.full_ranking_metrics(catalogue_logits, user_rows.item_index[full_rows],
+                                        exclude=rated[full_rows], ks=KS)
+    # The same model scored two ways must agree on the sampled candidates.
+    in_full = np.isin(sampled.group, scored[full_rows])
+    at = np.searchsorted(scored[full_rows], sampled.group[in_full])
+    diff = np.abs(catalogue_logits[at, sampled.item_index[in_full]] - logits[in_full])
+    per_user = {key: full[key] for key in FULL_METRICS}
+    return {**summarize(per_user, np.arange(len(full_rows)), args.bootstrap, seed,
+                        FULL_METRICS),
+            "candidates_per_user": _spread(full["candidates"]),
+            "score_seconds": round(seconds, 2),
+            "pairwise": bool(pairwise),
+            "users_subset": bool(len(full_rows) < len(scored)),
+            "max_abs_logit_diff_vs_sampled": float(np.max(diff, initial=0.0)),
+            "per_user": per_user}
+
+
+def _spread(values) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    if not len(values):
+        return {"min": 0, "mean": float("nan"), "max": 0}
+    return {"min": int(values.min()), "mean": round(float(values.mean()), 1),
+            "max": int(values.max())}
+
+
 def _settings(cfg, fitted: dict, tables: dict, model) -> dict:
     m, t = cfg.model, cfg.train
     settings = {"kind": m.kind, "train_examples": len(tables["train"]),
                 "validation_examples": len(tables["validation"]),
                 "epochs": t.epochs, "epochs_run": fitted["epochs_run"],
                 "steps_per_epoch": fitted["steps_per_epoch"], "batch_size": t.batch_size,
-                "learning_rate": t.learning_rate,
+                "learning_rate": t.learning_rate, "weight_decay": t.weight_decay,
                 "parameters": int(model.count_params())}
+    two_tower = m.kind == "sasrec" or (m.kind == "bert" and m.interaction == "two_tower")
+    if m.kind == "bert":
+        settings["interaction"] = m.interaction
     if m.kind == "mf":
         settings.update(embedding_dim=m.embedding_dim, l2=m.l2)
     if m.kind == "bert" and not m.pretrained:
@@ -443,8 +682,18 @@ def _settings(cfg, fitted: dict, tables: dict, model) -> dict:
                         num_heads=m.num_heads, intermediate_dim=m.intermediate_dim,
                         vocab_size=cfg.data.vocab_size)
     if m.kind == "bert":
-        settings.update(sequence_length=cfg.data.sequence_length, pooling=m.pooling,
-                        item_text_fields=list(cfg.data.item_text_fields))
+        settings.update(pooling=m.pooling, item_text_fields=list(cfg.data.item_text_fields))
+        if m.interaction == "cross":
+            settings["sequence_length"] = cfg.data.sequence_length
+        else:
+            settings["item_max_tokens"] = cfg.data.item_max_tokens
+    if two_tower:
+        settings.update(loss=t.loss, item_ids=m.kind == "sasrec" or m.item_ids,
+                        user_layers=m.user_layers, user_heads=m.user_heads,
+                        max_interest=m.max_interest, max_history=cfg.data.max_history,
+                        dropout=m.dropout)
+        if m.kind == "sasrec":
+            settings["embedding_dim"] = m.hidden_dim
     if fitted["history"].get("val_auc"):
         settings["best_val_auc"] = max(fitted["history"]["val_auc"])
     return settings

@@ -122,6 +122,7 @@ def benchmark_config(size_name: str, jit_compile: bool = False, tfrecord_dir: st
     overrides = [f"model.{k}={v}" for k, v in size.items()] + [
         f"model.max_sequence_length={SEQUENCE_LENGTH}", "model.dropout=0.1",
         "model.head_dropout=0.1", "model.normalize_first=false", "model.pooling=cls",
+        "model.interaction=cross",  # the cross-encoder: the peers are cross-encoders too
         f"data.sequence_length={SEQUENCE_LENGTH}", "data.item_max_tokens=32",
         f"train.batch_size={BATCH_SIZE}", f"train.jit_compile={str(jit_compile).lower()}",
         "train.learning_rate=1e-4", "train.epochs=1"]

@@ -27,8 +27,7 @@ from explainability import explainer as explainer_lib
 from explainability.history_attributions import Case
 from explainability.pair_scorer import PairScorer
 from explainability.report import render_report
-from explainability.two_tower_scorer import TwoTowerScorer
-from trainer import input_pipeline, model_kinds
+from trainer import model_kinds
 from trainer.datasets.canonical import atomic_directory, atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError, UserInputError
 from trainer.train_lib import load_run_config, load_run_packer, prepare_data
@@ -51,20 +50,9 @@ def load_text_run(model_dir: str, prepared=None):
             load_run_packer(cfg, model_dir, prepared))
 
 
-def make_scorer(cfg, model, featurizer) -> tuple[PairScorer, object]:
-    """``(scorer, compose)`` for the run's model: the cross-encoder scores its packed pairs;
-    a two-tower model is read through :class:`TwoTowerScorer` (one row per example, the
-    texts it encodes as slots), whose user side always keeps a query part."""
-    if isinstance(featurizer, input_pipeline.TwoTowerFeatures):
-        scorer = TwoTowerScorer(model, featurizer, batch_size=cfg.train.eval_batch_size)
-        return scorer, scorer.compose
-    return (PairScorer(model, featurizer, batch_size=cfg.train.eval_batch_size),
-            make_compose(cfg.data.max_history))
-
-
 def make_compose(max_history: int):
-    """The run's user-side formatting for a list of shown titles (oldest first)."""
-    return lambda query, titles: input_pipeline.user_side_text(query, titles, max_history)
+    """The cross-encoder's user-side formatting for a list of shown titles (oldest first)."""
+    return model_kinds.user_side_composer(max_history)
 
 
 def make_case(example, impression: list, catalogue, cfg, index: int,
@@ -152,7 +140,7 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
     cfg, model, featurizer = load_text_run(model_dir, prepared)
     if split not in prepared.splits or not prepared.splits[split]:
         raise DataError(f"the {split} split of {model_dir} is empty; choose another --split")
-    scorer, compose = make_scorer(cfg, model, featurizer)
+    scorer, compose = model_kinds.for_config(cfg).explanation_scorer(cfg, model, featurizer)
     explainer = explainer_lib.Explainer(scorer, compose, options)
     cases = select_cases(prepared.splits[split], prepared.catalogue, cfg, scorer,
                          num_examples, select, seed, compose)

@@ -187,11 +187,35 @@ def build_archive(model: keras.Model, packer=None) -> keras.export.ExportArchive
     return archive
 
 
+def two_tower_request(user_texts: list, item_texts: list, separator: str = " ; ") -> dict:
+    """``serving_default`` inputs of a two-tower export from cross-encoder style user sides:
+    ``"query ; newest item text ; ... ; oldest"`` (the first part is the query, "" for
+    none). Item ids are left empty, so a hybrid model scores these items by their text."""
+    parts = [[p.strip() for p in text.split(separator.strip())] for text in user_texts]
+    width = max(1, max(len(p) - 1 for p in parts))
+    history = [p[1:] + [""] * (width - len(p) + 1) for p in parts]
+    return {"query": tf.constant([p[0] for p in parts]), "history_text": tf.constant(history),
+            "history_ids": tf.fill([len(parts), width], ""),
+            "item_text": tf.constant(list(item_texts)),
+            "item_id": tf.fill([len(item_texts)], "")}
+
+
 def export_saved_model(model: keras.Model, export_dir: str, packer=None) -> str:
     """Writes the SavedModel to a temporary sibling directory, then renames it into place."""
     with atomic_directory(export_dir) as tmp:
         build_archive(model, packer).write_out(tmp, verbose=False)
     return export_dir
+
+
+def predict_texts(export_dir: str, user_texts: list, item_texts: list) -> dict:
+    """``serving_default`` of the SavedModel at ``export_dir`` on cross-encoder style pairs
+    (``"query ; newest item ; ..."``, item text), whichever interaction the run trained: a
+    two-tower export gets :func:`two_tower_request`'s inputs."""
+    serve = load_serving_fn(export_dir)
+    if "query" in serve.structured_input_signature[1]:
+        return serve(**two_tower_request(user_texts, item_texts))
+    return serve(user_text=tf.constant(list(user_texts)),
+                 item_text=tf.constant(list(item_texts)))
 
 
 def load_serving_fn(export_dir: str, signature: str = "serving_default"):

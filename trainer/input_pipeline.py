@@ -212,14 +212,23 @@ class TwoTowerFeatures:
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(self.item_ids[1:]), tf.constant(index[1:])), default_value=0)
 
+    def _fit_history(self, strings):
+        """``[b, any]`` -> ``[b, H]``: the H most recent kept, "" padding after."""
+        strings = strings[:, : self.max_history]
+        missing = self.max_history - tf.shape(strings)[1]
+        return tf.pad(strings, [[0, 0], [0, missing]], constant_values="")
+
     def from_text(self, query, history_texts, item_texts, history_ids=None, item_ids=None,
                   index_table=None) -> dict:
         """Model inputs from raw strings: ``query`` ``[b]`` ("" = none), ``history_texts``
         ``[b, H]`` (most recent first, "" = padding), ``item_texts`` ``[b]`` and,
         optionally, the matching item id strings (looked up in ``index_table``; unknown
-        ids get no id feature). What the SavedModel's signatures run."""
+        ids get no id feature). Histories longer than H are cut to their H most recent
+        items, shorter ones padded. What the SavedModel's signatures run."""
         item_texts = tf.convert_to_tensor(item_texts, tf.string)
-        history_texts = tf.convert_to_tensor(history_texts, tf.string)
+        history_texts = self._fit_history(tf.convert_to_tensor(history_texts, tf.string))
+        if history_ids is not None:
+            history_ids = self._fit_history(tf.convert_to_tensor(history_ids, tf.string))
         batch = tf.shape(item_texts)[0]
         table = index_table if index_table is not None else self.index_table()
 

@@ -2,7 +2,7 @@
 
 A :class:`ModelKind` says which inputs a model needs (its *featurizer*: the object that
 turns table columns or raw strings into the int tensors the model reads), how the model
-is built, which training rows it learns from, and how it is exported. ``train_lib``,
+is built, which training rows it learns from, and how it is explained. ``train_lib``,
 ``tune_lib``, ``explain_lib`` and the benchmarks ask the kind instead of branching on
 ``model.kind``, so a new family is one new class here plus a config value.
 
@@ -19,11 +19,15 @@ popularity              None (ids)                       MostPopular (counted, n
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from explainability.pair_scorer import PairScorer
+from explainability.two_tower_scorer import TwoTowerScorer
 from models.baselines import MatrixFactorization, MostPopular
 from models.bert_recommender import BERTRecommender
 from models.layers.item_text_tokenizer import ItemTextTokenizer
@@ -63,6 +67,13 @@ class ModelKind:
     def fit_counts(self, model: keras.Model, table) -> None:
         """Sets anything counted from the training rows rather than learned."""
 
+    def explanation_scorer(self, cfg: config_lib.ExperimentConfig, model: keras.Model,
+                           featurizer) -> tuple:
+        """``(scorer, compose)`` through which ``explainability`` reads the model: the
+        scorer edits and re-scores packed rows, ``compose(query, texts oldest first)``
+        writes the user side it packs. Id-only kinds have no words to explain."""
+        raise ValueError(f"model.kind={cfg.model.kind} reads no words to explain")
+
     def catalogue_logits(self, model: keras.Model, featurizer, user_rows, item_text,
                          batch_size: int) -> np.ndarray:
         """Logits of every user in ``user_rows`` (a ``PairTable``, one row per user: its
@@ -93,6 +104,16 @@ class ModelKind:
             logits = np.asarray(model.predict(data, verbose=0), np.float32)
             out[rows, 1:] = logits.reshape(len(rows), len(items))
         return out
+
+
+def user_side_composer(max_history: int):
+    """``compose(query, titles oldest first)``: the cross-encoder's user side, as training
+    wrote it (``input_pipeline.user_side_text``)."""
+    return functools.partial(_user_side, max_history=max_history)
+
+
+def _user_side(query, titles, max_history):
+    return input_pipeline.user_side_text(query, titles, max_history)
 
 
 def _tokenizer(cfg, vocabulary):
@@ -132,6 +153,10 @@ class CrossEncoder(ModelKind):
         return {**super().dummy_batch(featurizer),
                 **featurizer(tf.constant(["a"]), tf.constant(["b"]))}
 
+    def explanation_scorer(self, cfg, model, featurizer):
+        return (PairScorer(model, featurizer, batch_size=cfg.train.eval_batch_size),
+                user_side_composer(cfg.data.max_history))
+
 
 class TwoTower(ModelKind):
     """One shared item encoder for candidate, history items and query; a user transformer
@@ -161,7 +186,7 @@ class TwoTower(ModelKind):
             embedding_dim=0 if encoder is not None else m.hidden_dim,
             pooling=m.pooling, user_layers=m.user_layers, user_heads=m.user_heads,
             user_intermediate_dim=m.intermediate_dim, dropout=m.dropout, loss=cfg.train.loss,
-            max_interest=m.max_interest)
+            max_interest=m.max_interest, catalogue_size=len(ids.items))
 
     def dummy_batch(self, featurizer):
         history = tf.fill([1, featurizer.max_history], "")
@@ -174,6 +199,14 @@ class TwoTower(ModelKind):
             # the batch are its negatives.
             return table.subset(table.label > 0)
         return table
+
+    def explanation_scorer(self, cfg, model, featurizer):
+        if not self.uses_text:
+            return super().explanation_scorer(cfg, model, featurizer)
+        # One packed row per example, the texts the model encodes as slots; its user side
+        # always keeps a query part (explainability/two_tower_scorer.py).
+        scorer = TwoTowerScorer(model, featurizer, batch_size=cfg.train.eval_batch_size)
+        return scorer, scorer.compose
 
     def fit_counts(self, model, table):
         if isinstance(model, TwoTowerRecommender):

@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="score pairs with the exported SavedModel")
     predict.add_argument("--model_dir", required=True)
     predict.add_argument("--user_text", action="append", required=True,
-                         help="user side text (repeat for a batch)")
+                         help="user side text (repeat for a batch): 'query ; newest history "
+                         "item ; ...'; for a two-tower run the first part is always the "
+                         "query (leave it empty: ' ; item a ; item b')")
     predict.add_argument("--item_text", action="append", required=True,
                          help="candidate item text (repeat, same count as --user_text)")
     explain = sub.add_parser("explain", help="explain a trained run's recommendations and "
@@ -123,11 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             if not os.path.isdir(export_dir) and "://" not in export_dir:
                 raise UserInputError(f"{export_dir}: no SavedModel; train first or point "
                                      "--model_dir at a finished run")
-            import tensorflow as tf
             from trainer import export
-            serve = export.load_serving_fn(export_dir)
-            out = serve(user_text=tf.constant(args.user_text),
-                        item_text=tf.constant(args.item_text))
+            out = export.predict_texts(export_dir, args.user_text, args.item_text)
             for user, item, p in zip(args.user_text, args.item_text,
                                      out["click_probability"].numpy()):
                 print(f"{p:.4f}\t{user!r}\t{item!r}")

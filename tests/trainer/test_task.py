@@ -48,3 +48,16 @@ def test_predict_needs_a_finished_run_and_matching_counts(tmp_path, capsys):
     assert "no SavedModel" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         task.main(["predict", "--model_dir", str(tmp_path)])  # argparse: missing args
+
+
+def test_predict_on_a_two_tower_run(trained_two_tower_run, capsys):
+    model_dir, _ = trained_two_tower_run
+    code = task.main(["predict", "--model_dir", model_dir,
+                      "--user_text", "looking for a camera ; acme wireless camera",
+                      "--item_text", "globex wireless camera pro",
+                      "--user_text", " ; a ; b ; c ; d ; e ; f ; g",  # longer than H
+                      "--item_text", "initech phone"])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert all(0.0 < float(line.split("\t")[0]) < 1.0 for line in lines)

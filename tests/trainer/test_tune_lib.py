@@ -99,10 +99,10 @@ def test_searches_that_cannot_be_compared_are_refused(overrides, entry, message)
 
 def test_trial_config_replaces_exactly_the_sampled_fields():
     cfg = load()
-    trial = tune_lib.trial_config(cfg, {"train.learning_rate": 1e-5, "model.pooling": "mean",
+    trial = tune_lib.trial_config(cfg, {"train.learning_rate": 1e-5, "model.pooling": "cls",
                                         "data.max_history": 2})
     assert (trial.train.learning_rate, trial.model.pooling, trial.data.max_history) == \
-        (1e-5, "mean", 2)
+        (1e-5, "cls", 2)
     changed = train_lib._diff_keys(config_lib.to_dict(cfg), config_lib.to_dict(trial))
     assert sorted(changed) == ["data.max_history", "model.pooling", "train.learning_rate"]
 
