@@ -59,15 +59,25 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "total_steps": self.total_steps}
 
 
-def make_optimizer(train_cfg: config_lib.TrainConfig, total_steps: int):
+def make_optimizer(train_cfg: config_lib.TrainConfig, total_steps: int,
+                   model: keras.Model | None = None):
     """AdamW with warmup + linear decay, global-norm clipping, and no weight decay on
-    LayerNorm parameters and biases (the BERT recipe)."""
+    LayerNorm parameters and biases (the BERT recipe).
+
+    Keras matches ``var_names`` against a variable's short name, which for a bias kept in
+    an ``Embedding`` (the per-item/per-user biases of MF and the two-tower model) is just
+    "embeddings"; so the built ``model``'s variables whose path names a bias are excluded
+    by identity as well.
+    """
     schedule = WarmupLinearDecay(train_cfg.learning_rate,
                                  int(train_cfg.warmup_fraction * total_steps), total_steps)
     optimizer = keras.optimizers.AdamW(
         learning_rate=schedule, weight_decay=train_cfg.weight_decay,
         global_clipnorm=train_cfg.clipnorm or None)
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "global_bias"])
+    biases = [v for v in (model.trainable_variables if model is not None else [])
+              if "/" in v.path and v.path.split("/")[-2].endswith("_bias")]
+    optimizer.exclude_from_weight_decay(var_list=biases or None,
+                                        var_names=["bias", "gamma", "beta", "global_bias"])
     return optimizer
 
 
@@ -234,7 +244,7 @@ def compile_model(cfg: config_lib.ExperimentConfig, model: keras.Model, packer,
     with strategy.scope():
         model(dummy_batch(cfg, packer))  # build the weights before compile/restore
         model.compile(
-            optimizer=make_optimizer(cfg.train, total_steps),
+            optimizer=make_optimizer(cfg.train, total_steps, model),
             loss=keras.losses.BinaryCrossentropy(from_logits=True),
             metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
             jit_compile=cfg.train.jit_compile,
