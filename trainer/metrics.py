@@ -442,13 +442,19 @@ def sampled_ranking_metrics(
     tied = np.sum(negatives == positive, axis=1)
     rank = 1.0 + above_or_tied
 
+    result = _rank_metrics(rank, ks)
+    result["auc"] = (below + 0.5 * tied) / num_negatives
+    return result
+
+
+def _rank_metrics(rank: np.ndarray, ks: Sequence[int]) -> dict:
+    """Per-user HR@k, nDCG@k (one relevant item) and reciprocal rank from 1-based ranks."""
     result = {}
     for k in ks:
         hit = rank <= k
         result[f"hr@{k}"] = hit.astype(np.float64)
         result[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(rank + 1.0), 0.0)
     result["mrr"] = 1.0 / rank
-    result["auc"] = (below + 0.5 * tied) / num_negatives
     return result
 
 
@@ -543,11 +549,6 @@ def full_ranking_metrics(
     above_or_tied = np.sum(candidate & (s >= s[users, positive][:, None]), axis=1)
     rank = 1.0 + above_or_tied
 
-    result = {}
-    for k in ks:
-        hit = rank <= k
-        result[f"hr@{k}"] = hit.astype(np.float64)
-        result[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(rank + 1.0), 0.0)
-    result["mrr"] = 1.0 / rank
+    result = _rank_metrics(rank, ks)
     result["candidates"] = candidate.sum(axis=1).astype(np.float64)
     return result

@@ -6,6 +6,8 @@ import keras
 import keras_hub
 import tensorflow as tf
 
+from models.layers.text_pair_packer import special_token_ids
+
 
 @keras.saving.register_keras_serializable(package="bert_recommender")
 class ItemTextTokenizer(keras.layers.Layer):
@@ -29,10 +31,7 @@ class ItemTextTokenizer(keras.layers.Layer):
         super().__init__(**kwargs)
         self.tokenizer = tokenizer
         self.sequence_length = sequence_length
-        ids = {token: tokenizer.token_to_id(token) for token in ("[PAD]", "[CLS]", "[SEP]")}
-        if ids["[PAD]"] != 0:
-            # The model derives its padding mask as token_ids != 0.
-            raise ValueError(f"the vocabulary must put [PAD] at id 0, found {ids['[PAD]']}")
+        ids = special_token_ids(tokenizer)
         self.packer = keras_hub.layers.StartEndPacker(
             sequence_length=sequence_length, start_value=ids["[CLS]"],
             end_value=ids["[SEP]"], pad_value=0)

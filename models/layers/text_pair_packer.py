@@ -7,6 +7,15 @@ import keras_hub
 import tensorflow as tf
 
 
+def special_token_ids(tokenizer) -> dict:
+    """``{"[PAD]", "[CLS]", "[SEP]"}`` -> id in ``tokenizer``'s vocabulary; [PAD] must be 0
+    because the models derive their padding mask as ``token_ids != 0``."""
+    ids = {token: tokenizer.token_to_id(token) for token in ("[PAD]", "[CLS]", "[SEP]")}
+    if ids["[PAD]"] != 0:
+        raise ValueError(f"the vocabulary must put [PAD] at id 0, found {ids['[PAD]']}")
+    return ids
+
+
 @keras.saving.register_keras_serializable(package="bert_recommender")
 class TextPairPacker(keras.layers.Layer):
     """``[CLS] user [SEP] item [SEP]`` token ids and segment ids from raw strings.
@@ -29,10 +38,7 @@ class TextPairPacker(keras.layers.Layer):
         self.tokenizer = tokenizer
         self.sequence_length = sequence_length
         self.item_max_tokens = item_max_tokens
-        ids = {token: tokenizer.token_to_id(token) for token in ("[PAD]", "[CLS]", "[SEP]")}
-        if ids["[PAD]"] != 0:
-            # The model derives its padding mask as token_ids != 0.
-            raise ValueError(f"the vocabulary must put [PAD] at id 0, found {ids['[PAD]']}")
+        ids = special_token_ids(tokenizer)
         self.packer = keras_hub.layers.MultiSegmentPacker(
             sequence_length=sequence_length, start_value=ids["[CLS]"],
             end_value=ids["[SEP]"], pad_value=0, truncate="waterfall")
