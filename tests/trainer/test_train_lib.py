@@ -9,7 +9,6 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from models.baselines import MatrixFactorization
 from trainer import config as config_lib
 from trainer import export, train_lib
 from trainer.datasets.canonical import DataError
@@ -257,18 +256,3 @@ def test_profile_steps_trace_the_requested_steps(tmp_path, tiny_config):
 def test_bad_profile_steps_name_the_key(tiny_config, value):
     with pytest.raises(config_lib.ConfigError, match="runtime.profile_steps"):
         tiny_config(f"runtime.profile_steps={value}")
-
-
-def test_no_weight_decay_on_biases_kept_in_embeddings(tiny_config):
-    """MF's user/item biases are Embedding tables (variable name "embeddings"): they must
-    be excluded from AdamW's decay like every other bias; the factors are not."""
-    cfg = tiny_config("model.kind=mf", "train.weight_decay=0.1")
-    model = MatrixFactorization(5, 7, 4, 0.0)
-    model({"user_index": tf.zeros([1], tf.int32), "item_index": tf.zeros([1], tf.int32)})
-    optimizer = train_lib.make_optimizer(cfg.train, 10, model)
-    decayed = {v.path: optimizer._use_weight_decay(v) for v in model.trainable_variables}
-    assert decayed == {"matrix_factorization/global_bias": False,
-                       "matrix_factorization/user_embedding/embeddings": True,
-                       "matrix_factorization/item_embedding/embeddings": True,
-                       "matrix_factorization/user_bias/embeddings": False,
-                       "matrix_factorization/item_bias/embeddings": False}
