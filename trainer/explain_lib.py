@@ -112,8 +112,8 @@ def select_cases(examples: list, catalogue, cfg, scorer: PairScorer, num_example
 def run_explanations(model_dir: str, num_examples: int = 20, methods: list | None = None,
                      split: str = "test", select: str = "top", seed: int = 0,
                      ig_steps: int = 32, shapley_permutations: int = 32,
-                     progress: bool = True,
-                     ig_baseline: str = "pad") -> tuple[list, dict, dict]:
+                     progress: bool = True, ig_baseline: str = "pad",
+                     lime_samples: int = 256) -> tuple[list, dict, dict]:
     """Explains ``num_examples`` recommendations of the run in ``model_dir``; writes nothing.
 
     Returns ``(records, faithfulness summary, context)`` where ``context`` holds the loaded
@@ -126,7 +126,8 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
     try:
         options = explainer_lib.ExplainOptions(
             methods=tuple(methods or explainer_lib.DEFAULT_METHODS), ig_steps=ig_steps,
-            ig_baseline=ig_baseline, shapley_permutations=shapley_permutations, seed=seed)
+            ig_baseline=ig_baseline, shapley_permutations=shapley_permutations,
+            lime_samples=lime_samples, seed=seed)
     except ValueError as err:
         raise UserInputError(f"--methods: {err}") from None
     if "shap" in options.methods:
@@ -158,7 +159,8 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
             bar.add(1)
     summary = explainer_lib.summarize_faithfulness(token_rows, history_rows, seed=seed)
     summary.update({"split": split, "select": select, "seed": seed, "ig_steps": ig_steps,
-                    "ig_baseline": ig_baseline, "shapley_permutations": shapley_permutations})
+                    "ig_baseline": ig_baseline, "shapley_permutations": shapley_permutations,
+                    "lime_samples": lime_samples})
     not_applicable = {m: r for m, r in scorer.not_applicable.items() if m in options.methods}
     if not_applicable:
         summary["not_applicable"] = not_applicable

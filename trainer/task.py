@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="integrated gradients' baseline: every word piece replaced by "
                          "the [PAD] or the [MASK] embedding")
     explain.add_argument("--shapley_permutations", type=int, default=32)
+    explain.add_argument("--lime_samples", type=int, default=256,
+                         help="LIME's neighbourhood per example (word masks scored, the "
+                         "input included; with --methods ...,lime)")
     explain.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 methods=[m.strip() for m in args.methods.split(",") if m.strip()],
                 split=args.split, select=args.select, seed=args.seed,
                 ig_steps=args.ig_steps, ig_baseline=args.ig_baseline,
-                shapley_permutations=args.shapley_permutations)
+                shapley_permutations=args.shapley_permutations,
+                lime_samples=args.lime_samples)
             print("\n" + format_faithfulness_table(summary))
             out = os.path.join(args.model_dir, "explanations")
             print(f"\noutputs:\n  {out}/report.html\n  {out}/explanations.jsonl\n"

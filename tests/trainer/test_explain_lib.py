@@ -101,7 +101,7 @@ def test_cli_prints_the_table(trained_run, tmp_path, capsys):
     shutil.copytree(source, model_dir)
     code = task.main(["explain", "--model_dir", model_dir, "--num_examples", "2",
                       "--methods", "integrated_gradients,occlusion,lime,leave_one_out",
-                      "--ig_baseline", "mask"])
+                      "--ig_baseline", "mask", "--lime_samples", "64"])
     printed = capsys.readouterr().out
     assert code == 0
     assert "occlusion" in printed and "leave_one_out" in printed and "random" in printed
@@ -109,13 +109,14 @@ def test_cli_prints_the_table(trained_run, tmp_path, capsys):
     assert os.path.exists(os.path.join(model_dir, "explanations", "report.html"))
     with open(os.path.join(model_dir, "explanations", "faithfulness.json")) as f:
         saved = json.load(f)
-    assert saved["ig_baseline"] == "mask"
+    assert saved["ig_baseline"] == "mask" and saved["lime_samples"] == 64
     assert saved["methods"]["integrated_gradients"]["completeness_error"] < 0.01
 
 
 @pytest.mark.parametrize("args, message", [
     (["--num_examples", "0"], "--num_examples must be at least 1"),
     (["--methods", "integrated_gradients,anchors"], "unknown explanation method"),
+    (["--methods", "lime", "--lime_samples", "1"], "lime_samples must be an integer >= 2"),
 ])
 def test_bad_arguments_fail_before_writing(trained_run, tmp_path, capsys, args, message):
     _, source, _ = trained_run
