@@ -149,15 +149,21 @@ class TwoTowerRecommender(keras.Model):
     def item_vectors(self, token_ids, item_index, training=False):
         """``v(i)`` for items given as token rows ``[n, L]`` and id indices ``[n]``
         (any leading shape works: ``[b, h, L]`` and ``[b, h]`` give ``[b, h, d]``)."""
-        index = ops.cast(item_index, "int32")
         vectors = None
         if self.item_encoder is not None:
             vectors = self._encode_text(token_ids, training)
-        if self.num_items > 0:
-            ids = self.id_dropout(self.item_id_embedding(index), training=training)
-            ids = ids * ops.expand_dims(ops.cast(ops.greater(index, 0), ids.dtype), -1)
-            vectors = ids if vectors is None else vectors + ops.cast(ids, vectors.dtype)
-        return vectors
+        return self._with_ids(vectors, item_index, training)
+
+    def _with_ids(self, text_vectors, item_index, training):
+        """Adds the id embedding of each known id (index > 0) to its text vector (None:
+        an id-only model); unchanged without ids."""
+        if self.num_items <= 0:
+            return text_vectors
+        index = ops.cast(item_index, "int32")
+        ids = self.id_dropout(self.item_id_embedding(index), training=training)
+        ids = ids * ops.expand_dims(ops.cast(ops.greater(index, 0), ids.dtype), -1)
+        return ids if text_vectors is None else text_vectors + ops.cast(ids,
+                                                                        text_vectors.dtype)
 
     def _encode_text(self, token_ids, training):
         token_ids = ops.cast(token_ids, "int32")
@@ -218,10 +224,7 @@ class TwoTowerRecommender(keras.Model):
         history_index = ops.cast(history_index, "int32")
         item_index = ops.cast(item_index, "int32")
         ids = ops.concatenate([history_index, ops.expand_dims(item_index, 1)], axis=1)
-        vectors = text[:, 1:]
-        if self.num_items > 0:
-            known = ops.expand_dims(ops.cast(ops.greater(ids, 0), vectors.dtype), -1)
-            vectors = vectors + ops.cast(self.item_id_embedding(ids), vectors.dtype) * known
+        vectors = self._with_ids(text[:, 1:], ids, training)
         inputs = {"history_index": history_index,
                   "history_token_ids": slot_token_ids[:, 1:-1],
                   "query_token_ids": slot_token_ids[:, 0]}

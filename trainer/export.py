@@ -48,8 +48,9 @@ import tensorflow as tf
 
 from explainability.token_attributions import integrated_gradients_tensors
 from explainability.two_tower_scorer import SlotRowView
+from models.layers.text_pair_packer import special_token_ids
 from trainer.datasets.canonical import atomic_directory
-from trainer.input_pipeline import TwoTowerFeatures
+from trainer.input_pipeline import USER_SIDE_SEPARATOR, TwoTowerFeatures
 
 EXPLAIN_STEPS = 32
 
@@ -96,7 +97,7 @@ def _add_two_tower_endpoints(archive: keras.export.ExportArchive, model, feature
     if features.tokenizer is not None and model.item_encoder is not None:
         tokenizer = features.tokenizer.tokenizer
         vocabulary = tf.constant(tokenizer.get_vocabulary())
-        special_ids = [tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")]
+        special_ids = list(special_token_ids(tokenizer).values())
         view = SlotRowView(model, features.max_history, features.tokenizer.sequence_length)
 
         def explain(query, history_text, history_ids, item_text, item_id):
@@ -104,10 +105,10 @@ def _add_two_tower_endpoints(archive: keras.export.ExportArchive, model, feature
             rows = view.rows(x)
             ig = integrated_gradients_tensors(view, rows, tf.zeros_like(rows), special_ids,
                                               fill_id=special_ids[0], steps=EXPLAIN_STEPS)
-            shape = tf.shape(view.slot_ids(rows))
-            return {"tokens": tf.gather(vocabulary, view.slot_ids(rows)),
+            slot_ids = view.slot_ids(rows)
+            return {"tokens": tf.gather(vocabulary, slot_ids),
                     "attributions": tf.reshape(
-                        ig["attributions"][:, features.max_history + 1:], shape),
+                        ig["attributions"][:, features.max_history + 1:], tf.shape(slot_ids)),
                     "click_probability": ig["score"],
                     "baseline_probability": ig["baseline_score"]}
 
@@ -152,7 +153,7 @@ def build_archive(model: keras.Model, packer=None) -> keras.export.ExportArchive
 
         tokenizer = packer.tokenizer
         vocabulary = tf.constant(tokenizer.get_vocabulary())
-        special_ids = [tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")]
+        special_ids = list(special_token_ids(tokenizer).values())
 
         def explain(user_text, item_text):
             packed = packer(user_text, item_text)
@@ -187,7 +188,8 @@ def build_archive(model: keras.Model, packer=None) -> keras.export.ExportArchive
     return archive
 
 
-def two_tower_request(user_texts: list, item_texts: list, separator: str = " ; ") -> dict:
+def two_tower_request(user_texts: list, item_texts: list,
+                      separator: str = USER_SIDE_SEPARATOR) -> dict:
     """``serving_default`` inputs of a two-tower export from cross-encoder style user sides:
     ``"query ; newest item text ; ... ; oldest"`` (the first part is the query, "" for
     none). Item ids are left empty, so a hybrid model scores these items by their text."""

@@ -221,24 +221,7 @@ class TwoTower(ModelKind):
             raise ValueError(f"item_text has {num} entries, the featurizer's catalogue "
                              f"{len(featurizer.item_ids)}")
         history = featurizer.max_history
-
-        def inputs(item_index, history_index, query):
-            batch = {"item_index": tf.constant(item_index, tf.int32),
-                     "history_index": tf.constant(history_index, tf.int32)}
-            if featurizer.tokenizer is not None:
-                batch["query"] = tf.constant(np.asarray(query, dtype=object).astype(str))
-            return featurizer.features(batch)
-
-        vectors, index = [], []
-        for start in range(0, num, batch_size):
-            chunk = np.arange(start, min(start + batch_size, num), dtype=np.int32)
-            features = inputs(chunk, np.zeros([len(chunk), history], np.int32),
-                              [""] * len(chunk))
-            vectors.append(model.item_vectors(features.get("item_token_ids"),
-                                              features["item_index"]))
-            index.append(features["item_index"])
-        vectors = tf.concat(vectors, axis=0)
-        index = tf.concat(index, axis=0)
+        vectors, index = catalogue_item_vectors(model, featurizer, np.arange(num), batch_size)
         # The max-interest term holds a [users, 1 + H, N] tensor: keep it near 128 MB.
         users_per_call = max(1, min(batch_size, 2 ** 25 // (num * (1 + history))))
         out = np.zeros([len(user_rows), num], np.float32)
@@ -246,10 +229,36 @@ class TwoTower(ModelKind):
                    else np.full(len(user_rows), "", dtype=object))
         for start in range(0, len(user_rows), users_per_call):
             rows = slice(start, min(start + users_per_call, len(user_rows)))
-            state = model.user_state(inputs(user_rows.item_index[rows],
-                                            user_rows.history_index[rows], queries[rows]))
+            state = model.user_state(_features(featurizer, user_rows.item_index[rows],
+                                               user_rows.history_index[rows], queries[rows]))
             out[rows] = np.asarray(model.score_matrix(state, vectors, index), np.float32)
         return out
+
+
+def _features(featurizer, item_index, history_index, query) -> dict:
+    """Two-tower model inputs from table columns, through ``featurizer.features`` (so ids
+    training never saw are zeroed exactly as in training and prediction)."""
+    batch = {"item_index": tf.constant(item_index, tf.int32),
+             "history_index": tf.constant(history_index, tf.int32)}
+    if featurizer.tokenizer is not None:
+        batch["query"] = tf.constant(np.asarray(query, dtype=object).astype(str))
+    return featurizer.features(batch)
+
+
+def catalogue_item_vectors(model, featurizer, rows: np.ndarray, batch_size: int) -> tuple:
+    """``(item vectors [n, d], id-feature index [n])`` of catalogue ``rows``
+    (``TwoTowerFeatures`` indices) under a two-tower ``model``, in batches: what catalogue
+    scoring caches and the embedding projector shows."""
+    vectors, index = [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = np.asarray(rows[start:start + batch_size], np.int32)
+        features = _features(featurizer, chunk,
+                             np.zeros([len(chunk), featurizer.max_history], np.int32),
+                             [""] * len(chunk))
+        vectors.append(model.item_vectors(features.get("item_token_ids"),
+                                          features["item_index"]))
+        index.append(features["item_index"])
+    return tf.concat(vectors, axis=0), tf.concat(index, axis=0)
 
 
 class SequentialIds(TwoTower):

@@ -41,7 +41,7 @@ from tensorboard.plugins.pr_curve import metadata as pr_curve_metadata
 from models.baselines import MatrixFactorization
 from models.bert_recommender import BERTRecommender
 from models.two_tower import TwoTowerRecommender
-from trainer import metrics
+from trainer import metrics, model_kinds
 from trainer.datasets.canonical import atomic_directory, atomic_write_bytes, atomic_write_text
 
 BINNINGS = ("uniform", "quantile")
@@ -442,8 +442,9 @@ def item_embeddings(model, packer, catalogue, item_text_fields, *, item_index=No
                        f"with an empty user side; item text fields: "
                        f"{', '.join(item_text_fields)}")
     elif isinstance(model, TwoTowerRecommender):
-        rows = _rows_of(packer.item_ids, ids)
-        vectors = _two_tower_item_vectors(model, packer, rows, batch_size)
+        vectors, _ = model_kinds.catalogue_item_vectors(
+            model, packer, _rows_of(packer.item_ids, ids), batch_size)
+        vectors = np.asarray(vectors, np.float32)
         description = (f"{type(model).__name__} item tower: the cacheable item vector "
                        f"v(i) its click logit dots with the user vector (pooling="
                        f"{model.pooling}, item ids {'on' if model.num_items else 'off'})")
@@ -467,20 +468,6 @@ def item_embeddings(model, packer, catalogue, item_text_fields, *, item_index=No
 def _rows_of(item_ids: list, wanted: list) -> np.ndarray:
     position = {item: row for row, item in enumerate(item_ids)}
     return np.array([position[i] for i in wanted], dtype=np.int64)
-
-
-def _two_tower_item_vectors(model, features, rows: np.ndarray, batch_size: int) -> np.ndarray:
-    """Item-tower vectors of catalogue ``rows`` (TwoTowerFeatures indices)."""
-    id_index = np.where(features.trained_mask[rows], rows, 0).astype(np.int32)
-    encode = tf.function(lambda tokens, index: model.item_vectors(tokens, index))
-    out = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        tokens = (tf.constant(features.item_tokens[chunk])
-                  if features.item_tokens is not None else None)
-        out.append(keras.ops.convert_to_numpy(
-            encode(tokens, tf.constant(id_index[start:start + batch_size]))))
-    return np.concatenate(out).astype(np.float32)
 
 
 def _bert_item_vectors(model, packer, texts: list, batch_size: int) -> np.ndarray:
