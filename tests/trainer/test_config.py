@@ -75,6 +75,19 @@ def test_invalid_values_name_the_key(override, key):
         config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"), [override])
 
 
+@pytest.mark.parametrize("overrides,key", [
+    (["model.interaction=sideways"], "model.interaction"),
+    (["train.loss=hinge"], "train.loss"),
+    (["model.interaction=cross", "train.loss=softmax"], "train.loss"),
+    (["model.interaction=two_tower", "model.user_layers=-1"], "model.user_layers"),
+    (["model.interaction=two_tower", "model.user_heads=3"], "model.user_heads"),
+    (["model.interaction=two_tower", "data.max_history=0"], "data.max_history"),
+])
+def test_two_tower_settings_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"), overrides)
+
+
 def test_pretrained_with_normalize_first_is_refused():
     with pytest.raises(ConfigError, match="model.normalize_first"):
         config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"),
