@@ -72,6 +72,8 @@ class TwoTowerRecommender(keras.Model):
         softmax loss's logQ correction; defaults to ``num_items``. A text-only model has
         no id embeddings but still samples its in-batch negatives by item frequency.
       dropout: dropout in the user transformer and on the item id embeddings.
+      deduplicate_items: encode each distinct item text of a batch once (TensorFlow
+        backend; turn off for XLA-compiled steps, which need static shapes).
       loss: ``bce`` (pointwise, compiled by the training library) or ``softmax``: a
         sampled softmax over the batch's candidates (in-batch negatives) with accidental
         hits removed and logQ correction by :meth:`set_item_counts`; the training rows
@@ -82,7 +84,7 @@ class TwoTowerRecommender(keras.Model):
                  embedding_dim: int = 0, pooling: str = "mean", user_layers: int = 1,
                  user_heads: int = 2, user_intermediate_dim: int = 0, dropout: float = 0.1,
                  loss: str = "bce", max_interest: bool = True, catalogue_size: int = 0,
-                 **kwargs):
+                 deduplicate_items: bool = True, **kwargs):
         super().__init__(**kwargs)
         if pooling not in POOLING:
             raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
@@ -100,6 +102,7 @@ class TwoTowerRecommender(keras.Model):
         self.dropout = dropout
         self.loss_kind = loss
         self.max_interest = bool(max_interest)
+        self.deduplicate_items = bool(deduplicate_items)
         self.catalogue_size = max(catalogue_size, num_items)
         hidden = item_encoder.hidden_dim if item_encoder is not None else embedding_dim
         self.embedding_dim = embedding_dim or hidden
@@ -164,6 +167,24 @@ class TwoTowerRecommender(keras.Model):
         ids = ids * ops.expand_dims(ops.cast(ops.greater(index, 0), ids.dtype), -1)
         return ids if text_vectors is None else text_vectors + ops.cast(ids,
                                                                         text_vectors.dtype)
+
+    def _encode_unique_text(self, token_rows, training):
+        """``_encode_text`` of ``[n, L]`` rows, running the encoder once per distinct row.
+
+        A batch repeats items: popular ones sit in many histories, and an evaluation
+        impression repeats one user's history for each of its candidates. On ml-latest-small
+        with 50 history items, a training batch of 256 holds ~13k item slots but a few
+        thousand distinct items. Distinct rows are found with TensorFlow's ``UniqueV2``
+        (per replica, inside the step); other backends and XLA-compiled steps (no dynamic
+        shapes) encode every row.
+        """
+        if not self.deduplicate_items or keras.backend.backend() != "tensorflow":
+            return self._encode_text(token_rows, training)
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel  # TF backend only
+
+        rows = ops.cast(token_rows, "int32")
+        unique, slot = tf.raw_ops.UniqueV2(x=rows, axis=tf.constant([0], tf.int64))
+        return ops.take(self._encode_text(unique, training), slot, axis=0)
 
     def _encode_text(self, token_ids, training):
         token_ids = ops.cast(token_ids, "int32")
@@ -291,7 +312,8 @@ class TwoTowerRecommender(keras.Model):
             tokens = ops.concatenate([ops.reshape(history_tokens, (-1, length)),
                                       inputs["item_token_ids"]], axis=0)
             index = ops.concatenate([ops.reshape(history_index, (-1,)), item_index], axis=0)
-            vectors = self.item_vectors(tokens, index, training)
+            vectors = self._with_ids(self._encode_unique_text(tokens, training), index,
+                                     training)
             split = batch * history
             history_vectors = ops.reshape(vectors[:split], (batch, history,
                                                             self.embedding_dim))
@@ -400,7 +422,8 @@ class TwoTowerRecommender(keras.Model):
             "user_layers": self.user_layers, "user_heads": self.user_heads,
             "user_intermediate_dim": self.user_intermediate_dim, "dropout": self.dropout,
             "loss": self.loss_kind, "max_interest": self.max_interest,
-            "catalogue_size": self.catalogue_size})
+            "catalogue_size": self.catalogue_size,
+            "deduplicate_items": self.deduplicate_items})
         return config
 
     @classmethod

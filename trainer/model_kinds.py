@@ -186,7 +186,9 @@ class TwoTower(ModelKind):
             embedding_dim=0 if encoder is not None else m.hidden_dim,
             pooling=m.pooling, user_layers=m.user_layers, user_heads=m.user_heads,
             user_intermediate_dim=m.intermediate_dim, dropout=m.dropout, loss=cfg.train.loss,
-            max_interest=m.max_interest, catalogue_size=len(ids.items))
+            max_interest=m.max_interest, catalogue_size=len(ids.items),
+            # XLA (jit_compile, TPU) needs static shapes; distinct-item encoding has none.
+            deduplicate_items=not cfg.train.jit_compile and cfg.runtime.strategy != "tpu")
 
     def dummy_batch(self, featurizer):
         history = tf.fill([1, featurizer.max_history], "")

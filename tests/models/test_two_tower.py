@@ -137,6 +137,37 @@ def test_cold_start_items_are_scored_from_text_alone():
     assert np.all(np.abs(after[~unchanged] - before[~unchanged]) > 1e-4)
 
 
+def test_distinct_item_encoding_matches_encoding_every_slot():
+    """Encoding each distinct item text of a batch once gives the logits and gradients
+    of encoding every history/candidate slot (the batch repeats items and padding)."""
+    catalogue = make_catalogue()
+    features = make_features(catalogue, sorted(catalogue)[:9])
+    model = tiny_model(features)
+    raw = raw_batch(catalogue)
+    x = model_inputs(features, {k: tf.concat([v, v], axis=0) for k, v in raw.items()})
+
+    def logits_and_grads(deduplicate):
+        model.deduplicate_items = deduplicate
+        with tf.GradientTape() as tape:
+            logits = model(x, training=False)
+            total = tf.reduce_sum(logits * tf.range(1.0, 9.0))
+        return logits.numpy(), tape.gradient(total, model.trainable_weights)
+
+    every_slot, every_grads = logits_and_grads(False)
+    distinct, distinct_grads = logits_and_grads(True)
+    np.testing.assert_allclose(distinct, every_slot, atol=1e-5)
+    compared = 0
+    for a, b in zip(distinct_grads, every_grads):
+        if a is None:
+            assert b is None
+            continue
+        np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(),
+                                   tf.convert_to_tensor(b).numpy(), rtol=1e-5, atol=1e-5)
+        compared += 1
+    assert compared > 5
+    assert TwoTowerRecommender.from_config(model.get_config()).deduplicate_items
+
+
 def test_in_batch_softmax_matches_hand_computation():
     catalogue = make_catalogue()
     features = make_features(catalogue, sorted(catalogue))
