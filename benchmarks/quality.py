@@ -698,8 +698,11 @@ def _settings(cfg, fitted: dict, tables: dict, model) -> dict:
                         dropout=m.dropout)
         if m.kind == "sasrec":
             settings["embedding_dim"] = m.hidden_dim
-    if fitted["history"].get("val_auc"):
-        settings["best_val_auc"] = max(fitted["history"]["val_auc"])
+    monitor = f"val_{t.early_stopping_metric}"
+    if fitted["history"].get(monitor):
+        settings["early_stopping_metric"] = t.early_stopping_metric
+        settings[f"best_{monitor}"] = max(fitted["history"][monitor])
+        settings["best_epoch"] = int(np.argmax(fitted["history"][monitor])) + 1
     return settings
 
 

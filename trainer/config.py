@@ -161,6 +161,11 @@ class TrainConfig:
     warmup_fraction: float = 0.1
     clipnorm: float = 1.0
     early_stopping_patience: int = 2
+    # What early stopping and the best checkpoint follow on the validation split: auc
+    # (pooled over all rows, computed by fit) | group_auc | ndcg@10 (per impression/user,
+    # then averaged: what a ranking benchmark reads; a softmax-trained model's logits carry
+    # per-user offsets that pooled AUC penalises and ranking ignores)
+    early_stopping_metric: str = "auc"
     seed: int = 42
     jit_compile: bool = False  # XLA-compile the train step
     steps_per_execution: int = 1  # train steps per tf.function call (TPUs, tiny models)
@@ -226,6 +231,7 @@ _CHOICES = {
     "model.kind": ("bert", "sasrec", "mf", "popularity"),
     "model.interaction": ("cross", "two_tower"),
     "train.loss": ("bce", "softmax"),
+    "train.early_stopping_metric": ("auc", "group_auc", "ndcg@10"),
     "model.pooling": ("cls", "first", "mean"),
     "runtime.strategy": ("auto", "tpu", "multi_worker", "mirrored", "one_device", "default"),
     "runtime.precision": ("float32", "mixed_bfloat16", "mixed_float16"),
@@ -443,6 +449,10 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'model.hidden_dim' ({m.hidden_dim}) must be divisible by "
                           f"'model.num_heads' ({m.num_heads})")
     two_tower = (m.kind == "bert" and m.interaction == "two_tower") or m.kind == "sasrec"
+    if t.early_stopping_metric != "auc" and cfg.runtime.strategy == "multi_worker":
+        raise ConfigError(f"config key 'train.early_stopping_metric': "
+                          f"{t.early_stopping_metric} is scored on one worker; with "
+                          "runtime.strategy=multi_worker use auc")
     if t.loss == "softmax" and not two_tower:
         raise ConfigError("config key 'train.loss': softmax (in-batch negatives) needs a "
                           "model with separate user and item vectors: set "

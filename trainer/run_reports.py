@@ -121,6 +121,42 @@ def _finite_rows(labels, logits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return y[kept], z[kept], kept
 
 
+class ValidationRanking(keras.callbacks.Callback):
+    """Scores the validation split after each epoch and adds its ranking metrics to the
+    epoch's logs, where early stopping, checkpointing, TensorBoard and the history read
+    them: ``val_auc``, ``val_loss`` (log loss of the sigmoid), ``val_group_auc`` and
+    ``val_ndcg@10`` (trainer/metrics.py, per group then averaged).
+
+    Used instead of ``fit``'s own validation pass (one ``predict`` per epoch, not two)
+    when ``train.early_stopping_metric`` is a per-group metric. Place it before the
+    callbacks that read the logs. ``last_logits`` keeps the epoch's logits for
+    :class:`ValidationCurves`.
+
+    Args:
+      data: the unshuffled validation features (a ``tf.data.Dataset`` for ``predict``).
+      labels, groups: the validation rows' labels and impression/user groups.
+    """
+
+    def __init__(self, data, labels, groups):
+        super().__init__()
+        self.data = data
+        self.labels = np.asarray(labels, dtype=np.float32).reshape(-1)
+        self.groups = np.asarray(groups).reshape(-1)
+        self.last_logits = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logits = np.asarray(self.model.predict(self.data, verbose=0), np.float64).reshape(-1)
+        if len(logits) != len(self.labels):
+            raise ValueError(f"ValidationRanking: the data gave {len(logits)} predictions for "
+                             f"{len(self.labels)} labels; pass the unshuffled validation set")
+        self.last_logits = logits
+        scores = metrics.evaluate_predictions(self.labels, logits, self.groups)
+        if logs is not None:
+            logs.update({"val_auc": scores["auc"], "val_loss": scores["logloss"],
+                         "val_group_auc": scores["group_auc"],
+                         "val_ndcg@10": scores["ndcg@10"]})
+
+
 class ValidationCurves(keras.callbacks.Callback):
     """Writes a validation PR curve and probability histograms at the end of each epoch.
 

@@ -32,7 +32,7 @@ import yaml
 from trainer import config as config_lib
 from trainer import datasets, distribute, export, input_pipeline, metrics, model_kinds, run_reports
 from trainer.datasets.canonical import atomic_write_text, write_json
-from trainer.errors import DataError, RunDirError
+from trainer.errors import DataError, RunDirError, UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,8 @@ def evaluate_tables(model, tables: dict, packer, batch_size: int,
 def _callbacks(cfg: config_lib.ExperimentConfig, model_dir: str | None) -> list:
     # Early stopping (restoring the best weights) selects the model in every run; the rest
     # write into the run directory, so a benchmark without one gets only early stopping.
-    early_stopping = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
+    monitor = f"val_{cfg.train.early_stopping_metric}"
+    early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, mode="max",
                                                    patience=cfg.train.early_stopping_patience,
                                                    restore_best_weights=True)
     if not model_dir:
@@ -222,7 +223,7 @@ def _callbacks(cfg: config_lib.ExperimentConfig, model_dir: str | None) -> list:
     return [
         keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
         keras.callbacks.ModelCheckpoint(
-            os.path.join(model_dir, "checkpoints", "best.weights.h5"), monitor="val_auc",
+            os.path.join(model_dir, "checkpoints", "best.weights.h5"), monitor=monitor,
             mode="max", save_best_only=True, save_weights_only=True),
         early_stopping,
         keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"),
@@ -291,15 +292,29 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
         val_ds = input_pipeline.make_dataset(tables["validation"], cfg.train.eval_batch_size,
                                              packer=packer)
         callbacks = _callbacks(cfg, model_dir) + list(extra_callbacks)
+        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        validation_data, curves_data = val_ds, val_ds
+        if cfg.train.early_stopping_metric != "auc":
+            if multi_worker:
+                raise UserInputError(
+                    f"train.early_stopping_metric={cfg.train.early_stopping_metric} scores the "
+                    "validation split on one worker; under multi_worker use "
+                    "train.early_stopping_metric=auc")
+            # One validation predict per epoch, whose metrics go into the logs ahead of
+            # early stopping and the checkpoint (fit's own pass would be a second).
+            ranking = run_reports.ValidationRanking(val_ds, tables["validation"].label,
+                                                    tables["validation"].group)
+            callbacks.insert(0, ranking)
+            validation_data, curves_data = None, lambda _: ranking.last_logits
         # Per-epoch PR curve and score histograms. Not under a multi-worker strategy: its
         # predict is a collective over sharded data, so rows would not line up with labels.
-        if model_dir and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        if model_dir and not multi_worker:
             callbacks.append(run_reports.ValidationCurves(
-                os.path.join(model_dir, "tensorboard", "validation"), val_ds,
+                os.path.join(model_dir, "tensorboard", "validation"), curves_data,
                 tables["validation"].label))
         fit = model.fit(train_ds, epochs=epochs or cfg.train.epochs,
                         initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                        validation_data=val_ds, shuffle=False,  # tf.data shuffles
+                        validation_data=validation_data, shuffle=False,  # tf.data shuffles
                         callbacks=callbacks,
                         verbose=verbose)
         history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}

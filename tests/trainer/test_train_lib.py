@@ -256,3 +256,26 @@ def test_profile_steps_trace_the_requested_steps(tmp_path, tiny_config):
 def test_bad_profile_steps_name_the_key(tiny_config, value):
     with pytest.raises(config_lib.ConfigError, match="runtime.profile_steps"):
         tiny_config(f"runtime.profile_steps={value}")
+
+
+@pytest.mark.parametrize("metric", ["group_auc", "ndcg@10"])
+def test_early_stopping_follows_a_per_group_validation_metric(tmp_path, tiny_config, metric):
+    cfg = tiny_config("model.interaction=two_tower", "train.epochs=2",
+                      f"train.early_stopping_metric={metric}")
+    prepared = train_lib.prepare_data(cfg, str(tmp_path))
+    packer = train_lib.make_packer(cfg, prepared.vocabulary, prepared)
+    strategy = tf.distribute.get_strategy()
+    model = train_lib.build_model(cfg, packer, prepared.ids, prepared.tables["train"])
+    fitted = train_lib.fit_model(cfg, model, prepared.tables, packer, strategy, verbose=0)
+    history = fitted["history"]
+    for key in ("val_auc", "val_loss", "val_group_auc", "val_ndcg@10"):
+        assert len(history[key]) == fitted["epochs_run"] == 2, key
+    # The logged value is the metric of the weights at that epoch: the model kept at the
+    # end (best or last) scores one of the logged values.
+    scored = train_lib.evaluate_tables(model, prepared.tables, packer, 64)["validation"]
+    assert min(abs(scored[metric] - v) for v in history[f"val_{metric}"]) < 1e-6
+
+
+def test_per_group_early_stopping_is_refused_under_multi_worker(tiny_config):
+    with pytest.raises(config_lib.ConfigError, match="train.early_stopping_metric"):
+        tiny_config("train.early_stopping_metric=group_auc", "runtime.strategy=multi_worker")
