@@ -4,7 +4,7 @@
 
     item tower   v(i)  = pool(BERT(text of i)) [+ id_embedding(i)]         (cacheable)
     user tower   x_k   = [Transformer]([v(query), v(h_1), ..., v(h_H)] [+ positions])
-                 u     = mean of the x_k present
+                 u     = mean of the x_k present (or the first present, user_pooling)
     logit        = (u . v(c) [+ max_k x_k . v(c)]) / sqrt(d) + item_bias(c) + global_bias
 
 The max term (``max_interest``, on by default) treats each part of the user side as an
@@ -41,6 +41,7 @@ from keras_hub.layers import TransformerEncoder
 from models.bert_recommender import POOLING, backbone_from_token_embeddings
 
 LOSSES = ("bce", "softmax")
+USER_POOLING = ("mean", "first")
 # Softmax logit of a masked in-batch candidate: exp() underflows to 0 without inf arithmetic.
 _MASKED_LOGIT = -1e9
 
@@ -67,6 +68,8 @@ class TwoTowerRecommender(keras.Model):
       pooling: how item token vectors become one vector (``mean``, ``first``, ``cls``).
       user_layers / user_heads / user_intermediate_dim: the user-sequence transformer
         (``user_layers=0``: none, the parts are pooled as the item tower gives them).
+      user_pooling: ``u`` is the ``mean`` of the sequence outputs present, or the
+        ``first`` present one (the query, else the most recent history item).
       max_interest: add the max over the user's parts to the pooled dot product.
       catalogue_size: items the ``item_index`` inputs can name (1..catalogue_size), for the
         softmax loss's logQ correction; defaults to ``num_items``. A text-only model has
@@ -84,10 +87,13 @@ class TwoTowerRecommender(keras.Model):
                  embedding_dim: int = 0, pooling: str = "mean", user_layers: int = 1,
                  user_heads: int = 2, user_intermediate_dim: int = 0, dropout: float = 0.1,
                  loss: str = "bce", max_interest: bool = True, catalogue_size: int = 0,
-                 deduplicate_items: bool = True, **kwargs):
+                 deduplicate_items: bool = True, user_pooling: str = "mean", **kwargs):
         super().__init__(**kwargs)
         if pooling not in POOLING:
             raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
+        if user_pooling not in USER_POOLING:
+            raise ValueError(f"user_pooling must be one of {USER_POOLING}, got "
+                             f"{user_pooling!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if item_encoder is None and num_items <= 0:
@@ -103,6 +109,7 @@ class TwoTowerRecommender(keras.Model):
         self.loss_kind = loss
         self.max_interest = bool(max_interest)
         self.deduplicate_items = bool(deduplicate_items)
+        self.user_pooling = user_pooling
         self.catalogue_size = max(catalogue_size, num_items)
         hidden = item_encoder.hidden_dim if item_encoder is not None else embedding_dim
         self.embedding_dim = embedding_dim or hidden
@@ -293,7 +300,11 @@ class TwoTowerRecommender(keras.Model):
                 x = layer(x, padding_mask=mask, training=training)
         weights = ops.expand_dims(ops.cast(mask, x.dtype), -1)
         x = x * weights
-        pooled = ops.sum(x, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
+        if self.user_pooling == "first":
+            # One-hot of the first present part (none present: all zeros, so u = 0).
+            first = ops.cumsum(mask, axis=1) * mask
+            weights = ops.expand_dims(ops.cast(ops.equal(first, 1), x.dtype), -1)
+        pooled = ops.sum(x * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
         return {"user": pooled, "interests": x, "interest_mask": mask}
 
     def user_vectors(self, inputs, training=False):
@@ -423,7 +434,7 @@ class TwoTowerRecommender(keras.Model):
             "user_intermediate_dim": self.user_intermediate_dim, "dropout": self.dropout,
             "loss": self.loss_kind, "max_interest": self.max_interest,
             "catalogue_size": self.catalogue_size,
-            "deduplicate_items": self.deduplicate_items})
+            "deduplicate_items": self.deduplicate_items, "user_pooling": self.user_pooling})
         return config
 
     @classmethod

@@ -126,6 +126,11 @@ class ModelConfig:
     # are pooled as the item tower gives them)
     user_layers: int = 1
     user_heads: int = 2
+    # two_tower / sasrec: the user vector u: mean (of the sequence outputs present) | first
+    # (the output of the first present part: the query, else the most recent history
+    # item, which attends to the rest through the user transformer, as SASRec reads the
+    # latest position)
+    user_pooling: str = "mean"
     # two_tower / sasrec: add the best match between the candidate and any single part of
     # the user side (query, each history item) to the pooled dot product (multi-interest)
     max_interest: bool = True
@@ -233,6 +238,7 @@ _CHOICES = {
     "train.loss": ("bce", "softmax"),
     "train.early_stopping_metric": ("auc", "group_auc", "ndcg@10"),
     "model.pooling": ("cls", "first", "mean"),
+    "model.user_pooling": ("mean", "first"),
     "runtime.strategy": ("auto", "tpu", "multi_worker", "mirrored", "one_device", "default"),
     "runtime.precision": ("float32", "mixed_bfloat16", "mixed_float16"),
     "tune.algorithm": ("random", "bayesian", "hyperband"),

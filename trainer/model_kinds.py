@@ -185,6 +185,7 @@ class TwoTower(ModelKind):
             max_history=cfg.data.max_history,
             embedding_dim=0 if encoder is not None else m.hidden_dim,
             pooling=m.pooling, user_layers=m.user_layers, user_heads=m.user_heads,
+            user_pooling=m.user_pooling,
             user_intermediate_dim=m.intermediate_dim, dropout=m.dropout, loss=cfg.train.loss,
             max_interest=m.max_interest, catalogue_size=len(ids.items),
             # XLA (jit_compile, TPU) needs static shapes; distinct-item encoding has none.

@@ -168,6 +168,26 @@ def test_distinct_item_encoding_matches_encoding_every_slot():
     assert TwoTowerRecommender.from_config(model.get_config()).deduplicate_items
 
 
+def test_first_user_pooling_reads_the_first_present_part():
+    catalogue = make_catalogue()
+    features = make_features(catalogue, sorted(catalogue)[:9])
+    model = tiny_model(features)
+    model.user_pooling = "first"
+    state = model.user_state(model_inputs(features, raw_batch(catalogue)))
+    mask = state["interest_mask"].numpy()
+    interests, user = state["interests"].numpy(), state["user"].numpy()
+    checked = 0
+    for row in range(len(mask)):
+        present = np.flatnonzero(mask[row])
+        expected = interests[row, present[0]] if len(present) else np.zeros_like(user[row])
+        np.testing.assert_allclose(user[row], expected, atol=1e-6)
+        checked += len(present) > 0
+    # raw_batch has a row with a query and one without (its most recent item is first)
+    assert checked >= 3 and mask[1, 0] == 0 and mask[1, 1] == 1
+    with pytest.raises(ValueError, match="user_pooling"):
+        TwoTowerRecommender(None, num_items=3, embedding_dim=4, user_pooling="last")
+
+
 def test_in_batch_softmax_matches_hand_computation():
     catalogue = make_catalogue()
     features = make_features(catalogue, sorted(catalogue))
