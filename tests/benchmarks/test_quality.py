@@ -48,9 +48,13 @@ def _argv(ml_dir, out, *extra):
 @pytest.fixture(scope="module")
 def quality_run(ml_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("quality")
-    # The tuned MF defaults train for many epochs; one keeps the fixture run short.
+    # The tuned MF defaults train for many epochs and the cross-encoder's budget is
+    # thousands of steps; one short epoch each keeps the fixture run short.
     assert quality.main(_argv(ml_dir, out, "--models", ",".join(ROWS),
                               "--set_for", "mf:train.epochs=1",
+                              "--set_for", "bert:train.epochs=1",
+                              "--set_for", "bert:train.steps_per_epoch=0",
+                              "--set_for", "bert:train.batch_size=8",
                               "--full_ranking_pairwise_users", str(PAIRWISE_USERS))) == 0
     with open(os.path.join(out, "quality.json")) as f:
         return out, json.load(f)
@@ -149,7 +153,8 @@ def test_set_for_extends_the_tuned_defaults():
                                          "mf:model.l2=0.5", "--set_for", "bert:train.epochs=1"])
     per_model = quality._per_model_overrides(args)
     assert per_model["mf"] == quality.DEFAULT_SET_FOR["mf"] + ["model.l2=0.5"]
-    assert per_model["bert"] == ["train.epochs=1"]
+    assert per_model["bert"] == quality.DEFAULT_SET_FOR["bert"] + ["train.epochs=1"]
+    assert per_model["sasrec"] == []
     assert quality.DEFAULT_SET_FOR["mf"]  # the tuned settings are recorded
 
 
