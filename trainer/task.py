@@ -1,4 +1,5 @@
-"""Command-line entry point: ``python -m trainer.task {train,tune,evaluate,predict,explain}``.
+"""Command-line entry point:
+``python -m trainer.task {train,tune,evaluate,predict,recommend,explain}``.
 
     python -m trainer.task train --config configs/tiny.yaml --model_dir runs/tiny \\
         [--set train.learning_rate=3e-5 --set model.num_layers=1]
@@ -9,6 +10,8 @@
     python -m trainer.task predict --model_dir runs/tiny \\
         --user_text "i want to buy a new laptop ; acme wireless retro laptop new" \\
         --item_text "globex wireless gaming laptop pro"
+    python -m trainer.task recommend --model_dir runs/demo --user_text "a laptop" \\
+        --history item_12,item_7 --k 10
     python -m trainer.task explain --model_dir runs/tiny --num_examples 20 \
         [--methods integrated_gradients,occlusion,shapley]
 
@@ -52,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
                          "query (leave it empty: ' ; item a ; item b')")
     predict.add_argument("--item_text", action="append", required=True,
                          help="candidate item text (repeat, same count as --user_text)")
+    recommend = sub.add_parser("recommend", help="the top k catalogue items for a user "
+                               "(two-tower runs: their saved item index)")
+    recommend.add_argument("--model_dir", required=True)
+    recommend.add_argument("--user_text", default="",
+                           help="the user's query (empty: none)")
+    recommend.add_argument("--history", default="",
+                           help="comma-separated catalogue item ids the user interacted "
+                           "with, most recent first; they are not recommended again")
+    recommend.add_argument("--k", type=int, default=10, help="items to return")
     explain = sub.add_parser("explain", help="explain a trained run's recommendations and "
                              "measure the explanations' faithfulness")
     explain.add_argument("--model_dir", required=True)
@@ -122,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
             out = os.path.join(args.model_dir, "explanations")
             print(f"\noutputs:\n  {out}/report.html\n  {out}/explanations.jsonl\n"
                   f"  {out}/faithfulness.json")
+        elif args.command == "recommend":
+            from trainer import recommend_lib
+            history = [h.strip() for h in args.history.split(",") if h.strip()]
+            recommender = recommend_lib.Recommender(args.model_dir)
+            for rank, item in enumerate(recommender.recommend([args.user_text], [history],
+                                                              k=args.k)[0], 1):
+                print(f"{rank}\t{item['item_id']}\t{item['click_probability']:.4f}\t"
+                      f"{item['logit']:+.4f}")
         elif args.command == "predict":
             if len(args.user_text) != len(args.item_text):
                 raise UserInputError("give as many --item_text as --user_text")
@@ -153,9 +173,10 @@ def _report(model_dir: str, results: dict, table: str) -> None:
                         "projector"),
                        ("calibration.png", "reliability diagram (validation)"),
                        ("score_histogram.png", "predicted probability by label (validation)"),
-                       ("checkpoints", "best weights by validation AUC"),
+                       ("checkpoints", "best weights by train.early_stopping_metric"),
                        ("model.keras", "Keras model"),
                        ("export", "SavedModel (serving_default on raw strings)"),
+                       ("item_index", "catalogue item vectors for `recommend` (two-tower)"),
                        ("metrics.json", "validation/test metrics")):
         path = os.path.join(model_dir, name)
         if os.path.exists(path) or "://" in model_dir:

@@ -30,7 +30,9 @@ import tensorflow as tf
 import yaml
 
 from trainer import config as config_lib
-from trainer import datasets, distribute, export, input_pipeline, metrics, model_kinds, run_reports
+from models.two_tower import TwoTowerRecommender
+from trainer import (datasets, distribute, export, input_pipeline, metrics, model_kinds,
+                     retrieval, run_reports)
 from trainer.datasets.canonical import atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError, UserInputError
 
@@ -385,6 +387,9 @@ def _train(cfg, model_dir, write_dir, strategy, resuming, started) -> dict:
     model.save(tmp_model)
     tf.io.gfile.rename(tmp_model, model_path, overwrite=True)
     export.export_saved_model(model, os.path.join(model_dir, "export"), packer)
+    if isinstance(model, TwoTowerRecommender):
+        # The catalogue's item vectors, computed once for retrieval (`recommend`).
+        retrieval.build_item_index(model, packer, cfg.train.eval_batch_size).save(model_dir)
     write_json(os.path.join(model_dir, "metrics.json"), results)
     return results
 
