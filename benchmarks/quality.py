@@ -44,7 +44,8 @@ Full ranking (every row's ``full_ranking``), because sampled metrics can reorder
 (Krichene & Rendle, KDD 2020): each scored user's held-out positive is ranked against *every*
 catalogue item the user never rated -- no rating at all, in any split (the rated sets come
 from the loader's own ``movielens.read_movielens`` + ``prepare``) -- with no sampling, by
-``trainer.metrics.full_ranking_metrics``: HR@10, nDCG@10 and MRR, the same pessimistic ties
+``trainer.metrics.full_ranking_metrics``: HR@10, nDCG@10, MRR and HR@100 (with one
+held-out item, recall@100: what a retrieval stage hands a reranker), the same pessimistic ties
 and bootstrap. The logits come from the model kind's ``catalogue_logits``
 (trainer/model_kinds.py): popularity and MF read their weights, ``sasrec`` / ``two_tower``
 score one user state against the catalogue's item vectors computed once. A cross-encoder
@@ -96,7 +97,10 @@ from trainer.errors import DataError, UserInputError
 MODELS = ("popularity", "mf", "sasrec", "two_tower", "bert", "bert_pretrained")
 DEFAULT_MODELS = ("popularity", "mf", "sasrec", "two_tower", "bert")
 METRICS = ("hr@10", "ndcg@10", "mrr", "auc")
-FULL_METRICS = ("hr@10", "ndcg@10", "mrr")
+# One held-out positive per user, so HR@k of full ranking is its recall@k: hr@100 is
+# the recall@100 a retrieval stage would pass on to a reranker.
+FULL_METRICS = ("hr@10", "ndcg@10", "mrr", "hr@100")
+FULL_KS = (10, 100)
 KS = (10,)
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "movielens.yaml")
@@ -234,8 +238,8 @@ def format_table(rows: list) -> str:
 def format_full_table(rows: list) -> str:
     """Fixed-width text table of the rows' full-ranking metrics (``row["full_ranking"]``,
     or summaries with a ``model`` key)."""
-    head = (f"{'model':<16}{'hr@10':>8}{'ndcg@10 [95% CI]':>26}{'mrr':>8}{'users':>7}"
-            f"{'cands':>7}{'score_s':>9}")
+    head = (f"{'model':<16}{'hr@10':>8}{'ndcg@10 [95% CI]':>26}{'mrr':>8}{'hr@100':>8}"
+            f"{'users':>7}{'cands':>7}{'score_s':>9}")
     lines = [head, "-" * len(head)]
     for row in rows:
         full = row.get("full_ranking", row)
@@ -248,7 +252,8 @@ def format_full_table(rows: list) -> str:
         score_s = full.get("score_seconds")
         mark = "*" if full.get("users_subset") else ""
         lines.append(f"{row['model'] + mark:<16}{full['hr@10']:>8.4f}{ndcg:>26}"
-                     f"{full['mrr']:>8.4f}{full['users_evaluated']:>7d}"
+                     f"{full['mrr']:>8.4f}{full.get('hr@100', float('nan')):>8.4f}"
+                     f"{full['users_evaluated']:>7d}"
                      f"{'-' if cands is None else f'{cands:.0f}':>7}"
                      f"{'-' if score_s is None else f'{score_s:.1f}':>9}")
     return "\n".join(lines)
@@ -662,7 +667,7 @@ def _full_ranking(kind, model, packer, user_rows, full_rows, item_text, rated, l
                                              item_text, batch_size)
     seconds = time.time() - t0
     full = metrics.full_ranking_metrics(catalogue_logits, user_rows.item_index[full_rows],
-                                        exclude=rated[full_rows], ks=KS)
+                                        exclude=rated[full_rows], ks=FULL_KS)
     # The same model scored two ways must agree on the sampled candidates.
     in_full = np.isin(sampled.group, scored[full_rows])
     at = np.searchsorted(scored[full_rows], sampled.group[in_full])
