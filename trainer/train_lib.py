@@ -6,10 +6,11 @@
     data_info.json    counts and anything skipped by the data source
     vocab.txt         the WordPiece vocabulary (text models)
     tensorboard/      train/ and validation/ event files: loss, AUC, learning rate
-    checkpoints/      best.weights.h5 (best validation AUC)
+    checkpoints/      best.weights.h5 (best validation train.early_stopping_metric)
     backup/           BackupAndRestore state while training runs, so a killed job resumes
     model.keras       the trained Keras model (loads with keras.models.load_model)
     export/           SavedModel: raw strings in, click_probability out (trainer/export.py)
+    item_index/       two-tower runs: every catalogue item's vector (trainer/retrieval.py)
     metrics.json      {"validation": {...}, "test": {...}} from trainer/metrics.py
 
 Everything that can reject the input (config, run directory, data files) runs before the
@@ -273,8 +274,8 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
 
     ``model`` must have been created inside ``strategy.scope()`` (see :func:`build_model`);
     it is built on a dummy batch and compiled there (:func:`compile_model`). Models without
-    trainable weights (MostPopular) are compiled but not fitted. Early stopping on
-    validation AUC restores the best weights. With ``model_dir`` the run also writes
+    trainable weights (MostPopular) are compiled but not fitted. Early stopping on the
+    validation ``train.early_stopping_metric`` restores the best weights. With ``model_dir`` the run also writes
     ``backup/`` (resumable), ``checkpoints/best.weights.h5`` and ``tensorboard/`` there;
     without it nothing is written (benchmarks compare several models in one process).
     ``extra_callbacks``, ``epochs`` (default ``train.epochs``; the learning-rate schedule
