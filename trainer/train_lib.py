@@ -275,8 +275,9 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
     ``model`` must have been created inside ``strategy.scope()`` (see :func:`build_model`);
     it is built on a dummy batch and compiled there (:func:`compile_model`). Models without
     trainable weights (MostPopular) are compiled but not fitted. Early stopping on the
-    validation ``train.early_stopping_metric`` restores the best weights. With ``model_dir`` the run also writes
-    ``backup/`` (resumable), ``checkpoints/best.weights.h5`` and ``tensorboard/`` there;
+    validation ``train.early_stopping_metric`` restores the best weights. With
+    ``model_dir`` the run also writes ``backup/`` (resumable),
+    ``checkpoints/best.weights.h5`` and ``tensorboard/`` there;
     without it nothing is written (benchmarks compare several models in one process).
     ``extra_callbacks``, ``epochs`` (default ``train.epochs``; the learning-rate schedule
     always spans ``train.epochs``) and ``initial_epoch`` let a tuner drive the fit.
