@@ -30,6 +30,15 @@ A two-tower model (``TwoTowerFeatures`` featurizer; text, ids or both) gets:
   ``interest_mask`` int32[None, 1+H]; its logit adds ``max over present k of
   dot(user_interests[k], item_embedding) / sqrt(d)`` (0 when nothing is present).
 
+* ``retrieve(query, history_text, history_ids, k: int32 scalar)`` (when the run's item
+  index is given) -> ``{"item_ids": string[None, k], "logits": float32[None, k],
+  "click_probability": float32[None, k]}``: the k best catalogue items for each user, best
+  first, scored exactly as ``serving_default`` would score each pair. The catalogue's item
+  vectors are baked in (variables), ``k`` is a runtime input (no re-export to change it),
+  and items named in ``history_ids`` are never returned unless fewer than k others exist
+  (then they come last with logit -inf). k outside [1, catalogue size] fails with an
+  InvalidArgument error naming k.
+
 * ``explain(query, history_text, history_ids, item_text, item_id)`` (text models) ->
   ``{"tokens": string[None, 2+H, L], "attributions": float32[None, 2+H, L],
   "click_probability", "baseline_probability"}``: integrated gradients as above over the
@@ -60,7 +69,55 @@ def _outputs(logits):
     return {"click_probability": tf.sigmoid(logits), "logit": logits}
 
 
-def _add_two_tower_endpoints(archive: keras.export.ExportArchive, model, features) -> None:
+class _BakedItemIndex(tf.Module):
+    """A run's item index as SavedModel variables and tables, for ``retrieve``."""
+
+    def __init__(self, item_index):
+        super().__init__(name="item_index")
+        self.vectors = tf.Variable(item_index.vectors, trainable=False, name="vectors")
+        self.id_index = tf.Variable(item_index.id_index, trainable=False, name="id_index")
+        self.item_ids = tf.Variable(tf.constant(list(item_index.item_ids), tf.string),
+                                    trainable=False, name="item_ids")
+        # Item id -> position in the index (-1 for ids it does not hold), to drop seen items.
+        self.position = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(list(item_index.item_ids), tf.string),
+                tf.range(len(item_index), dtype=tf.int64)), default_value=-1)
+
+
+def _add_retrieve_endpoint(archive, model, inputs, item_index) -> None:
+    baked = _BakedItemIndex(item_index)
+    archive.track(baked)
+    size = len(item_index)
+
+    def retrieve(query, history_text, history_ids, k):
+        empty = tf.fill(tf.shape(query), "")
+        state = model.user_state(inputs(query, history_text, history_ids, empty, empty),
+                                 training=False)
+        scores = tf.cast(model.score_matrix(state, baked.vectors, baked.id_index), tf.float32)
+        # Seen items: a [b, N] mask from the history's positions (-1 = not in the index,
+        # whose one-hot row is all zeros).
+        seen = tf.reduce_max(tf.one_hot(baked.position.lookup(history_ids), size,
+                                        dtype=tf.float32), axis=1)
+        scores = tf.where(seen > 0, tf.constant(-float("inf")), scores)
+        k = tf.convert_to_tensor(k, tf.int32)
+        with tf.control_dependencies([
+                tf.debugging.assert_positive(k, message="retrieve: k must be >= 1"),
+                tf.debugging.assert_less_equal(
+                    k, size, message=f"retrieve: k must be <= the index's {size} items")]):
+            top = tf.math.top_k(scores, k=k, sorted=True)
+        return {"item_ids": tf.gather(baked.item_ids, top.indices), "logits": top.values,
+                "click_probability": tf.sigmoid(top.values)}
+
+    archive.add_endpoint("retrieve", retrieve, input_signature=[
+        tf.TensorSpec([None], tf.string, name="query"),
+        tf.TensorSpec([None, None], tf.string, name="history_text"),
+        tf.TensorSpec([None, None], tf.string, name="history_ids"),
+        tf.TensorSpec([], tf.int32, name="k")])
+
+
+def _add_two_tower_endpoints(archive: keras.export.ExportArchive, model, features,
+                             item_index=None) -> None:
     """The two-tower signatures of the module docstring."""
     index_table = features.index_table()
     archive.track(index_table)
@@ -131,14 +188,18 @@ def _add_two_tower_endpoints(archive: keras.export.ExportArchive, model, feature
     archive.add_endpoint("item_embedding", item_embedding, input_signature=[
         tf.TensorSpec.from_spec(text, name="item_text"),
         tf.TensorSpec.from_spec(text, name="item_id")])
+    if item_index is not None:
+        _add_retrieve_endpoint(archive, model, inputs, item_index)
 
 
-def build_archive(model: keras.Model, packer=None) -> keras.export.ExportArchive:
-    """An ExportArchive with the serving signatures described in the module docstring."""
+def build_archive(model: keras.Model, packer=None,
+                  item_index=None) -> keras.export.ExportArchive:
+    """An ExportArchive with the serving signatures described in the module docstring
+    (``item_index``: a two-tower run's ``retrieval.ItemIndex``, which adds ``retrieve``)."""
     archive = keras.export.ExportArchive()
     archive.track(model)
     if isinstance(packer, TwoTowerFeatures):
-        _add_two_tower_endpoints(archive, model, packer)
+        _add_two_tower_endpoints(archive, model, packer, item_index)
     elif packer is not None:
         if not packer.built:  # built by its first call; a freshly loaded run's is not
             packer(tf.constant(["a"]), tf.constant(["b"]))
@@ -202,10 +263,11 @@ def two_tower_request(user_texts: list, item_texts: list,
             "item_id": tf.fill([len(item_texts)], "")}
 
 
-def export_saved_model(model: keras.Model, export_dir: str, packer=None) -> str:
+def export_saved_model(model: keras.Model, export_dir: str, packer=None,
+                       item_index=None) -> str:
     """Writes the SavedModel to a temporary sibling directory, then renames it into place."""
     with atomic_directory(export_dir) as tmp:
-        build_archive(model, packer).write_out(tmp, verbose=False)
+        build_archive(model, packer, item_index).write_out(tmp, verbose=False)
     return export_dir
 
 

@@ -388,10 +388,13 @@ def _train(cfg, model_dir, write_dir, strategy, resuming, started) -> dict:
     tmp_model = model_path + ".tmp.keras"
     model.save(tmp_model)
     tf.io.gfile.rename(tmp_model, model_path, overwrite=True)
-    export.export_saved_model(model, os.path.join(model_dir, "export"), packer)
+    item_index = None
     if isinstance(model, TwoTowerRecommender):
-        # The catalogue's item vectors, computed once for retrieval (`recommend`).
-        retrieval.build_item_index(model, packer, cfg.train.eval_batch_size).save(model_dir)
+        # The catalogue's item vectors, computed once for retrieval (`recommend`, and the
+        # export's `retrieve` signature, which bakes them in).
+        item_index = retrieval.build_item_index(model, packer, cfg.train.eval_batch_size)
+        item_index.save(model_dir)
+    export.export_saved_model(model, os.path.join(model_dir, "export"), packer, item_index)
     write_json(os.path.join(model_dir, "metrics.json"), results)
     return results
 

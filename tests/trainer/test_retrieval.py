@@ -127,3 +127,34 @@ def test_recommend_command_prints_k_ranked_items(trained_two_tower_run, capsys):
     assert not {line.split("\t")[1] for line in lines} & set(history)
     assert task.main(["recommend", "--model_dir", model_dir, "--history", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_exported_retrieve_matches_recommend_for_two_k_in_one_process(trained_two_tower_run):
+    """The SavedModel's ``retrieve``: item vectors baked in, k a runtime input, seen items
+    excluded, and the same ranking as ``recommend`` (numpy over the saved index)."""
+    from trainer import export, recommend_lib
+
+    model_dir, _ = trained_two_tower_run
+    recommender = recommend_lib.Recommender(model_dir)
+    retrieve = export.load_serving_fn(f"{model_dir}/export", "retrieve")
+    history = recommender.index.item_ids[:3]
+    texts = [recommender.featurizer.item_texts[recommender.featurizer.item_ids.index(i)]
+             for i in history]
+    for k in (3, 7):
+        out = retrieve(query=tf.constant(["a query", ""]),
+                       history_text=tf.constant([texts, ["", "", ""]]),
+                       history_ids=tf.constant([history, ["", "", ""]]),
+                       k=tf.constant(k, tf.int32))
+        expected = recommender.recommend(["a query", ""], [history, []], k=k)
+        assert out["item_ids"].shape == (2, k)
+        for row in range(2):
+            got = [i.decode() for i in out["item_ids"].numpy()[row]]
+            assert got == [r["item_id"] for r in expected[row]]
+            np.testing.assert_allclose(out["logits"].numpy()[row],
+                                       [r["logit"] for r in expected[row]], atol=1e-4)
+        assert not set(out["item_ids"].numpy()[0].astype(str)) & set(history)
+    size = len(recommender.index)
+    for bad in (0, size + 1):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="k must be"):
+            retrieve(query=tf.constant([""]), history_text=tf.constant([[""]]),
+                     history_ids=tf.constant([[""]]), k=tf.constant(bad, tf.int32))
