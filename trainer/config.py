@@ -217,6 +217,22 @@ class TuneConfig:
 
 
 @dataclasses.dataclass
+class DistillConfig:
+    """Knowledge distillation (``python -m trainer.task distill``, trainer/distill_lib.py).
+
+    The student trains on ``alpha * BCE(labels) + (1 - alpha) * T^2 * KD(teacher / T)``
+    (models/distillation.py) over the training impressions plus
+    ``unlabelled_per_example`` catalogue pairs per training row: the row's user with an
+    item drawn uniformly from the catalogue, which only the teacher's logit labels.
+    Ignored by ``train``.
+    """
+
+    alpha: float = 0.5
+    temperature: float = 2.0
+    unlabelled_per_example: int = 1
+
+
+@dataclasses.dataclass
 class ExperimentConfig:
     """The whole experiment; ``name`` is informational."""
 
@@ -226,6 +242,7 @@ class ExperimentConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
 
 _CHOICES = {
@@ -474,6 +491,13 @@ def validate(cfg: ExperimentConfig) -> None:
         if d.max_history <= 0:
             raise ConfigError("config key 'data.max_history' must be > 0 for a two-tower "
                               "model: its user tower reads the history items")
+    if not 0.0 <= cfg.distill.alpha <= 1.0:
+        raise ConfigError(f"config key 'distill.alpha' must be in [0, 1], got "
+                          f"{cfg.distill.alpha}")
+    positive("distill.temperature", cfg.distill.temperature)
+    if cfg.distill.unlabelled_per_example < 0:
+        raise ConfigError("config key 'distill.unlabelled_per_example' must be >= 0, got "
+                          f"{cfg.distill.unlabelled_per_example}")
     if m.pretrained and m.normalize_first:
         raise ConfigError("config key 'model.normalize_first' applies to random init only; a "
                           "pretrained checkpoint (model.pretrained) keeps its own architecture; "

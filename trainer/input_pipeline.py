@@ -84,6 +84,10 @@ class PairTable:
     # first, 0-padded (what the two-tower model reads instead of user_text)
     history_index: np.ndarray | None = None
     true_probability: np.ndarray | None = None  # float32, synthetic data only
+    # Distillation (trainer/distill_lib.py): the teacher's logit on each row, and 1 for a
+    # logged impression / 0 for an unlabelled catalogue pair (whose label is a placeholder)
+    teacher_logit: np.ndarray | None = None  # float32
+    labelled: np.ndarray | None = None  # float32
 
     def __len__(self) -> int:
         return len(self.label)
@@ -406,7 +410,12 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
             features.update(packer.features(batch))
         elif packer is not None:
             features.update(packer(batch["user_text"], batch["item_text"]))
-        return features, tf.cast(batch["label"], tf.float32)
+        label = tf.cast(batch["label"], tf.float32)
+        if "teacher_logit" in batch:
+            # The distillation target: [label, teacher_logit, labelled] (models/distillation.py)
+            label = tf.stack([label, tf.cast(batch["teacher_logit"], tf.float32),
+                              tf.cast(batch["labelled"], tf.float32)], axis=-1)
+        return features, label
 
     data = data.batch(PACK_BLOCK).map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     data = data.unbatch()

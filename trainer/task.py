@@ -1,11 +1,13 @@
 """Command-line entry point:
-``python -m trainer.task {train,tune,evaluate,predict,recommend,explain}``.
+``python -m trainer.task {train,tune,distill,evaluate,predict,recommend,explain}``.
 
     python -m trainer.task train --config configs/tiny.yaml --model_dir runs/tiny \\
         [--set train.learning_rate=3e-5 --set model.num_layers=1]
     python -m trainer.task tune --config configs/tiny.yaml --model_dir runs/tiny_tune \\
         [--set tune.max_trials=3 --set tune.algorithm=hyperband]
     python -m trainer.task train --config runs/tiny_tune/best_config.yaml --model_dir runs/best
+    python -m trainer.task distill --teacher_dir runs/demo \
+        --config configs/demo_student.yaml --model_dir runs/demo_student
     python -m trainer.task evaluate --model_dir runs/tiny
     python -m trainer.task predict --model_dir runs/tiny \\
         --user_text "i want to buy a new laptop ; acme wireless retro laptop new" \\
@@ -45,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--model_dir", required=True, help="run directory (local or gs://)")
         command.add_argument("--set", dest="overrides", action="append", default=[],
                              metavar="KEY=VALUE", help="dotted override, repeatable")
+    distill = sub.add_parser("distill", help="train a student on a teacher run's logits "
+                             "(trainer/distill_lib.py); writes distill_report.json")
+    distill.add_argument("--teacher_dir", required=True, help="a finished run to learn from")
+    distill.add_argument("--config", required=True,
+                         help="the student's config (its data section must be the teacher's)")
+    distill.add_argument("--model_dir", required=True, help="the student's run directory")
+    distill.add_argument("--set", dest="overrides", action="append", default=[],
+                         metavar="KEY=VALUE", help="dotted override, repeatable")
     evaluate = sub.add_parser("evaluate", help="re-evaluate a trained run")
     evaluate.add_argument("--model_dir", required=True)
     predict = sub.add_parser("predict", help="score pairs with the exported SavedModel")
@@ -115,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"  {os.path.join(args.model_dir, 'tensorboard')}   (HParams dashboard)\n"
                   f"train it:\n  python -m trainer.task train --config "
                   f"{results['best_config']} --model_dir RUN_DIR")
+        elif args.command == "distill":
+            cfg = config_lib.load_config(args.config, args.overrides)
+            from trainer import distill_lib
+            report = distill_lib.distill(cfg, args.teacher_dir, args.model_dir)
+            if report:
+                print("\n" + distill_lib.report_table(report))
+                print(f"\noutputs:\n  {os.path.join(args.model_dir, 'distill_report.json')}"
+                      f"\n  {os.path.join(args.model_dir, 'metrics.json')}")
         elif args.command == "evaluate":
             from trainer import train_lib
             results = train_lib.evaluate(args.model_dir)

@@ -31,6 +31,7 @@ import tensorflow as tf
 import yaml
 
 from trainer import config as config_lib
+from models.distillation import DistillationLoss, LabelledAUC
 from models.two_tower import TwoTowerRecommender
 from trainer import (datasets, distribute, export, input_pipeline, metrics, model_kinds,
                      retrieval, run_reports)
@@ -236,16 +237,25 @@ def _callbacks(cfg: config_lib.ExperimentConfig, model_dir: str | None) -> list:
 
 
 def compile_model(cfg: config_lib.ExperimentConfig, model: keras.Model, packer,
-                  strategy: tf.distribute.Strategy, total_steps: int) -> keras.Model:
+                  strategy: tf.distribute.Strategy, total_steps: int,
+                  distillation: bool = False) -> keras.Model:
     """Builds ``model`` on a dummy batch and compiles it (AdamW with warmup/decay, BCE on the
     logit, AUC) under ``strategy``, with ``train.jit_compile`` and
-    ``train.steps_per_execution``."""
+    ``train.steps_per_execution``. With ``distillation`` the loss is
+    ``models.distillation.DistillationLoss(distill.alpha, distill.temperature)`` and AUC
+    reads the labelled rows of its ``[label, teacher_logit, labelled]`` targets."""
+    if distillation:
+        loss = DistillationLoss(cfg.distill.alpha, cfg.distill.temperature)
+        auc = LabelledAUC(from_logits=True, name="auc")
+    else:
+        loss = keras.losses.BinaryCrossentropy(from_logits=True)
+        auc = keras.metrics.AUC(from_logits=True, name="auc")
     with strategy.scope():
         model(dummy_batch(cfg, packer))  # build the weights before compile/restore
         model.compile(
             optimizer=make_optimizer(cfg.train, total_steps),
-            loss=keras.losses.BinaryCrossentropy(from_logits=True),
-            metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
+            loss=loss,
+            metrics=[auc],
             jit_compile=cfg.train.jit_compile,
             steps_per_execution=cfg.train.steps_per_execution)
     return model
@@ -288,7 +298,9 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
     train_rows = model_kinds.for_config(cfg).training_rows(cfg, tables["train"])
     steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(train_rows) // global_batch)
     total_steps = steps_per_epoch * cfg.train.epochs
-    compile_model(cfg, model, packer, strategy, total_steps)
+    # A train table that carries teacher logits (trainer/distill_lib.py) is distilled.
+    compile_model(cfg, model, packer, strategy, total_steps,
+                  distillation=train_rows.teacher_logit is not None)
 
     history = {}
     if model.trainable_weights:
@@ -327,12 +339,14 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
 
 
 def train(cfg: config_lib.ExperimentConfig, model_dir: str,
-          strategy: tf.distribute.Strategy | None = None) -> dict:
+          strategy: tf.distribute.Strategy | None = None, train_table_hook=None) -> dict:
     """Trains, evaluates and exports one experiment; returns the metrics.json content.
 
     Under MultiWorkerMirroredStrategy every worker runs this; only the chief writes
     ``model_dir`` (the others write into a temporary directory removed at the end, and
-    return ``{}``).
+    return ``{}``). ``train_table_hook(prepared, run_dir) -> PairTable``, called once the
+    run directory exists, replaces the training table (distillation adds the teacher's
+    logits and unlabelled pairs through it).
     """
     started = time.time()
     resuming = check_model_dir(model_dir, cfg)
@@ -341,13 +355,15 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
     keras.utils.set_random_seed(cfg.train.seed)
     write_dir = distribute.worker_write_dir(model_dir, strategy)
     try:
-        return _train(cfg, model_dir, write_dir, strategy, resuming, started)
+        return _train(cfg, model_dir, write_dir, strategy, resuming, started,
+                      train_table_hook)
     finally:
         if write_dir != model_dir and tf.io.gfile.exists(write_dir):
             tf.io.gfile.rmtree(write_dir)
 
 
-def _train(cfg, model_dir, write_dir, strategy, resuming, started) -> dict:
+def _train(cfg, model_dir, write_dir, strategy, resuming, started,
+           train_table_hook=None) -> dict:
     chief = write_dir == model_dir
     prepared = prepare_data(cfg, write_dir)
     tables = prepared.tables
@@ -365,6 +381,8 @@ def _train(cfg, model_dir, write_dir, strategy, resuming, started) -> dict:
         atomic_write_text(vocab_path, "\n".join(vocabulary) + "\n")
         vocabulary = vocab_path
     packer = make_packer(cfg, vocabulary, prepared)
+    if train_table_hook is not None:
+        tables = {**tables, "train": train_table_hook(prepared, write_dir)}
 
     with strategy.scope():
         model = build_model(cfg, packer, prepared.ids, tables["train"])
