@@ -113,10 +113,12 @@ class ModelConfig:
     over "user side [SEP] item": the reranker and teacher) or ``two_tower`` (one shared
     item encoder for the candidate, the history items and the query, then a user
     transformer; see models/two_tower.py). ``kind: sasrec`` is the two-tower model without
-    text (item ids only): the baseline that shows what text adds.
+    text (item ids only): the baseline that shows what text adds. ``kind: glass_box`` is
+    a logistic regression over named word/item features (models/glass_box.py; ``l2`` is
+    its per-word weight penalty), the readable distillation student.
     """
 
-    kind: str = "bert"  # bert | sasrec | mf | popularity
+    kind: str = "bert"  # bert | sasrec | mf | popularity | glass_box
     interaction: str = "cross"  # bert only: cross | two_tower
     pretrained: str = ""  # local HF dir, keras-hub preset name, or hf:// handle
     # two_tower: add a learned id embedding to each item vector and an item bias (items
@@ -146,7 +148,7 @@ class ModelConfig:
     normalize_first: bool = False  # random init only: pre-LN blocks (see pre_ln_bert_backbone)
     max_sequence_length: int = 128
     embedding_dim: int = 32  # matrix factorisation
-    l2: float = 0.0  # matrix factorisation embedding regulariser
+    l2: float = 0.0  # matrix factorisation embeddings / glass_box per-word weights: L2
 
 
 @dataclasses.dataclass
@@ -250,7 +252,7 @@ _CHOICES = {
     "data.synthetic.file_format": ("csv", "jsonl"),
     "data.movielens.variant": ("auto", "ml-100k", "ml-1m", "ml-latest-small", "ml-25m"),
     "data.movielens.negative_sampling": ("uniform", "popularity"),
-    "model.kind": ("bert", "sasrec", "mf", "popularity"),
+    "model.kind": ("bert", "sasrec", "mf", "popularity", "glass_box"),
     "model.interaction": ("cross", "two_tower"),
     "train.loss": ("bce", "softmax"),
     "train.early_stopping_metric": ("auc", "group_auc", "ndcg@10"),

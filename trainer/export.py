@@ -45,6 +45,13 @@ A two-tower model (``TwoTowerFeatures`` featurizer; text, ids or both) gets:
   word pieces of every text the model reads (slot 0 the query, then the history items
   most recent first, the candidate last); item ids are not attributed.
 
+A glass-box model (``GlassBoxFeatures``; models/glass_box.py) gets
+``serving_default(query: string[None], history_ids: string[None, H], item_id:
+string[None])`` -> ``{"click_probability", "logit"}`` and ``explain`` (same inputs) ->
+``{"words": string[None, W], "word_contributions": float32[None, W],
+"item_feature_names": string[G], "item_contributions": float32[None, G], "bias",
+"logit"}``: the exact decomposition of the logit ("" and 0 at padding).
+
 An id-based baseline gets ``serving_default(user_index, item_index)``. The archive is
 written to a temporary directory and renamed into place, so a crash never leaves a
 half-written SavedModel at ``export/``.
@@ -59,7 +66,8 @@ from explainability.token_attributions import integrated_gradients_tensors
 from explainability.two_tower_scorer import SlotRowView
 from models.layers.text_pair_packer import special_token_ids
 from trainer.datasets.canonical import atomic_directory
-from trainer.input_pipeline import USER_SIDE_SEPARATOR, TwoTowerFeatures
+from models.glass_box import ITEM_FEATURES
+from trainer.input_pipeline import USER_SIDE_SEPARATOR, GlassBoxFeatures, TwoTowerFeatures
 
 EXPLAIN_STEPS = 32
 
@@ -192,6 +200,34 @@ def _add_two_tower_endpoints(archive: keras.export.ExportArchive, model, feature
         _add_retrieve_endpoint(archive, model, inputs, item_index)
 
 
+def _add_glass_box_endpoints(archive: keras.export.ExportArchive, model, features) -> None:
+    """The glass-box signatures of the module docstring."""
+    index_table = features.index_table()
+    archive.track(index_table)
+    archive.track(features._table)
+    words = tf.constant([""] + features.words)
+    names = tf.constant(list(ITEM_FEATURES))
+
+    def serve(query, history_ids, item_id):
+        return _outputs(model(features.from_ids(query, history_ids, item_id, index_table),
+                              training=False))
+
+    def explain(query, history_ids, item_id):
+        x = features.from_ids(query, history_ids, item_id, index_table)
+        parts = model.contributions(x)
+        return {"words": tf.gather(words, x["candidate_words"]),
+                "word_contributions": parts["word_contributions"],
+                "item_feature_names": names,
+                "item_contributions": parts["item_contributions"],
+                "bias": parts["bias"], "logit": parts["logit"]}
+
+    signature = [tf.TensorSpec([None], tf.string, name="query"),
+                 tf.TensorSpec([None, None], tf.string, name="history_ids"),
+                 tf.TensorSpec([None], tf.string, name="item_id")]
+    archive.add_endpoint("serving_default", serve, input_signature=signature)
+    archive.add_endpoint("explain", explain, input_signature=signature)
+
+
 def build_archive(model: keras.Model, packer=None,
                   item_index=None) -> keras.export.ExportArchive:
     """An ExportArchive with the serving signatures described in the module docstring
@@ -200,6 +236,8 @@ def build_archive(model: keras.Model, packer=None,
     archive.track(model)
     if isinstance(packer, TwoTowerFeatures):
         _add_two_tower_endpoints(archive, model, packer, item_index)
+    elif isinstance(packer, GlassBoxFeatures):
+        _add_glass_box_endpoints(archive, model, packer)
     elif packer is not None:
         if not packer.built:  # built by its first call; a freshly loaded run's is not
             packer(tf.constant(["a"]), tf.constant(["b"]))

@@ -250,6 +250,112 @@ class TwoTowerFeatures:
         return out
 
 
+class GlassBoxFeatures:
+    """Word-id inputs of the glass-box model (models/glass_box.py), from item indices
+    (tf.data) or item id strings (the SavedModel).
+
+    Words are lower-cased runs of letters and digits (:meth:`split_words`), not word
+    pieces, so every feature names a word a person reads. Each catalogue item's distinct
+    words are looked up once into ``item_words`` (``[N + 1, W]``, 0 = padding, the first
+    ``max_item_words`` distinct words); the query is split per batch and its words
+    outside the catalogue's vocabulary map to 0 (they cannot match a candidate word).
+
+    Args:
+      words: the word vocabulary; word id ``i + 1`` is ``words[i]``.
+      item_ids: catalogue item ids, index-aligned with ``IdVocabulary.items`` (entry 0 is
+        "no item").
+      item_texts: their texts, aligned the same way.
+      max_history: H, the history items per example.
+    """
+
+    WORD_PATTERN = r"[^a-z0-9]+"
+
+    def __init__(self, words: list, item_ids: list, item_texts: list, max_history: int,
+                 max_item_words: int = 32, max_query_words: int = 16):
+        self.words = list(words)
+        self.item_ids = list(item_ids)
+        self.item_texts = list(item_texts)
+        self.max_history = max_history
+        self.max_query_words = max_query_words
+        self._table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(self.words or [""], tf.string),
+                tf.range(1, max(len(self.words), 1) + 1, dtype=tf.int64)), default_value=0)
+        rows = []
+        for text in self.item_texts:
+            seen = []
+            for word_id in self.word_ids([text])[0]:
+                if word_id and word_id not in seen:
+                    seen.append(word_id)
+            rows.append(seen[:max_item_words])
+        width = max(1, max(len(r) for r in rows))
+        self.item_words = np.zeros([len(rows), width], np.int32)
+        for i, row in enumerate(rows):
+            self.item_words[i, :len(row)] = row
+        self.item_words[0] = 0
+
+    @classmethod
+    def split_words(cls, texts) -> tf.RaggedTensor:
+        """Lower-cased alphanumeric words of each string (a ragged ``[b, None]``)."""
+        texts = tf.strings.regex_replace(tf.strings.lower(tf.convert_to_tensor(texts)),
+                                         cls.WORD_PATTERN, " ")
+        return tf.strings.split(tf.strings.strip(texts))
+
+    @classmethod
+    def build(cls, catalogue: Catalogue, ids: IdVocabulary, item_text_fields: list,
+              max_history: int) -> "GlassBoxFeatures":
+        ordered = sorted(ids.items, key=ids.items.get)
+        texts = [catalogue[item].text(item_text_fields) for item in ordered]
+        words = set()
+        for start in range(0, len(texts), 4096):
+            split = cls.split_words(tf.constant(texts[start:start + 4096]))
+            words.update(w.decode() for w in split.flat_values.numpy())
+        return cls(sorted(words), [""] + ordered, [""] + texts, max_history)
+
+    def word_ids(self, texts) -> list:
+        """Word ids of each text (0 for words outside the vocabulary), as lists."""
+        return [list(row) for row in self._lookup_words(texts).to_list()]
+
+    def _lookup_words(self, texts) -> tf.RaggedTensor:
+        split = self.split_words(texts)
+        return tf.ragged.map_flat_values(
+            lambda w: tf.cast(self._table.lookup(w), tf.int32), split)
+
+    def _query_words(self, query):
+        words = self._lookup_words(query)[:, : self.max_query_words]
+        return words.to_tensor(default_value=0, shape=[None, self.max_query_words])
+
+    def features(self, batch: dict) -> dict:
+        """Model inputs from a batch of table columns (``item_index``, ``history_index``,
+        ``query``); runs inside tf.data."""
+        table = tf.constant(self.item_words)
+        item = tf.cast(batch["item_index"], tf.int32)
+        return {"item_index": item, "candidate_words": tf.gather(table, item),
+                "history_words": tf.gather(table, tf.cast(batch["history_index"], tf.int32)),
+                "query_words": self._query_words(batch["query"])}
+
+    def index_table(self) -> "tf.lookup.StaticHashTable":
+        """Item id string -> catalogue index (0 for unknown ids)."""
+        return tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(self.item_ids[1:]),
+                tf.range(1, len(self.item_ids), dtype=tf.int64)), default_value=0)
+
+    def from_ids(self, query, history_ids, item_ids, index_table=None) -> dict:
+        """Model inputs from raw strings: ``query`` ``[b]``, ``history_ids`` ``[b, any]``
+        (most recent first, "" = padding; cut to H) and ``item_ids`` ``[b]``; unknown ids
+        read as no item. What the SavedModel's signatures run."""
+        table = index_table if index_table is not None else self.index_table()
+        history_ids = tf.convert_to_tensor(history_ids, tf.string)[:, : self.max_history]
+        missing = self.max_history - tf.shape(history_ids)[1]
+        history_ids = tf.pad(history_ids, [[0, 0], [0, missing]], constant_values="")
+        return self.features({
+            "item_index": tf.cast(table.lookup(tf.convert_to_tensor(item_ids, tf.string)),
+                                  tf.int32),
+            "history_index": tf.cast(table.lookup(history_ids), tf.int32),
+            "query": tf.convert_to_tensor(query, tf.string)})
+
+
 def learn_vocabulary(texts: list[str], vocabulary_size: int, lowercase: bool) -> list[str]:
     """A WordPiece vocabulary learned from ``texts`` (for randomly initialised models)."""
     data = tf.data.Dataset.from_tensor_slices(np.array(texts, dtype=object)).batch(1024)
@@ -406,7 +512,7 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
     def to_model_inputs(batch):
         features = {"user_index": tf.cast(batch["user_index"], tf.int32),
                     "item_index": tf.cast(batch["item_index"], tf.int32)}
-        if isinstance(packer, TwoTowerFeatures):
+        if isinstance(packer, (TwoTowerFeatures, GlassBoxFeatures)):
             features.update(packer.features(batch))
         elif packer is not None:
             features.update(packer(batch["user_text"], batch["item_text"]))

@@ -12,6 +12,7 @@ kind                    featurizer                       model
 bert, cross             TextPairPacker                   BERTRecommender (cross-encoder)
 bert, two_tower         TwoTowerFeatures (text + ids)    TwoTowerRecommender
 sasrec                  TwoTowerFeatures (ids only)      TwoTowerRecommender, no text
+glass_box               GlassBoxFeatures (words)         GlassBoxRecommender (linear)
 mf                      None (ids)                       MatrixFactorization
 popularity              None (ids)                       MostPopular (counted, not fitted)
 ======================  ===============================  ==================================
@@ -30,6 +31,7 @@ from explainability.pair_scorer import PairScorer
 from explainability.two_tower_scorer import TwoTowerScorer
 from models.baselines import MatrixFactorization, MostPopular
 from models.bert_recommender import BERTRecommender
+from models.glass_box import GlassBoxRecommender
 from models.layers.item_text_tokenizer import ItemTextTokenizer
 from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
 from models.layers.text_pair_packer import TextPairPacker
@@ -274,6 +276,29 @@ class SequentialIds(TwoTower):
         return True
 
 
+class GlassBox(ModelKind):
+    """A logistic regression over named word and item features whose exact contributions
+    are the explanation (models/glass_box.py); the glass-box distillation student."""
+
+    name = "glass_box"
+
+    def featurizer(self, cfg, vocabulary, catalogue, ids):
+        return input_pipeline.GlassBoxFeatures.build(catalogue, ids, cfg.data.item_text_fields,
+                                                     cfg.data.max_history)
+
+    def build(self, cfg, featurizer, ids, train_table):
+        return GlassBoxRecommender(len(featurizer.words) + 1, len(ids.items), l2=cfg.model.l2)
+
+    def dummy_batch(self, featurizer):
+        return {**super().dummy_batch(featurizer), **featurizer.features({
+            "item_index": tf.zeros([1], tf.int32),
+            "history_index": tf.zeros([1, featurizer.max_history], tf.int32),
+            "query": tf.constant([""])})}
+
+    def fit_counts(self, model, table):
+        model.set_item_counts(table.item_index[table.label > 0])
+
+
 class MatrixFactorizationKind(ModelKind):
     """User/item id embeddings and biases (models/baselines.py)."""
 
@@ -323,5 +348,5 @@ def for_config(cfg: config_lib.ExperimentConfig) -> ModelKind:
     m = cfg.model
     if m.kind == "bert":
         return TwoTower() if m.interaction == "two_tower" else CrossEncoder()
-    return {"sasrec": SequentialIds, "mf": MatrixFactorizationKind,
+    return {"sasrec": SequentialIds, "mf": MatrixFactorizationKind, "glass_box": GlassBox,
             "popularity": Popularity}[m.kind]()
