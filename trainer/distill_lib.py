@@ -33,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from models.glass_box import GlassBoxRecommender
 from trainer import config as config_lib
 from trainer import fidelity, input_pipeline, metrics, train_lib
 from trainer.datasets.canonical import atomic_directory, write_json
@@ -262,10 +263,91 @@ def distill_report(cfg, teacher_dir: str, model_dir: str, targets: TeacherTarget
     return report
 
 
+def _mean_ci(values: list) -> dict:
+    values = [v for v in values if not np.isnan(v)]
+    low, high = metrics.bootstrap_ci(values)
+    return {"mean": float(np.mean(values)) if values else float("nan"), "ci95": [low, high],
+            "examples": len(values)}
+
+
+def glass_box_explanations(student, featurizer, teacher_dir: str, num_examples: int = 50,
+                           seed: int = 0) -> dict:
+    """How the glass-box student's exact word contributions compare with the truth and
+    with the teacher's integrated gradients, on the teacher's recommendations.
+
+    The teacher's ``explain`` machinery (trainer/explain_lib.py) picks ``num_examples``
+    test impressions and their top-scored candidate and computes integrated gradients; the
+    student's contributions are read for the same (user, candidate). Reported with
+    bootstrap 95% intervals over examples:
+
+    * ``student_truth_precision@5``: the student's candidate words ranked by contribution,
+      against the synthetic truth (the candidate words that raised the true click logit);
+    * ``teacher_ig_truth_precision@5`` (every word IG ranks, as ``explain`` reports it) and
+      ``teacher_ig_item_words_truth_precision@5`` (the candidate's words only, the
+      student's own footing);
+    * ``contribution_ig_spearman``: per example, the Spearman correlation between the
+      student's contribution and the teacher's IG attribution of each candidate word both
+      read (IG's word pieces joined into words), where at least 3 words are shared.
+    """
+    from explainability import faithfulness
+    from explainability.explainer import TRUTH_K_TOKENS
+    from explainability.pair_scorer import ITEM
+    from trainer import explain_lib
+
+    records, summary, context = explain_lib.run_explanations(
+        teacher_dir, num_examples=num_examples, methods=["integrated_gradients"],
+        seed=seed, progress=False)
+    cases = context["cases"]
+    position = {item: i for i, item in enumerate(featurizer.item_ids)}
+    history = np.zeros([len(cases), featurizer.max_history], np.int32)
+    for row, case in enumerate(cases):
+        newest_first = [position[item] for item, _ in reversed(case.history)]
+        newest_first = newest_first[:featurizer.max_history]
+        history[row, :len(newest_first)] = newest_first
+    x = featurizer.features({
+        "item_index": tf.constant([position[c.candidate_id] for c in cases], tf.int32),
+        "history_index": tf.constant(history), "query": tf.constant([c.query for c in cases])})
+    contributions = np.asarray(student.contributions(x)["word_contributions"])
+    word_ids = x["candidate_words"].numpy()
+    k = TRUTH_K_TOKENS
+    rows = {"student": [], "teacher_all": [], "teacher_item": [], "spearman": []}
+    for row, record in enumerate(records):
+        truth = (record.get("truth") or {}).get("reason_tokens") or []
+        words = [featurizer.words[i - 1] for i in word_ids[row] if i]
+        values = [float(v) for i, v in zip(word_ids[row], contributions[row]) if i]
+        ig = record["token_attributions"]["integrated_gradients"]
+        teacher_words = [w["text"] for w in record["words"]]
+        item = [(w["text"], v) for w, v in zip(record["words"], ig) if w["segment"] == ITEM]
+        if truth:
+            ranked = [words[i] for i in faithfulness.order_by(values)]
+            rows["student"].append(faithfulness.truth_at_k(ranked, truth, k)[
+                f"truth_precision@{k}"])
+            rows["teacher_all"].append(faithfulness.truth_at_k(
+                [teacher_words[i] for i in faithfulness.order_by(ig)], truth, k)[
+                f"truth_precision@{k}"])
+            rows["teacher_item"].append(faithfulness.truth_at_k(
+                [item[i][0] for i in faithfulness.order_by([v for _, v in item])], truth, k)[
+                f"truth_precision@{k}"])
+        teacher_by_word = {}
+        for text, value in item:
+            teacher_by_word[text.lower()] = teacher_by_word.get(text.lower(), 0.0) + value
+        shared = [(v, teacher_by_word[w]) for w, v in zip(words, values)
+                  if w in teacher_by_word]
+        if len(shared) >= 3:
+            rows["spearman"].append(fidelity.spearman(*zip(*shared)))
+    return {"examples": len(records), "k": k,
+            f"student_truth_precision@{k}": _mean_ci(rows["student"]),
+            f"teacher_ig_truth_precision@{k}": _mean_ci(rows["teacher_all"]),
+            f"teacher_ig_item_words_truth_precision@{k}": _mean_ci(rows["teacher_item"]),
+            "contribution_ig_spearman": _mean_ci(rows["spearman"])}
+
+
 def distill(cfg: config_lib.ExperimentConfig, teacher_dir: str, model_dir: str,
-            strategy: tf.distribute.Strategy | None = None) -> dict:
+            strategy: tf.distribute.Strategy | None = None,
+            explain_examples: int = 50) -> dict:
     """Trains the student of ``cfg`` on ``teacher_dir``'s logits into ``model_dir`` and
-    writes ``distill_report.json``; returns the report."""
+    writes ``distill_report.json``; returns the report. A glass-box student of a text
+    teacher also gets :func:`glass_box_explanations` on ``explain_examples`` examples."""
     teacher_cfg, teacher_path = load_teacher(teacher_dir)
     check_student(cfg, teacher_cfg, teacher_dir, model_dir)
     targets = TeacherTargets(cfg, teacher_dir, teacher_cfg, teacher_path)
@@ -274,6 +356,11 @@ def distill(cfg: config_lib.ExperimentConfig, teacher_dir: str, model_dir: str,
         return {}
     student = keras.models.load_model(os.path.join(model_dir, "model.keras"))
     report = distill_report(cfg, teacher_dir, model_dir, targets, student)
+    if isinstance(student, GlassBoxRecommender) and \
+            train_lib.model_kinds.for_config(targets.teacher_cfg).uses_text:
+        report["explanations"] = glass_box_explanations(
+            student, train_lib.load_run_packer(cfg, model_dir, targets.prepared), teacher_dir,
+            num_examples=explain_examples, seed=cfg.train.seed)
     write_json(os.path.join(model_dir, "distill_report.json"), report)
     return report
 
