@@ -45,6 +45,9 @@ REPORT_SPLITS = ("validation", "test")
 
 def load_teacher(teacher_dir: str) -> tuple:
     """``(config, model)`` of a finished run, or a RunDirError saying what is missing."""
+    if not tf.io.gfile.exists(os.path.join(teacher_dir, "config.yaml")):
+        raise RunDirError(f"{teacher_dir}: not a run (no config.yaml); --teacher_dir must be "
+                          "a directory written by `train`")
     cfg = train_lib.load_run_config(teacher_dir)
     path = os.path.join(teacher_dir, "model.keras")
     if not tf.io.gfile.exists(path):
