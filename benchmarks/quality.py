@@ -481,8 +481,7 @@ def run(args, names: list, per_model: dict) -> dict:
         raise DataError("a held-out test item is missing from its user's ratings; the "
                         "rated sets disagree with the split")
     catalogue = prepared.catalogue
-    item_text = [""] + [catalogue[item].text(base.data.item_text_fields)
-                        for item in sorted(ids.items, key=ids.items.get)]
+    item_text = ids.item_texts(catalogue, base.data.item_text_fields)
     candidates = (~rated).sum(axis=1)  # the never-rated items each positive competes with
 
     data_seconds = time.time() - started

@@ -15,6 +15,7 @@ before anything is written anywhere. :func:`to_dict` gives the resolved config t
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import posixpath
 import typing
@@ -519,6 +520,65 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.tune.hyperband_factor < 2:
         raise ConfigError("config key 'tune.hyperband_factor' must be >= 2")
     tune_space(cfg)
+
+
+# ---------------------------------------------------------------------------------------
+# Retrieve -> rerank pipelines (``recommend --pipeline``)
+# ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class RetrieveStage:
+    """The first stage: a two-tower run scores the whole catalogue from its item index and
+    hands its top ``candidates`` (items the user has seen excluded) to the reranker."""
+
+    model_dir: str = ""
+    candidates: int = 100
+
+
+@dataclasses.dataclass
+class RerankStage:
+    """The second stage: any finished run (a cross-encoder, another two-tower, a glass
+    box) scores each retrieved (user, item) pair. The final score is
+    ``rerank logit + retrieval_weight * retrieval logit`` (0: the reranker alone)."""
+
+    model_dir: str = ""
+    retrieval_weight: float = 0.0
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """A retrieve -> rerank recommender: which run does each stage, and how many items
+    come back (``k``, the default of ``recommend --k``)."""
+
+    name: str = "pipeline"
+    retrieve: RetrieveStage = dataclasses.field(default_factory=RetrieveStage)
+    rerank: RerankStage = dataclasses.field(default_factory=RerankStage)
+    k: int = 10
+
+
+def load_pipeline(path: str, overrides: list[str] | None = None) -> PipelineConfig:
+    """Reads a pipeline YAML (``base:`` and ``--set`` overrides as for experiments),
+    strictly: unknown keys, wrong types and impossible values name their key."""
+    raw = apply_overrides(_read_yaml(path), overrides or [])
+    try:
+        cfg = _build(PipelineConfig, raw, "")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    for key, value in (("retrieve.model_dir", cfg.retrieve.model_dir),
+                       ("rerank.model_dir", cfg.rerank.model_dir)):
+        if not value:
+            raise ConfigError(f"{path}: config key '{key}' is required: a finished run "
+                              "directory (written by `train` or `distill`)")
+    if cfg.retrieve.candidates < 1:
+        raise ConfigError(f"{path}: config key 'retrieve.candidates' must be >= 1, got "
+                          f"{cfg.retrieve.candidates}")
+    if not 1 <= cfg.k <= cfg.retrieve.candidates:
+        raise ConfigError(f"{path}: config key 'k' must be in [1, retrieve.candidates = "
+                          f"{cfg.retrieve.candidates}], got {cfg.k}")
+    if not math.isfinite(cfg.rerank.retrieval_weight) or cfg.rerank.retrieval_weight < 0:
+        raise ConfigError(f"{path}: config key 'rerank.retrieval_weight' must be a finite "
+                          f"number >= 0, got {cfg.rerank.retrieval_weight}")
+    return cfg
 
 
 _SPACE_KEYS = {"key", "type", "min", "max", "step", "sampling", "values"}

@@ -103,10 +103,9 @@ class TeacherTargets:
         rng = np.random.default_rng(self.cfg.train.seed)
         rows = np.repeat(np.arange(len(table)), per_row)
         extra = table.subset(rows)
-        ordered = sorted(prepared.ids.items, key=prepared.ids.items.get)
-        texts = np.array([""] + [prepared.catalogue[i].text(self.cfg.data.item_text_fields)
-                                 for i in ordered], dtype=object)
-        extra.item_index = rng.integers(1, len(ordered) + 1, size=len(rows)).astype(np.int32)
+        texts = np.array(prepared.ids.item_texts(prepared.catalogue,
+                                                 self.cfg.data.item_text_fields), dtype=object)
+        extra.item_index = rng.integers(1, len(texts), size=len(rows)).astype(np.int32)
         extra.item_text = texts[extra.item_index]
         extra.label = np.zeros(len(rows), np.float32)
         extra.group = table.group.max() + 1 + np.arange(len(rows), dtype=np.int64)

@@ -62,6 +62,16 @@ class IdVocabulary:
                    items={item: i + 1 for i, item in enumerate(sorted(catalogue))},
                    trained_items=frozenset(item for item in seen if item in catalogue))
 
+    def item_id_list(self) -> list:
+        """Catalogue item ids in index order, entry 0 = "" (no item)."""
+        return [""] + sorted(self.items, key=self.items.get)
+
+    def item_texts(self, catalogue: Catalogue, item_text_fields: list) -> list:
+        """Every item's text (``Item.text(item_text_fields)``) in index order, entry 0 =
+        "": what a candidate's ``item_index`` reads its text from."""
+        return [""] + [catalogue[item].text(item_text_fields)
+                       for item in self.item_id_list()[1:]]
+
     def trained_item_mask(self) -> np.ndarray:
         """bool ``[len(items) + 1]``: True at the index of every item training saw."""
         mask = np.zeros(len(self.items) + 1, dtype=bool)
@@ -186,9 +196,7 @@ class TwoTowerFeatures:
     @classmethod
     def build(cls, tokenizer, catalogue: Catalogue, ids: IdVocabulary, item_text_fields: list,
               max_history: int) -> "TwoTowerFeatures":
-        ordered = sorted(ids.items, key=ids.items.get)
-        return cls(tokenizer, [""] + ordered,
-                   [""] + [catalogue[item].text(item_text_fields) for item in ordered],
+        return cls(tokenizer, ids.item_id_list(), ids.item_texts(catalogue, item_text_fields),
                    ids.trained_item_mask(), max_history)
 
     def _id_features(self, index):
@@ -304,13 +312,12 @@ class GlassBoxFeatures:
     @classmethod
     def build(cls, catalogue: Catalogue, ids: IdVocabulary, item_text_fields: list,
               max_history: int) -> "GlassBoxFeatures":
-        ordered = sorted(ids.items, key=ids.items.get)
-        texts = [catalogue[item].text(item_text_fields) for item in ordered]
+        texts = ids.item_texts(catalogue, item_text_fields)[1:]
         words = set()
         for start in range(0, len(texts), 4096):
             split = cls.split_words(tf.constant(texts[start:start + 4096]))
             words.update(w.decode() for w in split.flat_values.numpy())
-        return cls(sorted(words), [""] + ordered, [""] + texts, max_history)
+        return cls(sorted(words), ids.item_id_list(), [""] + texts, max_history)
 
     def word_ids(self, texts) -> list:
         """Word ids of each text (0 for words outside the vocabulary), as lists."""

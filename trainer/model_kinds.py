@@ -93,18 +93,37 @@ class ModelKind:
         if num <= 1 or not len(user_rows):
             return out
         items = np.arange(1, num, dtype=np.int32)
-        texts = np.asarray(item_text, dtype=object)[1:]
-        users_per_call = max(1, 65536 // len(items))  # bounds the pair table's size
-        for start in range(0, len(user_rows), users_per_call):
-            rows = np.arange(start, min(start + users_per_call, len(user_rows)))
-            pairs = user_rows.subset(np.repeat(rows, len(items)))
-            pairs.item_index = np.tile(items, len(rows))
-            pairs.item_text = np.tile(texts, len(rows))
+        out[:, 1:] = self.candidate_logits(model, featurizer, user_rows,
+                                           np.broadcast_to(items, (len(user_rows), num - 1)),
+                                           item_text, batch_size)
+        return out
+
+    def candidate_logits(self, model: keras.Model, featurizer, user_rows, candidates,
+                         item_text, batch_size: int) -> np.ndarray:
+        """Logits of each user in ``user_rows`` (one row per user, as in
+        :meth:`catalogue_logits`) against its own candidates: ``candidates`` int
+        ``[users, n]`` of ``IdVocabulary.items`` indices -> float32 ``[users, n]``.
+
+        What a reranking stage runs on a retrieval stage's top n. Every (user, candidate)
+        pair goes through ``model.predict`` on the same input pipeline as evaluation, so
+        it is right for every kind."""
+        candidates = np.asarray(candidates, np.int32)
+        users, n = candidates.shape
+        out = np.zeros([users, n], np.float32)
+        if not users or not n:
+            return out
+        texts = np.asarray(item_text, dtype=object)
+        users_per_call = max(1, 65536 // n)  # bounds the pair table's size
+        for start in range(0, users, users_per_call):
+            rows = np.arange(start, min(start + users_per_call, users))
+            pairs = user_rows.subset(np.repeat(rows, n))
+            pairs.item_index = candidates[rows].reshape(-1)
+            pairs.item_text = texts[pairs.item_index]
             pairs.label = np.zeros(len(pairs.item_index), np.float32)
             data = input_pipeline.make_dataset(pairs, batch_size, packer=featurizer,
                                                with_labels=False)
             logits = np.asarray(model.predict(data, verbose=0), np.float32)
-            out[rows, 1:] = logits.reshape(len(rows), len(items))
+            out[rows] = logits.reshape(len(rows), n)
         return out
 
 

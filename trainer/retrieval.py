@@ -99,3 +99,24 @@ def top_k(scores: np.ndarray, k: int, exclude=None) -> tuple:
         raise UserInputError(f"k={k} exceeds the catalogue's {num} items")
     order = np.argsort(-masked, axis=1, kind="stable")[:, :k]
     return order, np.take_along_axis(masked, order, axis=1)
+
+
+def fuse_and_rank(candidates: np.ndarray, retrieval_logits: np.ndarray,
+                  rerank_logits: np.ndarray, k: int, retrieval_weight: float = 0.0) -> tuple:
+    """The reranking stage's order over a retrieval stage's candidates.
+
+    Each row's score is ``rerank_logits + retrieval_weight * retrieval_logits`` (all
+    ``[users, n]``, aligned with ``candidates``); returns ``(candidates [users, k],
+    scores [users, k], order [users, k])``, best first, where ``order`` indexes the
+    original n columns. Ties keep the retrieval order (the sort is stable)."""
+    candidates = np.asarray(candidates)
+    scores = (np.asarray(rerank_logits, np.float64)
+              + retrieval_weight * np.asarray(retrieval_logits, np.float64))
+    if scores.shape != candidates.shape:
+        raise ValueError(f"logits {scores.shape} and candidates {candidates.shape} differ")
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= candidates.shape[1]:
+        raise UserInputError(f"k must be in [1, {candidates.shape[1]}] (the retrieved "
+                             f"candidates), got {k!r}")
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return (np.take_along_axis(candidates, order, axis=1),
+            np.take_along_axis(scores, order, axis=1), order)

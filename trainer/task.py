@@ -14,6 +14,8 @@
         --item_text "globex wireless gaming laptop pro"
     python -m trainer.task recommend --model_dir runs/demo --user_text "a laptop" \\
         --history item_12,item_7 --k 10
+    python -m trainer.task recommend --pipeline configs/retrieve_rerank.yaml \\
+        --user_text "a laptop" --history item_12,item_7
     python -m trainer.task explain --model_dir runs/tiny --num_examples 20 \
         [--methods integrated_gradients,occlusion,shapley]
 
@@ -66,14 +68,22 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--item_text", action="append", required=True,
                          help="candidate item text (repeat, same count as --user_text)")
     recommend = sub.add_parser("recommend", help="the top k catalogue items for a user "
-                               "(two-tower runs: their saved item index)")
-    recommend.add_argument("--model_dir", required=True)
+                               "(two-tower runs: their saved item index; or retrieve -> "
+                               "rerank with --pipeline)")
+    stages = recommend.add_mutually_exclusive_group(required=True)
+    stages.add_argument("--model_dir", help="a two-tower run: retrieval alone")
+    stages.add_argument("--pipeline", help="a retrieve -> rerank YAML naming both runs "
+                        "(see configs/retrieve_rerank.yaml)")
+    recommend.add_argument("--set", dest="overrides", action="append", default=[],
+                           metavar="KEY=VALUE", help="override a --pipeline key, repeatable "
+                           "(e.g. rerank.model_dir=runs/demo_cross)")
     recommend.add_argument("--user_text", default="",
                            help="the user's query (empty: none)")
     recommend.add_argument("--history", default="",
                            help="comma-separated catalogue item ids the user interacted "
                            "with, most recent first; they are not recommended again")
-    recommend.add_argument("--k", type=int, default=10, help="items to return")
+    recommend.add_argument("--k", type=int, default=None,
+                           help="items to return (default: 10, or the pipeline's k)")
     explain = sub.add_parser("explain", help="explain a trained run's recommendations and "
                              "measure the explanations' faithfulness")
     explain.add_argument("--model_dir", required=True)
@@ -155,11 +165,26 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "recommend":
             from trainer import recommend_lib
             history = [h.strip() for h in args.history.split(",") if h.strip()]
-            recommender = recommend_lib.Recommender(args.model_dir)
-            for rank, item in enumerate(recommender.recommend([args.user_text], [history],
-                                                              k=args.k)[0], 1):
-                print(f"{rank}\t{item['item_id']}\t{item['click_probability']:.4f}\t"
-                      f"{item['logit']:+.4f}")
+            if args.pipeline:
+                pipeline = config_lib.load_pipeline(args.pipeline, args.overrides)
+                recommender = recommend_lib.RetrieveRerank(pipeline)
+                items = recommender.recommend([args.user_text], [history], k=args.k)[0]
+                print("rank\titem_id\tclick_probability\tscore\trerank_logit\t"
+                      "retrieval_logit")
+                for rank, item in enumerate(items, 1):
+                    print(f"{rank}\t{item['item_id']}\t{item['click_probability']:.4f}\t"
+                          f"{item['score']:+.4f}\t{item['rerank_logit']:+.4f}\t"
+                          f"{item['retrieval_logit']:+.4f}")
+            else:
+                if args.overrides:
+                    raise UserInputError("--set applies to --pipeline only")
+                recommender = recommend_lib.Recommender(args.model_dir)
+                items = recommender.recommend([args.user_text], [history],
+                                              k=10 if args.k is None else args.k)[0]
+                print("rank\titem_id\tclick_probability\tlogit")
+                for rank, item in enumerate(items, 1):
+                    print(f"{rank}\t{item['item_id']}\t{item['click_probability']:.4f}\t"
+                          f"{item['logit']:+.4f}")
         elif args.command == "predict":
             if len(args.user_text) != len(args.item_text):
                 raise UserInputError("give as many --item_text as --user_text")

@@ -122,7 +122,7 @@ def test_recommend_command_prints_k_ranked_items(trained_two_tower_run, capsys):
     history = retrieval.ItemIndex.load(model_dir).item_ids[:2]
     assert task.main(["recommend", "--model_dir", model_dir, "--history", ",".join(history),
                       "--k", "4"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = capsys.readouterr().out.strip().splitlines()[1:]  # after the header
     assert [line.split("\t")[0] for line in lines] == ["1", "2", "3", "4"]
     assert not {line.split("\t")[1] for line in lines} & set(history)
     assert task.main(["recommend", "--model_dir", model_dir, "--history", "nope"]) == 2
