@@ -94,8 +94,17 @@ from trainer.errors import DataError, UserInputError
 # TensorFlow (train_lib, datasets) is imported inside run(), after the arguments are checked,
 # so --help and usage errors answer at once.
 
-MODELS = ("popularity", "mf", "sasrec", "two_tower", "bert", "bert_pretrained")
-DEFAULT_MODELS = ("popularity", "mf", "sasrec", "two_tower", "bert")
+MODELS = ("popularity", "mf", "sasrec", "two_tower", "bert", "bert_rerank", "bert_pretrained")
+DEFAULT_MODELS = ("popularity", "mf", "sasrec", "two_tower", "bert", "bert_rerank")
+# Retrieve -> rerank: the two_tower row retrieves each user's top --rerank_candidates items
+# from the whole catalogue, and every cross-encoder row reranks them (``retrieve_rerank``).
+RETRIEVER = "two_tower"
+# (bert_pretrained is not one: at ~20-30 pairs/s on 2 CPU cores, 2 x 100 pairs for each of
+# ~600 users would take over an hour.)
+RERANKERS = ("bert", "bert_rerank")
+RERANK_METRICS = ("hr@10", "ndcg@10")
+# Fusion weights w of ``rerank logit + w * retrieval logit``, chosen on validation users.
+FUSION_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
 METRICS = ("hr@10", "ndcg@10", "mrr", "auc")
 # One held-out positive per user, so HR@k of full ranking is its recall@k: hr@100 is
 # the recall@100 a retrieval stage would pass on to a reranker.
@@ -122,9 +131,14 @@ ROWS = {
     # compute is capped in DEFAULT_SET_FOR.
     "bert": ["model.kind=bert", "model.interaction=cross", "model.pretrained=''",
              "model.pooling=cls"] + POINTWISE,
+    # The same cross-encoder trained as a second stage: part of each training positive's
+    # negatives come from the two_tower row's top --rerank_candidates for that user state
+    # (--rerank_hard_negatives), the rest stay uniform.
+    "bert_rerank": ["model.kind=bert", "model.interaction=cross", "model.pretrained=''",
+                    "model.pooling=cls"] + POINTWISE,
     "bert_pretrained": ["model.kind=bert", "model.interaction=cross"] + POINTWISE,
 }
-TEXT_ROWS = ("two_tower", "bert")  # learn the base config's WordPiece vocabulary
+TEXT_ROWS = ("two_tower", "bert", "bert_rerank")  # learn the base config's WordPiece vocabulary
 # Per-row defaults that --set_for extends (later overrides win); recorded in the row.
 # MF, tuned on ml-latest-small with this protocol (configs/movielens.yaml: 50,000-example
 # training subset, 4 uniform negatives per positive; 608 users; sampled nDCG@10 [95% CI] /
@@ -151,7 +165,9 @@ TEXT_ROWS = ("two_tower", "bert")  # learn the base config's WordPiece vocabular
 DEFAULT_SET_FOR = {"mf": ["train.epochs=30", "train.learning_rate=3e-3", "model.l2=1e-5",
                           "model.embedding_dim=64", "train.batch_size=64"],
                    "bert": ["train.batch_size=64", "train.epochs=3",
-                            "train.steps_per_epoch=781"]}
+                            "train.steps_per_epoch=781"],
+                   "bert_rerank": ["train.batch_size=64", "train.epochs=3",
+                                   "train.steps_per_epoch=781"]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -199,6 +215,44 @@ def regular_groups(labels, groups, size: int):
     ids, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
     positives = np.bincount(inverse.reshape(-1), weights=(labels > 0), minlength=len(ids))
     return ids[(counts == size) & (positives == 1)]
+
+
+def candidate_ranking_metrics(candidates, scores, positive, k: int = 10) -> dict:
+    """Per-user HR@k and nDCG@k of a ranking over each user's retrieved ``candidates``
+    (``[users, n]`` item indices, ``scores`` aligned) when the held-out item is
+    ``positive[u]``: its rank is 1 + the candidates scored >= it (ties count against it,
+    as in full ranking); a positive that was not retrieved is a miss (0). Also
+    ``"retrieved"`` (1 where the positive is among the candidates: recall@n).
+
+    >>> m = candidate_ranking_metrics([[4, 2, 9], [1, 3, 5]], [[0.2, 0.9, 0.1],
+    ...                               [0.5, 0.5, 0.1]], [4, 7], k=2)
+    >>> m["hr@2"].tolist(), round(float(m["ndcg@2"][0]), 4), m["retrieved"].tolist()
+    ([1.0, 0.0], 0.6309, [1.0, 0.0])
+    """
+    candidates = np.asarray(candidates)
+    scores = np.asarray(scores, np.float64)
+    positive = np.asarray(positive).reshape(-1, 1)
+    is_positive = candidates == positive
+    retrieved = is_positive.any(axis=1)
+    own = np.where(retrieved, np.max(np.where(is_positive, scores, -np.inf), axis=1), np.inf)
+    rank = 1 + ((scores >= own[:, None]) & ~is_positive).sum(axis=1)
+    hit = retrieved & (rank <= k)
+    return {f"hr@{k}": hit.astype(np.float64),
+            f"ndcg@{k}": np.where(hit, 1.0 / np.log2(rank + 1.0), 0.0),
+            "retrieved": retrieved.astype(np.float64)}
+
+
+def top_candidates(logits, exclude, positive, n: int) -> tuple:
+    """Each user's ``n`` best items by ``logits`` ``[users, N + 1]`` (column 0 and the
+    ``exclude`` mask left out, except the user's own ``positive``): ``(items [users, n],
+    logits [users, n])``, best first; ties keep the lower index."""
+    masked = np.array(logits, np.float64)
+    blocked = np.array(exclude, dtype=bool)
+    blocked[np.arange(len(masked)), np.asarray(positive)] = False
+    blocked[:, 0] = True
+    masked[blocked] = -np.inf
+    order = np.argsort(-masked, axis=1, kind="stable")[:, :n]
+    return order.astype(np.int32), np.take_along_axis(masked, order, axis=1)
 
 
 def summarize(per_user: dict, rows, bootstrap: int, seed: int, keys=METRICS) -> dict:
@@ -299,6 +353,17 @@ def _parser() -> argparse.ArgumentParser:
                              "of the cross-encoder's full-ranking users (0 = none: a "
                              "pretrained model scores ~20-30 pairs/s on 2 CPU cores, i.e. "
                              "minutes per user on ml-latest-small)")
+    parser.add_argument("--rerank_candidates", type=int, default=100,
+                        help="retrieve -> rerank: the two_tower row hands each user's top N "
+                             "catalogue items to every cross-encoder row (0 = off)")
+    parser.add_argument("--rerank_train_positives", type=int, default=20000,
+                        help="bert_rerank: training positives (seeded subset of whole "
+                             "impressions) whose negatives come partly from retrieval")
+    parser.add_argument("--rerank_hard_negatives", type=int, default=2,
+                        help="bert_rerank: negatives per training positive drawn from the "
+                             "two_tower row's top --rerank_candidates for that user state "
+                             "(the rest of data.movielens.negatives_per_positive stay "
+                             "uniform)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch training lines")
     return parser
 
@@ -317,7 +382,12 @@ def _models(args) -> list:
         raise _Usage("--models names no model")
     if "bert_pretrained" in names and not args.pretrained:
         raise _Usage("--models bert_pretrained needs --pretrained PATH")
-    return list(dict.fromkeys(names))
+    names = list(dict.fromkeys(names))
+    if "bert_rerank" in names and (RETRIEVER not in names or args.rerank_candidates <= 0
+                                   or names.index(RETRIEVER) > names.index("bert_rerank")):
+        raise _Usage(f"--models bert_rerank trains on the {RETRIEVER} row's retrieved items: "
+                     f"list {RETRIEVER} before it and keep --rerank_candidates > 0")
+    return names
 
 
 def _per_model_overrides(args) -> dict:
@@ -355,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
             raise _Usage("--full_ranking_pairwise_users must be >= 0 (0 = all users)")
         if args.full_ranking_pretrained_users < 0:
             raise _Usage("--full_ranking_pretrained_users must be >= 0 (0 = none)")
+        if args.rerank_candidates < 0 or args.rerank_train_positives < 0 or \
+                args.rerank_hard_negatives < 0:
+            raise _Usage("--rerank_candidates, --rerank_train_positives and "
+                         "--rerank_hard_negatives must be >= 0")
         _check_pretrained(args.pretrained)
         result = run(args, names, per_model)
     except (_Usage, UserInputError) as err:
@@ -376,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['model']} was ranked for:")
             print(format_full_table([{"model": name, **values} for name, values in
                                      row["full_ranking"]["comparison_on_subset"].items()]))
+    blocks = [row["retrieve_rerank"] for row in result["rows"] if "retrieve_rerank" in row]
+    if blocks:
+        print(f"\nretrieve -> rerank: {RETRIEVER}'s top {blocks[0]['candidates']} never-rated "
+              f"items per user (recall {blocks[0]['recall@candidates']:.3f}) reranked; the "
+              "fusion weight is chosen on validation users")
+        print(format_rerank_table(result["rows"]))
     print(f"\nwrote {os.path.join(args.out, 'quality.json')}")
     return 0
 
@@ -484,6 +564,21 @@ def run(args, names: list, per_model: dict) -> dict:
     item_text = ids.item_texts(catalogue, base.data.item_text_fields)
     candidates = (~rated).sum(axis=1)  # the never-rated items each positive competes with
 
+    # Retrieve -> rerank: the validation users' held-out items choose the fusion weight.
+    rerank_on = args.rerank_candidates > 0 and RETRIEVER in names and \
+        any(name in RERANKERS for name in names)
+    stage_users = {}
+    if rerank_on:
+        val_positives = np.flatnonzero(tables["validation"].label > 0)
+        val_positives = val_positives[np.argsort(tables["validation"].group[val_positives],
+                                                 kind="stable")]
+        val_rows = tables["validation"].subset(val_positives)
+        val_users = [user_of_group["validation"][g] for g in val_rows.group.tolist()]
+        stage_users = {"validation": (val_rows, _rated_mask(base, ids, val_users)),
+                       "test": (user_rows, rated)}
+    train_users = (np.array([ex.user_id for ex in prepared.splits["train"]], dtype=object)
+                   if "bert_rerank" in names else None)
+
     data_seconds = time.time() - started
     info = prepared.info
     # What the featurizers need (two-tower kinds: the catalogue and ids); the examples go.
@@ -502,6 +597,7 @@ def run(args, names: list, per_model: dict) -> dict:
     pairwise_rows = _seeded_rows(eval_subset if eval_subset is not None else all_rows,
                                  args.full_ranking_pairwise_users, [seed, 3])
     per_user_all, per_user_full_all, full_rows_of, rows = {}, {}, {}, []
+    retrieved, hard_train = {}, None
     for name in names:
         overrides = list(ROWS[name])
         if name == "bert_pretrained":
@@ -512,6 +608,8 @@ def run(args, names: list, per_model: dict) -> dict:
         kind = model_kinds.for_config(cfg)
         model_tables = {"train": tables["train"], "validation": tables["validation"],
                         "test": test}
+        if name == "bert_rerank":
+            model_tables["train"] = hard_train
         users_rows = all_rows
         if name == "bert_pretrained":
             model_tables["train"] = _impression_subset(
@@ -574,6 +672,16 @@ def run(args, names: list, per_model: dict) -> dict:
             for key in FULL_METRICS:
                 per_user_full[key][full_rows] = ranked[key]
             per_user_full_all[name] = per_user_full
+        if rerank_on and name == RETRIEVER:
+            retrieved = _retrieve_stage(kind, model, packer, item_text, stage_users,
+                                        args.rerank_candidates, cfg.train.eval_batch_size)
+            if "bert_rerank" in names:
+                hard_train = _hard_negative_table(
+                    kind, model, packer, tables["train"], train_users, base, ids, item_text,
+                    args, seed, cfg.train.eval_batch_size)
+        if retrieved and name in RERANKERS:
+            row["retrieve_rerank"] = _rerank_stage(kind, model, packer, retrieved, item_text,
+                                                   cfg.train.eval_batch_size, args, seed)
         row.update({"settings": _settings(cfg, fitted, model_tables, model),
                     "overrides": (PRETRAINED_OVERRIDES if name == "bert_pretrained" else [])
                     + per_model[name]})
@@ -644,6 +752,25 @@ def run(args, names: list, per_model: dict) -> dict:
         "data_seconds": round(data_seconds, 2),
         "replicas": strategy.num_replicas_in_sync,
     }
+    if retrieved:
+        protocol["retrieve_rerank"] = {
+            "retriever": RETRIEVER, "candidates": args.rerank_candidates,
+            "candidates_from": "the retriever's catalogue logits, items the user rated "
+                               "excluded (the held-out item kept), as in full ranking",
+            "rerankers": [name for name in names if name in RERANKERS],
+            "metrics": "per-user HR@10 / nDCG@10 of the held-out item within the reranked "
+                       "candidates (a held-out item that was not retrieved is a miss; ties "
+                       "count against it); paired bootstrap of each difference with "
+                       "retrieval alone",
+            "fusion": "rerank logit + w * retrieval logit, w in "
+                      f"{list(FUSION_WEIGHTS)} chosen by validation nDCG@10 (the validation "
+                      "users' held-out items, retrieved the same way)",
+            "bert_rerank_training": (
+                f"{args.rerank_train_positives} training positives (0 = all), "
+                f"{args.rerank_hard_negatives} negatives each drawn from the retriever's top "
+                f"{args.rerank_candidates} for that training state, the rest uniform"
+                if "bert_rerank" in names else None),
+        }
     if "bert_pretrained" in names:
         protocol["pretrained_eval_users"] = (int(len(eval_subset)) if eval_subset is not None
                                              else int(len(scored)))
@@ -680,6 +807,138 @@ def _full_ranking(kind, model, packer, user_rows, full_rows, item_text, rated, l
             "users_subset": bool(len(full_rows) < len(scored)),
             "max_abs_logit_diff_vs_sampled": float(np.max(diff, initial=0.0)),
             "per_user": per_user}
+
+
+def _retrieve_stage(kind, model, packer, item_text, stage_users: dict, n: int,
+                    batch_size: int) -> dict:
+    """The retriever's top ``n`` never-rated items per user (its held-out item kept) for
+    each split of ``stage_users`` (``{split: (one row per user, rated mask)}``)."""
+    out = {}
+    for split, (users, rated) in stage_users.items():
+        t0 = time.time()
+        logits = kind.catalogue_logits(model, packer, users, item_text, batch_size)
+        # Never more candidates than the user with the fewest unrated items has.
+        available = int((~rated[:, 1:]).sum(axis=1).min()) + 1
+        items, item_logits = top_candidates(logits, rated, users.item_index,
+                                            max(1, min(n, available)))
+        out[split] = {"users": users, "positive": users.item_index, "items": items,
+                      "logits": item_logits, "seconds": time.time() - t0}
+    return out
+
+
+def _hard_negative_table(kind, model, packer, train, train_users, cfg, ids, item_text, args,
+                         seed: int, batch_size: int):
+    """bert_rerank's training rows: a seeded subset of ``--rerank_train_positives`` whole
+    training impressions in which ``--rerank_hard_negatives`` of each positive's uniform
+    negatives are replaced by items drawn from the retriever's top ``--rerank_candidates``
+    for that user state (items the user never rated), so the reranker learns to tell
+    apart the items it will be handed."""
+    positives = np.flatnonzero(train.label > 0)
+    rng = np.random.default_rng([seed, 5])
+    if 0 < args.rerank_train_positives < len(positives):
+        positives = np.sort(rng.choice(positives, args.rerank_train_positives,
+                                       replace=False))
+    users, user_code = np.unique(train_users[positives], return_inverse=True)
+    rated = _rated_mask(cfg, ids, users)
+    hard = args.rerank_hard_negatives
+    t0 = time.time()
+    drawn = np.zeros([len(positives), hard], np.int32)
+    for start in range(0, len(positives), 4096):
+        chunk = slice(start, start + 4096)
+        rows = train.subset(positives[chunk])
+        mask = rated[user_code[chunk]]
+        available = int((~mask[:, 1:]).sum(axis=1).min())
+        n = max(hard, min(args.rerank_candidates, available))
+        logits = kind.catalogue_logits(model, packer, rows, item_text, batch_size)
+        # positive 0 ("no item", always blocked): the positive is rated, so never drawn
+        items, _ = top_candidates(logits, mask, np.zeros(len(rows), np.int64), n)
+        pick = np.argsort(rng.random(items.shape), axis=1)[:, :hard]
+        drawn[chunk] = np.take_along_axis(items, pick, axis=1)
+    # The impressions' first (negatives - hard) uniform negatives stay.
+    groups = train.group[positives]
+    negatives = np.flatnonzero(np.isin(train.group, groups) & (train.label <= 0))
+    negatives = negatives[np.argsort(train.group[negatives], kind="stable")]
+    starts = np.searchsorted(train.group[negatives], train.group[negatives], side="left")
+    keep_uniform = max(0, cfg.data.movielens.negatives_per_positive - hard)
+    uniform = negatives[np.arange(len(negatives)) - starts < keep_uniform]
+    hard_rows = train.subset(np.repeat(positives, hard))
+    hard_rows.item_index = drawn.reshape(-1)
+    hard_rows.item_text = np.asarray(item_text, dtype=object)[hard_rows.item_index]
+    hard_rows.label = np.zeros(len(hard_rows.item_index), np.float32)
+    table = type(train).concat([train.subset(positives), train.subset(uniform), hard_rows])
+    print(f"   bert_rerank: {len(positives)} training positives, {hard} retrieved + "
+          f"{keep_uniform} uniform negatives each ({time.time() - t0:.1f} s)", flush=True)
+    return table
+
+
+def _rerank_stage(kind, model, packer, retrieved: dict, item_text, batch_size: int, args,
+                  seed: int) -> dict:
+    """A reranker row's ``retrieve_rerank`` block: the retriever alone, this model alone
+    and the fusion ``rerank + w * retrieval`` (w chosen by validation nDCG@10 over
+    ``FUSION_WEIGHTS``) on the same retrieved candidates, with paired differences."""
+    rerank, seconds = {}, {}
+    for split, stage in retrieved.items():
+        t0 = time.time()
+        rerank[split] = kind.candidate_logits(model, packer, stage["users"], stage["items"],
+                                              item_text, batch_size)
+        seconds[split] = time.time() - t0
+    val = retrieved["validation"]
+    by_weight = {w: float(candidate_ranking_metrics(
+        val["items"], rerank["validation"] + w * val["logits"], val["positive"])[
+            "ndcg@10"].mean()) for w in FUSION_WEIGHTS}
+    weight = FUSION_WEIGHTS[int(np.argmax([by_weight[w] for w in FUSION_WEIGHTS]))]
+    test = retrieved["test"]
+    per_user = {
+        "retrieval": candidate_ranking_metrics(test["items"], test["logits"],
+                                               test["positive"]),
+        "rerank": candidate_ranking_metrics(test["items"], rerank["test"], test["positive"]),
+        "fused": candidate_ranking_metrics(test["items"], rerank["test"]
+                                           + weight * test["logits"], test["positive"])}
+    users = np.arange(len(test["items"]))
+    block = {"retriever": RETRIEVER, "candidates": int(test["items"].shape[1]),
+             "recall@candidates": float(per_user["retrieval"]["retrieved"].mean()),
+             "retrieval_weight": weight,
+             "validation_ndcg@10_by_weight": {str(w): round(v, 5)
+                                              for w, v in by_weight.items()},
+             "seconds_per_user": {
+                 "retrieve": round(test["seconds"] / len(users), 5),
+                 "rerank": round(seconds["test"] / len(users), 5)}}
+    for stage, values in per_user.items():
+        block[stage] = summarize(values, users, args.bootstrap, seed, RERANK_METRICS)
+        if stage != "retrieval":
+            block[stage]["difference_vs_retrieval"] = {}
+            for key in RERANK_METRICS:
+                diff = values[key] - per_user["retrieval"][key]
+                low, high = metrics.bootstrap_ci(diff, num_samples=args.bootstrap, seed=seed)
+                block[stage]["difference_vs_retrieval"][key] = {
+                    "mean": float(diff.mean()), "ci95": [low, high]}
+    return block
+
+
+def format_rerank_table(rows: list) -> str:
+    """Fixed-width table of the rows' ``retrieve_rerank`` blocks."""
+    head = (f"{'stage':<26}{'hr@10':>8}{'ndcg@10 [95% CI]':>26}"
+            f"{'minus retrieval [95% CI]':>30}{'s/user':>9}")
+    lines = [head, "-" * len(head)]
+    blocks = [(row["model"], row["retrieve_rerank"]) for row in rows
+              if "retrieve_rerank" in row]
+    for position, (model, block) in enumerate(blocks):
+        stages = (["retrieval"] if position == 0 else []) + ["rerank", "fused"]
+        for stage in stages:
+            values = block[stage]
+            low, high = values["ci95"]["ndcg@10"]
+            name = {"retrieval": f"{block['retriever']} alone",
+                    "rerank": f"-> {model}",
+                    "fused": f"-> {model} + {block['retrieval_weight']:g} x ret."}[stage]
+            diff = values.get("difference_vs_retrieval", {}).get("ndcg@10")
+            diff_text = "" if diff is None else \
+                f"{diff['mean']:+.4f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]"
+            cost = block["seconds_per_user"]["retrieve"] + (
+                0.0 if stage == "retrieval" else block["seconds_per_user"]["rerank"])
+            ndcg = f"{values['ndcg@10']:.4f} [{low:.3f}, {high:.3f}]"
+            lines.append(f"{name:<26}{values['hr@10']:>8.4f}{ndcg:>26}{diff_text:>30}"
+                         f"{cost:>9.4f}")
+    return "\n".join(lines)
 
 
 def _spread(values) -> dict:

@@ -110,13 +110,8 @@ class TeacherTargets:
         extra.label = np.zeros(len(rows), np.float32)
         extra.group = table.group.max() + 1 + np.arange(len(rows), dtype=np.int64)
         extra.labelled = np.zeros(len(rows), np.float32)
-        if extra.true_probability is not None:
-            extra.true_probability = None
-            labelled.true_probability = None
-        columns = {}
-        for name, value in labelled.columns().items():
-            columns[name] = np.concatenate([value, getattr(extra, name)])
-        return type(table)(**columns)
+        extra.true_probability = None  # unknown for a drawn pair: the column is dropped
+        return type(table).concat([labelled, extra])
 
     def _fingerprint(self, train_rows: int) -> dict:
         stat = tf.io.gfile.stat(self.teacher_path)

@@ -110,6 +110,17 @@ class PairTable:
         return PairTable(**{k: (v[rows] if v is not None else None)
                             for k, v in dataclasses.asdict(self).items()})
 
+    @classmethod
+    def concat(cls, tables: list) -> "PairTable":
+        """The rows of ``tables`` one after another; a column absent from any table is
+        dropped."""
+        columns = {}
+        for field in dataclasses.fields(cls):
+            values = [getattr(t, field.name) for t in tables]
+            columns[field.name] = (None if any(v is None for v in values)
+                                   else np.concatenate(values))
+        return cls(**columns)
+
 
 def make_pair_table(examples: list[Example], catalogue: Catalogue, item_text_fields: list,
                     max_history: int, ids: IdVocabulary) -> PairTable:

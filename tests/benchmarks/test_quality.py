@@ -20,7 +20,7 @@ N_ITEMS = 50
 PER_USER = 14  # distinct items each fixture user rated
 NEGATIVES = 9
 PAIRWISE_USERS = 4  # the cross-encoder's full-ranking user subset in the fixture run
-ROWS = ["popularity", "mf", "sasrec", "two_tower", "bert"]
+ROWS = ["popularity", "mf", "sasrec", "two_tower", "bert", "bert_rerank"]
 # movielens_tiny.yaml keeps only heavy users of the real data; the fixture's users are light.
 FIXTURE_OVERRIDES = [
     "data.movielens.min_positives=3", f"data.movielens.eval_negatives={NEGATIVES}",
@@ -55,6 +55,10 @@ def quality_run(ml_dir, tmp_path_factory):
                               "--set_for", "bert:train.epochs=1",
                               "--set_for", "bert:train.steps_per_epoch=0",
                               "--set_for", "bert:train.batch_size=8",
+                              "--set_for", "bert_rerank:train.epochs=1",
+                              "--set_for", "bert_rerank:train.steps_per_epoch=0",
+                              "--set_for", "bert_rerank:train.batch_size=8",
+                              "--rerank_train_positives", "20",
                               "--full_ranking_pairwise_users", str(PAIRWISE_USERS))) == 0
     with open(os.path.join(out, "quality.json")) as f:
         return out, json.load(f)
@@ -205,8 +209,12 @@ def test_rows_record_model_settings(quality_run):
     assert rows["two_tower"]["settings"]["item_ids"] is True
     assert rows["sasrec"]["settings"]["kind"] == "sasrec"
     assert rows["sasrec"]["settings"]["epochs_run"] == 1
-    train_examples = {row["settings"]["train_examples"] for row in rows.values()}
+    train_examples = {row["settings"]["train_examples"] for name, row in rows.items()
+                      if name != "bert_rerank"}
     assert train_examples == {result["protocol"]["train_examples"]}
+    # 20 positives, each with 2 retrieved negatives (the fixture's 2 negatives per positive
+    # are all replaced: --rerank_hard_negatives 2)
+    assert rows["bert_rerank"]["settings"]["train_examples"] == 20 * 3
 
 
 def test_every_row_is_fully_ranked(quality_run):
@@ -255,6 +263,58 @@ def test_printed_tables(quality_run):
     _, result = quality_run
     table = quality.format_full_table(result["rows"])
     assert "bert*" in table and "sasrec " in table
+    rerank = quality.format_rerank_table(result["rows"]).splitlines()
+    assert [line.split()[0] for line in rerank[2:]] == ["two_tower"] + ["->"] * 4
+
+
+def test_retrieve_rerank_blocks(quality_run):
+    """Each cross-encoder row reranks the two_tower row's retrieved items. In the fixture
+    every unrated item is retrieved (36 < 100), so retrieval alone must reproduce the
+    two_tower row's own full ranking exactly."""
+    _, result = quality_run
+    rows = {row["model"]: row for row in result["rows"]}
+    assert result["protocol"]["retrieve_rerank"]["rerankers"] == ["bert", "bert_rerank"]
+    assert [name for name, row in rows.items() if "retrieve_rerank" in row] == \
+        ["bert", "bert_rerank"]
+    full = rows["two_tower"]["full_ranking"]
+    for name in ("bert", "bert_rerank"):
+        block = rows[name]["retrieve_rerank"]
+        assert block["candidates"] == N_ITEMS - PER_USER + 1
+        assert block["recall@candidates"] == 1.0
+        for key in quality.RERANK_METRICS:
+            assert block["retrieval"][key] == pytest.approx(full[key]), key
+        assert block["retrieval_weight"] in quality.FUSION_WEIGHTS
+        assert set(block["validation_ndcg@10_by_weight"]) == {str(w) for w in
+                                                               quality.FUSION_WEIGHTS}
+        best = max(block["validation_ndcg@10_by_weight"].values())
+        assert block["validation_ndcg@10_by_weight"][str(block["retrieval_weight"])] == best
+        for stage in ("retrieval", "rerank", "fused"):
+            assert block[stage]["users_evaluated"] == N_USERS
+            low, high = block[stage]["ci95"]["ndcg@10"]
+            assert 0.0 <= low <= block[stage]["ndcg@10"] <= high <= 1.0
+        for stage in ("rerank", "fused"):
+            diff = block[stage]["difference_vs_retrieval"]["ndcg@10"]
+            assert diff["mean"] == pytest.approx(block[stage]["ndcg@10"]
+                                                 - block["retrieval"]["ndcg@10"])
+            assert diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
+        assert block["seconds_per_user"]["rerank"] > 0
+
+
+def test_top_candidates_by_hand():
+    logits = np.array([[0.0, 5.0, 4.0, 3.0, 2.0], [0.0, 1.0, 2.0, 3.0, 4.0]])
+    exclude = np.array([[True, True, False, False, False], [True, False, False, True, True]])
+    # user 0 rated item 1 (blocked); user 1 rated 3 and 4, but 4 is its held-out item
+    items, scores = quality.top_candidates(logits, exclude, positive=[2, 4], n=2)
+    assert items.tolist() == [[2, 3], [4, 2]]
+    assert scores.tolist() == [[4.0, 3.0], [4.0, 2.0]]
+    assert exclude[1, 4]  # the caller's mask is not modified
+
+
+def test_candidate_ranking_metrics_ties_count_against_the_positive():
+    m = quality.candidate_ranking_metrics([[5, 6, 7]], [[1.0, 1.0, 0.0]], [6], k=1)
+    assert m["hr@1"].tolist() == [0.0] and m["retrieved"].tolist() == [1.0]
+    m = quality.candidate_ranking_metrics([[5, 6, 7]], [[1.0, 1.0, 0.0]], [6], k=2)
+    assert m["ndcg@2"][0] == pytest.approx(1 / np.log2(3))
 
 
 def test_missing_data_dir_is_a_clean_error(tmp_path, capsys):
@@ -272,6 +332,10 @@ def test_missing_data_dir_is_a_clean_error(tmp_path, capsys):
     (["--pretrained", "/no/such/model"], "not a Hugging Face model directory"),
     (["--full_ranking_pairwise_users", "-1"], "--full_ranking_pairwise_users"),
     (["--full_ranking_pretrained_users", "-2"], "--full_ranking_pretrained_users"),
+    (["--models", "bert_rerank,two_tower"], "list two_tower before it"),
+    (["--models", "two_tower,bert_rerank", "--rerank_candidates", "0"],
+     "--rerank_candidates > 0"),
+    (["--rerank_hard_negatives", "-1"], "must be >= 0"),
 ])
 def test_bad_arguments_exit_2(tmp_path, capsys, extra, match):
     code = quality.main(["--data_dir", str(tmp_path), "--out", str(tmp_path / "o"), *extra])
