@@ -27,6 +27,10 @@ from trainer.datasets.canonical import Example
 from trainer.errors import RunDirError, UserInputError
 from trainer.train_lib import load_run_config, load_run_packer, prepare_data
 
+# What `recommend --explain` computes for each item: word attributions, and the history
+# items' leave-one-out and Shapley values (which also guide the verified counterfactual).
+EXPLAIN_METHODS = ("integrated_gradients", "leave_one_out", "shapley")
+
 
 def _load_run_model(model_dir: str) -> keras.Model:
     model_path = os.path.join(model_dir, "model.keras")
@@ -53,7 +57,9 @@ class Recommender:
         if not isinstance(self.model, TwoTowerRecommender):
             raise UserInputError(f"{model_dir}: recommend needs a two-tower run "
                                  "(model.interaction=two_tower or model.kind=sasrec)")
-        self.featurizer = load_run_packer(cfg, model_dir, prepare_data(cfg, model_dir))
+        prepared = prepare_data(cfg, model_dir)
+        self.cfg, self.catalogue = cfg, prepared.catalogue
+        self.featurizer = load_run_packer(cfg, model_dir, prepared)
         self.position = {item: i for i, item in enumerate(self.index.item_ids)}
 
     def retrieve(self, queries: list, histories: list, k: int,
@@ -86,6 +92,11 @@ class Recommender:
         scores = np.asarray(self.model.score_matrix(state, self.index.vectors,
                                                     self.index.id_index))
         return retrieval.top_k(scores, k, exclude)
+
+    def explain(self, query: str, history: list, item_ids: list, **options) -> list:
+        """One explanation record per recommended item (:func:`explain_items`)."""
+        return explain_items(self.cfg, self.model, self.featurizer, self.catalogue, query,
+                             history, item_ids, **options)
 
     def recommend(self, queries: list, histories: list, k: int = 10,
                   exclude_seen: bool = True) -> list:
@@ -131,6 +142,12 @@ class RetrieveRerank:
                                                             cfg.data.item_text_fields),
                                     dtype=object)
 
+    def explain(self, query: str, history: list, item_ids: list, **options) -> list:
+        """Explanations of the reranker's scores of ``item_ids`` (:func:`explain_items`);
+        with ``rerank.retrieval_weight`` > 0 they explain the reranker's part of the score."""
+        return explain_items(self.cfg, self.model, self.featurizer, self.catalogue, query,
+                             history, item_ids, **options)
+
     def user_rows(self, queries: list, histories: list) -> input_pipeline.PairTable:
         """One reranker input row per user (its candidate columns are placeholders)."""
         examples = [Example(user_id="", impression_id=str(row), history=tuple(history[::-1]),
@@ -167,3 +184,31 @@ class RetrieveRerank:
                          "click_probability": float(_sigmoid(rerank_logits[row, col]))}
                         for col, score in zip(order[row], scores[row])])
         return out
+
+
+def explain_items(cfg, model, featurizer, catalogue, query: str, history: list,
+                  item_ids: list, methods=EXPLAIN_METHODS, shapley_permutations: int = 16,
+                  seed: int = 0) -> list:
+    """Explains why a text model scored each of ``item_ids`` for one user (``history``:
+    item ids, most recent first): word attributions (integrated gradients), which history
+    items drove the score (leave-one-out and sampled Shapley), a counterfactual verified by
+    re-scoring, and a sentence (explainability.explainer records). The recommended list is
+    the impression: a rank is the item's rank among ``item_ids`` under this model."""
+    from explainability.explainer import ExplainOptions, Explainer
+    from trainer.explain_lib import make_case
+
+    kind = model_kinds.for_config(cfg)
+    try:
+        scorer, compose = kind.explanation_scorer(cfg, model, featurizer)
+    except ValueError as err:
+        raise UserInputError(f"--explain: {err}") from None
+    explainer = Explainer(scorer, compose, ExplainOptions(
+        methods=tuple(methods), shapley_permutations=shapley_permutations, seed=seed))
+    examples = [Example(user_id="", impression_id="recommend", history=tuple(history[::-1]),
+                        candidate=item, label=0, query=query) for item in item_ids]
+    reads_item_text = getattr(scorer, "history_reads_item_text", False)
+    records = []
+    for index, example in enumerate(examples):
+        case = make_case(example, examples, catalogue, cfg, index, reads_item_text)
+        records.append(explainer.explain(case, index)[0])
+    return records

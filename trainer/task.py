@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--history", default="",
                            help="comma-separated catalogue item ids the user interacted "
                            "with, most recent first; they are not recommended again")
+    recommend.add_argument("--explain", action="store_true",
+                           help="explain each recommended item (text models: which words "
+                           "and history items drove its score, a verified counterfactual, "
+                           "a sentence)")
     recommend.add_argument("--k", type=int, default=None,
                            help="items to return (default: 10, or the pipeline's k)")
     explain = sub.add_parser("explain", help="explain a trained run's recommendations and "
@@ -185,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
                 for rank, item in enumerate(items, 1):
                     print(f"{rank}\t{item['item_id']}\t{item['click_probability']:.4f}\t"
                           f"{item['logit']:+.4f}")
+            if args.explain:
+                records = recommender.explain(args.user_text, history,
+                                              [item["item_id"] for item in items])
+                print("\nwhy (the model's own scores, re-scored; see README "
+                      "'Explanations'):")
+                for rank, (item, record) in enumerate(zip(items, records), 1):
+                    print(f"{rank}\t{item['item_id']}\t{record['sentence']}")
         elif args.command == "predict":
             if len(args.user_text) != len(args.item_text):
                 raise UserInputError("give as many --item_text as --user_text")

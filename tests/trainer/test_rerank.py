@@ -160,3 +160,35 @@ def test_recommend_command_with_a_pipeline(pipeline, trained_two_tower_run, caps
     assert [line.split("\t")[0] for line in lines[1:]] == ["1", "2", "3"]
     assert task.main(["recommend", "--pipeline", pipeline, "--set", "rerank.nope=1"]) == 2
     assert "rerank.nope" in capsys.readouterr().err
+
+
+def test_recommend_explain_gives_one_faithful_record_per_item(trained_two_tower_run):
+    """--explain: each recommended item's explanation is of the model that ranked it: its
+    score is that item's click probability, its rank is its place in the list, and the
+    history attributions name the user's own history items."""
+    from trainer import recommend_lib
+
+    recommender = recommend_lib.Recommender(trained_two_tower_run[0])
+    history = recommender.index.item_ids[:3]
+    top = recommender.recommend(["a query"], [history], k=3)[0]
+    records = recommender.explain("a query", history, [r["item_id"] for r in top],
+                                  shapley_permutations=4)
+    assert [r["example"]["candidate_id"] for r in records] == [r["item_id"] for r in top]
+    for rank, (item, record) in enumerate(zip(top, records), 1):
+        assert record["score"] == pytest.approx(item["click_probability"], abs=1e-4)
+        assert record["rank"] == rank and record["impression_size"] == 3
+        assert [h["item_id"] for h in record["history"]] == history  # newest first
+        assert len(record["history_attributions"]["shapley"]) == len(history)
+        assert record["sentence"]
+
+
+def test_recommend_command_explains_with_a_pipeline(pipeline, trained_two_tower_run, capsys):
+    from trainer import task
+
+    history = retrieval.ItemIndex.load(trained_two_tower_run[0]).item_ids[:2]
+    assert task.main(["recommend", "--pipeline", pipeline, "--history", ",".join(history),
+                      "--k", "2", "--explain"]) == 0
+    out = capsys.readouterr().out
+    why = out.split("why (")[1].strip().splitlines()[1:]
+    assert [line.split("\t")[0] for line in why] == ["1", "2"]
+    assert all(len(line.split("\t")[2]) > 20 for line in why)
