@@ -436,6 +436,16 @@ def load_config(path: str, overrides: list[str] | None = None) -> ExperimentConf
     return config_from_dict(apply_overrides(_read_yaml(path), overrides or []))
 
 
+def diff_keys(a, b, prefix: str = "") -> list:
+    """The dotted keys where two config dicts (``to_dict``) differ, sorted."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
 def to_dict(cfg: ExperimentConfig) -> dict:
     """The resolved config as plain data (what ``config.yaml`` in a run directory holds)."""
     return dataclasses.asdict(cfg)

@@ -36,7 +36,7 @@ import tensorflow as tf
 from models.glass_box import GlassBoxRecommender
 from trainer import config as config_lib
 from trainer import fidelity, input_pipeline, metrics, train_lib
-from trainer.datasets.canonical import atomic_directory, write_json
+from trainer.datasets.canonical import atomic_directory, read_npy, write_json, write_npy
 from trainer.errors import ConfigError, RunDirError
 
 TEACHER_LOGITS_DIR = "teacher_logits"
@@ -65,7 +65,7 @@ def check_student(cfg: config_lib.ExperimentConfig, teacher_cfg: config_lib.Expe
     student_data = config_lib.to_dict(cfg)["data"]
     teacher_data = config_lib.to_dict(teacher_cfg)["data"]
     if student_data != teacher_data:
-        diff = train_lib._diff_keys(teacher_data, student_data, "data.")
+        diff = config_lib.diff_keys(teacher_data, student_data, "data.")
         raise ConfigError(
             f"the student's data config differs from the teacher's ({teacher_dir}/config.yaml) "
             f"at {', '.join(diff[:5])}: a student learns the teacher's logits on the same "
@@ -91,6 +91,13 @@ class TeacherTargets:
         self.teacher_path = teacher_path
         self.prepared = None
         self.logits = None  # split -> teacher logits, train = the augmented table's rows
+        self._teacher = None
+
+    def teacher_model(self) -> keras.Model:
+        """The teacher's ``model.keras``, loaded once (not at all when the cache serves)."""
+        if self._teacher is None:
+            self._teacher = keras.models.load_model(self.teacher_path)
+        return self._teacher
 
     def augmented_train_table(self, prepared):
         """Training rows + ``unlabelled_per_example`` uniform catalogue pairs per row."""
@@ -128,17 +135,16 @@ class TeacherTargets:
         if tf.io.gfile.exists(meta):
             with tf.io.gfile.GFile(meta) as f:
                 if json.load(f) == fingerprint:
-                    return {name: _load_array(os.path.join(path, f"{name}.npy"))
+                    return {name: read_npy(os.path.join(path, f"{name}.npy"))
                             for name in tables}
-        teacher = keras.models.load_model(self.teacher_path)
+        teacher = self.teacher_model()
         packer = train_lib.load_run_packer(self.teacher_cfg, self.teacher_dir, self.prepared)
         batch = self.teacher_cfg.train.eval_batch_size
         logits = {name: train_lib.predict_logits(teacher, table, packer, batch)
                   for name, table in tables.items()}
         with atomic_directory(path) as tmp:
             for name, values in logits.items():
-                with tf.io.gfile.GFile(os.path.join(tmp, f"{name}.npy"), "wb") as f:
-                    np.save(f, values)
+                write_npy(os.path.join(tmp, f"{name}.npy"), values)
             with tf.io.gfile.GFile(os.path.join(tmp, "meta.json"), "w") as f:
                 json.dump(fingerprint, f)
         return logits
@@ -151,11 +157,6 @@ class TeacherTargets:
         self.logits = self.teacher_logits(tables, run_dir)
         train.teacher_logit = self.logits["train"].astype(np.float32)
         return train
-
-
-def _load_array(path: str) -> np.ndarray:
-    with tf.io.gfile.GFile(path, "rb") as f:
-        return np.load(f)
 
 
 # ---------------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ def distill_report(cfg, teacher_dir: str, model_dir: str, targets: TeacherTarget
     """Fidelity and cost of the student at ``model_dir`` against its teacher."""
     prepared = targets.prepared
     teacher_cfg = targets.teacher_cfg
-    teacher = keras.models.load_model(targets.teacher_path)
+    teacher = targets.teacher_model()
     teacher_packer = train_lib.load_run_packer(teacher_cfg, teacher_dir, prepared)
     student_packer = train_lib.load_run_packer(cfg, model_dir, prepared)
     report = {"teacher_dir": teacher_dir, "model_dir": model_dir,

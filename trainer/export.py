@@ -204,7 +204,7 @@ def _add_glass_box_endpoints(archive: keras.export.ExportArchive, model, feature
     """The glass-box signatures of the module docstring."""
     index_table = features.index_table()
     archive.track(index_table)
-    archive.track(features._table)
+    archive.track(features.word_table)
     words = tf.constant([""] + features.words)
     names = tf.constant(list(ITEM_FEATURES))
 

@@ -296,7 +296,7 @@ class GlassBoxFeatures:
         self.item_texts = list(item_texts)
         self.max_history = max_history
         self.max_query_words = max_query_words
-        self._table = tf.lookup.StaticHashTable(
+        self.word_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(self.words or [""], tf.string),
                 tf.range(1, max(len(self.words), 1) + 1, dtype=tf.int64)), default_value=0)
@@ -337,7 +337,7 @@ class GlassBoxFeatures:
     def _lookup_words(self, texts) -> tf.RaggedTensor:
         split = self.split_words(texts)
         return tf.ragged.map_flat_values(
-            lambda w: tf.cast(self._table.lookup(w), tf.int32), split)
+            lambda w: tf.cast(self.word_table.lookup(w), tf.int32), split)
 
     def _query_words(self, query):
         words = self._lookup_words(query)[:, : self.max_query_words]

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import model_kinds
-from trainer.datasets.canonical import atomic_directory
+from trainer.datasets.canonical import atomic_directory, read_npy, write_npy
 from trainer.errors import RunDirError, UserInputError
 
 ITEM_INDEX_DIR = "item_index"
@@ -46,8 +46,7 @@ class ItemIndex:
         path = os.path.join(model_dir, ITEM_INDEX_DIR)
         with atomic_directory(path) as tmp:
             for name, array in (("vectors.npy", self.vectors), ("id_index.npy", self.id_index)):
-                with tf.io.gfile.GFile(os.path.join(tmp, name), "wb") as f:
-                    np.save(f, array)
+                write_npy(os.path.join(tmp, name), array)
             with tf.io.gfile.GFile(os.path.join(tmp, "item_ids.json"), "w") as f:
                 json.dump(list(self.item_ids), f)
         return path
@@ -59,10 +58,8 @@ class ItemIndex:
             raise RunDirError(f"{path}: no item index; it is written when a two-tower run "
                               "finishes training (model.interaction=two_tower or "
                               "model.kind=sasrec)")
-        arrays = {}
-        for name in ("vectors", "id_index"):
-            with tf.io.gfile.GFile(os.path.join(path, f"{name}.npy"), "rb") as f:
-                arrays[name] = np.load(f)
+        arrays = {name: read_npy(os.path.join(path, f"{name}.npy"))
+                  for name in ("vectors", "id_index")}
         with tf.io.gfile.GFile(os.path.join(path, "item_ids.json")) as f:
             item_ids = json.load(f)
         return cls(item_ids, arrays["vectors"].astype(np.float32),

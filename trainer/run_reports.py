@@ -444,7 +444,7 @@ def select_items(catalogue, max_items: int = 10000, seed: int = 0) -> list:
 
 
 def item_embeddings(model, packer, catalogue, item_text_fields, *, item_index=None,
-                    batch_size: int = 64, max_items: int = 10000,
+                    catalogue_vectors=None, batch_size: int = 64, max_items: int = 10000,
                     seed: int = 0) -> ItemEmbeddings | None:
     """Vectors for (up to ``max_items``, see :func:`select_items`) catalogue items.
 
@@ -462,6 +462,8 @@ def item_embeddings(model, packer, catalogue, item_text_fields, *, item_index=No
       catalogue: item id -> :class:`trainer.datasets.canonical.Item`.
       item_text_fields: the run's ``data.item_text_fields``.
       item_index: item id -> embedding row, for MatrixFactorization.
+      catalogue_vectors: a two-tower run's ``retrieval.ItemIndex``: its vectors are reused
+        instead of running the item tower again.
       batch_size: items encoded per forward pass.
       max_items: cap on the number of items, so large catalogues stay cheap.
       seed: seed of the item sample when the catalogue has more than ``max_items``.
@@ -478,8 +480,12 @@ def item_embeddings(model, packer, catalogue, item_text_fields, *, item_index=No
                        f"with an empty user side; item text fields: "
                        f"{', '.join(item_text_fields)}")
     elif isinstance(model, TwoTowerRecommender):
-        vectors, _ = model_kinds.catalogue_item_vectors(
-            model, packer, _rows_of(packer.item_ids, ids), batch_size)
+        if catalogue_vectors is not None:
+            position = {item: i for i, item in enumerate(catalogue_vectors.item_ids)}
+            vectors = catalogue_vectors.vectors[[position[i] for i in ids]]
+        else:
+            vectors, _ = model_kinds.catalogue_item_vectors(
+                model, packer, _rows_of(packer.item_ids, ids), batch_size)
         vectors = np.asarray(vectors, np.float32)
         description = (f"{type(model).__name__} item tower: the cacheable item vector "
                        f"v(i) its click logit dots with the user vector (pooling="

@@ -96,21 +96,12 @@ def check_model_dir(model_dir: str, cfg: config_lib.ExperimentConfig) -> bool:
         existing = yaml.safe_load(f.read())
     resolved = config_lib.to_dict(cfg)
     if existing != resolved:
-        diff = _diff_keys(existing or {}, resolved)
+        diff = config_lib.diff_keys(existing or {}, resolved)
         raise RunDirError(
             f"{path}: model_dir already holds a run with a different config (differs at "
             f"{', '.join(diff[:5]) or 'top level'}); use a new --model_dir, or rerun with the "
             "same config to resume")
     return True
-
-
-def _diff_keys(a, b, prefix="") -> list:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 # ---------------------------------------------------------------------------------------
@@ -395,8 +386,13 @@ def _train(cfg, model_dir, write_dir, strategy, resuming, started,
 
     split_logits = predict_splits(model, tables, packer, cfg.train.eval_batch_size)
     results = evaluate_tables(model, tables, packer, cfg.train.eval_batch_size, split_logits)
+    item_index = None
+    if isinstance(model, TwoTowerRecommender):
+        # The catalogue's item vectors, computed once: for retrieval (`recommend`, and the
+        # export's `retrieve` signature, which bakes them in) and the projector.
+        item_index = retrieval.build_item_index(model, packer, cfg.train.eval_batch_size)
     results["reports"] = _write_reports(cfg, model_dir, model, packer, prepared, split_logits,
-                                        fitted["epochs_run"])
+                                        fitted["epochs_run"], item_index)
     results["train"] = {"seconds": round(train_seconds, 1),
                         "steps_per_epoch": fitted["steps_per_epoch"],
                         "epochs_run": fitted["epochs_run"],
@@ -406,11 +402,7 @@ def _train(cfg, model_dir, write_dir, strategy, resuming, started,
     tmp_model = model_path + ".tmp.keras"
     model.save(tmp_model)
     tf.io.gfile.rename(tmp_model, model_path, overwrite=True)
-    item_index = None
-    if isinstance(model, TwoTowerRecommender):
-        # The catalogue's item vectors, computed once for retrieval (`recommend`, and the
-        # export's `retrieve` signature, which bakes them in).
-        item_index = retrieval.build_item_index(model, packer, cfg.train.eval_batch_size)
+    if item_index is not None:
         item_index.save(model_dir)
     export.export_saved_model(model, os.path.join(model_dir, "export"), packer, item_index)
     write_json(os.path.join(model_dir, "metrics.json"), results)
@@ -418,13 +410,14 @@ def _train(cfg, model_dir, write_dir, strategy, resuming, started,
 
 
 def _write_reports(cfg, model_dir, model, packer, prepared: PreparedData, split_logits: dict,
-                   step: int) -> dict:
+                   step: int, item_index=None) -> dict:
     """TensorBoard text/PR curve/projector and the calibration and score PNGs of the final
     model on validation (trainer/run_reports.py); returns their paths and the bins."""
     table = prepared.tables["validation"]
     embeddings = run_reports.item_embeddings(
         model, packer, prepared.catalogue, cfg.data.item_text_fields,
-        item_index=prepared.ids.items, batch_size=cfg.train.eval_batch_size)
+        item_index=prepared.ids.items, catalogue_vectors=item_index,
+        batch_size=cfg.train.eval_batch_size)
     return run_reports.write_run_reports(
         model_dir, labels=table.label, logits=split_logits["validation"],
         user_text=table.user_text, item_text=table.item_text, embeddings=embeddings,

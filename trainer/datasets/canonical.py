@@ -315,6 +315,19 @@ def write_json(path: str, payload, sort_keys: bool = True) -> None:
                                        default=_json_default) + "\n")
 
 
+def write_npy(path: str, array) -> None:
+    """``np.save`` through tf.io.gfile (local or gs://); write into an
+    :func:`atomic_directory` for atomicity."""
+    with tf.io.gfile.GFile(path, "wb") as f:
+        np.save(f, np.asarray(array))
+
+
+def read_npy(path: str) -> np.ndarray:
+    """``np.load`` through tf.io.gfile (local or gs://)."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return np.load(f)
+
+
 def _encode(rows: list[dict], columns: list[str], file_format: str,
             list_columns: tuple = ()) -> str:
     buf = io.StringIO()
