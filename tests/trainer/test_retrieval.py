@@ -70,6 +70,23 @@ def test_training_saves_an_item_index_that_matches_the_model(trained_two_tower_r
     np.testing.assert_allclose(rebuilt.vectors, index.vectors, atol=1e-5)
 
 
+def test_the_projector_shows_the_item_index_vectors(trained_two_tower_run):
+    """The run's item vectors are computed once; the projector reuses them."""
+    import os
+
+    from trainer import run_reports
+
+    model_dir, _ = trained_two_tower_run
+    index = retrieval.ItemIndex.load(model_dir)
+    log_dir = os.path.join(model_dir, "tensorboard", "projector")
+    with open(os.path.join(log_dir, "metadata.tsv")) as f:
+        shown = [line.split("\t")[0] for line in f.read().splitlines()[1:]]
+    vectors = tf.train.load_checkpoint(tf.train.latest_checkpoint(log_dir)).get_tensor(
+        run_reports.PROJECTOR_TENSOR)
+    position = {item: i for i, item in enumerate(index.item_ids)}
+    np.testing.assert_array_equal(vectors, index.vectors[[position[i] for i in shown]])
+
+
 def test_recommend_ranks_the_catalogue_like_pairwise_scoring(trained_two_tower_run):
     from trainer import recommend_lib
 
