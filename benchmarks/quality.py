@@ -3,7 +3,8 @@ one protocol.
 
     python -m benchmarks.quality --dataset movielens --data_dir ../shared/data/ml-latest-small \\
         --out runs/quality [--config configs/movielens.yaml] [--set train.epochs=2 ...] \\
-        [--models popularity,mf,sasrec,two_tower,bert] [--bootstrap 1000] \\
+        [--models popularity,mf,sasrec,two_tower,bert,bert_rerank] [--bootstrap 1000] \\
+        [--rerank_candidates 100 --rerank_train_positives 20000 --rerank_hard_negatives 2] \\
         [--set_for mf:train.epochs=30 ...] [--full_ranking_pairwise_users 25] \\
         [--pretrained ../shared/models/all-MiniLM-L6-v2 --pretrained_eval_users 50]
 
@@ -12,7 +13,9 @@ Rows (``--models``; each is the base config with the row's model settings, see `
 ``DEFAULT_SET_FOR`` settings), ``sasrec`` (``model.kind=sasrec``: the two-tower model over
 item ids alone), ``two_tower`` (``model.kind=bert``, ``model.interaction=two_tower``,
 ``model.item_ids=true``: shared text item encoder + item ids), ``bert`` (the cross-encoder,
-random init) and ``bert_pretrained`` (the cross-encoder from ``--pretrained``).
+random init), ``bert_rerank`` (the same, trained on the two-tower's retrieved negatives:
+see retrieve -> rerank below) and ``bert_pretrained`` (the cross-encoder from
+``--pretrained``).
 
 Protocol (identical for every model, so the rows differ only in the model):
 
@@ -58,6 +61,21 @@ a seeded subset of those users): at ~20-30 pairs/s on 2 CPU cores a pretrained m
 minutes per user; otherwise its ``full_ranking`` holds ``skipped``.
 ``full_ranking.max_abs_logit_diff_vs_sampled`` checks the catalogue logits against the
 pairwise ``predict`` logits on the sampled candidates (it should be ~1e-6).
+
+Retrieve -> rerank (every cross-encoder row's ``retrieve_rerank``, with
+``--rerank_candidates N``, default 100, 0 = off): the ``two_tower`` row retrieves each
+user's top N never-rated items from its catalogue logits (as in full ranking: the held-out
+item competes with every unrated item), and each cross-encoder row scores those N pairs
+(``ModelKind.candidate_logits``, what ``recommend --pipeline`` runs). Per user, HR@10 and
+nDCG@10 of the held-out item are computed within the reranked list (not retrieved = a
+miss, ties against it) for retrieval alone, the reranker alone and the fusion
+``rerank logit + w * retrieval logit`` with w in ``FUSION_WEIGHTS`` chosen by the
+validation users' nDCG@10 (their validation item retrieved the same way); each gets a 95%
+bootstrap interval and a paired bootstrap interval of its difference with retrieval alone,
+and the seconds per user of each stage. ``bert`` is the cross-encoder trained on uniform
+negatives; ``bert_rerank`` is the same model trained as a second stage: a seeded subset of
+``--rerank_train_positives`` training impressions in which ``--rerank_hard_negatives`` of
+each positive's negatives are drawn from the retriever's top N for that training state.
 
 ``bert_pretrained`` (only with ``--pretrained``): the same BERTRecommender with a pretrained
 backbone and its own tokenizer. A pretrained model is slow on a CPU, so it may train on a
