@@ -122,7 +122,7 @@ RETRIEVER = "two_tower"
 RERANKERS = ("bert", "bert_rerank")
 RERANK_METRICS = ("hr@10", "ndcg@10")
 # Fusion weights w of ``rerank logit + w * retrieval logit``, chosen on validation users.
-FUSION_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
+FUSION_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 METRICS = ("hr@10", "ndcg@10", "mrr", "auc")
 # One held-out positive per user, so HR@k of full ranking is its recall@k: hr@100 is
 # the recall@100 a retrieval stage would pass on to a reranker.
@@ -884,6 +884,10 @@ def _hard_negative_table(kind, model, packer, train, train_users, cfg, ids, item
     hard_rows.item_text = np.asarray(item_text, dtype=object)[hard_rows.item_index]
     hard_rows.label = np.zeros(len(hard_rows.item_index), np.float32)
     table = type(train).concat([train.subset(positives), train.subset(uniform), hard_rows])
+    # Each impression's rows together, as in the loader's tables: the shuffle buffer is
+    # smaller than the table, so blocks of positives / negatives would reach the model in
+    # turn (an epoch of negatives only).
+    table = table.subset(np.argsort(table.group, kind="stable"))
     print(f"   bert_rerank: {len(positives)} training positives, {hard} retrieved + "
           f"{keep_uniform} uniform negatives each ({time.time() - t0:.1f} s)", flush=True)
     return table

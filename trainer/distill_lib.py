@@ -100,7 +100,10 @@ class TeacherTargets:
         return self._teacher
 
     def augmented_train_table(self, prepared):
-        """Training rows + ``unlabelled_per_example`` uniform catalogue pairs per row."""
+        """Training rows + ``unlabelled_per_example`` uniform catalogue pairs per row, each
+        row's pairs right after it: the shuffle buffer (``data.shuffle_buffer``) is far
+        smaller than the table, so appending them as a block would give each epoch all
+        the logged impressions first and the drawn pairs last."""
         table = prepared.tables["train"]
         per_row = self.cfg.distill.unlabelled_per_example
         labelled = table.subset(np.arange(len(table)))
@@ -118,13 +121,16 @@ class TeacherTargets:
         extra.group = table.group.max() + 1 + np.arange(len(rows), dtype=np.int64)
         extra.labelled = np.zeros(len(rows), np.float32)
         extra.true_probability = None  # unknown for a drawn pair: the column is dropped
-        return type(table).concat([labelled, extra])
+        source = np.concatenate([np.arange(len(table)), rows])
+        drawn = np.concatenate([np.zeros(len(table)), np.ones(len(rows))])
+        return type(table).concat([labelled, extra]).subset(np.lexsort((drawn, source)))
 
     def _fingerprint(self, train_rows: int) -> dict:
         stat = tf.io.gfile.stat(self.teacher_path)
         return {"teacher_model": os.path.abspath(self.teacher_path), "bytes": stat.length,
                 "mtime_nsec": stat.mtime_nsec, "train_rows": train_rows,
                 "unlabelled_per_example": self.cfg.distill.unlabelled_per_example,
+                "layout": "interleaved",  # caches of the earlier block layout are stale
                 "seed": self.cfg.train.seed}
 
     def teacher_logits(self, tables: dict, run_dir: str) -> dict:
