@@ -233,6 +233,11 @@ class DistillConfig:
     alpha: float = 0.5
     temperature: float = 2.0
     unlabelled_per_example: int = 1
+    # per_user: subtract from the teacher's logits their mean over each user state (a
+    # training impression's logged rows and their drawn pairs) before the KD loss. A
+    # softmax-trained teacher's logits are defined only up to a per-user constant, which
+    # binary KD would otherwise have to copy (and which can saturate the sigmoid).
+    teacher_centering: str = "none"
 
 
 @dataclasses.dataclass
@@ -262,6 +267,7 @@ _CHOICES = {
     "runtime.strategy": ("auto", "tpu", "multi_worker", "mirrored", "one_device", "default"),
     "runtime.precision": ("float32", "mixed_bfloat16", "mixed_float16"),
     "tune.algorithm": ("random", "bayesian", "hyperband"),
+    "distill.teacher_centering": ("none", "per_user"),
     "tune.objective": ("val_auc", "val_loss"),
 }
 

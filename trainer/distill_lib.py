@@ -108,6 +108,7 @@ class TeacherTargets:
         per_row = self.cfg.distill.unlabelled_per_example
         labelled = table.subset(np.arange(len(table)))
         labelled.labelled = np.ones(len(table), np.float32)
+        self.user_state = table.group  # rows with one group share one user state
         if per_row == 0:
             return labelled
         rng = np.random.default_rng(self.cfg.train.seed)
@@ -123,7 +124,9 @@ class TeacherTargets:
         extra.true_probability = None  # unknown for a drawn pair: the column is dropped
         source = np.concatenate([np.arange(len(table)), rows])
         drawn = np.concatenate([np.zeros(len(table)), np.ones(len(rows))])
-        return type(table).concat([labelled, extra]).subset(np.lexsort((drawn, source)))
+        order = np.lexsort((drawn, source))
+        self.user_state = table.group[source[order]]
+        return type(table).concat([labelled, extra]).subset(order)
 
     def _fingerprint(self, train_rows: int) -> dict:
         stat = tf.io.gfile.stat(self.teacher_path)
@@ -161,7 +164,13 @@ class TeacherTargets:
         tables = {"train": train, **{name: prepared.tables[name] for name in REPORT_SPLITS
                                      if len(prepared.tables[name])}}
         self.logits = self.teacher_logits(tables, run_dir)
-        train.teacher_logit = self.logits["train"].astype(np.float32)
+        targets = self.logits["train"].astype(np.float64)
+        if self.cfg.distill.teacher_centering == "per_user":
+            states, inverse = np.unique(self.user_state, return_inverse=True)
+            means = np.bincount(inverse, weights=targets, minlength=len(states)) / \
+                np.bincount(inverse, minlength=len(states))
+            targets = targets - means[inverse]
+        train.teacher_logit = targets.astype(np.float32)
         return train
 
 

@@ -132,7 +132,8 @@ def test_runs_written_before_runtime_precision_still_load():
 
 @pytest.mark.parametrize("override, key", [
     ("distill.alpha=1.5", "distill.alpha"), ("distill.temperature=0", "distill.temperature"),
-    ("distill.unlabelled_per_example=-1", "distill.unlabelled_per_example")])
+    ("distill.unlabelled_per_example=-1", "distill.unlabelled_per_example"),
+    ("distill.teacher_centering=mean", "distill.teacher_centering")])
 def test_bad_distillation_settings_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key):
         config_lib.load_config(os.path.join(CONFIGS, "demo_student.yaml"), [override])

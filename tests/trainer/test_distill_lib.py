@@ -147,3 +147,26 @@ def test_bad_input_is_refused_before_anything_is_written(trained_two_tower_run, 
     assert task.main(["distill", "--teacher_dir", str(tmp_path / "nope"), "--config",
                       os.path.join(teacher_dir, "config.yaml"), "--model_dir",
                       model_dir]) == 2
+
+
+def test_per_user_centering_removes_each_user_states_mean_only(glass_box_student):
+    """distill.teacher_centering=per_user: within one user state (an impression's logged
+    rows and their drawn pairs) the targets keep the teacher's differences; their mean is
+    0. The cached raw logits are reused."""
+    teacher_dir, model_dir, _ = glass_box_student
+    from trainer import train_lib
+
+    cfg = _student_config(teacher_dir, GLASS_BOX)
+    cfg.distill.teacher_centering = "per_user"
+    teacher_cfg, path = distill_lib.load_teacher(teacher_dir)
+    targets = distill_lib.TeacherTargets(cfg, teacher_dir, teacher_cfg, path)
+    train = targets(train_lib.prepare_data(cfg, model_dir), model_dir)
+    raw = np.load(os.path.join(model_dir, "teacher_logits", "train.npy"))
+    states = targets.user_state
+    assert len(states) == len(train)
+    for state in np.unique(states)[:20]:
+        rows = states == state
+        assert rows.sum() == 3 * (train.labelled[rows] == 1).sum()  # 2 drawn per logged row
+        assert abs(train.teacher_logit[rows].mean()) < 1e-5
+        np.testing.assert_allclose(train.teacher_logit[rows] - train.teacher_logit[rows][0],
+                                   raw[rows] - raw[rows][0], atol=1e-5)
