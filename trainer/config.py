@@ -437,9 +437,23 @@ def config_from_dict(raw: dict) -> ExperimentConfig:
     return cfg
 
 
+_PIPELINE_KEYS = ("retrieve", "rerank")
+
+
+def is_pipeline_config(path: str) -> bool:
+    """Whether the YAML at ``path`` describes a retrieve -> rerank pipeline
+    (:class:`PipelineConfig`, read by :func:`load_pipeline`) rather than an experiment."""
+    return any(key in _read_yaml(path) for key in _PIPELINE_KEYS)
+
+
 def load_config(path: str, overrides: list[str] | None = None) -> ExperimentConfig:
     """Reads a YAML config (following ``base:``), applies overrides and validates it."""
-    return config_from_dict(apply_overrides(_read_yaml(path), overrides or []))
+    raw = _read_yaml(path)
+    if any(key in raw for key in _PIPELINE_KEYS):
+        raise ConfigError(f"{path} is a retrieve -> rerank pipeline config (it has "
+                          "'retrieve'/'rerank' keys), not an experiment: use it with "
+                          "`python -m trainer.task recommend --pipeline " + path + "`")
+    return config_from_dict(apply_overrides(raw, overrides or []))
 
 
 def diff_keys(a, b, prefix: str = "") -> list:

@@ -12,9 +12,16 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 def test_every_shipped_config_loads():
     names = sorted(n for n in os.listdir(CONFIGS) if n.endswith(".yaml"))
     assert {"demo.yaml", "tiny.yaml"} <= set(names)
+    pipelines = [n for n in names if config_lib.is_pipeline_config(os.path.join(CONFIGS, n))]
+    assert pipelines == ["retrieve_rerank.yaml"]
     for name in names:
-        cfg = config_lib.load_config(os.path.join(CONFIGS, name))
-        assert isinstance(cfg, config_lib.ExperimentConfig)
+        path = os.path.join(CONFIGS, name)
+        if name in pipelines:
+            assert isinstance(config_lib.load_pipeline(path), config_lib.PipelineConfig)
+            with pytest.raises(config_lib.ConfigError, match="recommend --pipeline"):
+                config_lib.load_config(path)
+        else:
+            assert isinstance(config_lib.load_config(path), config_lib.ExperimentConfig)
 
 
 def test_tiny_inherits_from_demo_and_overrides():
