@@ -13,7 +13,7 @@ import yaml
 
 from tests.conftest import MICRO_OVERRIDES, REPO
 from trainer import config as config_lib
-from trainer import train_lib, tune_lib
+from trainer import tune_lib
 from trainer.errors import ConfigError
 
 TINY = os.path.join(REPO, "configs", "tiny.yaml")
