@@ -7,7 +7,8 @@
     vocab.txt         the WordPiece vocabulary (text models)
     tensorboard/      train/ and validation/ event files: loss, AUC, learning rate
     checkpoints/      best.weights.h5 (best validation train.early_stopping_metric)
-    backup/           BackupAndRestore state while training runs, so a killed job resumes
+    backup/           the resumable training state while training runs (trainer/resume.py):
+                      a killed job rerun with the same command ends with the same model
     model.keras       the trained Keras model (loads with keras.models.load_model)
     export/           SavedModel: raw strings in, click_probability out (trainer/export.py)
     item_index/       two-tower runs: every catalogue item's vector (trainer/retrieval.py)
@@ -34,7 +35,7 @@ from trainer import config as config_lib
 from models.distillation import DistillationLoss, LabelledAUC
 from models.two_tower import TwoTowerRecommender
 from trainer import (datasets, distribute, export, input_pipeline, metrics, model_kinds,
-                     retrieval, run_reports)
+                     resume, retrieval, run_reports)
 from trainer.datasets.canonical import atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError, UserInputError
 
@@ -205,26 +206,35 @@ def evaluate_tables(model, tables: dict, packer, batch_size: int,
 # Train
 # ---------------------------------------------------------------------------------------
 
-def _callbacks(cfg: config_lib.ExperimentConfig, model_dir: str | None) -> list:
-    # Early stopping (restoring the best weights) selects the model in every run; the rest
-    # write into the run directory, so a benchmark without one gets only early stopping.
+def _callbacks(cfg: config_lib.ExperimentConfig,
+               model_dir: str | None) -> tuple[list, resume.TrainingState | None]:
+    """The fit callbacks, in the order they must run, and the run's resumable state.
+
+    Early stopping (restoring the best weights) selects the model in every run; the rest
+    write into the run directory, so a benchmark without one gets only early stopping.
+    The training state is saved after early stopping and the checkpoint have seen the
+    epoch (it holds their state) and before TensorBoard writes it (a kill between the two
+    loses that epoch's summary; it never writes one twice)."""
     monitor = f"val_{cfg.train.early_stopping_metric}"
     early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, mode="max",
                                                    patience=cfg.train.early_stopping_patience,
                                                    restore_best_weights=True)
     if not model_dir:
-        return [early_stopping]
+        return [early_stopping], None
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        os.path.join(model_dir, "checkpoints", "best.weights.h5"), monitor=monitor,
+        mode="max", save_best_only=True, save_weights_only=True)
+    state = resume.TrainingState(os.path.join(model_dir, "backup"), early_stopping,
+                                 checkpoint)
     profile = cfg.runtime.profile_steps
     return [
-        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(model_dir, "checkpoints", "best.weights.h5"), monitor=monitor,
-            mode="max", save_best_only=True, save_weights_only=True),
+        checkpoint,
         early_stopping,
+        state,
         keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"),
                                     update_freq="epoch",
                                     profile_batch=tuple(profile) if profile else 0),
-    ]
+    ], state
 
 
 def compile_model(cfg: config_lib.ExperimentConfig, model: keras.Model, packer,
@@ -253,9 +263,14 @@ def compile_model(cfg: config_lib.ExperimentConfig, model: keras.Model, packer,
 
 
 def make_train_dataset(cfg: config_lib.ExperimentConfig, table: input_pipeline.PairTable,
-                       packer, global_batch: int) -> tf.data.Dataset:
+                       packer, global_batch: int, skip_steps: int = 0) -> tf.data.Dataset:
     """The repeated, shuffled training dataset (through TFRecord shards when
-    ``data.tfrecord_dir`` is set)."""
+    ``data.tfrecord_dir`` is set), from step ``skip_steps`` on.
+
+    The stream of rows is a function of ``train.seed`` alone, so a run that continues
+    from epoch e (resumed after a kill, or a Hyperband trial carried on) skips the
+    ``skip_steps * global_batch`` rows the earlier epochs consumed and sees exactly the
+    batches an uninterrupted run would."""
     source, cache = table, cfg.data.cache_tokens
     if cfg.data.tfrecord_dir:
         source = input_pipeline.write_tfrecords(
@@ -263,7 +278,8 @@ def make_train_dataset(cfg: config_lib.ExperimentConfig, table: input_pipeline.P
         cache = False
     return input_pipeline.make_dataset(
         source, global_batch, packer=packer, training=True, seed=cfg.train.seed,
-        shuffle_buffer=cfg.data.shuffle_buffer, repeat=True, cache_tokens=cache)
+        shuffle_buffer=cfg.data.shuffle_buffer, repeat=True, cache_tokens=cache,
+        skip_rows=skip_steps * global_batch)
 
 
 def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict, packer,
@@ -295,10 +311,18 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
 
     history = {}
     if model.trainable_weights:
-        train_ds = make_train_dataset(cfg, train_rows, packer, global_batch)
+        callbacks, state = _callbacks(cfg, model_dir)
+        epochs = epochs or cfg.train.epochs
+        if state is not None:
+            done, stopped = state.restore(model)
+            # Early stopping had ended the run: no epoch is left, fit only restores the
+            # best weights.
+            initial_epoch = epochs if stopped else max(initial_epoch, min(done, epochs))
+        train_ds = make_train_dataset(cfg, train_rows, packer, global_batch,
+                                      skip_steps=initial_epoch * steps_per_epoch)
         val_ds = input_pipeline.make_dataset(tables["validation"], cfg.train.eval_batch_size,
                                              packer=packer)
-        callbacks = _callbacks(cfg, model_dir) + list(extra_callbacks)
+        callbacks += list(extra_callbacks)
         multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         validation_data, curves_data = val_ds, val_ds
         if cfg.train.early_stopping_metric != "auc":
@@ -319,12 +343,14 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
             callbacks.append(run_reports.ValidationCurves(
                 os.path.join(model_dir, "tensorboard", "validation"), curves_data,
                 tables["validation"].label))
-        fit = model.fit(train_ds, epochs=epochs or cfg.train.epochs,
+        fit = model.fit(train_ds, epochs=epochs,
                         initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
                         validation_data=validation_data, shuffle=False,  # tf.data shuffles
                         callbacks=callbacks,
                         verbose=verbose)
-        history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+        # A resumed run's history holds the epochs run before the kill too.
+        history = (dict(state.history) if state is not None else
+                   {k: [float(v) for v in vals] for k, vals in fit.history.items()})
     return {"steps_per_epoch": steps_per_epoch, "epochs_run": len(history.get("loss", [])),
             "history": history}
 
@@ -406,6 +432,7 @@ def _train(cfg, model_dir, write_dir, strategy, resuming, started,
         item_index.save(model_dir)
     export.export_saved_model(model, os.path.join(model_dir, "export"), packer, item_index)
     write_json(os.path.join(model_dir, "metrics.json"), results)
+    resume.TrainingState(os.path.join(write_dir, "backup")).clear()  # the outputs are written
     return results
 
 
@@ -425,7 +452,7 @@ def _write_reports(cfg, model_dir, model, packer, prepared: PreparedData, split_
 
 
 def _copy_backup(model_dir: str, write_dir: str) -> None:
-    """Gives a non-chief worker the chief's BackupAndRestore state, so a restarted
+    """Gives a non-chief worker the chief's training state (trainer/resume.py), so a restarted
     multi-worker job resumes every worker from the same epoch (they must stay in step)."""
     source = os.path.join(model_dir, "backup")
     if not tf.io.gfile.isdir(source):
