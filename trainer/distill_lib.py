@@ -178,7 +178,8 @@ class TeacherTargets:
 # Cost: parameters, FLOPs, serving speed
 # ---------------------------------------------------------------------------------------
 
-def _example_batch(model, table, packer, rows: int) -> dict:
+def example_batch(table, packer, rows: int) -> dict:
+    """The model inputs of ``table``'s first ``rows`` rows, as one batch."""
     data = input_pipeline.make_dataset(table.subset(np.arange(min(rows, len(table)))),
                                                  rows, packer=packer, with_labels=False)
     return next(iter(data))
@@ -222,7 +223,7 @@ def examples_per_second(model: keras.Model, batch: dict, repeats: int = 20) -> f
 
 def model_cost(model: keras.Model, table, packer, batch_size: int = 256) -> dict:
     """Parameters, FLOPs per example and served examples/s on ``table``'s first rows."""
-    batch = _example_batch(model, table, packer, batch_size)
+    batch = example_batch(table, packer, batch_size)
     return {"parameters": int(model.count_params()),
             "flops_per_example": flops_per_example(model, batch),
             "examples_per_second": examples_per_second(model, batch)}

@@ -15,6 +15,8 @@ bool or string tensor in the input dict breaks tf.distribute under Keras 3 (DESI
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import os
 import uuid
 
@@ -23,6 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.datasets.canonical import Catalogue, Example
+
+log = logging.getLogger(__name__)
 
 USER_SIDE_SEPARATOR = " ; "
 RESERVED_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # [PAD] = 0: the model's mask
@@ -495,10 +499,31 @@ def read_tfrecords(pattern_or_paths, ordered: bool = True,
 PACK_BLOCK = 512  # rows tokenized per call: the tokenizer's per-call cost is high
 
 
+MAX_SEEDED_PASSES = 512  # one concatenated dataset per pass over the training table
+
+
+def _seeded_passes(data: tf.data.Dataset, seed: int, shuffle_buffer: int,
+                   passes: range) -> tf.data.Dataset:
+    """Passes ``passes`` over ``data``, each shuffled with its own seed drawn from
+    ``(seed, pass)``, concatenated.
+
+    ``shuffle(reshuffle_each_iteration=True).repeat()`` would draw each pass's order from a
+    seed generator whose state is shared by every iterator over the dataset; a distribution
+    strategy creates more than one (measured under MirroredStrategy: a resumed run's stream
+    was shifted by a whole pass), so the order would depend on the iterator history and not
+    only on the position in the stream. Here pass k's order depends on (seed, k) alone.
+    """
+    shuffled = [data.shuffle(shuffle_buffer,
+                             seed=int(np.random.SeedSequence([seed, k]).generate_state(1)[0]),
+                             reshuffle_each_iteration=False)
+                for k in passes]
+    return functools.reduce(lambda a, b: a.concatenate(b), shuffled)
+
+
 def make_dataset(source, batch_size: int, packer=None, training: bool = False,
                  seed: int = 0, shuffle_buffer: int = 20000, repeat: bool = False,
                  with_labels: bool = True, cache_tokens: bool = False,
-                 skip_rows: int = 0) -> tf.data.Dataset:
+                 skip_rows: int = 0, total_rows: int | None = None) -> tf.data.Dataset:
     """Batched ``(features, label)`` pairs for ``model.fit`` / ``predict``.
 
     Rows are tokenized and packed in blocks of ``PACK_BLOCK`` (one tokenizer call per block
@@ -520,6 +545,9 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
         the same cores.
       skip_rows: rows of the shuffled (and repeated) stream to drop before batching: a
         resumed run continues the stream where the finished epochs left it.
+      total_rows: with ``training`` and ``repeat`` on a :class:`PairTable`, the length of
+        the whole training stream (epochs x steps x global batch). The stream is then a
+        pure function of ``seed`` (see :func:`_seeded_passes`), which exact resume needs.
     """
     if isinstance(source, PairTable):
         columns = source.columns()
@@ -552,10 +580,25 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
         data = data.apply(tf.data.experimental.assert_cardinality(len(source)))
     if cache_tokens:
         data = data.cache()
-    if training:
-        data = data.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        data = data.repeat()
+    passes = None
+    if training and repeat and total_rows and isinstance(source, PairTable) and len(source):
+        # One pass more than the steps need: Keras may read ahead of the last step (under
+        # a distribution strategy it takes a batch to build the model), and running out
+        # would end the last epoch early.
+        passes = range(skip_rows // len(source), -(-total_rows // len(source)) + 1)
+        if len(passes) > MAX_SEEDED_PASSES:
+            log.warning("%d passes over %d training rows: too many to seed one by one, so "
+                        "the shuffle order is not reproduced by a resumed run",
+                        len(passes), len(source))
+            passes = None
+    if passes is not None:
+        data = _seeded_passes(data, seed, shuffle_buffer, passes)
+        skip_rows %= len(source)
+    else:
+        if training:
+            data = data.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            data = data.repeat()
     if skip_rows:
         data = data.skip(skip_rows)
     data = data.batch(batch_size, drop_remainder=training)

@@ -263,14 +263,18 @@ def compile_model(cfg: config_lib.ExperimentConfig, model: keras.Model, packer,
 
 
 def make_train_dataset(cfg: config_lib.ExperimentConfig, table: input_pipeline.PairTable,
-                       packer, global_batch: int, skip_steps: int = 0) -> tf.data.Dataset:
+                       packer, global_batch: int, skip_steps: int = 0,
+                       total_steps: int | None = None) -> tf.data.Dataset:
     """The repeated, shuffled training dataset (through TFRecord shards when
     ``data.tfrecord_dir`` is set), from step ``skip_steps`` on.
 
-    The stream of rows is a function of ``train.seed`` alone, so a run that continues
-    from epoch e (resumed after a kill, or a Hyperband trial carried on) skips the
+    From an in-memory table the stream of rows is a function of ``train.seed`` alone
+    (passes over the table, each shuffled with its own seed), so a run that continues from
+    epoch e (resumed after a kill, or a Hyperband trial carried on) skips the
     ``skip_steps * global_batch`` rows the earlier epochs consumed and sees exactly the
-    batches an uninterrupted run would."""
+    batches an uninterrupted run would. TFRecord shards are read in a non-deterministic
+    interleave (for throughput), so a resumed streaming run continues the stream, not
+    exactly."""
     source, cache = table, cfg.data.cache_tokens
     if cfg.data.tfrecord_dir:
         source = input_pipeline.write_tfrecords(
@@ -279,7 +283,8 @@ def make_train_dataset(cfg: config_lib.ExperimentConfig, table: input_pipeline.P
     return input_pipeline.make_dataset(
         source, global_batch, packer=packer, training=True, seed=cfg.train.seed,
         shuffle_buffer=cfg.data.shuffle_buffer, repeat=True, cache_tokens=cache,
-        skip_rows=skip_steps * global_batch)
+        skip_rows=skip_steps * global_batch,
+        total_rows=total_steps * global_batch if total_steps else None)
 
 
 def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict, packer,
@@ -314,12 +319,14 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
         callbacks, state = _callbacks(cfg, model_dir)
         epochs = epochs or cfg.train.epochs
         if state is not None:
-            done, stopped = state.restore(model)
+            with strategy.scope():  # the optimizer's variables are built under it
+                done, stopped = state.restore(model)
             # Early stopping had ended the run: no epoch is left, fit only restores the
             # best weights.
             initial_epoch = epochs if stopped else max(initial_epoch, min(done, epochs))
         train_ds = make_train_dataset(cfg, train_rows, packer, global_batch,
-                                      skip_steps=initial_epoch * steps_per_epoch)
+                                      skip_steps=initial_epoch * steps_per_epoch,
+                                      total_steps=epochs * steps_per_epoch)
         val_ds = input_pipeline.make_dataset(tables["validation"], cfg.train.eval_batch_size,
                                              packer=packer)
         callbacks += list(extra_callbacks)

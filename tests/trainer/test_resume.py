@@ -16,7 +16,7 @@ import pytest
 
 from models import two_tower  # noqa: F401  (load_model needs the registered classes)
 from tests.conftest import REPO
-from trainer import resume, train_lib  # noqa: F401
+from trainer import input_pipeline, resume, train_lib  # noqa: F401
 
 
 def _model():
@@ -164,3 +164,27 @@ def test_a_killed_run_resumes_to_the_uninterrupted_model(tmp_path, extra):
     _run(_train_args(killed, extra))  # the same command again
     _assert_same_run(uninterrupted, killed)
     assert not (killed / "backup").exists()
+
+
+def _stream(table, skip_rows, total_rows, batch=4):
+    data = input_pipeline.make_dataset(table, batch, training=True, seed=5, shuffle_buffer=8,
+                                       repeat=True, skip_rows=skip_rows,
+                                       total_rows=total_rows)
+    return [int(i) for features, _ in data for i in features["item_index"].numpy()]
+
+
+def test_the_training_stream_is_a_function_of_seed_and_position():
+    n = 10
+    table = input_pipeline.PairTable(
+        user_text=np.array(["u"] * n, dtype=object), item_text=np.array(["i"] * n, dtype=object),
+        label=np.zeros(n, np.float32), group=np.arange(n), user_index=np.zeros(n, np.int32),
+        item_index=np.arange(n, dtype=np.int32))
+    full = _stream(table, 0, 36)
+    assert len(full) == 48  # 5 whole passes (one more than the 36 rows need), in batches of 4
+    # Each pass over the table is a permutation of it, and passes differ.
+    passes = [full[k:k + n] for k in range(0, 30, n)]
+    assert all(sorted(p) == list(range(n)) for p in passes)
+    assert passes[0] != passes[1] != passes[2]
+    # Resuming at any position gives the rest of the same stream.
+    for skip in (4, 12, 20, 24):
+        assert _stream(table, skip, 36)[:36 - skip] == full[skip:36]
