@@ -25,9 +25,10 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    # Tests execute the notebooks (nbclient + an ipykernel) and build the sdist (build).
+    # Tests execute the notebooks (nbclient + an ipykernel), build the sdist (build) and
+    # feed the readers generated files (hypothesis).
     "dev": ["pytest>=8.0", "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
-            "build==1.6.1"],
+            "build==1.6.1", "hypothesis==6.170.15"],
     "tfds": ["tensorflow-datasets==4.9.10"],
     "tune": ["keras-tuner==1.4.8"],
     "explain": ["shap==0.51.0"],

@@ -363,8 +363,14 @@ def _read_text(path: str) -> str:
             return f.read()
     if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 text (byte offset {err.start}); "
+                          "re-save the config as UTF-8") from None
 
 
 def _read_yaml(path: str, seen: tuple = ()) -> dict:
@@ -453,7 +459,12 @@ def load_config(path: str, overrides: list[str] | None = None) -> ExperimentConf
         raise ConfigError(f"{path} is a retrieve -> rerank pipeline config (it has "
                           "'retrieve'/'rerank' keys), not an experiment: use it with "
                           "`python -m trainer.task recommend --pipeline " + path + "`")
-    return config_from_dict(apply_overrides(raw, overrides or []))
+    try:
+        return config_from_dict(apply_overrides(raw, overrides or []))
+    except ConfigError as err:
+        if str(err).startswith(path):
+            raise
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def diff_keys(a, b, prefix: str = "") -> list:

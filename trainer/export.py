@@ -59,6 +59,8 @@ half-written SavedModel at ``export/``.
 
 from __future__ import annotations
 
+import json
+
 import keras
 import tensorflow as tf
 
@@ -93,15 +95,16 @@ class _BakedItemIndex(tf.Module):
                 tf.range(len(item_index), dtype=tf.int64)), default_value=-1)
 
 
-def _add_retrieve_endpoint(archive, model, inputs, item_index) -> None:
+def _add_retrieve_endpoint(archive, model, user_inputs, item_index,
+                           user_signature: list) -> None:
+    """``retrieve(*user_signature, k)``; ``user_inputs(query, history, history_ids)`` gives
+    the model inputs of those users (with any placeholder candidate)."""
     baked = _BakedItemIndex(item_index)
     archive.track(baked)
     size = len(item_index)
 
-    def retrieve(query, history_text, history_ids, k):
-        empty = tf.fill(tf.shape(query), "")
-        state = model.user_state(inputs(query, history_text, history_ids, empty, empty),
-                                 training=False)
+    def retrieve(query, history, history_ids, k):
+        state = model.user_state(user_inputs(query, history, history_ids), training=False)
         scores = tf.cast(model.score_matrix(state, baked.vectors, baked.id_index), tf.float32)
         # Seen items: a [b, N] mask from the history's positions (-1 = not in the index,
         # whose one-hot row is all zeros).
@@ -117,10 +120,7 @@ def _add_retrieve_endpoint(archive, model, inputs, item_index) -> None:
         return {"item_ids": tf.gather(baked.item_ids, top.indices), "logits": top.values,
                 "click_probability": tf.sigmoid(top.values)}
 
-    archive.add_endpoint("retrieve", retrieve, input_signature=[
-        tf.TensorSpec([None], tf.string, name="query"),
-        tf.TensorSpec([None, None], tf.string, name="history_text"),
-        tf.TensorSpec([None, None], tf.string, name="history_ids"),
+    archive.add_endpoint("retrieve", retrieve, input_signature=list(user_signature) + [
         tf.TensorSpec([], tf.int32, name="k")])
 
 
@@ -197,7 +197,14 @@ def _add_two_tower_endpoints(archive: keras.export.ExportArchive, model, feature
         tf.TensorSpec.from_spec(text, name="item_text"),
         tf.TensorSpec.from_spec(text, name="item_id")])
     if item_index is not None:
-        _add_retrieve_endpoint(archive, model, inputs, item_index)
+        def user_inputs(query, history_text, history_ids):
+            empty = tf.fill(tf.shape(query), "")
+            return inputs(query, history_text, history_ids, empty, empty)
+
+        _add_retrieve_endpoint(archive, model, user_inputs, item_index, [
+            tf.TensorSpec([None], tf.string, name="query"),
+            tf.TensorSpec([None, None], tf.string, name="history_text"),
+            tf.TensorSpec([None, None], tf.string, name="history_ids")])
 
 
 def _add_glass_box_endpoints(archive: keras.export.ExportArchive, model, features) -> None:
@@ -285,6 +292,136 @@ def build_archive(model: keras.Model, packer=None,
             input_signature=[tf.TensorSpec([None], tf.int32, name="user_index"),
                              tf.TensorSpec([None], tf.int32, name="item_index")])
     return archive
+
+
+# ---------------------------------------------------------------------------------------
+# The token-id export: no tf-text op in the graph
+# ---------------------------------------------------------------------------------------
+
+TOKEN_EXPORT_CONTRACT = "token_contract.json"
+
+
+def has_token_export(packer) -> bool:
+    """Whether a run with this featurizer gets ``export_tokens/`` (text models: the
+    cross-encoder, and two-tower models that read item text)."""
+    if isinstance(packer, TwoTowerFeatures):
+        return packer.tokenizer is not None
+    return packer is not None and not isinstance(packer, GlassBoxFeatures)
+
+
+def _two_tower_token_endpoints(archive, model, features, item_index) -> dict:
+    """Two-tower signatures over token ids: what ``features.from_text`` computes, minus the
+    tokenizer. Item ids stay strings (a core-TF hash table maps them)."""
+    index_table = features.index_table()
+    archive.track(index_table)
+    length, max_history = features.tokenizer.sequence_length, features.max_history
+
+    def fit_history(tokens, ids):
+        tokens, ids = tokens[:, :max_history], ids[:, :max_history]
+        missing = max_history - tf.shape(tokens)[1]
+        return (tf.pad(tokens, [[0, 0], [0, missing], [0, 0]]),
+                tf.pad(ids, [[0, 0], [0, missing]], constant_values=""))
+
+    def inputs(query_token_ids, history_token_ids, history_ids, item_token_ids, item_id):
+        history_token_ids, history_ids = fit_history(history_token_ids, history_ids)
+        return {"query_token_ids": query_token_ids, "history_token_ids": history_token_ids,
+                "item_token_ids": item_token_ids,
+                "history_index": tf.cast(index_table.lookup(history_ids), tf.int32),
+                "item_index": tf.cast(index_table.lookup(item_id), tf.int32)}
+
+    def serve(query_token_ids, history_token_ids, history_ids, item_token_ids, item_id):
+        return _outputs(model(inputs(query_token_ids, history_token_ids, history_ids,
+                                     item_token_ids, item_id), training=False))
+
+    user_signature = [tf.TensorSpec([None, length], tf.int32, name="query_token_ids"),
+                      tf.TensorSpec([None, None, length], tf.int32, name="history_token_ids"),
+                      tf.TensorSpec([None, None], tf.string, name="history_ids")]
+    archive.add_endpoint("serving_default", serve, input_signature=user_signature + [
+        tf.TensorSpec([None, length], tf.int32, name="item_token_ids"),
+        tf.TensorSpec([None], tf.string, name="item_id")])
+    if item_index is not None:
+        def user_inputs(query_token_ids, history_token_ids, history_ids):
+            empty = tf.fill(tf.shape(query_token_ids)[:1], "")
+            return inputs(query_token_ids, history_token_ids, history_ids,
+                          tf.zeros_like(query_token_ids), empty)
+
+        _add_retrieve_endpoint(archive, model, user_inputs, item_index, user_signature)
+    return {"interaction": "two_tower", "item_max_tokens": length,
+            "max_history": max_history,
+            "inputs": {"query_token_ids": f"int32 [batch, {length}]: the query's token ids, "
+                                          "all 0 ([PAD]) when there is none",
+                       "history_token_ids": f"int32 [batch, h, {length}]: the token ids of "
+                                            "the user's most recent items, most recent "
+                                            f"first; the first {max_history} are used, "
+                                            "all-0 rows pad",
+                       "history_ids": "string [batch, h]: those items' ids ('' pads)",
+                       "item_token_ids": f"int32 [batch, {length}]: the candidate's token ids",
+                       "item_id": "string [batch]: the candidate's id ('' or an id training "
+                                  "never saw: scored from its text alone)",
+                       "k": "int32 scalar (retrieve only): how many items to return"}}
+
+
+def _cross_encoder_token_endpoints(archive, model, packer) -> dict:
+    length = packer.sequence_length
+
+    def serve(token_ids, segment_ids):
+        return _outputs(model({"token_ids": token_ids, "segment_ids": segment_ids},
+                              training=False))
+
+    archive.add_endpoint("serving_default", serve, input_signature=[
+        tf.TensorSpec([None, None], tf.int32, name="token_ids"),
+        tf.TensorSpec([None, None], tf.int32, name="segment_ids")])
+    return {"interaction": "cross_encoder", "sequence_length": length,
+            "inputs": {"token_ids": "int32 [batch, n <= sequence_length]: [CLS] user side "
+                                    "[SEP] candidate [SEP], then [PAD] (id 0)",
+                       "segment_ids": "int32 [batch, n]: 0 for [CLS], the user side and its "
+                                      "[SEP]; 1 for the candidate and its [SEP]; 0 at padding"}}
+
+
+def export_token_saved_model(model: keras.Model, export_dir: str, packer,
+                             item_index=None) -> str:
+    """``export_tokens/``: the model behind signatures that take token ids, so its graph
+    holds no tensorflow-text op and any TensorFlow (``saved_model_cli``, a stock TF
+    Serving build) loads it. Beside the SavedModel: ``vocab.txt`` (token id = line number)
+    and ``token_contract.json`` (inputs, special token ids, lengths). Written atomically."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    if isinstance(packer, TwoTowerFeatures):
+        tokenizer = packer.tokenizer.tokenizer
+        contract = _two_tower_token_endpoints(archive, model, packer, item_index)
+    else:
+        tokenizer = packer.tokenizer
+        contract = _cross_encoder_token_endpoints(archive, model, packer)
+    vocabulary = [str(token) for token in tokenizer.get_vocabulary()]
+    contract.update(
+        special_token_ids={k: int(v) for k, v in special_token_ids(tokenizer).items()},
+        vocabulary_size=len(vocabulary),
+        tokenizer="the run's keras-hub BertTokenizer over vocab.txt (WordPiece); in "
+                  "Python, trainer.export.token_request(packer, **raw_inputs) maps the "
+                  "raw-string export's inputs to these")
+    with atomic_directory(export_dir) as tmp:
+        archive.write_out(tmp, verbose=False)
+        with tf.io.gfile.GFile(f"{tmp}/vocab.txt", "w") as f:
+            f.write("\n".join(vocabulary) + "\n")
+        with tf.io.gfile.GFile(f"{tmp}/{TOKEN_EXPORT_CONTRACT}", "w") as f:
+            f.write(json.dumps(contract, indent=2, sort_keys=True) + "\n")
+    return export_dir
+
+
+def token_request(packer, **raw_inputs) -> dict:
+    """The ``export_tokens`` inputs for the raw-string export's inputs: ``user_text``,
+    ``item_text`` for a cross-encoder; ``query``, ``history_text``, ``history_ids``,
+    ``item_text``, ``item_id`` for a two-tower model (token ids from the run's tokenizer,
+    ids passed through)."""
+    if isinstance(packer, TwoTowerFeatures):
+        tokenize = packer.tokenizer
+        return {"query_token_ids": tokenize(tf.constant(raw_inputs["query"])),
+                "history_token_ids": tokenize(tf.constant(raw_inputs["history_text"])),
+                "history_ids": tf.constant(raw_inputs["history_ids"]),
+                "item_token_ids": tokenize(tf.constant(raw_inputs["item_text"])),
+                "item_id": tf.constant(raw_inputs["item_id"])}
+    packed = packer(tf.constant(raw_inputs["user_text"]), tf.constant(raw_inputs["item_text"]))
+    return {"token_ids": packed["token_ids"], "segment_ids": packed["segment_ids"]}
 
 
 def two_tower_request(user_texts: list, item_texts: list,

@@ -11,6 +11,7 @@
                       a killed job rerun with the same command ends with the same model
     model.keras       the trained Keras model (loads with keras.models.load_model)
     export/           SavedModel: raw strings in, click_probability out (trainer/export.py)
+    export_tokens/    text models: the same model over token ids, no tf-text op in the graph
     item_index/       two-tower runs: every catalogue item's vector (trainer/retrieval.py)
     metrics.json      {"validation": {...}, "test": {...}} from trainer/metrics.py
 
@@ -136,15 +137,42 @@ def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedDa
         if len(tables[name]) == 0:
             raise DataError(f"the {name} split is empty; check the data's split "
                                      "column or data.validation_fraction")
+    info = dict(data.info)
+    info["warnings"] = check_labels(cfg, tables, info.get("impressions_file") or
+                                    f"data.source={cfg.data.source}")
     vocabulary = None
     if model_kinds.for_config(cfg).uses_text and not cfg.model.pretrained:
         texts = [item.text(cfg.data.item_text_fields) for item in data.catalogue.values()]
         texts += sorted({ex.query for ex in data.splits["train"] if ex.query})
         vocabulary = input_pipeline.learn_vocabulary(
             texts, cfg.data.vocab_size, cfg.data.lowercase)
-    info = dict(data.info)
     info["pairs"] = {name: len(t) for name, t in tables.items()}
     return PreparedData(tables, data.splits, info, ids, vocabulary, data.catalogue)
+
+
+def check_labels(cfg: config_lib.ExperimentConfig, tables: dict, source: str) -> list:
+    """Refuses a training split a click model cannot learn from (no click at all; or no
+    non-click under the BCE loss, whose only negatives are the logged ones); returns
+    warnings for evaluation splits with one label only (AUC is undefined there)."""
+    train = tables["train"].label
+    if not (train > 0.5).any():
+        raise DataError(f"{source}: the train split has no positive label (label=1) in its "
+                        f"{len(train)} rows, so a model would learn a constant; check the "
+                        "label column (1 = click) and the split column")
+    if cfg.train.loss == "bce" and not (train < 0.5).any():
+        raise DataError(f"{source}: the train split has no negative label (label=0) in its "
+                        f"{len(train)} rows, which train.loss=bce needs; add the non-clicked "
+                        "candidates of each impression, or set train.loss=softmax (in-batch "
+                        "negatives; two-tower models)")
+    warnings = []
+    for name in ("validation", "test"):
+        labels = tables[name].label
+        if len(labels) and len(np.unique(labels > 0.5)) == 1:
+            only = int(labels[0] > 0.5)
+            warnings.append(f"the {name} split has only label {only} ({len(labels)} rows): "
+                            "its AUC is undefined (reported as nan)")
+            log.warning("%s: %s", source, warnings[-1])
+    return warnings
 
 
 def make_packer(cfg: config_lib.ExperimentConfig, vocabulary,
@@ -438,6 +466,9 @@ def _train(cfg, model_dir, write_dir, strategy, resuming, started,
     if item_index is not None:
         item_index.save(model_dir)
     export.export_saved_model(model, os.path.join(model_dir, "export"), packer, item_index)
+    if export.has_token_export(packer):
+        export.export_token_saved_model(model, os.path.join(model_dir, "export_tokens"),
+                                        packer, item_index)
     write_json(os.path.join(model_dir, "metrics.json"), results)
     resume.TrainingState(os.path.join(write_dir, "backup")).clear()  # the outputs are written
     return results

@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 import yaml
 
+from tests.conftest import REPO
 from trainer import config as config_lib
-from trainer import export, train_lib
+from trainer import export, input_pipeline, train_lib
 from trainer.datasets.canonical import DataError
 
 RANKING_KEYS = {"auc", "logloss", "group_auc", "mrr", "ndcg@5", "ndcg@10", "hr@10", "examples"}
@@ -96,6 +97,46 @@ def test_bad_data_fails_before_anything_is_written(tmp_path, tiny_config):
     with pytest.raises(DataError, match=r"impressions.csv:3: candidate id 'c'"):
         train_lib.train(cfg, str(model_dir))
     assert not model_dir.exists()
+
+
+@pytest.mark.parametrize("labels, loss, message", [
+    ("0 0 0 0", "bce", "no positive label"),
+    ("0 0 0 0", "softmax", "no positive label"),
+    ("1 1 1 1", "bce", "no negative label .* train.loss=softmax"),
+])
+def test_a_train_split_without_both_labels_is_refused(tmp_path, tiny_config, labels, loss,
+                                                      message):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "items.csv").write_text("item_id,title\na,red laptop\nb,blue phone\n")
+    rows = [f"u{k},{k},a,b,{label},{'train' if k < 2 else 'validation'}"
+            for k, label in enumerate(labels.split())]
+    (data_dir / "impressions.csv").write_text(
+        "user_id,impression_id,history,candidate,label,split\n" + "\n".join(rows) + "\n")
+    cfg = tiny_config("data.source=files", f"data.data_dir={data_dir}", f"train.loss={loss}",
+                      "model.interaction=two_tower")
+    model_dir = tmp_path / "run"
+    with pytest.raises(DataError, match=r"impressions.csv: the train split has " + message):
+        train_lib.train(cfg, str(model_dir))
+    assert not model_dir.exists()
+
+
+def test_an_evaluation_split_with_one_label_is_reported():
+    def table(labels):
+        labels = np.asarray(labels, np.float32)
+        return input_pipeline.PairTable(
+            user_text=np.array(["u"] * len(labels), dtype=object),
+            item_text=np.array(["i"] * len(labels), dtype=object), label=labels,
+            group=np.arange(len(labels)), user_index=np.zeros(len(labels), np.int32),
+            item_index=np.zeros(len(labels), np.int32))
+
+    cfg = config_lib.load_config(os.path.join(REPO, "configs", "tiny.yaml"))
+    warnings = train_lib.check_labels(cfg, {"train": table([1, 0]), "validation": table([1, 0]),
+                                            "test": table([0, 0, 0])}, "imp.csv")
+    assert warnings == ["the test split has only label 0 (3 rows): its AUC is undefined "
+                        "(reported as nan)"]
+    assert train_lib.check_labels(cfg, {"train": table([1, 0]), "validation": table([0, 1]),
+                                        "test": table([])}, "imp.csv") == []
 
 
 def test_users_own_files_train(tmp_path, tiny_config):

@@ -27,6 +27,7 @@ import dataclasses
 import io
 import json
 import os
+import sys
 import uuid
 from typing import Iterable, Iterator
 
@@ -138,56 +139,117 @@ def _file_format(path: str) -> str:
     raise DataError(f"{path}: unknown file type; use a .csv or .jsonl file")
 
 
-def read_rows(path: str, required: Iterable[str]) -> list[tuple[int, dict]]:
-    """Reads a CSV (header row) or JSONL file into ``(line_number, row)`` pairs.
+# Python's csv module refuses fields over 128 KiB by default; a long description is data,
+# not an error. (sys.maxsize overflows the C long on some platforms.)
+csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))
 
-    Raises DataError for missing files, empty files, non-UTF-8 text, malformed rows and
-    missing required columns, naming the file and line.
+
+_MAY_BE_EMPTY = ("history", "item_id", "title")
+
+
+def _csv_error(path: str, start: int, err: csv.Error) -> DataError:
+    """A csv.Error, named at the line where the record it broke on began: an unbalanced
+    quote makes the reader swallow every line after it, so the line the reader stopped
+    at says nothing about where the fault is."""
+    message = str(err)
+    if "unexpected end of data" in message or "EOF" in message:
+        return DataError(f"{_where(path, start)}: malformed CSV: a quoted field that starts "
+                         "on this line is never closed; close the quote, or double a quote "
+                         "that is part of the text (\"\")")
+    return DataError(f"{_where(path, start)}: malformed CSV: {message}")
+
+
+def _read_csv_rows(path: str, text: str, required: tuple) -> list[tuple[int, dict]]:
+    # strict: a stray quote is an error at its record, not text silently glued to a field
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader)
+    except csv.Error as err:
+        raise _csv_error(path, 1, err) from None
+    header = [h.strip() for h in header]
+    duplicated = sorted({h for h in header if header.count(h) > 1})
+    if duplicated:
+        raise DataError(f"{_where(path, 1)}: duplicate column(s) {duplicated} in the header; "
+                        "each column name may appear once")
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(f"{_where(path, 1)}: missing required column(s) {missing}; the "
+                        f"header has {header}")
+    rows = []
+    while True:
+        start = reader.line_num + 1  # the physical line this record begins on
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            raise _csv_error(path, start, err) from None
+        if not record or all(not v.strip() for v in record):
+            continue
+        if len(record) != len(header):
+            spans = (f" (the row runs over lines {start}-{reader.line_num}: a quoted field "
+                     "spans line breaks)" if reader.line_num > start else "")
+            raise DataError(
+                f"{_where(path, start)}: malformed row: {len(record)} fields where the "
+                f"header has {len(header)}{spans}; quote fields that contain commas")
+        rows.append((start, dict(zip(header, record))))
+    return rows
+
+
+def _read_jsonl_rows(path: str, text: str, required: tuple) -> list[tuple[int, dict]]:
+    rows = []
+    # split("\n"), not splitlines(): that also splits at \x0b, \x1c, \u2028 ..., which
+    # would shift every later line number away from what an editor shows.
+    for line, raw_line in enumerate(text.split("\n"), start=1):
+        if not raw_line.strip():
+            continue
+        try:
+            record = json.loads(raw_line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{_where(path, line)}: malformed JSON: {err.msg}; each line "
+                            "must be one JSON object") from None
+        except RecursionError:
+            raise DataError(f"{_where(path, line)}: malformed JSON: nested too deeply; each "
+                            "line must be one flat JSON object") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{_where(path, line)}: each line must be a JSON object, got "
+                            f"{type(record).__name__}")
+        missing = [c for c in required if c not in record]
+        if missing:
+            raise DataError(f"{_where(path, line)}: missing required field(s) {missing}")
+        rows.append((line, record))
+    return rows
+
+
+def read_rows(path: str, required: Iterable[str]) -> list[tuple[int, dict]]:
+    """Reads a CSV (header row) or JSONL file into ``(line_number, row)`` pairs; a row's
+    line number is the line it starts on.
+
+    Raises DataError for missing files, empty files, non-UTF-8 text, malformed rows,
+    duplicate or missing required columns and empty required fields, naming the file and
+    the line where the fault starts.
     """
     text = _read_text(path)
     required = tuple(required)
-    rows: list[tuple[int, dict]] = []
     if _file_format(path) == "csv":
-        reader = csv.reader(io.StringIO(text, newline=""))
-        try:
-            header = next(reader)
-        except csv.Error as err:
-            raise DataError(f"{_where(path, 1)}: malformed CSV header: {err}") from None
-        header = [h.strip() for h in header]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise DataError(f"{_where(path, 1)}: missing required column(s) {missing}; the "
-                            f"header has {header}")
-        try:
-            for record in reader:
-                line = reader.line_num
-                if not record or all(not v.strip() for v in record):
-                    continue
-                if len(record) != len(header):
-                    raise DataError(
-                        f"{_where(path, line)}: malformed row: {len(record)} fields where the "
-                        f"header has {len(header)}; quote fields that contain commas")
-                rows.append((line, dict(zip(header, record))))
-        except csv.Error as err:
-            raise DataError(f"{_where(path, reader.line_num)}: malformed CSV: {err}") from None
+        rows = _read_csv_rows(path, text, required)
     else:
-        for line, raw_line in enumerate(text.splitlines(), start=1):
-            if not raw_line.strip():
-                continue
-            try:
-                record = json.loads(raw_line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{_where(path, line)}: malformed JSON: {err.msg}; each line "
-                                "must be one JSON object") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{_where(path, line)}: each line must be a JSON object, got "
-                                f"{type(record).__name__}")
-            missing = [c for c in required if c not in record]
-            if missing:
-                raise DataError(f"{_where(path, line)}: missing required field(s) {missing}")
-            rows.append((line, record))
+        rows = _read_jsonl_rows(path, text, required)
     if not rows:
         raise DataError(f"{path}: no data rows after the header")
+    for line, row in rows:
+        # history may be empty (a user with none); item_id and title get their own message
+        empty = [c for c in required if c not in _MAY_BE_EMPTY and (
+            row[c] is None or (isinstance(row[c], str) and not row[c].strip()))]
+        if empty:
+            raise DataError(f"{_where(path, line)}: required field(s) {empty} are empty; "
+                            "fill them in or drop the row")
+        wrong = [c for c in required if isinstance(row[c], (dict, list)) and c != "history"]
+        if isinstance(row.get("history"), dict):
+            wrong.append("history")
+        if wrong:
+            raise DataError(f"{_where(path, line)}: field(s) {wrong} must be a string or a "
+                            "number, not a JSON object or list")
     return rows
 
 

@@ -66,6 +66,15 @@ def test_write_then_read_round_trips(tmp_path):
     ("items.jsonl", '["a", "x"]\n', r"items.jsonl:1: each line must be a JSON object"),
     ("items.jsonl", '{"item_id": "a"}\n', r"items.jsonl:1: missing required field\(s\) \['title'\]"),
     ("items.txt", "item_id,title\na,x\n", "unknown file type"),
+    # An unbalanced quote is named where it opens, not where the reader gave up.
+    ("items.csv", 'item_id,title\na,"x\n' + "".join(f"i{k},t{k}\n" for k in range(400)),
+     r"items.csv:2: malformed CSV: a quoted field that starts on this line is never closed"),
+    ("items.csv", 'item_id,title\na,b\nc,"d\ne,f\ng",h,i\n',
+     r"items.csv:3: malformed row: 4 fields .*lines 3-5"),
+    ("items.csv", 'item_id,title\na,"b"c\n', r"items.csv:2: malformed CSV: ',' expected"),
+    ("items.csv", "item_id,title,title\na,x,y\n", r"items.csv:1: duplicate column\(s\) \['title'\]"),
+    ("items.jsonl", "[" * 100000 + "\n", r"items.jsonl:1: malformed JSON: nested too deeply"),
+    ("items.jsonl", '{"item_id": {"a": 1}, "title": "x"}\n', r"items.jsonl:1: field\(s\) \['item_id'\]"),
 ])
 def test_bad_item_files(tmp_path, name, text, message):
     with pytest.raises(DataError, match=message):
@@ -90,6 +99,8 @@ def test_missing_file(tmp_path):
     ("u1,1,a qq,b,1,,", r"imp.csv:2: history item id 'qq' is not in the items file"),
     ("u1,1,a,b,1,,holdout", r"imp.csv:2: split 'holdout' must be one of"),
     ("u1,1,a,b,1,", r"imp.csv:2: malformed row"),
+    (",1,a,b,1,,", r"imp.csv:2: required field\(s\) \['user_id'\] are empty"),
+    ("u1, ,a,b,,,", r"imp.csv:2: required field\(s\) \['impression_id', 'label'\] are empty"),
 ])
 def test_bad_impression_rows(tmp_path, row, message):
     items = canonical.read_catalogue(write(tmp_path, "items.csv", ITEMS_CSV))
@@ -112,3 +123,17 @@ def test_bad_timestamp(tmp_path):
                  "u,1,a,b,1,yesterday\n")
     with pytest.raises(DataError, match=r"imp.csv:2: timestamp 'yesterday'"):
         canonical.read_examples(path, items)
+
+
+def test_long_text_fields_are_read(tmp_path):
+    description = "word " * 60000  # 300 KB, over the csv module's default 128 KiB field limit
+    path = write(tmp_path, "items.csv", f'item_id,title,description\na,x,"{description}"\n')
+    assert canonical.read_catalogue(path)["a"].fields["description"] == description
+
+
+def test_jsonl_line_numbers_match_an_editors(tmp_path):
+    # U+2028 inside a JSON string is valid JSON; str.splitlines() would split there.
+    path = write(tmp_path, "items.jsonl", '{"item_id": "a", "title": "x\u2028y"}\n'
+                 '{"item_id": "b", "title": "z"}\n{"item_id": "c"}\n')
+    with pytest.raises(DataError, match=r"items.jsonl:3: missing required field"):
+        canonical.read_catalogue(path)
