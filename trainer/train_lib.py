@@ -7,6 +7,7 @@
     vocab.txt         the WordPiece vocabulary (text models)
     tensorboard/      train/ and validation/ event files: loss, AUC, learning rate
     checkpoints/      best.weights.h5 (best validation train.early_stopping_metric)
+    .lock             held (flock) while a run writes the directory (trainer/guards.py)
     backup/           the resumable training state while training runs (trainer/resume.py):
                       a killed job rerun with the same command ends with the same model
     model.keras       the trained Keras model (loads with keras.models.load_model)
@@ -35,8 +36,8 @@ import yaml
 from trainer import config as config_lib
 from models.distillation import DistillationLoss, LabelledAUC
 from models.two_tower import TwoTowerRecommender
-from trainer import (datasets, distribute, export, input_pipeline, metrics, model_kinds,
-                     resume, retrieval, run_reports)
+from trainer import (datasets, distribute, export, guards, input_pipeline, metrics,
+                     model_kinds, resume, retrieval, run_reports)
 from trainer.datasets.canonical import atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError, UserInputError
 
@@ -248,7 +249,7 @@ def _callbacks(cfg: config_lib.ExperimentConfig,
                                                    patience=cfg.train.early_stopping_patience,
                                                    restore_best_weights=True)
     if not model_dir:
-        return [early_stopping], None
+        return [guards.StopOnNonFiniteLoss(), early_stopping], None
     checkpoint = keras.callbacks.ModelCheckpoint(
         os.path.join(model_dir, "checkpoints", "best.weights.h5"), monitor=monitor,
         mode="max", save_best_only=True, save_weights_only=True)
@@ -256,6 +257,7 @@ def _callbacks(cfg: config_lib.ExperimentConfig,
                                  checkpoint)
     profile = cfg.runtime.profile_steps
     return [
+        guards.StopOnNonFiniteLoss(model_dir),
         checkpoint,
         early_stopping,
         state,
@@ -402,6 +404,7 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
     """
     started = time.time()
     resuming = check_model_dir(model_dir, cfg)
+    guards.RunLock(model_dir).check()  # a live run holds it: refuse before any work
     strategy = strategy or distribute.make_strategy(cfg.runtime)
     distribute.set_precision(cfg.runtime)
     keras.utils.set_random_seed(cfg.train.seed)
@@ -416,11 +419,18 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
 
 def _train(cfg, model_dir, write_dir, strategy, resuming, started,
            train_table_hook=None) -> dict:
-    chief = write_dir == model_dir
     prepared = prepare_data(cfg, write_dir)
-    tables = prepared.tables
 
-    # The input is valid: from here on the run directory is written.
+    # The input is valid: from here on the run directory is written, by this run alone.
+    with guards.RunLock(write_dir):
+        return _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started,
+                                prepared, train_table_hook)
+
+
+def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, prepared,
+                     train_table_hook) -> dict:
+    chief = write_dir == model_dir
+    tables = prepared.tables
     tf.io.gfile.makedirs(write_dir)
     if chief and not resuming:
         atomic_write_text(os.path.join(write_dir, "config.yaml"), config_lib.dump_yaml(cfg))
@@ -459,16 +469,22 @@ def _train(cfg, model_dir, write_dir, strategy, resuming, started,
                         "epochs_run": fitted["epochs_run"],
                         "replicas": strategy.num_replicas_in_sync,
                         "history": fitted["history"]}
-    model_path = os.path.join(model_dir, "model.keras")
-    tmp_model = model_path + ".tmp.keras"
-    model.save(tmp_model)
-    tf.io.gfile.rename(tmp_model, model_path, overwrite=True)
-    if item_index is not None:
-        item_index.save(model_dir)
+    # The served artefacts first and metrics.json last, each written atomically: a failed
+    # write (disk full, permissions) leaves the previous run's export and metrics intact.
     export.export_saved_model(model, os.path.join(model_dir, "export"), packer, item_index)
     if export.has_token_export(packer):
         export.export_token_saved_model(model, os.path.join(model_dir, "export_tokens"),
                                         packer, item_index)
+    if item_index is not None:
+        item_index.save(model_dir)
+    model_path = os.path.join(model_dir, "model.keras")
+    tmp_model = f"{model_path}.tmp-{os.getpid()}.keras"
+    try:
+        model.save(tmp_model)
+        tf.io.gfile.rename(tmp_model, model_path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(tmp_model):
+            tf.io.gfile.remove(tmp_model)
     write_json(os.path.join(model_dir, "metrics.json"), results)
     resume.TrainingState(os.path.join(write_dir, "backup")).clear()  # the outputs are written
     return results

@@ -331,9 +331,13 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     if parent:
         tf.io.gfile.makedirs(parent)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    try:
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(data)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    finally:  # a failed write (disk full, permissions) leaves no partial file behind
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
 
 
 @contextlib.contextmanager
@@ -350,7 +354,12 @@ def atomic_directory(path: str):
         if tf.io.gfile.exists(final):
             old = f"{final}.old-{uuid.uuid4().hex[:8]}"
             tf.io.gfile.rename(final, old)
-        tf.io.gfile.rename(tmp, final)
+        try:
+            tf.io.gfile.rename(tmp, final)
+        except Exception:
+            if old:  # put the previous version back
+                tf.io.gfile.rename(old, final)
+            raise
         if old:
             tf.io.gfile.rmtree(old)
     finally:
