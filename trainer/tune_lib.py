@@ -157,7 +157,9 @@ def make_tuner(cfg: config_lib.ExperimentConfig, hypermodel: RecommenderHyperMod
     """The keras-tuner tuner named by ``tune.algorithm``; state under ``model_dir/tuner``
     (a rerun resumes it: keras-tuner reloads its oracle)."""
     t = cfg.tune
-    common = dict(hypermodel=hypermodel, objective=objective(cfg), seed=t.seed,
+    # keras-tuner reads a seed of 0 (our default) as "draw one at random", which made two
+    # runs of the same search sample different trials; the shift keeps every seed fixed.
+    common = dict(hypermodel=hypermodel, objective=objective(cfg), seed=t.seed + 1,
                   directory=model_dir, project_name="tuner", overwrite=False,
                   distribution_strategy=hypermodel.strategy)
     if t.algorithm == "hyperband":

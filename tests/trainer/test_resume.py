@@ -188,3 +188,39 @@ def test_the_training_stream_is_a_function_of_seed_and_position():
     # Resuming at any position gives the rest of the same stream.
     for skip in (4, 12, 20, 24):
         assert _stream(table, skip, 36)[:36 - skip] == full[skip:36]
+
+
+def test_a_killed_search_resumes_to_the_uninterrupted_trials(tmp_path):
+    """A `tune` killed during its second trial and rerun ends with the trials (values and
+    scores) of an uninterrupted search: keras-tuner reruns the interrupted trial, and a
+    trial's model and data stream depend only on its seed."""
+    def args(model_dir):
+        out = [sys.executable, "-m", "trainer.task", "tune", "--config",
+               os.path.join(REPO, "configs", "tiny.yaml"), "--model_dir", str(model_dir)]
+        for override in ["data.synthetic.num_users=60", "data.vocab_size=100",
+                         "tune.max_trials=3", "tune.algorithm=random", "train.epochs=2"]:
+            out += ["--set", override]
+        return out
+
+    uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    _run(args(uninterrupted))
+    proc = subprocess.Popen(args(killed), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        first = killed / "tuner" / "trial_0" / "trial.json"
+        deadline = time.time() + 600
+        while not (first.exists() and '"COMPLETED"' in first.read_text()):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.02)
+        time.sleep(random.Random(0).uniform(0.0, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (killed / "tune_results.json").exists()
+    _run(args(killed))
+    a = json.loads((uninterrupted / "tune_results.json").read_text())["trials"]
+    b = json.loads((killed / "tune_results.json").read_text())["trials"]
+    assert [t["values"] for t in b] == [t["values"] for t in a]
+    assert [t["score"] for t in b] == pytest.approx([t["score"] for t in a], abs=1e-6)
