@@ -60,6 +60,7 @@ def test_a_diverged_loss_stops_the_run_before_anything_is_exported(tmp_path, tin
     assert not written & {"export", "export_tokens", "model.keras", "metrics.json"}
 
 
+@pytest.mark.slow
 def test_a_failed_export_leaves_the_previous_export_and_metrics(tmp_path, tiny_config,
                                                                monkeypatch):
     model_dir = tmp_path / "run"

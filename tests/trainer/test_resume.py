@@ -152,6 +152,7 @@ def _assert_same_run(a, b):
         assert mb["train"]["history"][key] == pytest.approx(values, abs=1e-6), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [
     [],
     ["runtime.strategy=mirrored", "runtime.logical_cpus=2"],
@@ -190,6 +191,7 @@ def test_the_training_stream_is_a_function_of_seed_and_position():
         assert _stream(table, skip, 36)[:36 - skip] == full[skip:36]
 
 
+@pytest.mark.slow
 def test_a_killed_search_resumes_to_the_uninterrupted_trials(tmp_path):
     """A `tune` killed during its second trial and rerun ends with the trials (values and
     scores) of an uninterrupted search: keras-tuner reruns the interrupted trial, and a
