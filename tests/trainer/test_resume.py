@@ -165,6 +165,19 @@ def test_a_killed_run_resumes_to_the_uninterrupted_model(tmp_path, extra):
     _run(_train_args(killed, extra))  # the same command again
     _assert_same_run(uninterrupted, killed)
     assert not (killed / "backup").exists()
+    # TensorBoard: no epoch written twice across the two processes.
+    steps = _epoch_loss_steps(killed / "tensorboard" / "train")
+    assert len(steps) == len(set(steps)) and set(steps) <= set(range(5)), steps
+
+
+def _epoch_loss_steps(log_dir) -> list:
+    import tensorflow as tf
+
+    steps = []
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            steps += [event.step for value in event.summary.value if value.tag == "epoch_loss"]
+    return steps
 
 
 def _stream(table, skip_rows, total_rows, batch=4):
