@@ -443,19 +443,20 @@ def config_from_dict(raw: dict) -> ExperimentConfig:
     return cfg
 
 
-_PIPELINE_KEYS = ("retrieve", "rerank")
+def _is_pipeline(raw: dict) -> bool:
+    return "retrieve" in raw or "rerank" in raw
 
 
 def is_pipeline_config(path: str) -> bool:
     """Whether the YAML at ``path`` describes a retrieve -> rerank pipeline
     (:class:`PipelineConfig`, read by :func:`load_pipeline`) rather than an experiment."""
-    return any(key in _read_yaml(path) for key in _PIPELINE_KEYS)
+    return _is_pipeline(_read_yaml(path))
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> ExperimentConfig:
     """Reads a YAML config (following ``base:``), applies overrides and validates it."""
     raw = _read_yaml(path)
-    if any(key in raw for key in _PIPELINE_KEYS):
+    if _is_pipeline(raw):
         raise ConfigError(f"{path} is a retrieve -> rerank pipeline config (it has "
                           "'retrieve'/'rerank' keys), not an experiment: use it with "
                           "`python -m trainer.task recommend --pipeline " + path + "`")

@@ -316,14 +316,9 @@ def _two_tower_token_endpoints(archive, model, features, item_index) -> dict:
     archive.track(index_table)
     length, max_history = features.tokenizer.sequence_length, features.max_history
 
-    def fit_history(tokens, ids):
-        tokens, ids = tokens[:, :max_history], ids[:, :max_history]
-        missing = max_history - tf.shape(tokens)[1]
-        return (tf.pad(tokens, [[0, 0], [0, missing], [0, 0]]),
-                tf.pad(ids, [[0, 0], [0, missing]], constant_values=""))
-
     def inputs(query_token_ids, history_token_ids, history_ids, item_token_ids, item_id):
-        history_token_ids, history_ids = fit_history(history_token_ids, history_ids)
+        history_token_ids = features.fit_history(history_token_ids, padding=0)
+        history_ids = features.fit_history(history_ids)
         return {"query_token_ids": query_token_ids, "history_token_ids": history_token_ids,
                 "item_token_ids": item_token_ids,
                 "history_index": tf.cast(index_table.lookup(history_ids), tf.int32),

@@ -239,11 +239,13 @@ class TwoTowerFeatures:
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(self.item_ids[1:]), tf.constant(index[1:])), default_value=0)
 
-    def _fit_history(self, strings):
-        """``[b, any]`` -> ``[b, H]``: the H most recent kept, "" padding after."""
-        strings = strings[:, : self.max_history]
-        missing = self.max_history - tf.shape(strings)[1]
-        return tf.pad(strings, [[0, 0], [0, missing]], constant_values="")
+    def fit_history(self, values, padding=""):
+        """``[b, any, ...]`` -> ``[b, H, ...]``: the H most recent kept, ``padding`` after
+        (history texts or ids with "", history token ids with 0)."""
+        values = values[:, : self.max_history]
+        missing = self.max_history - tf.shape(values)[1]
+        pads = [[0, 0], [0, missing]] + [[0, 0]] * (values.shape.rank - 2)
+        return tf.pad(values, pads, constant_values=padding)
 
     def from_text(self, query, history_texts, item_texts, history_ids=None, item_ids=None,
                   index_table=None) -> dict:
@@ -253,9 +255,9 @@ class TwoTowerFeatures:
         ids get no id feature). Histories longer than H are cut to their H most recent
         items, shorter ones padded. What the SavedModel's signatures run."""
         item_texts = tf.convert_to_tensor(item_texts, tf.string)
-        history_texts = self._fit_history(tf.convert_to_tensor(history_texts, tf.string))
+        history_texts = self.fit_history(tf.convert_to_tensor(history_texts, tf.string))
         if history_ids is not None:
-            history_ids = self._fit_history(tf.convert_to_tensor(history_ids, tf.string))
+            history_ids = self.fit_history(tf.convert_to_tensor(history_ids, tf.string))
         batch = tf.shape(item_texts)[0]
         table = index_table if index_table is not None else self.index_table()
 

@@ -404,7 +404,6 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
     """
     started = time.time()
     resuming = check_model_dir(model_dir, cfg)
-    guards.RunLock(model_dir).check()  # a live run holds it: refuse before any work
     strategy = strategy or distribute.make_strategy(cfg.runtime)
     distribute.set_precision(cfg.runtime)
     keras.utils.set_random_seed(cfg.train.seed)
@@ -419,6 +418,10 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
 
 def _train(cfg, model_dir, write_dir, strategy, resuming, started,
            train_table_hook=None) -> dict:
+    # A live run holds the directory: refuse before any work. Checked on this worker's own
+    # write directory, so a multi-worker job's other workers (which write into temporary
+    # directories) are not refused by the chief's lock on model_dir.
+    guards.RunLock(write_dir).check()
     prepared = prepare_data(cfg, write_dir)
 
     # The input is valid: from here on the run directory is written, by this run alone.

@@ -114,28 +114,32 @@ def _run(args):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def _kill_during_epochs_2_to_4(args, model_dir, seed):
-    """Starts a run, SIGKILLs it at a random moment after epoch 1 was saved and before
-    epoch 4's snapshot, and returns the epoch the kill interrupted."""
-    latest = model_dir / "backup" / "latest"
-    rng = random.Random(seed)
+def _kill_at_random(args, ready, max_delay: float, seed: int) -> None:
+    """Starts ``args``, waits until ``ready()`` (the process must still be running), then
+    SIGKILLs it after a random delay of up to ``max_delay`` seconds."""
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 600
-        while not latest.exists():
-            assert proc.poll() is None, "the run ended before its first epoch was saved"
+        while not ready():
+            assert proc.poll() is None, "the process ended before the point to kill it"
             assert time.time() < deadline
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 1.5))
-        done = latest.read_text().strip()
+        time.sleep(random.Random(seed).uniform(0.0, max_delay))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _kill_during_epochs_2_to_4(args, model_dir, seed):
+    """Starts a run, SIGKILLs it at a random moment after epoch 1 was saved and before
+    epoch 4's snapshot, and returns the epoch the kill interrupted."""
+    latest = model_dir / "backup" / "latest"
+    _kill_at_random(args, latest.exists, max_delay=1.5, seed=seed)
     assert not (model_dir / "metrics.json").exists()
-    return int(done.split("-")[1]) + 1
+    return int(latest.read_text().strip().split("-")[1]) + 1
 
 
 def _assert_same_run(a, b):
@@ -219,20 +223,10 @@ def test_a_killed_search_resumes_to_the_uninterrupted_trials(tmp_path):
 
     uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
     _run(args(uninterrupted))
-    proc = subprocess.Popen(args(killed), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        first = killed / "tuner" / "trial_0" / "trial.json"
-        deadline = time.time() + 600
-        while not (first.exists() and '"COMPLETED"' in first.read_text()):
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.02)
-        time.sleep(random.Random(0).uniform(0.0, 1.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    first = killed / "tuner" / "trial_0" / "trial.json"
+    _kill_at_random(args(killed),
+                    lambda: first.exists() and '"COMPLETED"' in first.read_text(),
+                    max_delay=1.0, seed=0)
     assert not (killed / "tune_results.json").exists()
     _run(args(killed))
     a = json.loads((uninterrupted / "tune_results.json").read_text())["trials"]

@@ -244,9 +244,9 @@ def read_rows(path: str, required: Iterable[str]) -> list[tuple[int, dict]]:
         if empty:
             raise DataError(f"{_where(path, line)}: required field(s) {empty} are empty; "
                             "fill them in or drop the row")
-        wrong = [c for c in required if isinstance(row[c], (dict, list)) and c != "history"]
-        if isinstance(row.get("history"), dict):
-            wrong.append("history")
+        # only history may be a list (JSONL); no required field may be an object
+        wrong = [c for c in required if isinstance(row[c], dict) or
+                 (isinstance(row[c], list) and c != "history")]
         if wrong:
             raise DataError(f"{_where(path, line)}: field(s) {wrong} must be a string or a "
                             "number, not a JSON object or list")
