@@ -183,6 +183,9 @@ class TrainConfig:
 class RuntimeConfig:
     """Where it runs: see trainer/distribute.py."""
 
+    # Keras backend (trainer/backend.py): auto (KERAS_BACKEND, else tensorflow) | tensorflow
+    # | jax. tf.data with in-graph tokenization feeds either; JAX is the TPU path.
+    backend: str = "auto"
     strategy: str = "auto"  # auto | tpu | multi_worker | mirrored | one_device | default
     tpu: str = ""  # TPU name/address for the resolver ("" = Colab/TPU VM default)
     devices: list = dataclasses.field(default_factory=list)  # mirrored/one_device device names
@@ -266,6 +269,7 @@ _CHOICES = {
     "model.user_pooling": ("mean", "first"),
     "runtime.strategy": ("auto", "tpu", "multi_worker", "mirrored", "one_device", "default"),
     "runtime.precision": ("float32", "mixed_bfloat16", "mixed_float16"),
+    "runtime.backend": ("auto", "tensorflow", "jax"),
     "tune.algorithm": ("random", "bayesian", "hyperband"),
     "distill.teacher_centering": ("none", "per_user"),
     "tune.objective": ("val_auc", "val_loss"),

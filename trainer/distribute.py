@@ -1,4 +1,9 @@
-"""The one place a tf.distribute strategy is built, from ``config.runtime``.
+"""The one place a distribution strategy is built, from ``config.runtime``.
+
+Under the TensorFlow backend it is a tf.distribute strategy; under JAX
+(``runtime.backend=jax``, trainer/backend.py) it is :class:`JaxDataParallel`, which gives
+the training library the same two things it uses, ``scope()`` and
+``num_replicas_in_sync``, over ``keras.distribution.DataParallel``.
 
 ``auto`` picks a TPU if a resolver finds one, MultiWorkerMirroredStrategy if ``TF_CONFIG``
 describes a cluster of several tasks (Vertex AI and other cloud jobs set it), MirroredStrategy
@@ -13,6 +18,7 @@ multi-worker guide, because every worker must still take part in each save.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -24,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from trainer.config import RuntimeConfig
+from trainer.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +143,9 @@ class Accelerator:
         on, float16 with loss scaling before; several GPUs train mirrored. CPUs: as is.
         """
         if self.kind == "tpu":
-            return ["runtime.strategy=tpu", "runtime.precision=mixed_bfloat16",
-                    "train.steps_per_execution=32"]
+            # JAX: no TensorFlow 2.21 TPU build exists (see trainer/backend.py).
+            return ["runtime.backend=jax", "runtime.strategy=tpu",
+                    "runtime.precision=mixed_bfloat16", "train.steps_per_execution=32"]
         if self.kind == "gpu":
             precision = ("mixed_bfloat16" if self.compute_capability and
                          self.compute_capability[0] >= 8 else "mixed_float16")
@@ -150,7 +158,10 @@ class Accelerator:
 def detect_accelerator(tpu_resolver_fn=None, list_gpus_fn=None,
                        gpu_details_fn=None) -> Accelerator:
     """The accelerator this host offers (Colab, a cloud VM, a laptop), without building a
-    strategy. The arguments are for tests, as in :func:`make_strategy`."""
+    strategy. The arguments are for tests, as in :func:`make_strategy`. Under the JAX
+    backend JAX's own device list answers (:func:`detect_jax_accelerator`)."""
+    if keras.backend.backend() == "jax" and tpu_resolver_fn is None and list_gpus_fn is None:
+        return detect_jax_accelerator()
     tpu_resolver_fn = tpu_resolver_fn or _default_tpu_resolver
     list_gpus_fn = list_gpus_fn or (lambda: tf.config.list_physical_devices("GPU"))
     gpu_details_fn = gpu_details_fn or tf.config.experimental.get_device_details
@@ -163,6 +174,17 @@ def detect_accelerator(tpu_resolver_fn=None, list_gpus_fn=None,
         return Accelerator("gpu", len(gpus), details.get("device_name", ""),
                            tuple(details.get("compute_capability", ()) or ()))
     return Accelerator("cpu", 1)
+
+
+def detect_jax_accelerator(list_devices_fn=None) -> Accelerator:
+    """:func:`detect_accelerator` from JAX's devices (TPU cores, GPUs, else the CPU)."""
+    devices = _jax_devices(list_devices_fn)
+    kind = devices[0].platform
+    if kind not in ("tpu", "gpu"):
+        return Accelerator("cpu", 1)
+    capability = getattr(devices[0], "compute_capability", "") or ""
+    capability = tuple(int(p) for p in str(capability).split(".") if p.isdigit())
+    return Accelerator(kind, len(devices), getattr(devices[0], "device_kind", ""), capability)
 
 
 def set_precision(runtime: RuntimeConfig) -> None:
@@ -200,9 +222,111 @@ def _keras_compatible_reduce(strategy: tf.distribute.Strategy) -> tf.distribute.
     return strategy
 
 
+class JaxDataParallel:
+    """Data parallelism under the JAX backend, with the interface the training library
+    uses from a tf.distribute strategy (``scope()``, ``num_replicas_in_sync``).
+
+    Several devices (TPU cores, GPUs, or forced host CPUs) get
+    ``keras.distribution.DataParallel``, set as Keras' global distribution: each global
+    batch from tf.data is split across the devices and the weights are replicated, as
+    under MirroredStrategy/TPUStrategy. One device needs no distribution.
+    """
+
+    def __init__(self, devices: list):
+        self.devices = list(devices)
+        self.distribution = None
+        if len(self.devices) > 1:
+            self.distribution = keras.distribution.DataParallel(devices=self.devices)
+        keras.distribution.set_distribution(self.distribution)
+
+    @property
+    def num_replicas_in_sync(self) -> int:
+        return len(self.devices)
+
+    @property
+    def platform(self) -> str:
+        """cpu | gpu | tpu: the platform of the devices."""
+        return self.devices[0].platform
+
+    def scope(self):
+        """Variables created here are laid out by the distribution (replicated)."""
+        return (self.distribution.scope() if self.distribution is not None
+                else contextlib.nullcontext())
+
+
+def force_host_cpus(count: int, environ=None) -> None:
+    """Makes JAX's CPU platform show ``count`` devices (its counterpart of
+    :func:`configure_logical_cpus`), so DataParallel runs on a laptop or in CI. Must run
+    before JAX initialises its backends; a later call that would change the count fails."""
+    environ = os.environ if environ is None else environ
+    if count <= 1:
+        return
+    flag = f"--xla_force_host_platform_device_count={count}"
+    flags = [f for f in environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count=")]
+    environ["XLA_FLAGS"] = " ".join(flags + [flag])
+    import jax  # pylint: disable=import-outside-toplevel  # JAX backend only
+
+    existing = len(jax.devices("cpu"))
+    if existing != count:
+        raise RuntimeError(
+            f"runtime.logical_cpus={count} must be applied before JAX initialises its "
+            f"devices ({existing} CPU devices exist already); set it at process start or "
+            f"export XLA_FLAGS={flag}")
+
+
+def _jax_devices(list_devices_fn=None) -> list:
+    """JAX's devices on its default platform (TPU, else GPU, else CPU)."""
+    if list_devices_fn is not None:
+        return list(list_devices_fn())
+    import jax  # pylint: disable=import-outside-toplevel  # JAX backend only
+
+    return list(jax.devices())
+
+
+def make_jax_strategy(runtime: RuntimeConfig, list_devices_fn=None) -> JaxDataParallel:
+    """The JAX counterpart of :func:`make_strategy`: ``auto``/``mirrored``/``tpu`` use
+    every device of JAX's default platform (a TPU host's cores, all GPUs), ``one_device``
+    and ``default`` the first. ``tpu`` fails unless that platform is TPU. ``multi_worker``
+    (several hosts: ``jax.distributed``) is not wired here."""
+    if list_devices_fn is None:
+        force_host_cpus(runtime.logical_cpus)
+    devices = _jax_devices(list_devices_fn)
+    name = runtime.strategy
+    platform = devices[0].platform
+    if name == "tpu" and platform != "tpu":
+        raise UserInputError(
+            f"runtime.strategy=tpu but JAX found no TPU (its devices: {len(devices)} x "
+            f"{platform}); on a TPU VM install the '[tpu]' extra (jax[tpu]), or use "
+            "runtime.strategy=auto")
+    if name == "multi_worker":
+        raise UserInputError(
+            "runtime.strategy=multi_worker runs under runtime.backend=tensorflow; several "
+            "JAX hosts (jax.distributed) are not supported here. On one TPU host use "
+            "runtime.strategy=auto")
+    if runtime.devices:
+        wanted = set(runtime.devices)
+        chosen = [d for d in devices if f"{d.platform}:{d.id}" in wanted]
+        if len(chosen) != len(wanted):
+            raise UserInputError(
+                f"runtime.devices={runtime.devices}: under JAX name devices as platform:id "
+                f"from {[f'{d.platform}:{d.id}' for d in devices]}")
+        devices = chosen
+    elif name in ("one_device", "default"):
+        devices = devices[:1]
+    strategy = JaxDataParallel(devices)
+    log.info("JAX %s with %d device(s) (%s)",
+             "DataParallel" if strategy.distribution else "one device",
+             strategy.num_replicas_in_sync, platform)
+    return strategy
+
+
 def make_strategy(runtime: RuntimeConfig, tpu_resolver_fn=_default_tpu_resolver,
-                  list_gpus_fn=None) -> tf.distribute.Strategy:
-    """Returns the strategy named by ``runtime.strategy`` (see module docstring)."""
+                  list_gpus_fn=None):
+    """Returns the strategy named by ``runtime.strategy`` (see module docstring): a
+    tf.distribute strategy, or :class:`JaxDataParallel` under the JAX backend."""
+    if keras.backend.backend() == "jax":
+        return make_jax_strategy(runtime)
     list_gpus_fn = list_gpus_fn or (lambda: tf.config.list_logical_devices("GPU"))
     configure_logical_cpus(runtime.logical_cpus)
     name = runtime.strategy

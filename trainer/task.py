@@ -1,5 +1,5 @@
 """Command-line entry point:
-``python -m trainer.task {train,tune,distill,evaluate,predict,recommend,explain}``.
+``python -m trainer.task {train,tune,distill,evaluate,export,predict,recommend,explain}``.
 
     python -m trainer.task train --config configs/tiny.yaml --model_dir runs/tiny \\
         [--set train.learning_rate=3e-5 --set model.num_layers=1]
@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
                          metavar="KEY=VALUE", help="dotted override, repeatable")
     evaluate = sub.add_parser("evaluate", help="re-evaluate a trained run")
     evaluate.add_argument("--model_dir", required=True)
+    export = sub.add_parser("export", help="(re)write a finished run's SavedModels (export/, "
+                            "export_tokens/) from its model.keras, under TensorFlow")
+    export.add_argument("--model_dir", required=True)
+    export.add_argument("--source_dir", default=None,
+                        help="read model.keras and item_index/ from here instead (a JAX "
+                        "run's staging directory)")
     predict = sub.add_parser("predict", help="score pairs with the exported SavedModel")
     predict.add_argument("--model_dir", required=True)
     predict.add_argument("--user_text", action="append", required=True,
@@ -117,18 +123,28 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from trainer import backend
     from trainer import config as config_lib
     from trainer.errors import UserInputError
 
     try:
-        if args.command == "train":
+        cfg = None
+        if args.command in ("train", "tune", "distill"):
+            # Before anything imports Keras, whose backend is fixed at import.
             cfg = config_lib.load_config(args.config, args.overrides)
+            backend.select(cfg.runtime.backend)
+        elif args.command == "evaluate":
+            backend.select("auto")
+        else:
+            # SavedModels, tf-text and TensorFlow gradients: these run under TensorFlow
+            # whichever backend trained the run (model.keras is backend-neutral).
+            backend.select("tensorflow")
+        if args.command == "train":
             from trainer import train_lib
             results = train_lib.train(cfg, args.model_dir)
             if results:  # empty on the non-chief workers of a multi-worker run
                 _report(args.model_dir, results, train_lib.format_metrics_table(results))
         elif args.command == "tune":
-            cfg = config_lib.load_config(args.config, args.overrides)
             from trainer import tune_lib
             results = tune_lib.tune(cfg, args.model_dir)
             print("\n" + tune_lib.format_trials_table(results))
@@ -140,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"train it:\n  python -m trainer.task train --config "
                   f"{results['best_config']} --model_dir RUN_DIR")
         elif args.command == "distill":
-            cfg = config_lib.load_config(args.config, args.overrides)
             from trainer import distill_lib
             report = distill_lib.distill(cfg, args.teacher_dir, args.model_dir)
             if report:
@@ -152,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             results = train_lib.evaluate(args.model_dir)
             print(train_lib.format_metrics_table(results))
             print(json.dumps(results, indent=2, sort_keys=True))
+        elif args.command == "export":
+            from trainer import train_lib
+            for path in train_lib.export_run(args.model_dir, args.source_dir):
+                print(path)
         elif args.command == "explain":
             from explainability.explainer import format_faithfulness_table
             from trainer import explain_lib

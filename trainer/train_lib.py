@@ -26,6 +26,8 @@ import dataclasses
 import logging
 import math
 import os
+import subprocess
+import sys
 import time
 
 import keras
@@ -36,7 +38,7 @@ import yaml
 from trainer import config as config_lib
 from models.distillation import DistillationLoss, LabelledAUC
 from models.two_tower import TwoTowerRecommender
-from trainer import (datasets, distribute, export, guards, input_pipeline, metrics,
+from trainer import (backend, datasets, distribute, export, guards, input_pipeline, metrics,
                      model_kinds, resume, retrieval, run_reports)
 from trainer.datasets.canonical import atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError, UserInputError
@@ -287,7 +289,9 @@ def compile_model(cfg: config_lib.ExperimentConfig, model: keras.Model, packer,
             optimizer=make_optimizer(cfg.train, total_steps),
             loss=loss,
             metrics=[auc],
-            jit_compile=cfg.train.jit_compile,
+            # JAX compiles every step (uncompiled JAX is a debugging mode, far slower);
+            # train.jit_compile chooses XLA under TensorFlow.
+            jit_compile=cfg.train.jit_compile or keras.backend.backend() == "jax",
             steps_per_execution=cfg.train.steps_per_execution)
     return model
 
@@ -403,6 +407,7 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
     logits and unlabelled pairs through it).
     """
     started = time.time()
+    backend.select(cfg.runtime.backend)  # refuses a backend Keras does not run, first
     resuming = check_model_dir(model_dir, cfg)
     strategy = strategy or distribute.make_strategy(cfg.runtime)
     distribute.set_precision(cfg.runtime)
@@ -472,25 +477,80 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
                         "epochs_run": fitted["epochs_run"],
                         "replicas": strategy.num_replicas_in_sync,
                         "history": fitted["history"]}
+    results["train"]["backend"] = keras.backend.backend()
     # The served artefacts first and metrics.json last, each written atomically: a failed
     # write (disk full, permissions) leaves the previous run's export and metrics intact.
+    staging = os.path.join(model_dir, f".staging-{os.getpid()}")
+    try:
+        tf.io.gfile.makedirs(staging)
+        model.save(os.path.join(staging, "model.keras"))
+        if keras.backend.backend() == "tensorflow":
+            write_exports(model, model_dir, packer, item_index)
+        else:
+            if item_index is not None:
+                item_index.save(staging)
+            _export_in_tensorflow_process(model_dir, staging)
+        if item_index is not None:
+            item_index.save(model_dir)
+        tf.io.gfile.rename(os.path.join(staging, "model.keras"),
+                           os.path.join(model_dir, "model.keras"), overwrite=True)
+    finally:
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
+    write_json(os.path.join(model_dir, "metrics.json"), results)
+    resume.TrainingState(os.path.join(write_dir, "backup")).clear()  # the outputs are written
+    return results
+
+
+def write_exports(model: keras.Model, model_dir: str, packer, item_index=None) -> None:
+    """``export/`` and, for text models, ``export_tokens/`` (trainer/export.py), each
+    written atomically. TensorFlow backend only (see :func:`export_run`)."""
     export.export_saved_model(model, os.path.join(model_dir, "export"), packer, item_index)
     if export.has_token_export(packer):
         export.export_token_saved_model(model, os.path.join(model_dir, "export_tokens"),
                                         packer, item_index)
-    if item_index is not None:
-        item_index.save(model_dir)
-    model_path = os.path.join(model_dir, "model.keras")
-    tmp_model = f"{model_path}.tmp-{os.getpid()}.keras"
-    try:
-        model.save(tmp_model)
-        tf.io.gfile.rename(tmp_model, model_path, overwrite=True)
-    finally:
-        if tf.io.gfile.exists(tmp_model):
-            tf.io.gfile.remove(tmp_model)
-    write_json(os.path.join(model_dir, "metrics.json"), results)
-    resume.TrainingState(os.path.join(write_dir, "backup")).clear()  # the outputs are written
-    return results
+
+
+def export_run(model_dir: str, source_dir: str | None = None) -> list[str]:
+    """Writes a run's served SavedModels from its ``model.keras`` (and ``item_index/``),
+    read from ``source_dir`` (default ``model_dir``); returns the directories written.
+    The ``export`` command.
+
+    Runs under the TensorFlow backend whichever backend trained the model: the .keras
+    file is backend-neutral, and the SavedModel's signatures hold tf-text tokenization
+    and TensorFlow gradients (the ``explain`` signature), which JAX's jax2tf conversion
+    cannot carry. So a JAX-trained run serves the very artefact a TensorFlow one does.
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise UserInputError("export writes TensorFlow SavedModels: run it with "
+                             "KERAS_BACKEND=tensorflow (python -m trainer.task export "
+                             f"--model_dir {model_dir})")
+    source_dir = source_dir or model_dir
+    cfg = load_run_config(model_dir)
+    model_path = os.path.join(source_dir, "model.keras")
+    if not tf.io.gfile.exists(model_path):
+        raise RunDirError(f"{model_path}: not found; the run did not finish training")
+    packer = load_run_packer(cfg, model_dir, prepare_data(cfg, model_dir))
+    model = keras.models.load_model(model_path)
+    item_index = (retrieval.ItemIndex.load(source_dir)
+                  if isinstance(model, TwoTowerRecommender) else None)
+    write_exports(model, model_dir, packer, item_index)
+    return [os.path.join(model_dir, name) for name in ("export", "export_tokens")
+            if tf.io.gfile.exists(os.path.join(model_dir, name))]
+
+
+def _export_in_tensorflow_process(model_dir: str, source_dir: str) -> None:
+    """:func:`export_run` in a child process under the TensorFlow backend (this one runs
+    JAX, and Keras' backend is fixed per process)."""
+    command = [sys.executable, "-m", "trainer.task", "export", "--model_dir", model_dir,
+               "--source_dir", source_dir]
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"exporting {model_dir} under the TensorFlow backend failed "
+                           f"(exit {done.returncode}):\n{done.stderr[-4000:]}")
 
 
 def _write_reports(cfg, model_dir, model, packer, prepared: PreparedData, split_logits: dict,

@@ -31,6 +31,11 @@ class ItemTextTokenizer(keras.layers.Layer):
         super().__init__(**kwargs)
         self.tokenizer = tokenizer
         self.sequence_length = sequence_length
+        # Host-side preprocessing: takes and returns tf tensors under every Keras backend
+        # (under JAX, Keras would otherwise convert the strings to jax arrays and fail),
+        # as keras-hub's own preprocessing layers do.
+        self._convert_input_args = False
+        self._allow_non_tensor_positional_args = True
         ids = special_token_ids(tokenizer)
         self.packer = keras_hub.layers.StartEndPacker(
             sequence_length=sequence_length, start_value=ids["[CLS]"],

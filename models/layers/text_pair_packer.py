@@ -38,6 +38,11 @@ class TextPairPacker(keras.layers.Layer):
         self.tokenizer = tokenizer
         self.sequence_length = sequence_length
         self.item_max_tokens = item_max_tokens
+        # Host-side preprocessing: takes and returns tf tensors under every Keras backend
+        # (under JAX, Keras would otherwise convert the strings to jax arrays and fail),
+        # as keras-hub's own preprocessing layers do.
+        self._convert_input_args = False
+        self._allow_non_tensor_positional_args = True
         ids = special_token_ids(tokenizer)
         self.packer = keras_hub.layers.MultiSegmentPacker(
             sequence_length=sequence_length, start_value=ids["[CLS]"],
