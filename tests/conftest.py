@@ -15,6 +15,16 @@ if REPO not in sys.path:
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The Keras backend these tests run under (`make test-jax` runs the model tests and a short
+# training run under JAX as well; trainer/backend.py).
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+
+# In-process SavedModel export (and anything calling a model from tf.function or a
+# GradientTape) is TensorFlow's; under JAX a run exports from a TensorFlow child process,
+# tested in tests/trainer/test_backends.py.
+tensorflow_only = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="TensorFlow-backend path (SavedModel, tf gradients)")
+
 
 def pytest_configure(config):
     # Deselect with `-m "not slow"`; they still run by default (and in CI).

@@ -76,3 +76,36 @@ def select(requested: str = "auto") -> str:
             "tensorflow (in a notebook: in the first cell, after restarting the kernel), or "
             f"set runtime.backend={running}")
     return name
+
+
+def compiled_forward(model, method: str | None = None):
+    """``model(x, training=False)`` (or ``model.<method>(x, training=False)``) compiled once
+    for the running backend: a ``tf.function`` under TensorFlow, ``jax.jit`` over the
+    model's stateless call under JAX (the current weights are read at each call). ``x`` is
+    a dict of tensors or arrays; returns backend tensors."""
+    import keras  # pylint: disable=import-outside-toplevel  # keep this module Keras-free
+
+    target = getattr(model, method) if method else model
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+        return tf.function(lambda x: target(x, training=False), reduce_retracing=True)
+    import jax  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    def pure(trainable, non_trainable, x):
+        # Every variable read inside becomes the traced value given here.
+        with keras.StatelessScope(state_mapping=list(zip(
+                model.trainable_variables + model.non_trainable_variables,
+                list(trainable) + list(non_trainable)))):
+            return target(x, training=False)
+
+    jitted = jax.jit(pure)
+
+    def forward(x):
+        return jitted([v.value for v in model.trainable_variables],
+                      [v.value for v in model.non_trainable_variables],
+                      {k: np.asarray(v) for k, v in x.items()})
+
+    forward.jitted = jitted  # for cost analysis (trainer/distill_lib.py)
+    return forward

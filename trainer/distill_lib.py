@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from models.glass_box import GlassBoxRecommender
 from trainer import config as config_lib
-from trainer import fidelity, input_pipeline, metrics, train_lib
+from trainer import backend, fidelity, input_pipeline, metrics, train_lib
 from trainer.datasets.canonical import atomic_directory, read_npy, write_json, write_npy
 from trainer.errors import ConfigError, RunDirError
 
@@ -187,7 +187,18 @@ def example_batch(table, packer, rows: int) -> dict:
 
 def flops_per_example(model: keras.Model, batch: dict) -> float:
     """Forward-pass FLOPs per row of ``batch``, counted by the TensorFlow profiler on the
-    model's graph (matmuls, convolutions and elementwise ops with static shapes)."""
+    model's graph (matmuls, convolutions and elementwise ops with static shapes); under
+    JAX by XLA's cost analysis of the compiled forward pass."""
+    rows = int(next(iter(batch.values())).shape[0])
+    if keras.backend.backend() == "jax":
+        forward = backend.compiled_forward(model)
+        compiled = forward.jitted.lower(
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            {k: np.asarray(v) for k, v in batch.items()}).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost.get("flops", 0.0)) / rows
     from tensorflow.python.framework.convert_to_constants import (  # the profiler's input
         convert_variables_to_constants_v2)
 
@@ -204,19 +215,18 @@ def flops_per_example(model: keras.Model, batch: dict) -> float:
     finally:
         if dedup:
             model.deduplicate_items = dedup
-    rows = int(next(iter(batch.values())).shape[0])
     return float(profile.total_float_ops) / rows
 
 
 def examples_per_second(model: keras.Model, batch: dict, repeats: int = 20) -> float:
     """Served pairs per second: median over ``repeats`` timed forward passes of ``batch``
     through one traced function (after a warm-up call)."""
-    forward = tf.function(lambda x: model(x, training=False))
-    forward(batch)
+    forward = backend.compiled_forward(model)
+    np.asarray(forward(batch))
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        forward(batch)[0].numpy()
+        np.asarray(forward(batch))  # waits for the result
         times.append(time.perf_counter() - started)
     return int(next(iter(batch.values())).shape[0]) / statistics.median(times)
 

@@ -41,7 +41,7 @@ from tensorboard.plugins.pr_curve import metadata as pr_curve_metadata
 from models.baselines import MatrixFactorization
 from models.bert_recommender import BERTRecommender
 from models.two_tower import TwoTowerRecommender
-from trainer import metrics, model_kinds
+from trainer import backend, metrics, model_kinds
 from trainer.datasets.canonical import atomic_directory, atomic_write_bytes, atomic_write_text
 
 BINNINGS = ("uniform", "quantile")
@@ -513,7 +513,7 @@ def _rows_of(item_ids: list, wanted: list) -> np.ndarray:
 
 
 def _bert_item_vectors(model, packer, texts: list, batch_size: int) -> np.ndarray:
-    encode = tf.function(lambda features: model.pooled_output(features, training=False))
+    encode = backend.compiled_forward(model, "pooled_output")
     empty = [""] * batch_size
     out = []
     for start in range(0, len(texts), batch_size):

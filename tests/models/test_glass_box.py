@@ -87,4 +87,4 @@ def test_from_ids_matches_the_table_path_and_reads_unknown_ids_as_no_item():
                                tf.constant(["i1", "i2"]))
     by_rows = _batch(features)
     for key in by_rows:
-        np.testing.assert_array_equal(by_ids[key].numpy(), by_rows[key].numpy())
+        np.testing.assert_array_equal(np.asarray(by_ids[key]), np.asarray(by_rows[key]))

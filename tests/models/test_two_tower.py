@@ -14,7 +14,7 @@ import tensorflow as tf
 from models.layers.item_text_tokenizer import ItemTextTokenizer
 from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
 from models.two_tower import TwoTowerRecommender
-from tests.conftest import REPO
+from tests.conftest import BACKEND, REPO, tensorflow_only
 from trainer import export, input_pipeline, metrics
 from trainer.datasets.canonical import Catalogue, Example, Item
 
@@ -86,6 +86,8 @@ def test_harness_fit_round_trip_and_export(variant, tmp_path):
     model.save(path)
     np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0), expected,
                                atol=1e-6)
+    if BACKEND != "tensorflow":
+        return  # a JAX run exports from a TensorFlow process (tests/trainer/test_backends.py)
     export_dir = str(tmp_path / "export")
     export.export_saved_model(model, export_dir, features)
     out = export.load_serving_fn(export_dir)(**raw_batch(catalogue))
@@ -121,14 +123,14 @@ def test_cold_start_items_are_scored_from_text_alone():
     features = make_features(catalogue, sorted(catalogue)[:8])  # i08 is a cold item
     model = tiny_model(features)
     x = model_inputs(features, raw_batch(catalogue))
-    before = model(x).numpy()
+    before = np.asarray(model(x))
     # Perturb every id embedding and bias: only rows with a trained id may move.
     # (random, not constant: a LayerNorm would cancel a constant shift).
     rng = np.random.default_rng(0)
     for layer in (model.item_id_embedding, model.item_bias):
         weights = layer.embeddings.numpy()
         layer.embeddings.assign(weights + rng.normal(size=weights.shape).astype("float32"))
-    after = model(x).numpy()
+    after = np.asarray(model(x))
     cold = x["item_index"].numpy() == 0
     history_cold = (x["history_index"].numpy() == 0).all(axis=1)
     unchanged = cold & history_cold
@@ -137,6 +139,7 @@ def test_cold_start_items_are_scored_from_text_alone():
     assert np.all(np.abs(after[~unchanged] - before[~unchanged]) > 1e-4)
 
 
+@tensorflow_only  # the distinct-row path is TensorFlow's (UniqueV2); JAX encodes every slot
 def test_distinct_item_encoding_matches_encoding_every_slot():
     """Encoding each distinct item text of a batch once gives the logits and gradients
     of encoding every history/candidate slot (the batch repeats items and padding)."""
@@ -174,8 +177,8 @@ def test_first_user_pooling_reads_the_first_present_part():
     model = tiny_model(features)
     model.user_pooling = "first"
     state = model.user_state(model_inputs(features, raw_batch(catalogue)))
-    mask = state["interest_mask"].numpy()
-    interests, user = state["interests"].numpy(), state["user"].numpy()
+    mask = np.asarray(state["interest_mask"])
+    interests, user = np.asarray(state["interests"]), np.asarray(state["user"])
     checked = 0
     for row in range(len(mask)):
         present = np.flatnonzero(mask[row])
@@ -195,8 +198,8 @@ def test_in_batch_softmax_matches_hand_computation():
     x = {"item_index": tf.constant([1, 2, 1]), "history_index": tf.constant([[3, 0, 0]] * 3)}
     model(x)
     model.set_item_counts(np.array([1, 1, 1, 2]))
-    state = {k: v.numpy() for k, v in model.user_state(x).items()}
-    item = model.item_vectors(None, x["item_index"]).numpy()
+    state = {k: np.asarray(v) for k, v in model.user_state(x).items()}
+    item = np.asarray(model.item_vectors(None, x["item_index"]))
     # Pooled dot product + the best single interest (the absent query is masked); sqrt(d)=2.
     per_interest = np.einsum("bkd,nd->bkn", state["interests"], item)
     best = np.where(state["interest_mask"][:, :, None] > 0, per_interest, -np.inf).max(1)
@@ -208,11 +211,11 @@ def test_in_batch_softmax_matches_hand_computation():
         keep = [c for c in range(3) if c == row or [1, 2, 1][c] != [1, 2, 1][row]]
         z = logits[row, keep]
         expected.append(np.log(np.exp(z).sum()) - logits[row, row])
-    got = model._in_batch_softmax({k: tf.constant(v) for k, v in state.items()},
-                                  tf.constant(item), x["item_index"])
+    got = model._in_batch_softmax(state, item, np.asarray(x["item_index"]))
     np.testing.assert_allclose(float(got), np.mean(expected), rtol=1e-5)
 
 
+@tensorflow_only
 def test_savedmodel_signatures_match_in_a_fresh_process(tmp_path):
     catalogue = make_catalogue()
     features = make_features(catalogue, sorted(catalogue)[:9])

@@ -1,0 +1,172 @@
+"""One model on two engines: backend selection, the JAX strategy, and JAX runs that serve
+the same SavedModel a TensorFlow run does (trainer/backend.py, trainer/distribute.py).
+
+`make test` runs this file under TensorFlow and again under JAX (KERAS_BACKEND=jax)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.conftest import BACKEND, MICRO_OVERRIDES, REPO
+from trainer import backend, config as config_lib
+from trainer.errors import ConfigError, UserInputError
+
+TINY = os.path.join(REPO, "configs", "tiny.yaml")
+OTHER = "jax" if BACKEND == "tensorflow" else "tensorflow"
+
+
+def test_resolve_reads_keras_backend_for_auto():
+    assert backend.resolve("auto", {"KERAS_BACKEND": "jax"}) == "jax"
+    assert backend.resolve("auto", {}) == "tensorflow"
+    assert backend.resolve("tensorflow", {"KERAS_BACKEND": "jax"}) == "tensorflow"
+    with pytest.raises(UserInputError, match="KERAS_BACKEND='torch'"):
+        backend.resolve("auto", {"KERAS_BACKEND": "torch"})
+
+
+def test_config_refuses_an_unknown_backend():
+    with pytest.raises(ConfigError, match="runtime.backend"):
+        config_lib.load_config(TINY, ["runtime.backend=torch"])
+
+
+def test_select_refuses_a_backend_other_than_the_one_keras_runs():
+    import keras  # noqa: F401  (this process has imported Keras)
+    assert backend.select(BACKEND) == BACKEND
+    with pytest.raises(UserInputError, match=f"KERAS_BACKEND={OTHER} before Python imports"):
+        backend.select(OTHER)
+
+
+def test_select_refuses_a_backend_that_is_not_installed(monkeypatch):
+    monkeypatch.setattr(backend, "installed", lambda name: name != "jax")
+    with pytest.raises(UserInputError, match=r"jax is not installed; pip install -e '\.\[jax\]'"):
+        backend.select("jax")
+
+
+def test_cli_refuses_a_missing_backend_before_writing(tmp_path, monkeypatch, capsys):
+    from trainer import task
+    monkeypatch.setattr(backend, "installed", lambda name: name != "jax")
+    model_dir = tmp_path / "run"
+    code = task.main(["train", "--config", TINY, "--model_dir", str(model_dir),
+                      "--set", "runtime.backend=jax"])
+    assert code == 2
+    assert "jax is not installed" in capsys.readouterr().err
+    assert not model_dir.exists()
+
+
+class FakeDevice:
+    def __init__(self, platform, id_, kind="", capability=""):
+        self.platform, self.id, self.device_kind = platform, id_, kind
+        self.compute_capability = capability
+
+
+def test_jax_strategy_refuses_what_it_cannot_do():
+    from trainer import distribute
+    from trainer.config import RuntimeConfig
+    cpus = lambda: [FakeDevice("cpu", 0)]  # noqa: E731
+    with pytest.raises(UserInputError, match=r"JAX found no TPU \(its devices: 1 x cpu\)"):
+        distribute.make_jax_strategy(RuntimeConfig(strategy="tpu"), cpus)
+    with pytest.raises(UserInputError, match="multi_worker runs under runtime.backend="
+                       "tensorflow"):
+        distribute.make_jax_strategy(RuntimeConfig(strategy="multi_worker"), cpus)
+    with pytest.raises(UserInputError, match=r"platform:id from \['cpu:0'\]"):
+        distribute.make_jax_strategy(RuntimeConfig(devices=["/gpu:0"]), cpus)
+
+
+def test_jax_accelerator_detection_and_its_overrides():
+    from trainer import distribute
+    tpu = distribute.detect_jax_accelerator(
+        lambda: [FakeDevice("tpu", i, "TPU v5 lite") for i in range(4)])
+    assert (tpu.kind, tpu.count, tpu.name) == ("tpu", 4, "TPU v5 lite")
+    assert {"runtime.backend=jax", "runtime.strategy=tpu", "runtime.precision=mixed_bfloat16",
+            "train.steps_per_execution=32"} == set(tpu.overrides())
+    gpu = distribute.detect_jax_accelerator(lambda: [FakeDevice("gpu", 0, "H200", "9.0")])
+    assert gpu.compute_capability == (9, 0)
+    assert "runtime.precision=mixed_bfloat16" in gpu.overrides()
+    assert distribute.detect_jax_accelerator(lambda: [FakeDevice("cpu", 0)]).kind == "cpu"
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the TensorFlow run is test_train_lib's")
+def test_a_jax_run_trains_evaluates_and_exports_in_process(tmp_path):
+    """Under `make test`'s JAX pass: the one training library, end to end, on JAX."""
+    from trainer import export, train_lib
+    cfg = config_lib.load_config(TINY, MICRO_OVERRIDES + ["train.epochs=2"])
+    results = train_lib.train(cfg, str(tmp_path / "run"))
+    assert results["train"]["backend"] == "jax"
+    assert results["test"]["auc"] > 0.5 and results["test"]["examples"] > 0
+    serve = export.load_serving_fn(str(tmp_path / "run" / "export"))
+    assert "query" in serve.structured_input_signature[1]  # tiny.yaml is a two-tower
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".staging")]
+
+
+# A JAX process (two forced host CPUs: DataParallel for real) trains a cross-encoder and a
+# two-tower run and writes the JAX logits of their validation rows.
+JAX_RUNS = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    from trainer import config as config_lib, train_lib
+    out = sys.argv[1]
+    for name, extra in json.loads(sys.argv[2]).items():
+        cfg = config_lib.load_config({tiny!r}, {micro!r} + extra)
+        model_dir = os.path.join(out, name)
+        results = train_lib.train(cfg, model_dir)
+        import keras
+        prepared = train_lib.prepare_data(cfg, model_dir)
+        packer = train_lib.load_run_packer(cfg, model_dir, prepared)
+        model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
+        logits = train_lib.predict_logits(model, prepared.tables["validation"], packer, 64)
+        np.save(os.path.join(model_dir, "jax_logits.npy"), logits)
+        print(name, results["train"]["backend"], results["train"]["replicas"])
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="runs the JAX side in a child process")
+def test_jax_runs_serve_what_they_learned(tmp_path):
+    """A run trained under JAX on two devices writes the same artefacts a TensorFlow run
+    does: model.keras scores identically under TensorFlow, the raw-string SavedModel
+    equals the JAX model, and the two-tower export retrieves."""
+    runs = {"cross": ["model.interaction=cross", "model.pooling=first"],
+            "two_tower": ["model.item_ids=true"]}
+    runs = {name: extra + ["runtime.backend=jax", "runtime.logical_cpus=2"]
+            for name, extra in runs.items()}
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=REPO)
+    script = JAX_RUNS.format(tiny=TINY, micro=MICRO_OVERRIDES)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path), json.dumps(runs)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "cross jax 2" in done.stdout and "two_tower jax 2" in done.stdout
+
+    import keras
+    import tensorflow as tf
+
+    from trainer import export, train_lib
+    for name in runs:
+        model_dir = str(tmp_path / name)
+        jax_logits = np.load(os.path.join(model_dir, "jax_logits.npy"))
+        cfg = train_lib.load_run_config(model_dir)
+        assert cfg.runtime.backend == "jax"
+        prepared = train_lib.prepare_data(cfg, model_dir)
+        packer = train_lib.load_run_packer(cfg, model_dir, prepared)
+        table = prepared.tables["validation"]
+        model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
+        np.testing.assert_allclose(train_lib.predict_logits(model, table, packer, 64),
+                                   jax_logits, atol=1e-4)
+        with open(os.path.join(model_dir, "metrics.json")) as f:
+            assert json.load(f)["train"]["backend"] == "jax"
+        assert os.path.isdir(os.path.join(model_dir, "export_tokens"))
+    # The served raw-string signature is the JAX model.
+    table = train_lib.prepare_data(train_lib.load_run_config(str(tmp_path / "cross")),
+                                   str(tmp_path / "cross")).tables["validation"]
+    served = export.predict_texts(str(tmp_path / "cross" / "export"),
+                                  list(table.user_text[:32]), list(table.item_text[:32]))
+    np.testing.assert_allclose(served["logit"].numpy(),
+                               np.load(str(tmp_path / "cross" / "jax_logits.npy"))[:32],
+                               atol=1e-4)
+    retrieve = export.load_serving_fn(str(tmp_path / "two_tower" / "export"), "retrieve")
+    top = retrieve(query=tf.constant([""]), history_text=tf.constant([[""] * 5]),
+                   history_ids=tf.constant([[""] * 5]), k=tf.constant(3))
+    assert top["item_ids"].shape == (1, 3)
