@@ -11,7 +11,7 @@ $(VENV)/.installed: setup.py Makefile
 	@test -n "$(PYTHON)" || { echo "error: no python3.11 found; run with PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,tfds,tune,explain]"
+	$(PY) -m pip install --quiet -e ".[dev,tfds,tune,explain,jax]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -22,8 +22,13 @@ demo: install
 	$(PY) -m trainer.task train --config configs/demo.yaml --model_dir $(RUN_DIR)
 	$(PY) -m trainer.task explain --model_dir $(RUN_DIR) --num_examples 50
 
+# Everything under TensorFlow, then the model tests and a short training run under JAX
+# (the same models on the second engine; trainer/backend.py).
 test: install
 	$(PY) -m pytest tests -q
+	KERAS_BACKEND=jax $(PY) -m pytest $(JAX_TESTS) -q
+
+JAX_TESTS ?= tests/models tests/trainer/test_backends.py
 
 clean-demo:
 	rm -rf $(RUN_DIR)

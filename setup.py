@@ -34,8 +34,13 @@ EXTRAS_REQUIRE = {
     "explain": ["shap==0.51.0"],
     # TensorBoard's Profile tab, to view traces written with runtime.profile_steps.
     "profile": ["tensorboard-plugin-profile==2.24.2"],
-    # Colab/Cloud TPU VMs bring their own libtpu; nothing extra is pinned here.
-    "tpu": [],
+    # The second engine: KERAS_BACKEND=jax / runtime.backend=jax (trainer/backend.py). 0.10.2
+    # is the newest JAX for Python 3.11 (0.11+ need 3.12). GPUs: add jax[cuda12]==0.10.2.
+    "jax": ["jax[cpu]==0.10.2"],
+    # TPUs train under JAX: no TensorFlow 2.21 TPU build exists (tensorflow-tpu stops at
+    # 2.20.0). jax[tpu] 0.10.2 resolves to libtpu 0.0.42.1 from PyPI; TensorFlow and
+    # tf-text (install_requires) stay on the host for tf.data and tokenization.
+    "tpu": ["jax[tpu]==0.10.2"],
 }
 
 setup(

@@ -109,3 +109,27 @@ def compiled_forward(model, method: str | None = None):
 
     forward.jitted = jitted  # for cost analysis (trainer/distill_lib.py)
     return forward
+
+
+def run_in_tensorflow(command: list[str]) -> str:
+    """Runs ``python -m trainer.task <command>`` in a child process under the TensorFlow
+    backend and returns its stdout; raises RuntimeError with the child's error output.
+
+    What only TensorFlow does (the SavedModel export, explanations by TensorFlow
+    gradients) runs there when this process trains under JAX: the run directory is the
+    interface, and Keras' backend is fixed per process."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-m", "trainer.task", *command], env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode == 2:  # the command's own one-line message about the user's input
+        lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        raise UserInputError(lines[-1][len("error: "):] if lines else done.stderr[-2000:])
+    if done.returncode != 0:
+        raise RuntimeError(f"`python -m trainer.task {' '.join(command)}` under the "
+                           f"TensorFlow backend failed (exit {done.returncode}):\n"
+                           f"{done.stderr[-4000:]}")
+    return done.stdout

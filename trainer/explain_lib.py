@@ -27,7 +27,7 @@ from explainability import explainer as explainer_lib
 from explainability.history_attributions import Case
 from explainability.pair_scorer import PairScorer
 from explainability.report import render_report
-from trainer import model_kinds
+from trainer import backend, model_kinds
 from trainer.datasets.canonical import atomic_directory, atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError, UserInputError
 from trainer.train_lib import load_run_config, load_run_packer, prepare_data
@@ -170,7 +170,21 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
 
 def explain(model_dir: str, **kwargs) -> dict:
     """:func:`run_explanations`, then writes the outputs listed in the module docstring.
-    Returns the faithfulness.json content."""
+    Returns the faithfulness.json content.
+
+    Gradient attributions are TensorFlow's (``tf.GradientTape`` in the graph); a process
+    running Keras under JAX (a TPU notebook) gets them from the ``explain`` command in a
+    TensorFlow child process, which reads the same run directory."""
+    if keras.backend.backend() != "tensorflow":
+        command = ["explain", "--model_dir", model_dir]
+        for key, value in kwargs.items():
+            if value is not None:
+                value = ",".join(value) if key == "methods" else value
+                command += [f"--{key}", str(value)]
+        backend.run_in_tensorflow(command)
+        with tf.io.gfile.GFile(os.path.join(model_dir, "explanations",
+                                            "faithfulness.json")) as f:
+            return json.load(f)
     records, summary, _ = run_explanations(model_dir, **kwargs)
     _write_outputs(model_dir, records, summary)
     _write_tensorboard(model_dir, records, summary)

@@ -26,8 +26,6 @@ import dataclasses
 import logging
 import math
 import os
-import subprocess
-import sys
 import time
 
 import keras
@@ -489,7 +487,8 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
         else:
             if item_index is not None:
                 item_index.save(staging)
-            _export_in_tensorflow_process(model_dir, staging)
+            backend.run_in_tensorflow(["export", "--model_dir", model_dir,
+                                       "--source_dir", staging])
         if item_index is not None:
             item_index.save(model_dir)
         tf.io.gfile.rename(os.path.join(staging, "model.keras"),
@@ -537,20 +536,6 @@ def export_run(model_dir: str, source_dir: str | None = None) -> list[str]:
     write_exports(model, model_dir, packer, item_index)
     return [os.path.join(model_dir, name) for name in ("export", "export_tokens")
             if tf.io.gfile.exists(os.path.join(model_dir, name))]
-
-
-def _export_in_tensorflow_process(model_dir: str, source_dir: str) -> None:
-    """:func:`export_run` in a child process under the TensorFlow backend (this one runs
-    JAX, and Keras' backend is fixed per process)."""
-    command = [sys.executable, "-m", "trainer.task", "export", "--model_dir", model_dir,
-               "--source_dir", source_dir]
-    env = dict(os.environ, KERAS_BACKEND="tensorflow")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"exporting {model_dir} under the TensorFlow backend failed "
-                           f"(exit {done.returncode}):\n{done.stderr[-4000:]}")
 
 
 def _write_reports(cfg, model_dir, model, packer, prepared: PreparedData, split_logits: dict,

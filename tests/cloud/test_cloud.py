@@ -34,6 +34,7 @@ from trainer.distribute import Accelerator
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLOUD = os.path.join(REPO, "cloud")
 DOCKERFILE = os.path.join(CLOUD, "Dockerfile")
+TPU_DOCKERFILE = os.path.join(CLOUD, "Dockerfile.tpu")
 
 SPECS = sorted(f for f in os.listdir(CLOUD) if f.endswith(".yaml"))
 GPU_SPECS = ["single_gpu.yaml", "multi_gpu.yaml", "multi_worker.yaml"]
@@ -80,6 +81,15 @@ def install_requires() -> dict[str, Requirement]:
             reqs = [Requirement(r) for r in ast.literal_eval(node.value)]
             return {re.sub(r"[-_.]+", "-", r.name).lower(): r for r in reqs}
     raise AssertionError("setup.py has no INSTALL_REQUIRES list")
+
+
+def extras_require() -> dict[str, list[str]]:
+    """setup.py's EXTRAS_REQUIRE."""
+    for node in _setup_tree().body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == \
+                "EXTRAS_REQUIRE":
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py has no EXTRAS_REQUIRE dict")
 
 
 def sdist_filename() -> str:
@@ -131,10 +141,10 @@ def keys_with_underscores(node, path=""):
             yield from keys_with_underscores(value, f"{path}{i}.")
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
+def dockerfile_instructions(path: str = DOCKERFILE) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) for each instruction, continuation lines joined and comment
     lines dropped, as Docker reads them."""
-    with open(DOCKERFILE, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         lines = [line.rstrip("\n") for line in f if not line.lstrip().startswith("#")]
     instructions, current = [], ""
     for line in lines:
@@ -149,8 +159,8 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
-def dockerfile_arg_defaults() -> dict:
-    return dict(rest.split("=", 1) for keyword, rest in dockerfile_instructions()
+def dockerfile_arg_defaults(path: str = DOCKERFILE) -> dict:
+    return dict(rest.split("=", 1) for keyword, rest in dockerfile_instructions(path)
                 if keyword == "ARG" and "=" in rest)
 
 
@@ -261,24 +271,40 @@ def test_multi_worker_spec_has_a_chief_pool_and_workers_running_the_same_job():
         assert settings["runtime.precision"] == expected["runtime.precision"]
 
 
-def test_tpu_spec_is_marked_blocked_and_carries_the_tpu_runtime_settings():
+def test_tpu_spec_trains_under_jax_with_the_tpu_runtime_settings():
     with open(os.path.join(CLOUD, "tpu_vm.yaml"), encoding="utf-8") as f:
-        assert f.readline().startswith("# BLOCKED")
+        assert "BLOCKED" not in f.read()
     (pool,) = load_spec("tpu_vm.yaml")["workerPoolSpecs"]  # Vertex: one pool for TPU VMs
     assert pool["replicaCount"] == 1
     machine = pool["machineSpec"]
     assert machine == {"machineType": "ct5lp-hightpu-4t", "tpuTopology": "2x2"}
-    # Not the CUDA image: a TPU image needs tensorflow-tpu, which cloud/Dockerfile lacks.
+    # Not the CUDA image: the TPU image is cloud/Dockerfile.tpu's.
     gpu_image = load_spec("single_gpu.yaml")["workerPoolSpecs"][0]["containerSpec"]["imageUri"]
     assert pool["containerSpec"]["imageUri"] != gpu_image
+    assert pool["containerSpec"]["imageUri"].rsplit("/", 1)[1].startswith(
+        "bert-recommender-tpu:")
     settings = overrides(pool)
     assert settings.items() >= accelerator_overrides(Accelerator("tpu", 0)).items()
-    assert settings["runtime.tpu"] == "local"  # the TPU VM's own chips
     cfg = config_lib.load_config(os.path.join(REPO, parsed_args(pool).config),
                                  parsed_args(pool).overrides)
-    assert (cfg.runtime.strategy, cfg.runtime.tpu, cfg.runtime.precision) == (
-        "tpu", "local", "mixed_bfloat16")
+    assert (cfg.runtime.backend, cfg.runtime.strategy, cfg.runtime.precision) == (
+        "jax", "tpu", "mixed_bfloat16")
     assert cfg.train.steps_per_execution > 1
+
+
+def test_tpu_dockerfile_installs_the_sdist_with_the_tpu_extra_under_jax():
+    assert dockerfile_arg_defaults(TPU_DOCKERFILE)["SDIST"] == sdist_filename()
+    instructions = dockerfile_instructions(TPU_DOCKERFILE)
+    (pip,) = [rest for keyword, rest in instructions
+              if keyword == "RUN" and "pip install" in rest]
+    assert '"/tmp/pkg/${SDIST}[tpu]"' in pip
+    (env,) = [rest for keyword, rest in instructions if keyword == "ENV"]
+    assert "KERAS_BACKEND=jax" in env.split()
+    # The TPU extra pins the JAX release the CPU extra (and `make test`'s JAX pass) uses.
+    extras = extras_require()
+    tpu, cpu = Requirement(extras["tpu"][0]), Requirement(extras["jax"][0])
+    assert (tpu.name, tpu.extras, cpu.extras) == ("jax", {"tpu"}, {"cpu"})
+    assert str(tpu.specifier) == str(cpu.specifier)
 
 
 # ---------------------------------------------------------------------------------------
