@@ -96,7 +96,9 @@ class DataConfig:
     vocab_size: int = 2000  # learned WordPiece vocabulary size for random-init models
     lowercase: bool = True
     shuffle_buffer: int = 20000
-    tfrecord_dir: str = ""  # non-empty: stream examples through TFRecord shards there
+    # A directory of TFRecord shards written by `python -m trainer.task prepare` (written on
+    # first use when absent or empty): training streams from it (trainer/prepare.py).
+    tfrecord_dir: str = ""
     # Keep the tokenized training pairs in memory after the first epoch (~1 KB per example
     # at sequence length 128); not applied to tfrecord_dir sources, which stream.
     cache_tokens: bool = True

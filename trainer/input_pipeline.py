@@ -109,6 +109,18 @@ class PairTable:
     def columns(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
+    def positive_rows(self) -> "PairTable":
+        """The clicked rows (what an in-batch softmax trains on)."""
+        return self.subset(self.label > 0)
+
+    def positive_item_indices(self) -> np.ndarray:
+        """The candidate ``item_index`` of every clicked row (popularity counts)."""
+        return self.item_index[self.label > 0]
+
+    def label_counts(self) -> tuple[int, int]:
+        """``(rows, clicked rows)``."""
+        return len(self), int((self.label > 0.5).sum())
+
     def subset(self, rows) -> "PairTable":
         """The table restricted to ``rows`` (indices or a bool mask), columns aligned."""
         return PairTable(**{k: (v[rows] if v is not None else None)
@@ -124,6 +136,34 @@ class PairTable:
             columns[field.name] = (None if any(v is None for v in values)
                                    else np.concatenate(values))
         return cls(**columns)
+
+
+@dataclasses.dataclass
+class StreamingTable:
+    """A split kept in TFRecord shards (``python -m trainer.task prepare``): what training
+    needs of a :class:`PairTable` (its size, click counts, the stream) without its rows.
+
+    ``item_counts[i]`` is the number of clicked rows whose candidate has ``item_index`` i.
+    ``positives_only`` streams the clicked rows alone (in-batch softmax)."""
+
+    paths: list
+    rows: int
+    positives: int
+    item_counts: np.ndarray
+    positives_only: bool = False
+    teacher_logit = None  # never distilled: distillation keeps its table in memory
+
+    def __len__(self) -> int:
+        return self.positives if self.positives_only else self.rows
+
+    def positive_rows(self) -> "StreamingTable":
+        return dataclasses.replace(self, positives_only=True)
+
+    def positive_item_indices(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.item_counts), dtype=np.int32), self.item_counts)
+
+    def label_counts(self) -> tuple[int, int]:
+        return self.rows, self.positives
 
 
 def make_pair_table(examples: list[Example], catalogue: Catalogue, item_text_fields: list,
@@ -407,71 +447,120 @@ def make_tokenizer(vocabulary=None, lowercase: bool = True, pretrained: str = ""
 # TFRecord shards: for data that does not fit in memory, and for gs:// pipelines.
 # ---------------------------------------------------------------------------------------
 
-def _features(max_history: int) -> dict:
-    return {**_FEATURES, "history_index": tf.io.FixedLenFeature(
-        [max_history], tf.int64, default_value=[0] * max_history)}
+# Each record holds a block of up to RECORD_ROWS rows, column by column (one tf.train.Example
+# whose features are lists): building, writing and parsing one proto per row cost ~20 us of
+# Python each, which capped conversion far below the rate a large dataset needs.
+RECORD_ROWS = 1024
+_STRING_COLUMNS = ("query", "user_text", "item_text")
+_FLOAT_COLUMNS = ("label", "true_probability")
+_INT_COLUMNS = ("group", "user_index", "item_index")
 
 
-_FEATURES = {
-    "query": tf.io.FixedLenFeature([], tf.string, default_value=""),
-    "user_text": tf.io.FixedLenFeature([], tf.string),
-    "item_text": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.float32),
-    "group": tf.io.FixedLenFeature([], tf.int64),
-    "user_index": tf.io.FixedLenFeature([], tf.int64),
-    "item_index": tf.io.FixedLenFeature([], tf.int64),
-    "true_probability": tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
-}
+def _block_features(max_history: int) -> dict:
+    spec = {name: tf.io.FixedLenSequenceFeature([], dtype, allow_missing=True)
+            for names, dtype in ((_STRING_COLUMNS, tf.string), (_FLOAT_COLUMNS, tf.float32),
+                                 (_INT_COLUMNS, tf.int64)) for name in names}
+    if max_history:
+        spec["history_index"] = tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True)
+    return spec
+
+
+def _block_record(table: PairTable, start: int, stop: int) -> bytes:
+    """Rows ``[start, stop)`` of ``table`` as one serialized tf.train.Example of lists."""
+    def column(name):
+        values = getattr(table, name)
+        return None if values is None else values[start:stop]
+
+    feature = {}
+    for name in _STRING_COLUMNS:
+        values = column(name)
+        if values is None:
+            values = [""] * (stop - start)
+        feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[str(v).encode("utf-8") for v in values]))
+    for name in _FLOAT_COLUMNS:
+        values = column(name)
+        values = np.full(stop - start, -1.0, np.float32) if values is None else values
+        feature[name] = tf.train.Feature(float_list=tf.train.FloatList(
+            value=np.asarray(values, np.float32).tolist()))
+    for name in _INT_COLUMNS:
+        feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(
+            value=np.asarray(column(name), np.int64).tolist()))
+    if table.history_index is not None:
+        feature["history_index"] = tf.train.Feature(int64_list=tf.train.Int64List(
+            value=np.asarray(column("history_index"), np.int64).reshape(-1).tolist()))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+class ShardWriter:
+    """Appends :class:`PairTable` chunks to ``<directory>/<prefix>-NNNNN.tfrecord`` shards of
+    ``examples_per_shard`` rows (the last may be shorter), so data of any size is written
+    with one chunk in memory.
+
+    Each shard is written under a temporary name and renamed when complete, so a crash
+    leaves no partial shard; works on any ``tf.io.gfile`` path (``gs://`` included).
+    ``close()`` returns the shard paths in order.
+    """
+
+    def __init__(self, directory: str, prefix: str, examples_per_shard: int = 50000):
+        if examples_per_shard < 1:
+            raise ValueError("examples_per_shard must be >= 1")
+        self.directory, self.prefix = directory, prefix
+        self.examples_per_shard = examples_per_shard
+        self.paths: list[str] = []
+        self.rows = 0
+        self._writer = self._tmp = None
+        self._in_shard = 0
+        tf.io.gfile.makedirs(directory)
+
+    def write(self, table: PairTable) -> None:
+        start = 0
+        while start < len(table):
+            if self._writer is None:
+                path = os.path.join(self.directory,
+                                    f"{self.prefix}-{len(self.paths):05d}.tfrecord")
+                self._tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+                self._writer = tf.io.TFRecordWriter(self._tmp)
+                self.paths.append(path)
+                self._in_shard = 0
+            stop = min(len(table), start + RECORD_ROWS,
+                       start + self.examples_per_shard - self._in_shard)
+            self._writer.write(_block_record(table, start, stop))
+            self._in_shard += stop - start
+            self.rows += stop - start
+            start = stop
+            if self._in_shard == self.examples_per_shard:
+                self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        self._writer.close()
+        tf.io.gfile.rename(self._tmp, self.paths[-1], overwrite=True)
+        self._writer = self._tmp = None
+
+    def close(self) -> list[str]:
+        if self._writer is not None:
+            self._finish_shard()
+        return list(self.paths)
+
+    def abort(self) -> None:
+        """Removes the shard being written (on failure)."""
+        if self._writer is not None:
+            self._writer.close()
+            if tf.io.gfile.exists(self._tmp):
+                tf.io.gfile.remove(self._tmp)
+            self._writer = self._tmp = None
 
 
 def write_tfrecords(table: PairTable, directory: str, prefix: str,
                     examples_per_shard: int = 50000) -> list[str]:
-    """Writes ``table`` as ``<directory>/<prefix>-NNNNN-of-MMMMM.tfrecord`` shards.
-
-    Works on any ``tf.io.gfile`` path (``gs://`` included). Each shard is written under a
-    temporary name and renamed when complete, so a crash leaves no partial shard.
-    """
-    tf.io.gfile.makedirs(directory)
-    num_shards = max(1, -(-len(table) // examples_per_shard))
-    paths = []
-    truth = table.true_probability
-    for shard in range(num_shards):
-        path = os.path.join(directory, f"{prefix}-{shard:05d}-of-{num_shards:05d}.tfrecord")
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for row in range(shard * examples_per_shard,
-                             min(len(table), (shard + 1) * examples_per_shard)):
-                feature = {
-                    "user_text": _bytes(table.user_text[row]),
-                    "item_text": _bytes(table.item_text[row]),
-                    "label": _float(table.label[row]),
-                    "group": _int(table.group[row]),
-                    "user_index": _int(table.user_index[row]),
-                    "item_index": _int(table.item_index[row]),
-                    "true_probability": _float(-1.0 if truth is None else truth[row]),
-                }
-                if table.query is not None:
-                    feature["query"] = _bytes(table.query[row])
-                if table.history_index is not None:
-                    feature["history_index"] = tf.train.Feature(int64_list=tf.train.Int64List(
-                        value=[int(v) for v in table.history_index[row]]))
-                writer.write(tf.train.Example(
-                    features=tf.train.Features(feature=feature)).SerializeToString())
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-        paths.append(path)
-    return paths
-
-
-def _bytes(value: str):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
-
-
-def _float(value: float):
-    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
-
-
-def _int(value: int):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+    """Writes ``table`` as ``<directory>/<prefix>-NNNNN.tfrecord`` shards (:class:`ShardWriter`)."""
+    writer = ShardWriter(directory, prefix, examples_per_shard)
+    try:
+        writer.write(table)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
 
 
 def read_tfrecords(pattern_or_paths, ordered: bool = True,
@@ -492,10 +581,17 @@ def read_tfrecords(pattern_or_paths, ordered: bool = True,
     else:
         records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(paths)),
                                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    return records.map(
-        lambda record: tf.io.parse_single_example(
-            record, _features(max_history) if max_history else _FEATURES),
-        num_parallel_calls=tf.data.AUTOTUNE)
+    spec = _block_features(max_history)
+
+    def parse(record):
+        block = tf.io.parse_single_example(record, spec)
+        if max_history:
+            block["history_index"] = tf.reshape(block["history_index"], [-1, max_history])
+        return block
+
+    blocks = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                         deterministic=ordered)
+    return blocks.unbatch()
 
 
 PACK_BLOCK = 512  # rows tokenized per call: the tokenizer's per-call cost is high
@@ -525,7 +621,8 @@ def _seeded_passes(data: tf.data.Dataset, seed: int, shuffle_buffer: int,
 def make_dataset(source, batch_size: int, packer=None, training: bool = False,
                  seed: int = 0, shuffle_buffer: int = 20000, repeat: bool = False,
                  with_labels: bool = True, cache_tokens: bool = False,
-                 skip_rows: int = 0, total_rows: int | None = None) -> tf.data.Dataset:
+                 skip_rows: int = 0, total_rows: int | None = None,
+                 positives_only: bool = False) -> tf.data.Dataset:
     """Batched ``(features, label)`` pairs for ``model.fit`` / ``predict``.
 
     Rows are tokenized and packed in blocks of ``PACK_BLOCK`` (one tokenizer call per block
@@ -550,6 +647,8 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
       total_rows: with ``training`` and ``repeat`` on a :class:`PairTable`, the length of
         the whole training stream (epochs x steps x global batch). The stream is then a
         pure function of ``seed`` (see :func:`_seeded_passes`), which exact resume needs.
+      positives_only: TFRecord sources: keep the clicked rows only (a table is filtered
+        before, with :meth:`PairTable.positive_rows`).
     """
     if isinstance(source, PairTable):
         columns = source.columns()
@@ -559,6 +658,8 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
     else:
         data = read_tfrecords(source, ordered=not training,
                               max_history=getattr(packer, "max_history", 0))
+        if positives_only:
+            data = data.filter(lambda row: row["label"] > 0)
 
     def to_model_inputs(batch):
         features = {"user_index": tf.cast(batch["user_index"], tf.int32),

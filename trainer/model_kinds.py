@@ -221,7 +221,7 @@ class TwoTower(ModelKind):
         if cfg.train.loss == "softmax":
             # In-batch negatives: every row is a positive; the other rows' candidates in
             # the batch are its negatives.
-            return table.subset(table.label > 0)
+            return table.positive_rows()
         return table
 
     def explanation_scorer(self, cfg, model, featurizer):
@@ -234,7 +234,7 @@ class TwoTower(ModelKind):
 
     def fit_counts(self, model, table):
         if isinstance(model, TwoTowerRecommender):
-            model.set_item_counts(table.item_index[table.label > 0])
+            model.set_item_counts(table.positive_item_indices())
 
     def catalogue_logits(self, model, featurizer, user_rows, item_text, batch_size):
         """``score_matrix`` of each user batch's state against the whole catalogue's item
@@ -315,7 +315,7 @@ class GlassBox(ModelKind):
             "query": tf.constant([""])})}
 
     def fit_counts(self, model, table):
-        model.set_item_counts(table.item_index[table.label > 0])
+        model.set_item_counts(table.positive_item_indices())
 
 
 class MatrixFactorizationKind(ModelKind):
@@ -351,7 +351,8 @@ class Popularity(ModelKind):
         return MostPopular(len(ids.items))
 
     def fit_counts(self, model, table):
-        model.set_counts(table.item_index, table.label)
+        clicked = table.positive_item_indices()
+        model.set_counts(clicked, np.ones(len(clicked), np.float32))
 
     def catalogue_logits(self, model, featurizer, user_rows, item_text, batch_size):
         """The training counts' log popularity, the same row for every user."""

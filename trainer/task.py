@@ -1,5 +1,5 @@
 """Command-line entry point:
-``python -m trainer.task {train,tune,distill,evaluate,export,predict,recommend,explain}``.
+``python -m trainer.task {train,tune,distill,prepare,evaluate,export,predict,recommend,explain}``.
 
     python -m trainer.task train --config configs/tiny.yaml --model_dir runs/tiny \\
         [--set train.learning_rate=3e-5 --set model.num_layers=1]
@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--model_dir", required=True, help="run directory (local or gs://)")
         command.add_argument("--set", dest="overrides", action="append", default=[],
                              metavar="KEY=VALUE", help="dotted override, repeatable")
+    prepare = sub.add_parser("prepare", help="convert the config's data source once into "
+                             "sharded TFRecords that train streams (data.tfrecord_dir)")
+    prepare.add_argument("--config", required=True)
+    prepare.add_argument("--out", required=True, help="an empty directory (local or gs://)")
+    prepare.add_argument("--set", dest="overrides", action="append", default=[],
+                         metavar="KEY=VALUE", help="dotted override, repeatable")
     distill = sub.add_parser("distill", help="train a student on a teacher run's logits "
                              "(trainer/distill_lib.py); writes distill_report.json")
     distill.add_argument("--teacher_dir", required=True, help="a finished run to learn from")
@@ -129,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = None
-        if args.command in ("train", "tune", "distill"):
+        if args.command in ("train", "tune", "distill", "prepare"):
             # Before anything imports Keras, whose backend is fixed at import.
             cfg = config_lib.load_config(args.config, args.overrides)
             backend.select(cfg.runtime.backend)
@@ -167,6 +173,14 @@ def main(argv: list[str] | None = None) -> int:
             results = train_lib.evaluate(args.model_dir)
             print(train_lib.format_metrics_table(results))
             print(json.dumps(results, indent=2, sort_keys=True))
+        elif args.command == "prepare":
+            from trainer import prepare as prepare_lib
+            manifest = prepare_lib.prepare(cfg, args.out)
+            print(json.dumps({k: manifest[k] for k in ("counts", "users", "items",
+                                                         "seconds", "examples_per_second")},
+                             indent=2))
+            print(f"\ntrain from it:\n  python -m trainer.task train --config {args.config} "
+                  f"--set data.tfrecord_dir={args.out} --model_dir RUN_DIR")
         elif args.command == "export":
             from trainer import train_lib
             for path in train_lib.export_run(args.model_dir, args.source_dir):

@@ -34,6 +34,7 @@ import tensorflow as tf
 import yaml
 
 from trainer import config as config_lib
+from trainer import prepare as prepare_lib
 from models.distillation import DistillationLoss, LabelledAUC
 from models.two_tower import TwoTowerRecommender
 from trainer import (backend, datasets, distribute, export, guards, input_pipeline, metrics,
@@ -129,6 +130,8 @@ def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedDa
     Writes nothing into ``model_dir`` except, for the synthetic source, the generated data
     under ``data.data_dir`` (default ``<model_dir>/data``).
     """
+    if cfg.data.tfrecord_dir:
+        return _prepared_from_tfrecords(cfg)
     data = datasets.load(cfg.data, os.path.join(model_dir, "data"))
     ids = input_pipeline.IdVocabulary.build(data.splits["train"], data.catalogue)
     tables = {name: input_pipeline.make_pair_table(
@@ -151,18 +154,43 @@ def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedDa
     return PreparedData(tables, data.splits, info, ids, vocabulary, data.catalogue)
 
 
+def _prepared_from_tfrecords(cfg: config_lib.ExperimentConfig) -> PreparedData:
+    """:class:`PreparedData` over ``data.tfrecord_dir`` (trainer/prepare.py; prepared now
+    if it holds nothing yet): the train split streams from its shards, the evaluation
+    splits are tables in memory."""
+    directory = cfg.data.tfrecord_dir
+    if prepare_lib.read_manifest(directory) is None:
+        prepare_lib.prepare(cfg, directory)
+    prepared = prepare_lib.load(cfg, directory)
+    tables = {"train": prepared.train}
+    for name in ("validation", "test"):
+        tables[name] = input_pipeline.make_pair_table(
+            prepared.splits[name], prepared.catalogue, cfg.data.item_text_fields,
+            cfg.data.max_history, prepared.ids)
+    info = {"source": prepared.manifest["source"], "tfrecord_dir": directory,
+            "examples": {k: v["examples"] for k, v in prepared.manifest["counts"].items()},
+            "items": prepared.manifest["items"]}
+    info["warnings"] = check_labels(cfg, tables, f"data.tfrecord_dir={directory}")
+    info["pairs"] = {name: len(t) for name, t in tables.items()}
+    vocabulary = None
+    if model_kinds.for_config(cfg).uses_text and not cfg.model.pretrained:
+        vocabulary = prepared.vocabulary
+    return PreparedData(tables, prepared.splits, info, prepared.ids, vocabulary,
+                        prepared.catalogue)
+
+
 def check_labels(cfg: config_lib.ExperimentConfig, tables: dict, source: str) -> list:
     """Refuses a training split a click model cannot learn from (no click at all; or no
     non-click under the BCE loss, whose only negatives are the logged ones); returns
     warnings for evaluation splits with one label only (AUC is undefined there)."""
-    train = tables["train"].label
-    if not (train > 0.5).any():
+    rows, positives = tables["train"].label_counts()
+    if not positives:
         raise DataError(f"{source}: the train split has no positive label (label=1) in its "
-                        f"{len(train)} rows, so a model would learn a constant; check the "
+                        f"{rows} rows, so a model would learn a constant; check the "
                         "label column (1 = click) and the split column")
-    if cfg.train.loss == "bce" and not (train < 0.5).any():
+    if cfg.train.loss == "bce" and positives == rows:
         raise DataError(f"{source}: the train split has no negative label (label=0) in its "
-                        f"{len(train)} rows, which train.loss=bce needs; add the non-clicked "
+                        f"{rows} rows, which train.loss=bce needs; add the non-clicked "
                         "candidates of each impression, or set train.loss=softmax (in-batch "
                         "negatives; two-tower models)")
     warnings = []
@@ -297,8 +325,9 @@ def compile_model(cfg: config_lib.ExperimentConfig, model: keras.Model, packer,
 def make_train_dataset(cfg: config_lib.ExperimentConfig, table: input_pipeline.PairTable,
                        packer, global_batch: int, skip_steps: int = 0,
                        total_steps: int | None = None) -> tf.data.Dataset:
-    """The repeated, shuffled training dataset (through TFRecord shards when
-    ``data.tfrecord_dir`` is set), from step ``skip_steps`` on.
+    """The repeated, shuffled training dataset (streamed from the TFRecord shards of a
+    :class:`input_pipeline.StreamingTable`, ``data.tfrecord_dir``), from step
+    ``skip_steps`` on.
 
     From an in-memory table the stream of rows is a function of ``train.seed`` alone
     (passes over the table, each shuffled with its own seed), so a run that continues from
@@ -307,14 +336,13 @@ def make_train_dataset(cfg: config_lib.ExperimentConfig, table: input_pipeline.P
     batches an uninterrupted run would. TFRecord shards are read in a non-deterministic
     interleave (for throughput), so a resumed streaming run continues the stream, not
     exactly."""
-    source, cache = table, cfg.data.cache_tokens
-    if cfg.data.tfrecord_dir:
-        source = input_pipeline.write_tfrecords(
-            table, cfg.data.tfrecord_dir, "train", cfg.data.examples_per_shard)
-        cache = False
+    source, cache, positives_only = table, cfg.data.cache_tokens, False
+    if isinstance(table, input_pipeline.StreamingTable):
+        source, cache, positives_only = table.paths, False, table.positives_only
     return input_pipeline.make_dataset(
         source, global_batch, packer=packer, training=True, seed=cfg.train.seed,
         shuffle_buffer=cfg.data.shuffle_buffer, repeat=True, cache_tokens=cache,
+        positives_only=positives_only,
         skip_rows=skip_steps * global_batch,
         total_rows=total_steps * global_batch if total_steps else None)
 

@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+from typing import Callable, Iterator
 
 import tensorflow as tf
 
@@ -103,3 +105,42 @@ def load(data_cfg: DataConfig, default_data_dir: str) -> SplitData:
         from trainer.datasets import mind
         return mind.load(data_cfg.data_dir, data_cfg.mind)
     raise DataError(f"unknown data.source {data_cfg.source!r}")
+
+
+@dataclasses.dataclass
+class StreamingSource:
+    """A data source read as a stream: ``examples()`` starts a fresh pass (each example with
+    its ``split`` set, the candidates of one impression next to each other). ``held`` says
+    whether a pass holds the whole log in memory (a source without a streaming reader)."""
+
+    catalogue: canonical.Catalogue
+    examples: Callable[[], Iterator[canonical.Example]]
+    info: dict
+    held: bool = False
+
+
+def stream(data_cfg: DataConfig, default_data_dir: str) -> StreamingSource:
+    """The configured source as a :class:`StreamingSource` (``python -m trainer.task
+    prepare``). The synthetic generator streams user by user, straight from the generator
+    (no canonical files are written); the other sources are loaded with :func:`load` and
+    then iterated, impression by impression."""
+    if data_cfg.source == "synthetic":
+        params = dict(vars(data_cfg.synthetic))
+        params.pop("file_format")
+        params["history_window"] = data_cfg.max_history
+        catalogue, _ = synthetic.stream(**params)  # validates the settings now
+        info = {"source": "synthetic", "generator": vars(data_cfg.synthetic),
+                "items": len(catalogue)}
+        return StreamingSource(catalogue, lambda: synthetic.stream(**params)[1], info)
+    data = load(data_cfg, default_data_dir)
+
+    def examples():
+        for split in canonical.SPLITS:
+            # Impressions contiguous, in order of first appearance.
+            order: dict = {}
+            for ex in data.splits[split]:
+                order.setdefault(ex.impression_id, []).append(ex)
+            for group in order.values():
+                for ex in group:
+                    yield dataclasses.replace(ex, split=split)
+    return StreamingSource(data.catalogue, examples, dict(data.info), held=True)

@@ -29,6 +29,7 @@ oracle AUC of the true probabilities bounds what any model can reach.
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import numpy as np
 
@@ -123,16 +124,37 @@ def generate(num_items: int = 400, num_users: int = 600, impressions_per_user: i
     chronologically: the last goes to ``test``, the one before to ``validation`` and the rest
     to ``train`` (a temporal split per user).
     """
+    catalogue, examples = stream(num_items, num_users, impressions_per_user,
+                                 candidates_per_impression, min_history, max_history,
+                                 query_fraction, seed, history_window)
+    return catalogue, list(examples)
+
+
+def stream(num_items: int = 400, num_users: int = 600, impressions_per_user: int = 8,
+           candidates_per_impression: int = 5, min_history: int = 3, max_history: int = 8,
+           query_fraction: float = 0.3, seed: int = 7,
+           history_window: int = HISTORY_WINDOW) -> tuple[Catalogue, Iterator[Example]]:
+    """:func:`generate`'s catalogue and its examples as an iterator, user after user: the
+    same examples in the same order, without holding them (any ``num_users``)."""
     if candidates_per_impression < 2:
         raise ValueError("candidates_per_impression must be at least 2 for ranking metrics")
     if num_items < candidates_per_impression + max_history:
         raise ValueError("num_items is too small for the history and candidate counts")
     rng = np.random.default_rng(seed)
     catalogue = make_catalogue(num_items, rng)
+    return catalogue, _examples(catalogue, rng, num_users, impressions_per_user,
+                                candidates_per_impression, min_history, max_history,
+                                query_fraction, history_window)
+
+
+def _examples(catalogue: Catalogue, rng: np.random.Generator, num_users: int,
+              impressions_per_user: int, candidates_per_impression: int, min_history: int,
+              max_history: int, query_fraction: float,
+              history_window: int) -> Iterator[Example]:
+    num_items = len(catalogue)
     items = list(catalogue.values())
     item_attrs = [_attributes(it) for it in items]
     item_categories = np.array([it.fields["categories"] for it in items])
-    examples: list[Example] = []
     for user_index in range(num_users):
         user_id = f"u{user_index:05d}"
         tastes = {ATTRIBUTES[a] for a in rng.choice(len(ATTRIBUTES), size=2, replace=False)}
@@ -168,12 +190,11 @@ def generate(num_items: int = 400, num_users: int = 600, impressions_per_user: i
                     candidate, tastes, favourite, recent, query_category)
                 probability = _sigmoid(logit)
                 label = int(rng.random() < probability)
-                examples.append(Example(
+                yield Example(
                     user_id=user_id, impression_id=f"{user_id}-{imp}",
                     history=tuple(h.item_id for h in history), candidate=candidate.item_id,
                     label=label, query=query, timestamp=timestamp, split=split,
                     extras={"true_probability": round(probability, 6),
                             "true_reason_tokens": reason_tokens,
-                            "true_reason_history": reason_history}))
+                            "true_reason_history": reason_history})
             timestamp += 100
-    return catalogue, examples

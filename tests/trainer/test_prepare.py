@@ -1,0 +1,147 @@
+"""Streaming data: `prepare` writes sharded TFRecords that hold exactly the in-memory tables,
+and `train` streams from them (trainer/prepare.py)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import MICRO_OVERRIDES, REPO
+from trainer import config as config_lib
+from trainer import input_pipeline, prepare, train_lib
+from trainer.errors import ConfigError, DataError
+
+TINY = os.path.join(REPO, "configs", "tiny.yaml")
+COLUMNS = ("user_text", "item_text", "label", "group", "user_index", "item_index", "query",
+           "history_index")
+
+
+def micro(*overrides):
+    return config_lib.load_config(TINY, MICRO_OVERRIDES + list(overrides))
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(tmp_path_factory):
+    """The micro config prepared in chunks of 7 examples and shards of 50 rows, so group
+    ids cross chunk boundaries and every split spans several shards."""
+    directory = str(tmp_path_factory.mktemp("prepared") / "micro")
+    chunk = prepare.CHUNK_EXAMPLES
+    prepare.CHUNK_EXAMPLES = 7
+    try:
+        prepare.prepare(micro("data.examples_per_shard=50"), directory)
+    finally:
+        prepare.CHUNK_EXAMPLES = chunk
+    return directory
+
+
+def rows_of(table) -> list:
+    return sorted(zip(*(table.columns()[c].tolist() if c != "history_index" else
+                        [tuple(r) for r in table.history_index] for c in COLUMNS
+                        if c != "group")))
+
+
+def test_prepared_shards_hold_the_in_memory_tables(prepared_dir, tmp_path):
+    cfg = micro("data.examples_per_shard=50")
+    memory = train_lib.prepare_data(cfg, str(tmp_path / "memory"))
+    streamed = train_lib.prepare_data(
+        config_lib.load_config(TINY, MICRO_OVERRIDES + ["data.examples_per_shard=50",
+                                                        f"data.tfrecord_dir={prepared_dir}"]),
+        str(tmp_path / "unused"))
+    assert streamed.ids == memory.ids
+    assert streamed.vocabulary == memory.vocabulary
+    for split in ("validation", "test"):
+        for column in COLUMNS:
+            np.testing.assert_array_equal(getattr(streamed.tables[split], column),
+                                          getattr(memory.tables[split], column), column)
+    train = streamed.tables["train"]
+    assert isinstance(train, input_pipeline.StreamingTable)
+    assert len(train.paths) > 1 and len(train) == len(memory.tables["train"])
+    assert train.label_counts() == memory.tables["train"].label_counts()
+    np.testing.assert_array_equal(np.sort(train.positive_item_indices()),
+                                  np.sort(memory.tables["train"].positive_item_indices()))
+    # The shards hold the train rows themselves, and one impression keeps one group id
+    # across the chunks it was written in.
+    read = list(input_pipeline.read_tfrecords(train.paths, max_history=cfg.data.max_history)
+                .as_numpy_iterator())
+    shards = input_pipeline.PairTable(
+        **{c: np.array([r[c].decode() if isinstance(r[c], bytes) else r[c] for r in read],
+                       dtype=object if c in ("user_text", "item_text", "query") else None)
+           for c in COLUMNS})
+    assert rows_of(shards) == rows_of(memory.tables["train"])
+    groups_per_impression = {}
+    for group, user_text, user_index in zip(shards.group, shards.user_text, shards.user_index):
+        groups_per_impression.setdefault(group, set()).add((user_text, user_index))
+    assert all(len(v) == 1 for v in groups_per_impression.values())
+    assert len(groups_per_impression) == len(set(memory.tables["train"].group))
+
+
+def test_train_streams_from_a_prepared_directory(prepared_dir, tmp_path):
+    cfg = micro("data.examples_per_shard=50", f"data.tfrecord_dir={prepared_dir}",
+                "train.loss=softmax", "model.item_ids=true")
+    results = train_lib.train(cfg, str(tmp_path / "run"))
+    positives = prepare.read_manifest(prepared_dir)["counts"]["train"]["positives"]
+    # The in-batch softmax streams the clicked rows alone.
+    assert results["train"]["steps_per_epoch"] == positives // cfg.train.batch_size
+    assert results["test"]["examples"] > 0
+    with open(tmp_path / "run" / "data_info.json") as f:
+        assert json.load(f)["tfrecord_dir"] == prepared_dir
+
+
+def test_a_prepared_directory_belongs_to_its_data_config(prepared_dir, tmp_path):
+    other = micro("data.examples_per_shard=50", "data.vocab_size=90",
+                  f"data.tfrecord_dir={prepared_dir}")
+    with pytest.raises(ConfigError, match=r"prepared from another data config \(differs at "
+                       r"data.vocab_size\)"):
+        train_lib.train(other, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    # Reading settings are not part of it; preparing again is a no-op.
+    same = micro("data.examples_per_shard=50", "data.shuffle_buffer=7")
+    before = os.path.getmtime(os.path.join(prepared_dir, "manifest.json"))
+    assert prepare.prepare(same, prepared_dir)["counts"]
+    assert os.path.getmtime(os.path.join(prepared_dir, "manifest.json")) == before
+
+
+def test_prepare_refuses_a_directory_it_did_not_write(tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not empty and holds no manifest.json"):
+        prepare.prepare(micro(), str(tmp_path / "busy"))
+    assert os.listdir(tmp_path / "busy") == ["notes.txt"]
+
+
+def test_a_changed_vocabulary_file_is_refused(prepared_dir, tmp_path):
+    import shutil
+    copy = str(tmp_path / "copy")
+    shutil.copytree(prepared_dir, copy)
+    with open(os.path.join(copy, "vocab.txt"), "a") as f:
+        f.write("extra\n")
+    with pytest.raises(DataError, match="vocab.txt is not the vocabulary"):
+        prepare.load(micro("data.examples_per_shard=50"), copy)
+
+
+def test_a_failed_prepare_leaves_nothing(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(prepare.canonical, "write_catalogue", fail)
+    with pytest.raises(OSError, match="disk full"):
+        prepare.prepare(micro(), str(tmp_path / "out"))
+    assert not [p for p in tmp_path.iterdir()]
+
+
+def test_shard_writer_splits_blocks_and_shards(tmp_path):
+    table = input_pipeline.PairTable(
+        user_text=np.array([f"u{i}" for i in range(25)], dtype=object),
+        item_text=np.array([f"i{i}" for i in range(25)], dtype=object),
+        label=(np.arange(25) % 2).astype(np.float32), group=np.arange(25, dtype=np.int64),
+        user_index=np.arange(25, dtype=np.int32), item_index=np.arange(25, dtype=np.int32))
+    writer = input_pipeline.ShardWriter(str(tmp_path), "x", examples_per_shard=10)
+    writer.write(table.subset(np.arange(7)))
+    writer.write(table.subset(np.arange(7, 25)))
+    paths = writer.close()
+    assert [os.path.basename(p) for p in paths] == ["x-00000.tfrecord", "x-00001.tfrecord",
+                                                    "x-00002.tfrecord"]
+    rows = list(input_pipeline.read_tfrecords(paths).as_numpy_iterator())
+    assert [r["user_text"].decode() for r in rows] == [f"u{i}" for i in range(25)]
+    assert [r["query"] for r in rows] == [b""] * 25
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]

@@ -1,0 +1,242 @@
+"""Converts a data source once into sharded TFRecords that ``train`` and ``evaluate`` stream.
+
+    python -m trainer.task prepare --config configs/scale.yaml --out gs://BUCKET/prepared/scale
+
+or ``data.tfrecord_dir`` in a config (``train`` prepares it on first use). The directory
+holds, written atomically (``manifest.json`` last, so a directory with a manifest is
+complete)::
+
+    train-NNNNN.tfrecord        blocks of pair-table rows (input_pipeline.ShardWriter)
+    validation-NNNNN.tfrecord   the same for the evaluation splits
+    test-NNNNN.tfrecord
+    validation.jsonl, test.jsonl  the evaluation examples in the canonical format: metrics,
+                                reports and explanations read their rows (a small share)
+    catalogue.jsonl             the items (canonical format)
+    vocab.txt                   the WordPiece vocabulary learned from the catalogue + queries
+    ids.json                    the user and item id vocabularies (IdVocabulary)
+    item_counts.npy             clicked training rows per item index (popularity, log q)
+    manifest.json               the data config it was prepared from, counts, shard lists
+
+Two passes over the source: the first counts and collects the id vocabularies and the
+queries (memory grows with users and distinct queries, not with examples), the second
+writes chunk by chunk. A directory is tied to the ``data`` config it was prepared from:
+training with another (a different vocabulary size, history length, split...) is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import config as config_lib
+from trainer import datasets, input_pipeline
+from trainer.datasets import canonical
+from trainer.datasets.canonical import atomic_directory, atomic_write_text, write_json
+from trainer.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "bert-recommender-tfrecords-v1"
+MANIFEST = "manifest.json"
+CHUNK_EXAMPLES = 20000  # examples turned into pair-table rows at a time
+# Data keys that change how the shards are read, not what they hold.
+_READ_KEYS = ("tfrecord_dir", "shuffle_buffer", "cache_tokens")
+
+
+def data_fingerprint(cfg: config_lib.ExperimentConfig) -> dict:
+    """The part of the config a prepared directory depends on: the ``data`` section."""
+    data = config_lib.to_dict(cfg)["data"]
+    for key in _READ_KEYS:
+        data.pop(key, None)
+    return data
+
+
+def read_manifest(directory: str) -> dict | None:
+    path = os.path.join(directory, MANIFEST)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        manifest = json.load(f)
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: not a directory prepared by this version ({FORMAT}); "
+                        "prepare the data again into a new directory")
+    return manifest
+
+
+def check_manifest(cfg: config_lib.ExperimentConfig, manifest: dict, directory: str) -> None:
+    """Refuses a prepared directory whose data config is not ``cfg``'s."""
+    expected = data_fingerprint(cfg)
+    if manifest["data"] != expected:
+        diff = config_lib.diff_keys({"data": manifest["data"]}, {"data": expected})
+        raise ConfigError(
+            f"data.tfrecord_dir={directory} was prepared from another data config (differs "
+            f"at {', '.join(diff[:5])}); prepare this config into a new directory "
+            "(python -m trainer.task prepare --config C --out DIR)")
+
+
+def _vocab_digest(vocabulary: list) -> str:
+    return hashlib.sha256("\n".join(vocabulary).encode("utf-8")).hexdigest()
+
+
+def _chunks(examples, size: int):
+    """Lists of about ``size`` examples, cut between impressions (their rows share a
+    group id, which a chunk assigns)."""
+    chunk: list = []
+    for ex in examples:
+        if len(chunk) >= size and ex.impression_id != chunk[-1].impression_id:
+            yield chunk
+            chunk = []
+        chunk.append(ex)
+    if chunk:
+        yield chunk
+
+
+def prepare(cfg: config_lib.ExperimentConfig, out_dir: str) -> dict:
+    """Writes ``out_dir`` (see the module docstring) and returns its manifest. A directory
+    already prepared from the same data config is returned as is; one prepared from
+    another, or a non-empty directory without a manifest, is refused before writing."""
+    manifest = read_manifest(out_dir)
+    if manifest is not None:
+        check_manifest(cfg, manifest, out_dir)
+        return manifest
+    if tf.io.gfile.exists(out_dir) and tf.io.gfile.listdir(out_dir):
+        raise DataError(f"{out_dir}: not empty and holds no {MANIFEST}; prepare into a new "
+                        "or empty directory")
+    started = time.time()
+    source = datasets.stream(cfg.data, os.path.join(out_dir, "data"))
+    catalogue = source.catalogue
+
+    # Pass 1: counts, the id vocabularies and the queries.
+    counts = {split: {"examples": 0, "positives": 0} for split in canonical.SPLITS}
+    users, trained_items, queries = set(), set(), set()
+    for ex in source.examples():
+        if ex.candidate not in catalogue:
+            raise DataError(f"impression {ex.impression_id}: candidate {ex.candidate!r} is not "
+                            "in the catalogue")
+        counts[ex.split]["examples"] += 1
+        counts[ex.split]["positives"] += int(ex.label > 0)
+        if ex.split == "train":
+            users.add(ex.user_id)
+            trained_items.add(ex.candidate)
+            trained_items.update(ex.history)
+            if ex.query:
+                queries.add(ex.query)
+    for split in ("train", "validation"):
+        if not counts[split]["examples"]:
+            raise DataError(f"the {split} split is empty; check the data's split column or "
+                            "data.validation_fraction")
+    ids = input_pipeline.IdVocabulary(
+        users={u: i + 1 for i, u in enumerate(sorted(users))},
+        items={item: i + 1 for i, item in enumerate(sorted(catalogue))},
+        trained_items=frozenset(i for i in trained_items if i in catalogue))
+    del users, trained_items
+    texts = [item.text(cfg.data.item_text_fields) for item in catalogue.values()]
+    vocabulary = input_pipeline.learn_vocabulary(texts + sorted(queries), cfg.data.vocab_size,
+                                                 cfg.data.lowercase)
+    del queries
+    scanned = time.time()
+
+    # Pass 2: the shards.
+    with atomic_directory(out_dir) as tmp:
+        writers = {split: input_pipeline.ShardWriter(tmp, split, cfg.data.examples_per_shard)
+                   for split in canonical.SPLITS}
+        held = {"validation": [], "test": []}
+        item_counts = np.zeros(len(ids.items) + 1, np.int64)
+        groups = {split: 0 for split in canonical.SPLITS}
+        try:
+            for chunk in _chunks(source.examples(), CHUNK_EXAMPLES):
+                by_split: dict = {}
+                for ex in chunk:
+                    by_split.setdefault(ex.split, []).append(ex)
+                for split, rows in by_split.items():
+                    table = input_pipeline.make_pair_table(
+                        rows, catalogue, cfg.data.item_text_fields, cfg.data.max_history, ids)
+                    table.group += groups[split]
+                    groups[split] = int(table.group.max()) + 1
+                    writers[split].write(table)
+                    if split == "train":
+                        item_counts += np.bincount(table.positive_item_indices(),
+                                                   minlength=len(item_counts))
+                    else:
+                        held[split].extend(rows)
+            shards = {split: [os.path.basename(p) for p in writer.close()]
+                      for split, writer in writers.items()}
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+        for split, rows in held.items():
+            canonical.write_examples(os.path.join(tmp, f"{split}.jsonl"), rows)
+        canonical.write_catalogue(os.path.join(tmp, "catalogue.jsonl"), catalogue)
+        atomic_write_text(os.path.join(tmp, "vocab.txt"), "\n".join(vocabulary) + "\n")
+        write_json(os.path.join(tmp, "ids.json"), {
+            "users": sorted(ids.users, key=ids.users.get),
+            "trained_items": sorted(ids.trained_items)})
+        with tf.io.gfile.GFile(os.path.join(tmp, "item_counts.npy"), "wb") as f:
+            np.save(f, item_counts)
+        seconds = time.time() - started
+        total = sum(c["examples"] for c in counts.values())
+        manifest = {
+            "format": FORMAT, "data": data_fingerprint(cfg), "source": source.info,
+            "held_in_memory": source.held, "counts": counts, "groups": groups,
+            "shards": shards, "vocab_sha256": _vocab_digest(vocabulary),
+            "users": len(ids.users), "items": len(ids.items),
+            "seconds": {"total": round(seconds, 1), "scan": round(scanned - started, 1)},
+            "examples_per_second": round(total / max(seconds, 1e-9), 1)}
+        write_json(os.path.join(tmp, MANIFEST), manifest)  # last: marks it complete
+    log.info("prepared %d examples into %s in %.0f s (%.0f examples/s)", total, out_dir,
+             seconds, total / max(seconds, 1e-9))
+    return manifest
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A prepared directory read back: what ``train_lib.PreparedData`` is built from."""
+
+    manifest: dict
+    catalogue: canonical.Catalogue
+    ids: input_pipeline.IdVocabulary
+    vocabulary: list
+    train: input_pipeline.StreamingTable
+    splits: dict  # validation/test -> [Example]; train -> [] (it streams)
+
+
+def load(cfg: config_lib.ExperimentConfig, directory: str) -> Prepared:
+    """Reads a prepared directory for ``cfg`` (refusing one prepared from another data
+    config, or whose vocabulary file is not the one it was prepared with)."""
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise DataError(f"{directory}: no {MANIFEST}; run python -m trainer.task prepare "
+                        f"--config C --out {directory} first")
+    check_manifest(cfg, manifest, directory)
+    catalogue = canonical.read_catalogue(os.path.join(directory, "catalogue.jsonl"))
+    with tf.io.gfile.GFile(os.path.join(directory, "vocab.txt")) as f:
+        vocabulary = f.read().splitlines()
+    if _vocab_digest(vocabulary) != manifest["vocab_sha256"]:
+        raise DataError(f"{directory}/vocab.txt is not the vocabulary this directory was "
+                        "prepared with (its SHA-256 differs from manifest.json); prepare the "
+                        "data again")
+    with tf.io.gfile.GFile(os.path.join(directory, "ids.json")) as f:
+        id_lists = json.load(f)
+    ids = input_pipeline.IdVocabulary(
+        users={u: i + 1 for i, u in enumerate(id_lists["users"])},
+        items={item: i + 1 for i, item in enumerate(sorted(catalogue))},
+        trained_items=frozenset(id_lists["trained_items"]))
+    with tf.io.gfile.GFile(os.path.join(directory, "item_counts.npy"), "rb") as f:
+        item_counts = np.load(f)
+    train = input_pipeline.StreamingTable(
+        paths=[os.path.join(directory, name) for name in manifest["shards"]["train"]],
+        rows=manifest["counts"]["train"]["examples"],
+        positives=manifest["counts"]["train"]["positives"], item_counts=item_counts)
+    splits = {"train": []}
+    for split in ("validation", "test"):
+        splits[split] = canonical.read_examples(os.path.join(directory, f"{split}.jsonl"),
+                                                catalogue)
+    return Prepared(manifest, catalogue, ids, vocabulary, train, splits)
