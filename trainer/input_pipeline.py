@@ -150,6 +150,9 @@ class StreamingTable:
     rows: int
     positives: int
     item_counts: np.ndarray
+    # The shards' user_index (order of first appearance, trainer/prepare.py) -> the
+    # IdVocabulary index training uses.
+    user_remap: np.ndarray | None = None
     positives_only: bool = False
     teacher_logit = None  # never distilled: distillation keeps its table in memory
 
@@ -622,7 +625,8 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
                  seed: int = 0, shuffle_buffer: int = 20000, repeat: bool = False,
                  with_labels: bool = True, cache_tokens: bool = False,
                  skip_rows: int = 0, total_rows: int | None = None,
-                 positives_only: bool = False) -> tf.data.Dataset:
+                 positives_only: bool = False,
+                 user_remap: np.ndarray | None = None) -> tf.data.Dataset:
     """Batched ``(features, label)`` pairs for ``model.fit`` / ``predict``.
 
     Rows are tokenized and packed in blocks of ``PACK_BLOCK`` (one tokenizer call per block
@@ -649,6 +653,8 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
         pure function of ``seed`` (see :func:`_seeded_passes`), which exact resume needs.
       positives_only: TFRecord sources: keep the clicked rows only (a table is filtered
         before, with :meth:`PairTable.positive_rows`).
+      user_remap: TFRecord sources: ``user_index`` becomes ``user_remap[user_index]``
+        (:attr:`StreamingTable.user_remap`).
     """
     if isinstance(source, PairTable):
         columns = source.columns()
@@ -660,6 +666,10 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
                               max_history=getattr(packer, "max_history", 0))
         if positives_only:
             data = data.filter(lambda row: row["label"] > 0)
+        if user_remap is not None:
+            remap = tf.constant(user_remap, tf.int64)
+            data = data.map(lambda row: {**row, "user_index": tf.gather(remap,
+                                                                        row["user_index"])})
 
     def to_model_inputs(batch):
         features = {"user_index": tf.cast(batch["user_index"], tf.int32),

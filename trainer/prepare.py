@@ -17,9 +17,8 @@ complete)::
     item_counts.npy             clicked training rows per item index (popularity, log q)
     manifest.json               the data config it was prepared from, counts, shard lists
 
-Two passes over the source: the first counts and collects the id vocabularies and the
-queries (memory grows with users and distinct queries, not with examples), the second
-writes chunk by chunk. A directory is tied to the ``data`` config it was prepared from:
+One pass over the source, chunk by chunk: memory grows with the users, the distinct
+queries and the evaluation splits (kept for explanations), not with the training examples. A directory is tied to the ``data`` config it was prepared from:
 training with another (a different vocabulary size, history length, split...) is refused.
 """
 
@@ -112,58 +111,46 @@ def prepare(cfg: config_lib.ExperimentConfig, out_dir: str) -> dict:
     started = time.time()
     source = datasets.stream(cfg.data, os.path.join(out_dir, "data"))
     catalogue = source.catalogue
-
-    # Pass 1: counts, the id vocabularies and the queries.
+    items = {item: i + 1 for i, item in enumerate(sorted(catalogue))}
     counts = {split: {"examples": 0, "positives": 0} for split in canonical.SPLITS}
-    users, trained_items, queries = set(), set(), set()
-    for ex in source.examples():
-        if ex.candidate not in catalogue:
-            raise DataError(f"impression {ex.impression_id}: candidate {ex.candidate!r} is not "
-                            "in the catalogue")
-        counts[ex.split]["examples"] += 1
-        counts[ex.split]["positives"] += int(ex.label > 0)
-        if ex.split == "train":
-            users.add(ex.user_id)
-            trained_items.add(ex.candidate)
-            trained_items.update(ex.history)
-            if ex.query:
-                queries.add(ex.query)
-    for split in ("train", "validation"):
-        if not counts[split]["examples"]:
-            raise DataError(f"the {split} split is empty; check the data's split column or "
-                            "data.validation_fraction")
-    ids = input_pipeline.IdVocabulary(
-        users={u: i + 1 for i, u in enumerate(sorted(users))},
-        items={item: i + 1 for i, item in enumerate(sorted(catalogue))},
-        trained_items=frozenset(i for i in trained_items if i in catalogue))
-    del users, trained_items
-    texts = [item.text(cfg.data.item_text_fields) for item in catalogue.values()]
-    vocabulary = input_pipeline.learn_vocabulary(texts + sorted(queries), cfg.data.vocab_size,
-                                                 cfg.data.lowercase)
-    del queries
-    scanned = time.time()
-
-    # Pass 2: the shards.
+    # One pass. User indices are given in order of first appearance, over every split
+    # (the shards need them before the train users are all known); load() remaps them to
+    # the sorted train-user indices an in-memory run uses, inside the input pipeline.
+    users: dict = {}
+    train_users, trained_items, queries = set(), set(), set()
     with atomic_directory(out_dir) as tmp:
         writers = {split: input_pipeline.ShardWriter(tmp, split, cfg.data.examples_per_shard)
                    for split in canonical.SPLITS}
         held = {"validation": [], "test": []}
-        item_counts = np.zeros(len(ids.items) + 1, np.int64)
+        item_counts = np.zeros(len(items) + 1, np.int64)
         groups = {split: 0 for split in canonical.SPLITS}
         try:
             for chunk in _chunks(source.examples(), CHUNK_EXAMPLES):
                 by_split: dict = {}
                 for ex in chunk:
+                    if ex.candidate not in catalogue:
+                        raise DataError(f"impression {ex.impression_id}: candidate "
+                                        f"{ex.candidate!r} is not in the catalogue")
                     by_split.setdefault(ex.split, []).append(ex)
+                    index = users.setdefault(ex.user_id, len(users) + 1)
+                    if ex.split == "train":
+                        train_users.add(index)
+                        trained_items.add(ex.candidate)
+                        trained_items.update(ex.history)
+                        if ex.query:
+                            queries.add(ex.query)
+                ids = input_pipeline.IdVocabulary(users=users, items=items)
                 for split, rows in by_split.items():
                     table = input_pipeline.make_pair_table(
                         rows, catalogue, cfg.data.item_text_fields, cfg.data.max_history, ids)
                     table.group += groups[split]
                     groups[split] = int(table.group.max()) + 1
                     writers[split].write(table)
+                    positives = table.positive_item_indices()
+                    counts[split]["examples"] += len(table)
+                    counts[split]["positives"] += len(positives)
                     if split == "train":
-                        item_counts += np.bincount(table.positive_item_indices(),
-                                                   minlength=len(item_counts))
+                        item_counts += np.bincount(positives, minlength=len(item_counts))
                     else:
                         held[split].extend(rows)
             shards = {split: [os.path.basename(p) for p in writer.close()]
@@ -172,13 +159,20 @@ def prepare(cfg: config_lib.ExperimentConfig, out_dir: str) -> dict:
             for writer in writers.values():
                 writer.abort()
             raise
+        for split in ("train", "validation"):
+            if not counts[split]["examples"]:
+                raise DataError(f"the {split} split is empty; check the data's split column "
+                                "or data.validation_fraction")
+        texts = [item.text(cfg.data.item_text_fields) for item in catalogue.values()]
+        vocabulary = input_pipeline.learn_vocabulary(texts + sorted(queries),
+                                                     cfg.data.vocab_size, cfg.data.lowercase)
         for split, rows in held.items():
             canonical.write_examples(os.path.join(tmp, f"{split}.jsonl"), rows)
         canonical.write_catalogue(os.path.join(tmp, "catalogue.jsonl"), catalogue)
         atomic_write_text(os.path.join(tmp, "vocab.txt"), "\n".join(vocabulary) + "\n")
         write_json(os.path.join(tmp, "ids.json"), {
-            "users": sorted(ids.users, key=ids.users.get),
-            "trained_items": sorted(ids.trained_items)})
+            "users": list(users), "train_users": sorted(train_users),
+            "trained_items": sorted(i for i in trained_items if i in catalogue)})
         with tf.io.gfile.GFile(os.path.join(tmp, "item_counts.npy"), "wb") as f:
             np.save(f, item_counts)
         seconds = time.time() - started
@@ -187,8 +181,7 @@ def prepare(cfg: config_lib.ExperimentConfig, out_dir: str) -> dict:
             "format": FORMAT, "data": data_fingerprint(cfg), "source": source.info,
             "held_in_memory": source.held, "counts": counts, "groups": groups,
             "shards": shards, "vocab_sha256": _vocab_digest(vocabulary),
-            "users": len(ids.users), "items": len(ids.items),
-            "seconds": {"total": round(seconds, 1), "scan": round(scanned - started, 1)},
+            "users": len(train_users), "items": len(items), "seconds": round(seconds, 1),
             "examples_per_second": round(total / max(seconds, 1e-9), 1)}
         write_json(os.path.join(tmp, MANIFEST), manifest)  # last: marks it complete
     log.info("prepared %d examples into %s in %.0f s (%.0f examples/s)", total, out_dir,
@@ -225,16 +218,22 @@ def load(cfg: config_lib.ExperimentConfig, directory: str) -> Prepared:
                         "data again")
     with tf.io.gfile.GFile(os.path.join(directory, "ids.json")) as f:
         id_lists = json.load(f)
+    # The sorted train users, as IdVocabulary.build gives them; the shards' first-seen
+    # user indices map onto them (0 for users training never saw).
+    seen = id_lists["users"]
+    train_users = sorted(seen[i - 1] for i in id_lists["train_users"])
     ids = input_pipeline.IdVocabulary(
-        users={u: i + 1 for i, u in enumerate(id_lists["users"])},
+        users={u: i + 1 for i, u in enumerate(train_users)},
         items={item: i + 1 for i, item in enumerate(sorted(catalogue))},
         trained_items=frozenset(id_lists["trained_items"]))
+    user_remap = np.array([0] + [ids.users.get(u, 0) for u in seen], np.int32)
     with tf.io.gfile.GFile(os.path.join(directory, "item_counts.npy"), "rb") as f:
         item_counts = np.load(f)
     train = input_pipeline.StreamingTable(
         paths=[os.path.join(directory, name) for name in manifest["shards"]["train"]],
         rows=manifest["counts"]["train"]["examples"],
-        positives=manifest["counts"]["train"]["positives"], item_counts=item_counts)
+        positives=manifest["counts"]["train"]["positives"], item_counts=item_counts,
+        user_remap=user_remap)
     splits = {"train": []}
     for split in ("validation", "test"):
         splits[split] = canonical.read_examples(os.path.join(directory, f"{split}.jsonl"),

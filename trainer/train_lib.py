@@ -336,13 +336,14 @@ def make_train_dataset(cfg: config_lib.ExperimentConfig, table: input_pipeline.P
     batches an uninterrupted run would. TFRecord shards are read in a non-deterministic
     interleave (for throughput), so a resumed streaming run continues the stream, not
     exactly."""
-    source, cache, positives_only = table, cfg.data.cache_tokens, False
+    source, cache, streaming = table, cfg.data.cache_tokens, {}
     if isinstance(table, input_pipeline.StreamingTable):
-        source, cache, positives_only = table.paths, False, table.positives_only
+        source, cache = table.paths, False
+        streaming = {"positives_only": table.positives_only, "user_remap": table.user_remap}
     return input_pipeline.make_dataset(
         source, global_batch, packer=packer, training=True, seed=cfg.train.seed,
         shuffle_buffer=cfg.data.shuffle_buffer, repeat=True, cache_tokens=cache,
-        positives_only=positives_only,
+        **streaming,
         skip_rows=skip_steps * global_batch,
         total_rows=total_steps * global_batch if total_steps else None)
 

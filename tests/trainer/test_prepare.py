@@ -68,6 +68,8 @@ def test_prepared_shards_hold_the_in_memory_tables(prepared_dir, tmp_path):
         **{c: np.array([r[c].decode() if isinstance(r[c], bytes) else r[c] for r in read],
                        dtype=object if c in ("user_text", "item_text", "query") else None)
            for c in COLUMNS})
+    # Shards number users in order of first appearance; the pipeline remaps them.
+    shards.user_index = train.user_remap[shards.user_index.astype(np.int64)]
     assert rows_of(shards) == rows_of(memory.tables["train"])
     groups_per_impression = {}
     for group, user_text, user_index in zip(shards.group, shards.user_text, shards.user_index):
@@ -144,4 +146,9 @@ def test_shard_writer_splits_blocks_and_shards(tmp_path):
     rows = list(input_pipeline.read_tfrecords(paths).as_numpy_iterator())
     assert [r["user_text"].decode() for r in rows] == [f"u{i}" for i in range(25)]
     assert [r["query"] for r in rows] == [b""] * 25
+    # The input pipeline remaps user indices through a StreamingTable's user_remap.
+    remap = np.arange(25, dtype=np.int32)[::-1].copy()
+    batches = input_pipeline.make_dataset(paths, 25, user_remap=remap)
+    (features, _), = list(batches)
+    np.testing.assert_array_equal(features["user_index"].numpy(), remap)
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
