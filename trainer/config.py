@@ -44,6 +44,9 @@ class SyntheticConfig:
     max_history: int = 8
     query_fraction: float = 0.3
     seed: int = 7
+    # > 0: only the first eval_users users get validation/test impressions, the others train
+    # on all theirs (a fixed evaluation while the log grows; configs/scale.yaml). 0 = all.
+    eval_users: int = 0
     file_format: str = "csv"  # csv | jsonl
 
 

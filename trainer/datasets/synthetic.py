@@ -117,23 +117,26 @@ def click_logit(candidate: Item, tastes: set, favourite: str, recent_history: li
 def generate(num_items: int = 400, num_users: int = 600, impressions_per_user: int = 8,
              candidates_per_impression: int = 5, min_history: int = 3, max_history: int = 8,
              query_fraction: float = 0.3, seed: int = 7,
-             history_window: int = HISTORY_WINDOW) -> tuple[Catalogue, list[Example]]:
+             history_window: int = HISTORY_WINDOW,
+             eval_users: int = 0) -> tuple[Catalogue, list[Example]]:
     """Generates a catalogue and a labelled impression log (deterministic in ``seed``).
 
     A user's history is a snapshot taken before their impressions. Impressions are assigned
     chronologically: the last goes to ``test``, the one before to ``validation`` and the rest
-    to ``train`` (a temporal split per user).
+    to ``train`` (a temporal split per user). With ``eval_users`` > 0 only the first
+    ``eval_users`` users are split so; the others' impressions all train (a fixed-size
+    evaluation while the training log grows: the scale test).
     """
     catalogue, examples = stream(num_items, num_users, impressions_per_user,
                                  candidates_per_impression, min_history, max_history,
-                                 query_fraction, seed, history_window)
+                                 query_fraction, seed, history_window, eval_users)
     return catalogue, list(examples)
 
 
 def stream(num_items: int = 400, num_users: int = 600, impressions_per_user: int = 8,
            candidates_per_impression: int = 5, min_history: int = 3, max_history: int = 8,
-           query_fraction: float = 0.3, seed: int = 7,
-           history_window: int = HISTORY_WINDOW) -> tuple[Catalogue, Iterator[Example]]:
+           query_fraction: float = 0.3, seed: int = 7, history_window: int = HISTORY_WINDOW,
+           eval_users: int = 0) -> tuple[Catalogue, Iterator[Example]]:
     """:func:`generate`'s catalogue and its examples as an iterator, user after user: the
     same examples in the same order, without holding them (any ``num_users``)."""
     if candidates_per_impression < 2:
@@ -144,13 +147,13 @@ def stream(num_items: int = 400, num_users: int = 600, impressions_per_user: int
     catalogue = make_catalogue(num_items, rng)
     return catalogue, _examples(catalogue, rng, num_users, impressions_per_user,
                                 candidates_per_impression, min_history, max_history,
-                                query_fraction, history_window)
+                                query_fraction, history_window, eval_users)
 
 
 def _examples(catalogue: Catalogue, rng: np.random.Generator, num_users: int,
               impressions_per_user: int, candidates_per_impression: int, min_history: int,
-              max_history: int, query_fraction: float,
-              history_window: int) -> Iterator[Example]:
+              max_history: int, query_fraction: float, history_window: int,
+              eval_users: int) -> Iterator[Example]:
     num_items = len(catalogue)
     items = list(catalogue.values())
     item_attrs = [_attributes(it) for it in items]
@@ -167,7 +170,8 @@ def _examples(catalogue: Catalogue, rng: np.random.Generator, num_users: int,
         history = [items[i] for i in history_idx]
         timestamp = 1_600_000_000 + user_index * 10_000
         for imp in range(impressions_per_user):
-            split = ("test" if imp == impressions_per_user - 1 else
+            split = ("train" if 0 < eval_users <= user_index else
+                     "test" if imp == impressions_per_user - 1 else
                      "validation" if imp == impressions_per_user - 2 else "train")
             query_category = ""
             query = ""

@@ -83,3 +83,19 @@ def test_load_writes_canonical_files_and_reuses_them(tmp_path, tiny_config):
     mtime = (tmp_path / "items.csv").stat().st_mtime_ns
     datasets.load(cfg, str(tmp_path))
     assert (tmp_path / "items.csv").stat().st_mtime_ns == mtime  # same settings: reused
+
+
+def test_stream_is_generate_and_eval_users_fix_the_evaluated_users():
+    catalogue, examples = synthetic.generate(seed=3, **SMALL)
+    streamed_catalogue, stream = synthetic.stream(seed=3, **SMALL)
+    assert {k: v.fields for k, v in streamed_catalogue.items()} == \
+        {k: v.fields for k, v in catalogue.items()}
+    assert list(stream) == examples
+    # eval_users changes the splits only: the first users keep validation and test, the
+    # others train on all their impressions; the log itself is the same.
+    _, fixed = synthetic.generate(seed=3, eval_users=5, **SMALL)
+    assert [(e.impression_id, e.candidate, e.label) for e in fixed] == \
+        [(e.impression_id, e.candidate, e.label) for e in examples]
+    evaluated = {e.user_id for e in fixed if e.split != "train"}
+    assert evaluated == {f"u{i:05d}" for i in range(5)}
+    assert {e.split for e in fixed if e.user_id == "u00005"} == {"train"}
