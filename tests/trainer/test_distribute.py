@@ -186,8 +186,8 @@ def test_only_the_chief_owns_the_run_directory(monkeypatch, tmp_path, cluster, t
 
 
 @pytest.mark.parametrize("kind, count, capability, expected", [
-    ("tpu", 0, (), ["runtime.strategy=tpu", "runtime.precision=mixed_bfloat16",
-                    "train.steps_per_execution=32"]),
+    ("tpu", 0, (), ["runtime.backend=jax", "runtime.strategy=tpu",
+                    "runtime.precision=mixed_bfloat16", "train.steps_per_execution=32"]),
     ("gpu", 1, (8, 0), ["runtime.strategy=one_device", "runtime.precision=mixed_bfloat16",
                         "train.jit_compile=true"]),
     ("gpu", 4, (7, 5), ["runtime.strategy=mirrored", "runtime.precision=mixed_float16",
