@@ -78,6 +78,42 @@ def test_prepared_shards_hold_the_in_memory_tables(prepared_dir, tmp_path):
     assert len(groups_per_impression) == len(set(memory.tables["train"].group))
 
 
+@pytest.mark.parametrize("source", ["movielens", "mind"])
+def test_the_benchmark_loaders_stream_into_the_same_tables(source, tmp_path):
+    """MovieLens (user by user from its rating arrays) and MIND (line by line) prepare
+    exactly the tables their in-memory loaders give."""
+    if source == "movielens":
+        from tests.trainer.datasets.test_movielens import (make_movies, make_ratings,
+                                                           write_csv_variant)
+        data_dir = write_csv_variant(tmp_path / "ml" / "ml-latest-small", make_ratings(),
+                                     make_movies())
+        config = os.path.join(REPO, "configs", "movielens_tiny.yaml")
+        overrides = ["data.movielens.min_positives=3", "data.movielens.eval_negatives=10"]
+    else:
+        from tests.trainer.datasets.test_mind import write_mind
+        data_dir = write_mind(tmp_path / "mind")
+        config = TINY
+        overrides = ["data.source=mind", "data.mind.validation_fraction=0.3"]
+    overrides += [f"data.data_dir={data_dir}", "data.vocab_size=100"]
+    cfg = config_lib.load_config(config, overrides)
+    from trainer import datasets
+    assert not datasets.stream(cfg.data, str(tmp_path)).held
+    memory = train_lib.prepare_data(cfg, str(tmp_path / "memory"))
+    streamed = train_lib.prepare_data(config_lib.load_config(
+        config, overrides + [f"data.tfrecord_dir={tmp_path / 'prepared'}"]), str(tmp_path))
+    assert streamed.ids == memory.ids and streamed.vocabulary == memory.vocabulary
+    for split in ("validation", "test"):
+        assert streamed.splits[split] == memory.splits[split]
+    train = streamed.tables["train"]
+    assert train.label_counts() == memory.tables["train"].label_counts()
+    read = list(input_pipeline.read_tfrecords(train.paths, max_history=cfg.data.max_history)
+                .as_numpy_iterator())
+    assert sorted((r["item_text"].decode(), r["user_text"].decode(), float(r["label"]),
+                   int(train.user_remap[r["user_index"]])) for r in read) == sorted(
+        zip(memory.tables["train"].item_text, memory.tables["train"].user_text,
+            memory.tables["train"].label.tolist(), memory.tables["train"].user_index.tolist()))
+
+
 def test_train_streams_from_a_prepared_directory(prepared_dir, tmp_path):
     cfg = micro("data.examples_per_shard=50", f"data.tfrecord_dir={prepared_dir}",
                 "train.loss=softmax", "model.item_ids=true")

@@ -122,8 +122,9 @@ class StreamingSource:
 def stream(data_cfg: DataConfig, default_data_dir: str) -> StreamingSource:
     """The configured source as a :class:`StreamingSource` (``python -m trainer.task
     prepare``). The synthetic generator streams user by user, straight from the generator
-    (no canonical files are written); the other sources are loaded with :func:`load` and
-    then iterated, impression by impression."""
+    (no canonical files are written); MovieLens user by user from its typed rating arrays;
+    MIND impression by impression from its behaviour files. A user's own files are loaded
+    with :func:`load` and then iterated (``held``)."""
     if data_cfg.source == "synthetic":
         params = dict(vars(data_cfg.synthetic))
         params.pop("file_format")
@@ -132,6 +133,14 @@ def stream(data_cfg: DataConfig, default_data_dir: str) -> StreamingSource:
         info = {"source": "synthetic", "generator": vars(data_cfg.synthetic),
                 "items": len(catalogue)}
         return StreamingSource(catalogue, lambda: synthetic.stream(**params)[1], info)
+    if data_cfg.source == "movielens" and data_cfg.data_dir:
+        from trainer.datasets import movielens
+        catalogue, examples, info = movielens.stream(data_cfg.data_dir, data_cfg.movielens)
+        return StreamingSource(catalogue, examples, info)
+    if data_cfg.source == "mind" and data_cfg.data_dir:
+        from trainer.datasets import mind
+        catalogue, examples, info = mind.stream(data_cfg.data_dir, data_cfg.mind)
+        return StreamingSource(catalogue, examples, info)
     data = load(data_cfg, default_data_dir)
 
     def examples():

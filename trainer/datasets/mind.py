@@ -203,7 +203,13 @@ def _peek_labelled(path: str, hint: str) -> bool:
 
 def read_behaviors(path: str, hint: str = "") -> list[_Impression]:
     """Reads and checks every line of a labelled ``behaviors.tsv``."""
-    impressions = []
+    return list(iter_behaviors(path, hint))
+
+
+def iter_behaviors(path: str, hint: str = "") -> Iterator[_Impression]:
+    """:func:`read_behaviors` one impression at a time (the checks are the same; the
+    impression ids seen so far are kept, to refuse a duplicate)."""
+    count = 0
     first_line = {}
     for line, text in _iter_lines(path, hint):
         impression_id, user_id, time_text, history, tokens = _split_columns(
@@ -222,11 +228,11 @@ def read_behaviors(path: str, hint: str = "") -> list[_Impression]:
                 f"{path}:{line}: impressions have no click labels ('N123' instead of "
                 "'N123-1'); only labelled behaviours can be train/dev data. MIND-large's "
                 "official test set is unlabelled: leave data.mind.test_subdir empty")
-        impressions.append(_Impression(line, impression_id, user_id,
-                                       parse_time(time_text, path, line), history, tokens))
-    if not impressions:
+        count += 1
+        yield _Impression(line, impression_id, user_id, parse_time(time_text, path, line),
+                          history, tokens)
+    if not count:
         raise DataError(f"{path}: no impressions; the file is empty -- re-download it")
-    return impressions
 
 
 class _Expander:
@@ -255,31 +261,35 @@ class _Expander:
                stats: dict) -> list[Example]:
         examples = []
         for imp in impressions:
-            history = self._history(imp.history)
-            candidates, _ = _parse_impressions(imp.impressions, path, imp.line)
-            kept = []
-            for news_id, label in candidates:
-                if news_id in self.catalogue:
-                    kept.append((news_id, label))
-                else:
-                    self.missing["candidate"] += 1
-                    self.missing_ids.add(news_id)
-            if not kept:
-                stats["empty_impressions"] += 1
-                continue
-            stats["impressions"] += 1
-            positives = sum(label for _, label in kept)
-            stats["positives"] += positives
-            if positives == 0 or positives == len(kept):
-                stats["single_class_impressions"] += 1
-            stats["users"].add(imp.user_id)
-            group_id = f"{split_dir}-{imp.impression_id}"
-            for news_id, label in kept:
-                examples.append(Example(
-                    user_id=imp.user_id, impression_id=group_id, history=history,
-                    candidate=news_id, label=label, timestamp=imp.timestamp, split=split))
-        stats["examples"] += len(examples)
+            examples.extend(self.expand_one(imp, split_dir, split, path, stats))
         return examples
+
+    def expand_one(self, imp: _Impression, split_dir: str, split: str, path: str,
+                   stats: dict) -> list[Example]:
+        """One impression's examples (none when no candidate is in the catalogue)."""
+        history = self._history(imp.history)
+        candidates, _ = _parse_impressions(imp.impressions, path, imp.line)
+        kept = []
+        for news_id, label in candidates:
+            if news_id in self.catalogue:
+                kept.append((news_id, label))
+            else:
+                self.missing["candidate"] += 1
+                self.missing_ids.add(news_id)
+        if not kept:
+            stats["empty_impressions"] += 1
+            return []
+        stats["impressions"] += 1
+        positives = sum(label for _, label in kept)
+        stats["positives"] += positives
+        if positives == 0 or positives == len(kept):
+            stats["single_class_impressions"] += 1
+        stats["users"].add(imp.user_id)
+        group_id = f"{split_dir}-{imp.impression_id}"
+        stats["examples"] += len(kept)
+        return [Example(user_id=imp.user_id, impression_id=group_id, history=history,
+                        candidate=news_id, label=label, timestamp=imp.timestamp, split=split)
+                for news_id, label in kept]
 
 
 def _check_config(cfg: MindConfig) -> tuple:
@@ -299,12 +309,13 @@ def _check_config(cfg: MindConfig) -> tuple:
     return ("title",) + tuple(dict.fromkeys(f for f in cfg.text_fields if f != "title"))
 
 
-def load(data_dir: str, cfg: MindConfig) -> SplitData:
-    """Loads MIND behaviours and news from ``data_dir`` into train/validation/test.
-
-    See the module docstring for the layout, the split rules and what ``info`` records.
-    Raises DataError for bad input and ConfigError for bad ``cfg`` values.
-    """
+def stream(data_dir: str, cfg: MindConfig):
+    """:func:`load` without collecting the examples: ``(catalogue, examples, info)`` where
+    ``examples()`` yields them impression by impression, reading the behaviour files line
+    by line (``python -m trainer.task prepare``; MIND-large does not fit as examples).
+    The train file is read once here to count and check its lines (the seeded validation
+    carve-out and the train cap are chosen by line number); ``info`` gains the counts of a
+    pass when it ends. Raises DataError / ConfigError as :func:`load` does."""
     keep_fields = _check_config(cfg)
     hint = _layout_hint(cfg)
     if not tf.io.gfile.isdir(data_dir):
@@ -344,41 +355,57 @@ def load(data_dir: str, cfg: MindConfig) -> SplitData:
                 news_conflicts += 1  # first directory wins; counted so it is not silent
 
     train_path = files(cfg.train_subdir)[0]
-    train_imps = read_behaviors(train_path, hint)
+    # Which lines of the train file go to validation, and which train (the cap), chosen
+    # from the line count alone, so streaming and loading pick the same impressions.
+    n_train_file = sum(1 for _ in iter_behaviors(train_path, hint))
     rng = np.random.default_rng(cfg.seed)
-    n_train_file = len(train_imps)
-    validation_imps: list = []
+    validation_lines: set = set()
+    remaining = np.arange(n_train_file)
     if not validation_dir and cfg.validation_fraction > 0 and n_train_file > 1:
         # Whole impressions go to validation, so a group is never split across splits.
         n_val = min(max(int(round(cfg.validation_fraction * n_train_file)), 1),
                     n_train_file - 1)
-        chosen = set(rng.permutation(n_train_file)[:n_val].tolist())
-        validation_imps = [imp for i, imp in enumerate(train_imps) if i in chosen]
-        train_imps = [imp for i, imp in enumerate(train_imps) if i not in chosen]
-    train_before_cap = len(train_imps)
-    if 0 < cfg.max_train_impressions < len(train_imps):
-        keep = np.sort(rng.choice(len(train_imps), cfg.max_train_impressions, replace=False))
-        train_imps = [train_imps[i] for i in keep.tolist()]
+        validation_lines = set(rng.permutation(n_train_file)[:n_val].tolist())
+        remaining = np.array([i for i in range(n_train_file) if i not in validation_lines],
+                             dtype=np.int64)
+    train_before_cap = len(remaining)
+    train_lines = None  # None: every remaining line
+    if 0 < cfg.max_train_impressions < len(remaining):
+        keep = np.sort(rng.choice(len(remaining), cfg.max_train_impressions, replace=False))
+        train_lines = set(remaining[keep].tolist())
+    del remaining
 
-    sources = {"train": (cfg.train_subdir, train_path, train_imps),
-               "validation": (cfg.train_subdir, train_path, validation_imps),
-               "test": (test_dir, "", [])}
-    if validation_dir:
-        path = files(validation_dir)[0]
-        sources["validation"] = (validation_dir, path, read_behaviors(path, hint))
-    if test_dir:
-        path = files(test_dir)[0]
-        sources["test"] = (test_dir, path, read_behaviors(path, hint))
+    def train_file_split(index: int) -> str:
+        if index in validation_lines:
+            return "validation"
+        return "train" if train_lines is None or index in train_lines else ""
 
-    expander = _Expander(catalogue)
-    splits, stats = {}, {}
-    for split, (subdir, path, imps) in sources.items():
-        stats[split] = {"impressions": 0, "examples": 0, "positives": 0,
-                        "single_class_impressions": 0, "empty_impressions": 0,
-                        "users": set()}
-        splits[split] = expander.expand(imps, subdir, split, path, stats[split])
+    # (split, subdir, path, impressions) in file order; the train file feeds validation too
+    # when validation is carved out of it.
+    def impressions():
+        for index, imp in enumerate(iter_behaviors(train_path, hint)):
+            split = train_file_split(index)
+            if split:
+                yield split, cfg.train_subdir, train_path, imp
+        for split, subdir in (("validation", validation_dir), ("test", test_dir)):
+            if subdir:
+                path = files(subdir)[0]
+                for imp in iter_behaviors(path, hint):
+                    yield split, subdir, path, imp
 
-    all_users = set().union(*(s["users"] for s in stats.values()))
+    if cfg.max_train_impressions and train_before_cap > cfg.max_train_impressions:
+        notes.append(f"train capped to a seeded {cfg.max_train_impressions} of "
+                     f"{train_before_cap} impressions")
+
+    def examples():
+        expander = _Expander(catalogue)
+        stats = {split: {"impressions": 0, "examples": 0, "positives": 0,
+                         "single_class_impressions": 0, "empty_impressions": 0,
+                         "users": set()} for split in ("train", "validation", "test")}
+        for split, subdir, path, imp in impressions():
+            yield from expander.expand_one(imp, subdir, split, path, stats[split])
+        info.update(_stats_info(stats, expander))
+
     info = {
         "source": "mind",
         "data_dir": data_dir,
@@ -386,26 +413,45 @@ def load(data_dir: str, cfg: MindConfig) -> SplitData:
         "split_dirs": {"train": cfg.train_subdir,
                        "validation": validation_dir or (
                            f"{cfg.train_subdir} (seeded {cfg.validation_fraction})"
-                           if validation_imps else ""),
+                           if validation_lines else ""),
                        "test": test_dir},
         "news": len(catalogue),
         "news_conflicts": news_conflicts,
         "text_fields": list(keep_fields),
-        "users": len(all_users),
         "train_file_impressions": n_train_file,
         "train_impressions_before_cap": train_before_cap,
         "max_train_impressions": cfg.max_train_impressions,
         "seed": cfg.seed,
-        "missing_news": {**expander.missing,
-                         "unique_ids": len(expander.missing_ids),
-                         "sample_ids": sorted(expander.missing_ids)[:_SAMPLE_IDS]},
         "notes": notes,
     }
+    return catalogue, examples, info
+
+
+def _stats_info(stats: dict, expander: _Expander) -> dict:
+    """The counts a pass over the impressions gathered, for ``info``."""
+    all_users = set().union(*(s["users"] for s in stats.values()))
+    info = {"users": len(all_users),
+            "missing_news": {**expander.missing,
+                             "unique_ids": len(expander.missing_ids),
+                             "sample_ids": sorted(expander.missing_ids)[:_SAMPLE_IDS]}}
     for key in ("impressions", "examples", "positives", "single_class_impressions",
                 "empty_impressions"):
         info[key] = {split: s[key] for split, s in stats.items()}
     info["users_per_split"] = {split: len(s["users"]) for split, s in stats.items()}
-    if cfg.max_train_impressions and train_before_cap > cfg.max_train_impressions:
-        notes.append(f"train capped to a seeded {cfg.max_train_impressions} of "
-                     f"{train_before_cap} impressions")
+    return info
+
+
+def load(data_dir: str, cfg: MindConfig) -> SplitData:
+    """Loads MIND behaviours and news from ``data_dir`` into train/validation/test.
+
+    See the module docstring for the layout, the split rules and what ``info`` records.
+    Raises DataError for bad input and ConfigError for bad ``cfg`` values.
+    """
+    catalogue, examples, info = stream(data_dir, cfg)
+    splits = {"train": [], "validation": [], "test": []}
+    for example in examples():
+        splits[example.split].append(example)
     return SplitData(catalogue=catalogue, splits=splits, info=info)
+
+
+

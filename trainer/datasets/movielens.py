@@ -667,6 +667,24 @@ def load(data_dir: str, cfg: MovieLensConfig) -> SplitData:
     ``info`` holds ``variant``, ``users``, ``items``, ``positives``, ``examples`` and
     ``impressions`` per split, ``skipped`` (counts by reason) and the settings used.
     """
+    catalogue, prep, info = _read_and_prepare(data_dir, cfg)
+    return build_split_data(catalogue, prep, cfg, info)
+
+
+def stream(data_dir: str, cfg: MovieLensConfig):
+    """:func:`load` without collecting the examples: ``(catalogue, examples, info)`` where
+    ``examples()`` yields them user by user (``python -m trainer.task prepare``). The
+    ratings are held as typed arrays (about 21 bytes each: ~0.5 GB for ml-25m), the
+    examples never; ``info`` gains the short-sample counts once a pass ends."""
+    catalogue, prep, info = _read_and_prepare(data_dir, cfg)
+
+    def examples():
+        yield from iter_examples(prep, cfg)
+        info.update(prep.info)
+    return catalogue, examples, info
+
+
+def _read_and_prepare(data_dir: str, cfg: MovieLensConfig):
     variant, data_dir, catalogue, ratings, untitled, skipped, has_tags = read_movielens(
         data_dir, cfg)
     users, items, values, stamps = ratings
@@ -676,7 +694,7 @@ def load(data_dir: str, cfg: MovieLensConfig) -> SplitData:
             "tags_used": bool(has_tags and cfg.use_tags),
             "items_with_tags": sum(1 for it in catalogue.values() if it.fields["tags"])}
     info["skipped"] = _skipped_dict(skipped)
-    return build_split_data(catalogue, prep, cfg, info)
+    return catalogue, prep, info
 
 
 def _skipped_dict(skipped: collections.Counter) -> dict:

@@ -197,6 +197,17 @@ def test_same_split_from_every_format(tmp_path, csv_data):
             assert data.splits[split] == csv_data.splits[split]
 
 
+def test_stream_yields_what_load_collects(csv_dir, csv_data):
+    catalogue, examples, info = ml.stream(csv_dir, cfg())
+    assert list(catalogue) == list(csv_data.catalogue)
+    streamed = list(examples())
+    for split in ("train", "validation", "test"):
+        assert [e for e in streamed if e.split == split] == csv_data.splits[split]
+    # The pass's short-sample counts reach info, as load() records them.
+    assert info["eval_impressions_short_of_negatives"] == \
+        csv_data.info["eval_impressions_short_of_negatives"]
+
+
 def test_auto_finds_files_one_level_down(tmp_path):
     write_1m(tmp_path / "ml-1m", make_ratings(), make_movies())
     data = ml.load(str(tmp_path), cfg())
