@@ -1,30 +1,29 @@
 #!/usr/bin/env bash
-# GPU check (under 5 minutes): BERTRecommender's training step in bf16 mixed precision with
-# XLA, examples/s and MFU against the GPU's measured bf16 matmul peak (benchmarks/gpu_check.py).
+# GPU check on the project's own code (benchmarks/device_check.py): the demo two-tower and
+# the pretrained MiniLM cross-encoder, built by train_lib, compiled by
+# trainer/optimization.py and trained by Keras' fit under JAX in bf16, from arrays prepared
+# beforehand where TensorFlow is installed:
 #
-#   bash benchmarks/device_check.sh [OUT_DIR]
+#   .venv/bin/python -m benchmarks.device_check prepare --out device_check_data   # here
+#   bash benchmarks/device_check.sh [OUT_DIR]                                     # on the GPU
 #
-# Uses the TensorFlow backend where TensorFlow is installed (pip install -e . plus
-# tensorflow[and-cuda]==2.21.0 on a GPU machine), else JAX if that is what the machine has
-# (keras and keras-hub must be importable). Extra arguments go through GPU_CHECK_ARGS, e.g.
-# GPU_CHECK_ARGS="--batch_size 128 --sizes minilm".
+# The GPU machine needs jax (with CUDA), keras, keras-hub, numpy and PyYAML; no TensorFlow,
+# no network. device_check_data/ (about 46 MB: MiniLM's weights in float16) travels with
+# the call. Reports examples/s, MFU (XLA's FLOP count over the measured bf16 matmul peak and
+# over SPEC_TFLOPS, the chip's dense bf16 figure: 989 for an H100/H200) and the metrics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT_DIR="${1:-runs/device_check}"
+OUT_DIR="${1:-${OUT:-runs/device_check}}"
+DATA="${DATA:-device_check_data}"
 PYTHON="${PYTHON:-python3}"
-if [ -z "${KERAS_BACKEND:-}" ]; then
-  if "$PYTHON" -c "import tensorflow" 2>/dev/null; then
-    export KERAS_BACKEND=tensorflow
-  elif "$PYTHON" -c "import jax" 2>/dev/null; then
-    export KERAS_BACKEND=jax
-  else
-    echo "error: neither tensorflow nor jax is importable by $PYTHON" >&2
-    exit 2
-  fi
+export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+if [ ! -d "$DATA" ]; then
+  echo "error: $DATA not found; run 'python -m benchmarks.device_check prepare --out $DATA'" \
+       "where TensorFlow is installed, and carry it" >&2
+  exit 2
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
   --format=csv,noheader || echo "warning: nvidia-smi not found; is there a GPU?" >&2
-export PYTHONUNBUFFERED=1
 # shellcheck disable=SC2086
-"$PYTHON" -m benchmarks.gpu_check --sizes small,minilm --precision mixed_bfloat16 \
-  --batch_size 256 --steps 20 --windows 3 --out "$OUT_DIR" ${GPU_CHECK_ARGS:-}
+"$PYTHON" -m benchmarks.device_check run --data "$DATA" --out "$OUT_DIR" \
+  --spec_tflops "${SPEC_TFLOPS:-989}" ${DEVICE_CHECK_ARGS:-}
