@@ -195,6 +195,10 @@ class RuntimeConfig:
     tpu: str = ""  # TPU name/address for the resolver ("" = Colab/TPU VM default)
     devices: list = dataclasses.field(default_factory=list)  # mirrored/one_device device names
     logical_cpus: int = 0  # >1 splits the CPU into logical devices (tests, laptops)
+    # JAX only: >1 splits each transformer layer's weights (heads, feed-forward, token
+    # embedding) across this many devices, data parallel across the rest (trainer/distribute.py
+    # JaxStrategy); for backbones larger than one device's memory. 1 = data parallel only.
+    model_parallel: int = 1
     # float32 | mixed_bfloat16 (TPUs, recent GPUs) | mixed_float16 (older GPUs); the click
     # head and the loss stay float32 either way.
     precision: str = "float32"
@@ -556,6 +560,21 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("config key 'model.normalize_first' applies to random init only; a "
                           "pretrained checkpoint (model.pretrained) keeps its own architecture; "
                           "add --set model.normalize_first=false")
+    split = cfg.runtime.model_parallel
+    positive("runtime.model_parallel", split)
+    if split > 1:
+        if cfg.runtime.backend == "tensorflow":
+            raise ConfigError("config key 'runtime.model_parallel' > 1 needs runtime.backend="
+                              "jax (keras.distribution.ModelParallel); TensorFlow strategies "
+                              "here are data parallel")
+        if not m.pretrained:
+            for key, value in (("model.num_heads", m.num_heads),
+                               ("model.intermediate_dim", m.intermediate_dim),
+                               ("model.hidden_dim", m.hidden_dim)):
+                if value % split:
+                    raise ConfigError(f"config key '{key}' ({value}) must be divisible by "
+                                      f"'runtime.model_parallel' ({split}): its weights are "
+                                      "split across that many devices")
     if not 0 <= t.warmup_fraction < 1:
         raise ConfigError("config key 'train.warmup_fraction' must be in [0, 1)")
     if not d.item_text_fields:

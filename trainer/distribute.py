@@ -1,7 +1,7 @@
 """The one place a distribution strategy is built, from ``config.runtime``.
 
 Under the TensorFlow backend it is a tf.distribute strategy; under JAX
-(``runtime.backend=jax``, trainer/backend.py) it is :class:`JaxDataParallel`, which gives
+(``runtime.backend=jax``, trainer/backend.py) it is :class:`JaxStrategy`, which gives
 the training library the same two things it uses, ``scope()`` and
 ``num_replicas_in_sync``, over ``keras.distribution.DataParallel``.
 
@@ -222,26 +222,55 @@ def _keras_compatible_reduce(strategy: tf.distribute.Strategy) -> tf.distribute.
     return strategy
 
 
-class JaxDataParallel:
-    """Data parallelism under the JAX backend, with the interface the training library
-    uses from a tf.distribute strategy (``scope()``, ``num_replicas_in_sync``).
+def transformer_layout_map(device_mesh) -> "keras.distribution.LayoutMap":
+    """Where each transformer weight lives on a ``("batch", "model")`` mesh, Megatron-style:
+    attention heads and the feed-forward's inner dimension are split across the "model"
+    axis, and so is the hidden axis of the token embedding table; everything else
+    (LayerNorms, position/segment embeddings, heads, item biases) is replicated. The keys
+    are keras-hub's variable paths, shared by the backbones and the item encoder."""
+    layout = keras.distribution.LayoutMap(device_mesh)
+    layout[".*token_embedding/embeddings"] = (None, "model")
+    layout[".*(query|key|value)/kernel"] = (None, "model", None)
+    layout[".*(query|key|value)/bias"] = ("model", None)
+    layout[".*attention_output/kernel"] = ("model", None, None)
+    layout[".*feedforward_intermediate_dense/kernel"] = (None, "model")
+    layout[".*feedforward_intermediate_dense/bias"] = ("model",)
+    layout[".*feedforward_output_dense/kernel"] = ("model", None)
+    return layout
+
+
+class JaxStrategy:
+    """Data (and model) parallelism under the JAX backend, with the interface the training
+    library uses from a tf.distribute strategy (``scope()``, ``num_replicas_in_sync``).
 
     Several devices (TPU cores, GPUs, or forced host CPUs) get
     ``keras.distribution.DataParallel``, set as Keras' global distribution: each global
     batch from tf.data is split across the devices and the weights are replicated, as
-    under MirroredStrategy/TPUStrategy. One device needs no distribution.
+    under MirroredStrategy/TPUStrategy. With ``model_parallel`` = m > 1 the devices form a
+    ``(devices / m, m)`` mesh and ``keras.distribution.ModelParallel`` also splits each
+    transformer layer's weights over the m devices of a row
+    (:func:`transformer_layout_map`): for backbones too large for one device's memory.
+    One device needs no distribution.
     """
 
-    def __init__(self, devices: list):
+    def __init__(self, devices: list, model_parallel: int = 1):
         self.devices = list(devices)
+        self.model_parallel = model_parallel
         self.distribution = None
-        if len(self.devices) > 1:
+        if model_parallel > 1:
+            mesh = keras.distribution.DeviceMesh(
+                (len(self.devices) // model_parallel, model_parallel), ("batch", "model"),
+                devices=self.devices)
+            self.distribution = keras.distribution.ModelParallel(
+                layout_map=transformer_layout_map(mesh), batch_dim_name="batch")
+        elif len(self.devices) > 1:
             self.distribution = keras.distribution.DataParallel(devices=self.devices)
         keras.distribution.set_distribution(self.distribution)
 
     @property
     def num_replicas_in_sync(self) -> int:
-        return len(self.devices)
+        """Data-parallel replicas: the global batch is ``train.batch_size`` times this."""
+        return len(self.devices) // self.model_parallel
 
     @property
     def platform(self) -> str:
@@ -284,7 +313,7 @@ def _jax_devices(list_devices_fn=None) -> list:
     return list(jax.devices())
 
 
-def make_jax_strategy(runtime: RuntimeConfig, list_devices_fn=None) -> JaxDataParallel:
+def make_jax_strategy(runtime: RuntimeConfig, list_devices_fn=None) -> JaxStrategy:
     """The JAX counterpart of :func:`make_strategy`: ``auto``/``mirrored``/``tpu`` use
     every device of JAX's default platform (a TPU host's cores, all GPUs), ``one_device``
     and ``default`` the first. ``tpu`` fails unless that platform is TPU. ``multi_worker``
@@ -314,17 +343,22 @@ def make_jax_strategy(runtime: RuntimeConfig, list_devices_fn=None) -> JaxDataPa
         devices = chosen
     elif name in ("one_device", "default"):
         devices = devices[:1]
-    strategy = JaxDataParallel(devices)
-    log.info("JAX %s with %d device(s) (%s)",
-             "DataParallel" if strategy.distribution else "one device",
-             strategy.num_replicas_in_sync, platform)
+    model_parallel = max(runtime.model_parallel, 1)
+    if len(devices) % model_parallel:
+        raise UserInputError(
+            f"runtime.model_parallel={model_parallel} must divide the {len(devices)} "
+            f"device(s) JAX trains on ({platform}); use a divisor, or 1")
+    strategy = JaxStrategy(devices, model_parallel)
+    log.info("JAX %s over %d device(s) (%s): %d data-parallel replica(s)",
+             type(strategy.distribution).__name__ if strategy.distribution else "one device",
+             len(devices), platform, strategy.num_replicas_in_sync)
     return strategy
 
 
 def make_strategy(runtime: RuntimeConfig, tpu_resolver_fn=_default_tpu_resolver,
                   list_gpus_fn=None):
     """Returns the strategy named by ``runtime.strategy`` (see module docstring): a
-    tf.distribute strategy, or :class:`JaxDataParallel` under the JAX backend."""
+    tf.distribute strategy, or :class:`JaxStrategy` under the JAX backend."""
     if keras.backend.backend() == "jax":
         return make_jax_strategy(runtime)
     list_gpus_fn = list_gpus_fn or (lambda: tf.config.list_logical_devices("GPU"))

@@ -76,6 +76,21 @@ def test_jax_strategy_refuses_what_it_cannot_do():
         distribute.make_jax_strategy(RuntimeConfig(devices=["/gpu:0"]), cpus)
 
 
+def test_model_parallel_is_checked_against_the_backend_and_the_sizes():
+    with pytest.raises(ConfigError, match="runtime.model_parallel' > 1 needs runtime.backend="
+                       "jax"):
+        config_lib.load_config(TINY, ["runtime.backend=tensorflow",
+                                      "runtime.model_parallel=2"])
+    with pytest.raises(ConfigError, match=r"'model.num_heads' \(2\) must be divisible by "
+                       r"'runtime.model_parallel' \(4\)"):
+        config_lib.load_config(TINY, ["runtime.backend=jax", "runtime.model_parallel=4"])
+    from trainer import distribute
+    from trainer.config import RuntimeConfig
+    with pytest.raises(UserInputError, match="model_parallel=2 must divide the 3 device"):
+        distribute.make_jax_strategy(RuntimeConfig(model_parallel=2),
+                                     lambda: [FakeDevice("gpu", i) for i in range(3)])
+
+
 def test_jax_accelerator_detection_and_its_overrides():
     from trainer import distribute
     tpu = distribute.detect_jax_accelerator(
@@ -131,6 +146,18 @@ JAX_RUNS = textwrap.dedent("""
         logits = train_lib.predict_logits(model, prepared.tables["validation"], packer, 64)
         np.save(os.path.join(model_dir, "jax_logits.npy"), logits)
         print(name, results["train"]["backend"], results["train"]["replicas"])
+    # Model parallelism lays the attention heads out across the two devices.
+    import jax
+    from models.bert_recommender import BERTRecommender
+    from trainer.distribute import JaxStrategy
+    with JaxStrategy(jax.devices(), model_parallel=2).scope():
+        model = BERTRecommender.from_sizes(vocabulary_size=100, num_layers=1, num_heads=2,
+                                           hidden_dim=16, intermediate_dim=32,
+                                           max_sequence_length=16)
+        model({{"token_ids": np.ones((2, 16), "int32"),
+               "segment_ids": np.zeros((2, 16), "int32")}})
+    kernel = [v for v in model.weights if v.path.endswith("query/kernel")][0]
+    print("QUERY_SPEC", tuple(kernel.value.sharding.spec))
 """)
 
 
@@ -141,7 +168,10 @@ def test_jax_runs_serve_what_they_learned(tmp_path):
     does: model.keras scores identically under TensorFlow, the raw-string SavedModel
     equals the JAX model, and the two-tower export retrieves."""
     runs = {"cross": ["model.interaction=cross", "model.pooling=first"],
-            "two_tower": ["model.item_ids=true"]}
+            "two_tower": ["model.item_ids=true"],
+            # One data-parallel replica of a model split over the two devices.
+            "cross_model_parallel": ["model.interaction=cross", "model.pooling=first",
+                                     "runtime.model_parallel=2"]}
     runs = {name: extra + ["runtime.backend=jax", "runtime.logical_cpus=2"]
             for name, extra in runs.items()}
     env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=REPO)
@@ -150,6 +180,8 @@ def test_jax_runs_serve_what_they_learned(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "cross jax 2" in done.stdout and "two_tower jax 2" in done.stdout
+    assert "cross_model_parallel jax 1" in done.stdout
+    assert "QUERY_SPEC (None, 'model', None)" in done.stdout
 
     import keras
     import tensorflow as tf
