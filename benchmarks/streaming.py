@@ -76,7 +76,7 @@ def _run_child(args) -> dict:
 
 def _throughput(cfg, work_dir: str) -> dict:
     """Examples/s of the second of two fits of ``train.steps_per_epoch`` steps each."""
-    import keras
+    from benchmarks.throughput import timed_fit_window
     from trainer import distribute, train_lib
 
     prepared = train_lib.prepare_data(cfg, work_dir)
@@ -89,16 +89,8 @@ def _throughput(cfg, work_dir: str) -> dict:
     data = train_lib.make_train_dataset(cfg, prepared.tables["train"], packer,
                                         cfg.train.batch_size)
 
-    class EpochTimer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds = time.perf_counter() - self.started
-
-    timer = EpochTimer()
-    model.fit(data, epochs=2, steps_per_epoch=steps, callbacks=[timer], verbose=0)
-    return {"examples_per_second": round(steps * cfg.train.batch_size / timer.seconds, 1),
+    seconds = timed_fit_window(model, data, steps)
+    return {"examples_per_second": round(steps * cfg.train.batch_size / seconds, 1),
             "peak_rss_mb": _peak_rss_mb()}
 
 
