@@ -117,7 +117,8 @@ def prepare(cfg: config_lib.ExperimentConfig, out_dir: str) -> dict:
     # (the shards need them before the train users are all known); load() remaps them to
     # the sorted train-user indices an in-memory run uses, inside the input pipeline.
     users: dict = {}
-    train_users, trained_items, queries = set(), set(), set()
+    train_users = bytearray(1)  # 1 at the index of a user with a training row
+    trained_items, queries = set(), set()
     with atomic_directory(out_dir) as tmp:
         writers = {split: input_pipeline.ShardWriter(tmp, split, cfg.data.examples_per_shard)
                    for split in canonical.SPLITS}
@@ -133,8 +134,10 @@ def prepare(cfg: config_lib.ExperimentConfig, out_dir: str) -> dict:
                                         f"{ex.candidate!r} is not in the catalogue")
                     by_split.setdefault(ex.split, []).append(ex)
                     index = users.setdefault(ex.user_id, len(users) + 1)
+                    if index == len(train_users):
+                        train_users.append(0)
                     if ex.split == "train":
-                        train_users.add(index)
+                        train_users[index] = 1
                         trained_items.add(ex.candidate)
                         trained_items.update(ex.history)
                         if ex.query:
@@ -171,7 +174,8 @@ def prepare(cfg: config_lib.ExperimentConfig, out_dir: str) -> dict:
         canonical.write_catalogue(os.path.join(tmp, "catalogue.jsonl"), catalogue)
         atomic_write_text(os.path.join(tmp, "vocab.txt"), "\n".join(vocabulary) + "\n")
         write_json(os.path.join(tmp, "ids.json"), {
-            "users": list(users), "train_users": sorted(train_users),
+            "users": list(users),
+            "train_users": [i for i, flag in enumerate(train_users) if flag],
             "trained_items": sorted(i for i in trained_items if i in catalogue)})
         with tf.io.gfile.GFile(os.path.join(tmp, "item_counts.npy"), "wb") as f:
             np.save(f, item_counts)
@@ -181,7 +185,7 @@ def prepare(cfg: config_lib.ExperimentConfig, out_dir: str) -> dict:
             "format": FORMAT, "data": data_fingerprint(cfg), "source": source.info,
             "held_in_memory": source.held, "counts": counts, "groups": groups,
             "shards": shards, "vocab_sha256": _vocab_digest(vocabulary),
-            "users": len(train_users), "items": len(items), "seconds": round(seconds, 1),
+            "users": sum(train_users), "items": len(items), "seconds": round(seconds, 1),
             "examples_per_second": round(total / max(seconds, 1e-9), 1)}
         write_json(os.path.join(tmp, MANIFEST), manifest)  # last: marks it complete
     log.info("prepared %d examples into %s in %.0f s (%.0f examples/s)", total, out_dir,
