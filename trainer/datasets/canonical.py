@@ -431,10 +431,12 @@ def write_examples(path: str, examples: list[Example]) -> None:
     list_columns = ("history",) + tuple(
         k for k in extra_names if any(isinstance(ex.extras.get(k), (list, tuple))
                                       for ex in examples))
+    fields = [f.name for f in dataclasses.fields(Example) if f.name != "extras"]
     rows = []
     for ex in examples:
-        row = dataclasses.asdict(ex)
-        row.pop("extras")
+        # A shallow row: dataclasses.asdict deep-copies every value, which dominated
+        # writing a large log.
+        row = {name: getattr(ex, name) for name in fields}
         row["history"] = list(ex.history)
         row.update(ex.extras)
         rows.append(row)

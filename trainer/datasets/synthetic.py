@@ -89,18 +89,22 @@ def _attributes(item: Item) -> set:
 
 
 def click_logit(candidate: Item, tastes: set, favourite: str, recent_history: list,
-                query_category: str) -> tuple[float, list, list]:
-    """The true logit of a click and its reasons: (logit, reason_tokens, reason_history)."""
-    cand_attrs = _attributes(candidate)
+                query_category: str, attributes: dict | None = None) -> tuple[float, list, list]:
+    """The true logit of a click and its reasons: (logit, reason_tokens, reason_history).
+    ``attributes`` (item id -> its attribute set) saves re-reading them per call."""
+    if attributes is None:
+        attributes = {item.item_id: _attributes(item) for item in [candidate, *recent_history]}
+    cand_attrs = attributes[candidate.item_id]
     category = candidate.fields["categories"]
     taste_hits = sorted(cand_attrs & tastes)
-    reason_history = [h.item_id for h in recent_history if _attributes(h) & cand_attrs]
+    reason_history = [h.item_id for h in recent_history if attributes[h.item_id] & cand_attrs]
     logit = BIAS + TASTE_WEIGHT * len(taste_hits) + HISTORY_WEIGHT * min(len(reason_history), 2)
     reason_tokens = list(taste_hits)
     # Tokens shared with the cited history items raised the logit too.
     for h in recent_history:
         if h.item_id in reason_history:
-            reason_tokens.extend(sorted((_attributes(h) & cand_attrs) - set(reason_tokens)))
+            reason_tokens.extend(sorted((attributes[h.item_id] & cand_attrs)
+                                        - set(reason_tokens)))
     if category == favourite:
         logit += CATEGORY_WEIGHT
         reason_tokens.append(category)
@@ -156,18 +160,24 @@ def _examples(catalogue: Catalogue, rng: np.random.Generator, num_users: int,
               eval_users: int) -> Iterator[Example]:
     num_items = len(catalogue)
     items = list(catalogue.values())
-    item_attrs = [_attributes(it) for it in items]
+    attributes = {it.item_id: _attributes(it) for it in items}
     item_categories = np.array([it.fields["categories"] for it in items])
+    # item x attribute membership, so a user's sampling weights are one vector operation
+    has_attribute = np.array([[a in attributes[it.item_id] for a in ATTRIBUTES]
+                              for it in items], dtype=bool)
     for user_index in range(num_users):
         user_id = f"u{user_index:05d}"
-        tastes = {ATTRIBUTES[a] for a in rng.choice(len(ATTRIBUTES), size=2, replace=False)}
+        taste_index = rng.choice(len(ATTRIBUTES), size=2, replace=False)
+        tastes = {ATTRIBUTES[a] for a in taste_index}
         favourite = CATEGORIES[rng.integers(len(CATEGORIES))]
-        weights = np.array([
-            (TASTE_HISTORY_BOOST if attrs & tastes else 1.0) * (4.0 if cat == favourite else 1.0)
-            for attrs, cat in zip(item_attrs, item_categories)])
+        weights = (np.where(has_attribute[:, taste_index].any(axis=1), TASTE_HISTORY_BOOST, 1.0)
+                   * np.where(item_categories == favourite, 4.0, 1.0))
         length = int(rng.integers(min_history, max_history + 1))
         history_idx = rng.choice(num_items, size=length, replace=False, p=weights / weights.sum())
         history = [items[i] for i in history_idx]
+        history_ids = tuple(h.item_id for h in history)
+        # The history is fixed per user, so is what its impressions draw from.
+        pool = np.setdiff1d(np.arange(num_items), history_idx)
         timestamp = 1_600_000_000 + user_index * 10_000
         for imp in range(impressions_per_user):
             split = ("train" if 0 < eval_users <= user_index else
@@ -175,7 +185,6 @@ def _examples(catalogue: Catalogue, rng: np.random.Generator, num_users: int,
                      "validation" if imp == impressions_per_user - 2 else "train")
             query_category = ""
             query = ""
-            pool = np.setdiff1d(np.arange(num_items), history_idx)
             if rng.random() < query_fraction:
                 query_category = CATEGORIES[rng.integers(len(CATEGORIES))]
                 query = QUERY_TEMPLATES[rng.integers(len(QUERY_TEMPLATES))].format(query_category)
@@ -191,12 +200,12 @@ def _examples(catalogue: Catalogue, rng: np.random.Generator, num_users: int,
             for cand_index in chosen:
                 candidate = items[cand_index]
                 logit, reason_tokens, reason_history = click_logit(
-                    candidate, tastes, favourite, recent, query_category)
+                    candidate, tastes, favourite, recent, query_category, attributes)
                 probability = _sigmoid(logit)
                 label = int(rng.random() < probability)
                 yield Example(
                     user_id=user_id, impression_id=f"{user_id}-{imp}",
-                    history=tuple(h.item_id for h in history), candidate=candidate.item_id,
+                    history=history_ids, candidate=candidate.item_id,
                     label=label, query=query, timestamp=timestamp, split=split,
                     extras={"true_probability": round(probability, 6),
                             "true_reason_tokens": reason_tokens,
