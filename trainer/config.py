@@ -47,6 +47,9 @@ class SyntheticConfig:
     # > 0: only the first eval_users users get validation/test impressions, the others train
     # on all theirs (a fixed evaluation while the log grows; configs/scale.yaml). 0 = all.
     eval_users: int = 0
+    # True: each user's draws come from a generator seeded by (seed, user), so `prepare`
+    # generates users in parallel processes (other data than False, same distribution).
+    independent_users: bool = False
     file_format: str = "csv"  # csv | jsonl
 
 

@@ -28,7 +28,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
+import queue as queue_lib
 import time
 
 import numpy as np
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 FORMAT = "bert-recommender-tfrecords-v1"
 MANIFEST = "manifest.json"
 CHUNK_EXAMPLES = 20000  # examples turned into pair-table rows at a time
+# Processes generating a source that can be read in parts (synthetic with independent
+# users); this process converts what they produce.
+PARALLEL_READERS = max(1, min(4, os.cpu_count() or 1))
 # Data keys that change how the shards are read, not what they hold.
 _READ_KEYS = ("tfrecord_dir", "shuffle_buffer", "cache_tokens")
 
@@ -97,6 +102,92 @@ def _chunks(examples, size: int):
         yield chunk
 
 
+@dataclasses.dataclass
+class _Part:
+    """One split's rows of a chunk, converted: what the writing loop needs, compact enough
+    to pass between processes (no Example objects except the few evaluation ones)."""
+
+    split: str
+    table: input_pipeline.PairTable  # user_index still 0: users are numbered by the writer
+    user_ids: list
+    trained_items: set  # candidates and full histories of training rows
+    queries: set  # training queries (the vocabulary learns them)
+    held: list | None  # the evaluation examples themselves (canonical copies)
+
+
+def _parts(examples, catalogue, cfg: config_lib.ExperimentConfig, items: dict):
+    """:class:`_Part` s of a pass over ``examples``, chunk by chunk."""
+    no_users = input_pipeline.IdVocabulary(users={}, items=items)
+    for chunk in _chunks(examples, CHUNK_EXAMPLES):
+        by_split: dict = {}
+        for ex in chunk:
+            if ex.candidate not in catalogue:
+                raise DataError(f"impression {ex.impression_id}: candidate {ex.candidate!r} "
+                                "is not in the catalogue")
+            by_split.setdefault(ex.split, []).append(ex)
+        for split, rows in by_split.items():
+            table = input_pipeline.make_pair_table(
+                rows, catalogue, cfg.data.item_text_fields, cfg.data.max_history, no_users)
+            trained, queries = set(), set()
+            if split == "train":
+                for ex in rows:
+                    trained.add(ex.candidate)
+                    trained.update(ex.history)
+                    if ex.query:
+                        queries.add(ex.query)
+            yield _Part(split, table, [ex.user_id for ex in rows], trained, queries,
+                        None if split == "train" else rows)
+
+
+def _parts_from_children(factories: list, convert, info: dict):
+    """``convert(factory())`` of each factory, each run by a forked child process, taken
+    in turn (the first part of each, then the second...: the order is fixed), so reading
+    or generating the source and converting it run on other cores than the writing.
+    For sources whose pass runs no TensorFlow (``StreamingSource.fork_safe``): forking
+    after TensorFlow has started its threads is safe for code that does not use it. The
+    counts a pass gathers as it goes come back into ``info`` at its end."""
+    context = multiprocessing.get_context("fork")
+
+    def produce(factory, queue):
+        try:
+            for part in convert(factory()):
+                queue.put(("part", part))
+            queue.put(("done", info))
+        except BaseException as err:  # pylint: disable=broad-except  # re-raised there
+            queue.put(("error", err))
+
+    children = []
+    for factory in factories:
+        queue = context.Queue(maxsize=8)
+        child = context.Process(target=produce, args=(factory, queue), daemon=True)
+        child.start()
+        children.append((child, queue))
+    try:
+        active = list(children)
+        while active:
+            for child, queue in list(active):
+                while True:
+                    try:
+                        kind, payload = queue.get(timeout=5)
+                        break
+                    except queue_lib.Empty:
+                        if not child.is_alive():
+                            raise RuntimeError(f"a process reading the data source died "
+                                               f"(exit {child.exitcode})") from None
+                if kind == "part":
+                    yield payload
+                elif kind == "done":
+                    info.update(payload)
+                    active.remove((child, queue))
+                else:
+                    raise payload
+    finally:
+        for child, _ in children:
+            if child.is_alive():
+                child.terminate()
+            child.join()
+
+
 def prepare(cfg: config_lib.ExperimentConfig, out_dir: str) -> dict:
     """Writes ``out_dir`` (see the module docstring) and returns its manifest. A directory
     already prepared from the same data config is returned as is; one prepared from
@@ -125,37 +216,36 @@ def prepare(cfg: config_lib.ExperimentConfig, out_dir: str) -> dict:
         held = {"validation": [], "test": []}
         item_counts = np.zeros(len(items) + 1, np.int64)
         groups = {split: 0 for split in canonical.SPLITS}
+
+        def convert(examples):
+            return _parts(examples, catalogue, cfg, items)
         try:
-            for chunk in _chunks(source.examples(), CHUNK_EXAMPLES):
-                by_split: dict = {}
-                for ex in chunk:
-                    if ex.candidate not in catalogue:
-                        raise DataError(f"impression {ex.impression_id}: candidate "
-                                        f"{ex.candidate!r} is not in the catalogue")
-                    by_split.setdefault(ex.split, []).append(ex)
-                    index = users.setdefault(ex.user_id, len(users) + 1)
-                    if index == len(train_users):
-                        train_users.append(0)
-                    if ex.split == "train":
+            if not source.fork_safe:
+                parts = convert(source.examples())
+            else:
+                factories = (source.parts(PARALLEL_READERS) if source.parts is not None
+                             else [source.examples])
+                parts = _parts_from_children(factories, convert, source.info)
+            for part in parts:
+                table = part.table
+                table.user_index = np.fromiter(
+                    (users.setdefault(u, len(users) + 1) for u in part.user_ids), np.int32,
+                    len(part.user_ids))
+                train_users.extend(bytes(len(users) + 1 - len(train_users)))
+                table.group += groups[part.split]
+                groups[part.split] = int(table.group.max()) + 1
+                writers[part.split].write(table)
+                positives = table.positive_item_indices()
+                counts[part.split]["examples"] += len(table)
+                counts[part.split]["positives"] += len(positives)
+                if part.split == "train":
+                    for index in np.unique(table.user_index).tolist():
                         train_users[index] = 1
-                        trained_items.add(ex.candidate)
-                        trained_items.update(ex.history)
-                        if ex.query:
-                            queries.add(ex.query)
-                ids = input_pipeline.IdVocabulary(users=users, items=items)
-                for split, rows in by_split.items():
-                    table = input_pipeline.make_pair_table(
-                        rows, catalogue, cfg.data.item_text_fields, cfg.data.max_history, ids)
-                    table.group += groups[split]
-                    groups[split] = int(table.group.max()) + 1
-                    writers[split].write(table)
-                    positives = table.positive_item_indices()
-                    counts[split]["examples"] += len(table)
-                    counts[split]["positives"] += len(positives)
-                    if split == "train":
-                        item_counts += np.bincount(positives, minlength=len(item_counts))
-                    else:
-                        held[split].extend(rows)
+                    trained_items |= part.trained_items
+                    queries |= part.queries
+                    item_counts += np.bincount(positives, minlength=len(item_counts))
+                else:
+                    held[part.split].extend(part.held)
             shards = {split: [os.path.basename(p) for p in writer.close()]
                       for split, writer in writers.items()}
         except BaseException:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -111,12 +112,22 @@ def load(data_cfg: DataConfig, default_data_dir: str) -> SplitData:
 class StreamingSource:
     """A data source read as a stream: ``examples()`` starts a fresh pass (each example with
     its ``split`` set, the candidates of one impression next to each other). ``held`` says
-    whether a pass holds the whole log in memory (a source without a streaming reader)."""
+    whether a pass holds the whole log in memory (a source without a streaming reader);
+    ``fork_safe`` whether a pass runs no TensorFlow (file reads through tf.io.gfile do), so
+    a forked process may run it (trainer/prepare.py)."""
 
     catalogue: canonical.Catalogue
     examples: Callable[[], Iterator[canonical.Example]]
     info: dict
     held: bool = False
+    fork_safe: bool = False
+    # parts(n) -> n factories whose passes, one after another, are one pass of examples():
+    # a source that can be read in parallel (synthetic with independent users).
+    parts: Callable[[int], list] | None = None
+
+
+def _synthetic_part(params: dict, users: tuple):
+    return synthetic.stream(**params, users=users)[1]
 
 
 def stream(data_cfg: DataConfig, default_data_dir: str) -> StreamingSource:
@@ -132,11 +143,19 @@ def stream(data_cfg: DataConfig, default_data_dir: str) -> StreamingSource:
         catalogue, _ = synthetic.stream(**params)  # validates the settings now
         info = {"source": "synthetic", "generator": vars(data_cfg.synthetic),
                 "items": len(catalogue)}
-        return StreamingSource(catalogue, lambda: synthetic.stream(**params)[1], info)
+        parts = None
+        if params["independent_users"]:
+            def parts(count: int) -> list:
+                bounds = [round(i * params["num_users"] / count) for i in range(count + 1)]
+                return [functools.partial(_synthetic_part, params, (lo, hi))
+                        for lo, hi in zip(bounds, bounds[1:])]
+        return StreamingSource(catalogue, lambda: synthetic.stream(**params)[1], info,
+                               fork_safe=True, parts=parts)
     if data_cfg.source == "movielens" and data_cfg.data_dir:
         from trainer.datasets import movielens
         catalogue, examples, info = movielens.stream(data_cfg.data_dir, data_cfg.movielens)
-        return StreamingSource(catalogue, examples, info)
+        # The ratings were read here; a pass only samples from the arrays.
+        return StreamingSource(catalogue, examples, info, fork_safe=True)
     if data_cfg.source == "mind" and data_cfg.data_dir:
         from trainer.datasets import mind
         catalogue, examples, info = mind.stream(data_cfg.data_dir, data_cfg.mind)

@@ -121,8 +121,8 @@ def click_logit(candidate: Item, tastes: set, favourite: str, recent_history: li
 def generate(num_items: int = 400, num_users: int = 600, impressions_per_user: int = 8,
              candidates_per_impression: int = 5, min_history: int = 3, max_history: int = 8,
              query_fraction: float = 0.3, seed: int = 7,
-             history_window: int = HISTORY_WINDOW,
-             eval_users: int = 0) -> tuple[Catalogue, list[Example]]:
+             history_window: int = HISTORY_WINDOW, eval_users: int = 0,
+             independent_users: bool = False) -> tuple[Catalogue, list[Example]]:
     """Generates a catalogue and a labelled impression log (deterministic in ``seed``).
 
     A user's history is a snapshot taken before their impressions. Impressions are assigned
@@ -133,28 +133,43 @@ def generate(num_items: int = 400, num_users: int = 600, impressions_per_user: i
     """
     catalogue, examples = stream(num_items, num_users, impressions_per_user,
                                  candidates_per_impression, min_history, max_history,
-                                 query_fraction, seed, history_window, eval_users)
+                                 query_fraction, seed, history_window, eval_users,
+                                 independent_users)
     return catalogue, list(examples)
 
 
 def stream(num_items: int = 400, num_users: int = 600, impressions_per_user: int = 8,
            candidates_per_impression: int = 5, min_history: int = 3, max_history: int = 8,
            query_fraction: float = 0.3, seed: int = 7, history_window: int = HISTORY_WINDOW,
-           eval_users: int = 0) -> tuple[Catalogue, Iterator[Example]]:
+           eval_users: int = 0, independent_users: bool = False,
+           users: tuple | None = None) -> tuple[Catalogue, Iterator[Example]]:
     """:func:`generate`'s catalogue and its examples as an iterator, user after user: the
-    same examples in the same order, without holding them (any ``num_users``)."""
+    same examples in the same order, without holding them (any ``num_users``).
+
+    By default one random stream runs through every user, so user k's draws depend on
+    all users before it. ``independent_users`` gives each user a generator of its own,
+    seeded by ``(seed, user)`` (other data, the same distribution), so ``users=(start,
+    stop)`` yields that range alone and ranges can be generated in parallel
+    (``python -m trainer.task prepare``)."""
     if candidates_per_impression < 2:
         raise ValueError("candidates_per_impression must be at least 2 for ranking metrics")
     if num_items < candidates_per_impression + max_history:
         raise ValueError("num_items is too small for the history and candidate counts")
+    if users is not None and not independent_users:
+        raise ValueError("a range of users needs independent_users=True")
     rng = np.random.default_rng(seed)
     catalogue = make_catalogue(num_items, rng)
-    return catalogue, _examples(catalogue, rng, num_users, impressions_per_user,
-                                candidates_per_impression, min_history, max_history,
-                                query_fraction, history_window, eval_users)
+    start, stop = users if users is not None else (0, num_users)
+
+    def user_rng(user_index: int) -> np.random.Generator:
+        return np.random.default_rng([seed, user_index]) if independent_users else rng
+    return catalogue, _examples(catalogue, user_rng, range(start, min(stop, num_users)),
+                                impressions_per_user, candidates_per_impression,
+                                min_history, max_history, query_fraction, history_window,
+                                eval_users)
 
 
-def _examples(catalogue: Catalogue, rng: np.random.Generator, num_users: int,
+def _examples(catalogue: Catalogue, user_rng, user_indices: range,
               impressions_per_user: int, candidates_per_impression: int, min_history: int,
               max_history: int, query_fraction: float, history_window: int,
               eval_users: int) -> Iterator[Example]:
@@ -165,7 +180,8 @@ def _examples(catalogue: Catalogue, rng: np.random.Generator, num_users: int,
     # item x attribute membership, so a user's sampling weights are one vector operation
     has_attribute = np.array([[a in attributes[it.item_id] for a in ATTRIBUTES]
                               for it in items], dtype=bool)
-    for user_index in range(num_users):
+    for user_index in user_indices:
+        rng = user_rng(user_index)
         user_id = f"u{user_index:05d}"
         taste_index = rng.choice(len(ATTRIBUTES), size=2, replace=False)
         tastes = {ATTRIBUTES[a] for a in taste_index}
