@@ -74,7 +74,7 @@ def prepare(out: str, minilm: str, work_dir: str, two_tower_config: str = "",
     import tensorflow as tf
 
     from trainer import config as config_lib
-    from trainer import distribute, input_pipeline, train_lib
+    from trainer import distribute, train_lib
 
     written = {}
     for name in MODELS:

@@ -3,7 +3,7 @@
 The flow is::
 
     [Example] + Catalogue --make_pair_table--> PairTable (strings, labels, ids; columnar)
-        --(optional) write_tfrecords--> TFRecord shards (for data that does not fit in memory)
+        --(optional) ShardWriter--> TFRecord shards (trainer/prepare.py: data that does not fit)
         --make_dataset--> tf.data: shuffle -> batch -> TextPairPacker (tokenize + pack) -> prefetch
 
 The user side of each pair is the query (if any) followed by the most recent history titles,

@@ -143,14 +143,13 @@ def stream(data_cfg: DataConfig, default_data_dir: str) -> StreamingSource:
         catalogue, _ = synthetic.stream(**params)  # validates the settings now
         info = {"source": "synthetic", "generator": vars(data_cfg.synthetic),
                 "items": len(catalogue)}
-        parts = None
-        if params["independent_users"]:
-            def parts(count: int) -> list:
-                bounds = [round(i * params["num_users"] / count) for i in range(count + 1)]
-                return [functools.partial(_synthetic_part, params, (lo, hi))
-                        for lo, hi in zip(bounds, bounds[1:])]
+        def parts(count: int) -> list:
+            bounds = [round(i * params["num_users"] / count) for i in range(count + 1)]
+            return [functools.partial(_synthetic_part, params, (lo, hi))
+                    for lo, hi in zip(bounds, bounds[1:])]
         return StreamingSource(catalogue, lambda: synthetic.stream(**params)[1], info,
-                               fork_safe=True, parts=parts)
+                               fork_safe=True,
+                               parts=parts if params["independent_users"] else None)
     if data_cfg.source == "movielens" and data_cfg.data_dir:
         from trainer.datasets import movielens
         catalogue, examples, info = movielens.stream(data_cfg.data_dir, data_cfg.movielens)
