@@ -6,7 +6,8 @@ and training throughput streamed from TFRecord shards against the in-memory path
 For each size N (examples), in fresh processes (peak RSS is each process' own maximum):
 
 1. ``python -m trainer.task prepare`` of configs/scale.yaml with N / 40 users (8 impressions
-   x 5 candidates each): seconds and examples/s;
+   x 5 candidates each): seconds, examples/s, the peak RSS of the writing process and of
+   the largest forked reader;
 2. ``python -m trainer.task train`` streaming from it (``--steps`` steps, then evaluation on
    the fixed 2,000 evaluated users, export): peak RSS;
 3. at the smallest size only, training throughput (the second of two timed epochs of
@@ -31,8 +32,8 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
                       "configs", "scale.yaml")
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _peak_rss_mb(who=resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024.0
 
 
 def _child(argv: list[str]) -> dict:
@@ -62,7 +63,9 @@ def _run_child(args) -> dict:
         total = sum(c["examples"] for c in manifest["counts"].values())
         return {"examples": total, "seconds": manifest["seconds"],
                 "examples_per_second": manifest["examples_per_second"],
-                "peak_rss_mb": _peak_rss_mb()}
+                "peak_rss_mb": _peak_rss_mb(),
+                # the largest of the forked processes that generate the source
+                "reader_peak_rss_mb": _peak_rss_mb(resource.RUSAGE_CHILDREN)}
     if args.child == "train":
         from trainer import train_lib
         cfg = config_lib.load_config(CONFIG, args.set)
@@ -135,10 +138,12 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "streaming.json"), "w") as f:
         json.dump(report, f, indent=2)
-    print(f"\n{'examples':>12} {'prepare ex/s':>13} {'prepare MB':>11} {'train MB':>9}")
+    print(f"\n{'examples':>12} {'prepare ex/s':>13} {'prepare MB':>11} {'reader MB':>10} "
+          f"{'train MB':>9}")
     for size, row in report["sizes"].items():
         print(f"{size:>12} {row['prepare']['examples_per_second']:>13.0f} "
-              f"{row['prepare']['peak_rss_mb']:>11.0f} {row['train']['peak_rss_mb']:>9.0f}")
+              f"{row['prepare']['peak_rss_mb']:>11.0f} "
+              f"{row['prepare']['reader_peak_rss_mb']:>10.0f} {row['train']['peak_rss_mb']:>9.0f}")
     print(f"\ntraining examples/s at {smallest} examples:")
     for mode, row in report["throughput"].items():
         print(f"  {mode:<18} {row['examples_per_second']:>9.1f}  (peak {row['peak_rss_mb']:.0f} MB)")

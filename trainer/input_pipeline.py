@@ -102,6 +102,10 @@ class PairTable:
     # logged impression / 0 for an unlabelled catalogue pair (whose label is a placeholder)
     teacher_logit: np.ndarray | None = None  # float32
     labelled: np.ndarray | None = None  # float32
+    # object (str): the raw user id, written into TFRecord shards by trainer/prepare.py,
+    # which cannot number users before it has seen them all; the input pipeline turns it
+    # into user_index (StreamingTable.users)
+    user_id: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.label)
@@ -150,9 +154,9 @@ class StreamingTable:
     rows: int
     positives: int
     item_counts: np.ndarray
-    # The shards' user_index (order of first appearance, trainer/prepare.py) -> the
-    # IdVocabulary index training uses.
-    user_remap: np.ndarray | None = None
+    # The sorted training user ids (IdVocabulary.users order): a row's user_index is the
+    # 1-based position of its user_id here, 0 for a user training never saw.
+    users: list | None = None
     positives_only: bool = False
     teacher_logit = None  # never distilled: distillation keeps its table in memory
 
@@ -454,7 +458,7 @@ def make_tokenizer(vocabulary=None, lowercase: bool = True, pretrained: str = ""
 # whose features are lists): building, writing and parsing one proto per row cost ~20 us of
 # Python each, which capped conversion far below the rate a large dataset needs.
 RECORD_ROWS = 1024
-_STRING_COLUMNS = ("query", "user_text", "item_text")
+_STRING_COLUMNS = ("query", "user_text", "item_text", "user_id")
 _FLOAT_COLUMNS = ("label", "true_probability")
 _INT_COLUMNS = ("group", "user_index", "item_index")
 
@@ -597,6 +601,21 @@ def read_tfrecords(pattern_or_paths, ordered: bool = True,
     return blocks.unbatch()
 
 
+def _user_index_lookup(users: list):
+    """A row map setting ``user_index`` from ``user_id``: its 1-based position in
+    ``users``, 0 for a user not in it."""
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(users) or [""], tf.string),
+            tf.range(1, max(len(users), 1) + 1, dtype=tf.int64) if users
+            else tf.constant([0], tf.int64)),
+        default_value=0)
+
+    def lookup(row):
+        return {**row, "user_index": table.lookup(row["user_id"])}
+    return lookup
+
+
 PACK_BLOCK = 512  # rows tokenized per call: the tokenizer's per-call cost is high
 
 
@@ -626,7 +645,7 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
                  with_labels: bool = True, cache_tokens: bool = False,
                  skip_rows: int = 0, total_rows: int | None = None,
                  positives_only: bool = False,
-                 user_remap: np.ndarray | None = None) -> tf.data.Dataset:
+                 users: list | None = None) -> tf.data.Dataset:
     """Batched ``(features, label)`` pairs for ``model.fit`` / ``predict``.
 
     Rows are tokenized and packed in blocks of ``PACK_BLOCK`` (one tokenizer call per block
@@ -653,8 +672,8 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
         pure function of ``seed`` (see :func:`_seeded_passes`), which exact resume needs.
       positives_only: TFRecord sources: keep the clicked rows only (a table is filtered
         before, with :meth:`PairTable.positive_rows`).
-      user_remap: TFRecord sources: ``user_index`` becomes ``user_remap[user_index]``
-        (:attr:`StreamingTable.user_remap`).
+      users: TFRecord sources: ``user_index`` becomes the 1-based position of the row's
+        ``user_id`` in this sorted list, 0 if absent (:attr:`StreamingTable.users`).
     """
     if isinstance(source, PairTable):
         columns = source.columns()
@@ -666,10 +685,8 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
                               max_history=getattr(packer, "max_history", 0))
         if positives_only:
             data = data.filter(lambda row: row["label"] > 0)
-        if user_remap is not None:
-            remap = tf.constant(user_remap, tf.int64)
-            data = data.map(lambda row: {**row, "user_index": tf.gather(remap,
-                                                                        row["user_index"])})
+        if users is not None:
+            data = data.map(_user_index_lookup(users), num_parallel_calls=tf.data.AUTOTUNE)
 
     def to_model_inputs(batch):
         features = {"user_index": tf.cast(batch["user_index"], tf.int32),

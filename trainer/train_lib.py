@@ -287,7 +287,7 @@ def make_train_dataset(cfg: config_lib.ExperimentConfig, table: input_pipeline.P
     source, cache, streaming = table, cfg.data.cache_tokens, {}
     if isinstance(table, input_pipeline.StreamingTable):
         source, cache = table.paths, False
-        streaming = {"positives_only": table.positives_only, "user_remap": table.user_remap}
+        streaming = {"positives_only": table.positives_only, "users": table.users}
     return input_pipeline.make_dataset(
         source, global_batch, packer=packer, training=True, seed=cfg.train.seed,
         shuffle_buffer=cfg.data.shuffle_buffer, repeat=True, cache_tokens=cache,

@@ -35,6 +35,12 @@ def prepared_dir(tmp_path_factory):
     return directory
 
 
+def user_indices(train, rows) -> list:
+    """The ``user_index`` the input pipeline gives shard ``rows`` (from their user ids)."""
+    position = {u: i + 1 for i, u in enumerate(train.users)}
+    return [position.get(r["user_id"].decode(), 0) for r in rows]
+
+
 def rows_of(table) -> list:
     return sorted(zip(*(table.columns()[c].tolist() if c != "history_index" else
                         [tuple(r) for r in table.history_index] for c in COLUMNS
@@ -68,8 +74,8 @@ def test_prepared_shards_hold_the_in_memory_tables(prepared_dir, tmp_path):
         **{c: np.array([r[c].decode() if isinstance(r[c], bytes) else r[c] for r in read],
                        dtype=object if c in ("user_text", "item_text", "query") else None)
            for c in COLUMNS})
-    # Shards number users in order of first appearance; the pipeline remaps them.
-    shards.user_index = train.user_remap[shards.user_index.astype(np.int64)]
+    # Shards hold raw user ids; the pipeline numbers them from the sorted train users.
+    shards.user_index = np.array(user_indices(train, read), np.int32)
     assert rows_of(shards) == rows_of(memory.tables["train"])
     groups_per_impression = {}
     for group, user_text, user_index in zip(shards.group, shards.user_text, shards.user_index):
@@ -108,8 +114,9 @@ def test_the_benchmark_loaders_stream_into_the_same_tables(source, tmp_path):
     assert train.label_counts() == memory.tables["train"].label_counts()
     read = list(input_pipeline.read_tfrecords(train.paths, max_history=cfg.data.max_history)
                 .as_numpy_iterator())
-    assert sorted((r["item_text"].decode(), r["user_text"].decode(), float(r["label"]),
-                   int(train.user_remap[r["user_index"]])) for r in read) == sorted(
+    assert sorted(zip((r["item_text"].decode() for r in read),
+                      (r["user_text"].decode() for r in read),
+                      (float(r["label"]) for r in read), user_indices(train, read))) == sorted(
         zip(memory.tables["train"].item_text, memory.tables["train"].user_text,
             memory.tables["train"].label.tolist(), memory.tables["train"].user_index.tolist()))
 
@@ -172,7 +179,8 @@ def test_shard_writer_splits_blocks_and_shards(tmp_path):
         user_text=np.array([f"u{i}" for i in range(25)], dtype=object),
         item_text=np.array([f"i{i}" for i in range(25)], dtype=object),
         label=(np.arange(25) % 2).astype(np.float32), group=np.arange(25, dtype=np.int64),
-        user_index=np.arange(25, dtype=np.int32), item_index=np.arange(25, dtype=np.int32))
+        user_index=np.zeros(25, dtype=np.int32), item_index=np.arange(25, dtype=np.int32),
+        user_id=np.array([f"user-{i % 5}" for i in range(25)], dtype=object))
     writer = input_pipeline.ShardWriter(str(tmp_path), "x", examples_per_shard=10)
     writer.write(table.subset(np.arange(7)))
     writer.write(table.subset(np.arange(7, 25)))
@@ -182,11 +190,13 @@ def test_shard_writer_splits_blocks_and_shards(tmp_path):
     rows = list(input_pipeline.read_tfrecords(paths).as_numpy_iterator())
     assert [r["user_text"].decode() for r in rows] == [f"u{i}" for i in range(25)]
     assert [r["query"] for r in rows] == [b""] * 25
-    # The input pipeline remaps user indices through a StreamingTable's user_remap.
-    remap = np.arange(25, dtype=np.int32)[::-1].copy()
-    batches = input_pipeline.make_dataset(paths, 25, user_remap=remap)
+    # The input pipeline numbers users by their position in a StreamingTable's sorted
+    # train users (user-4 is not one of them: 0).
+    batches = input_pipeline.make_dataset(paths, 25, users=["user-0", "user-1", "user-2",
+                                                            "user-3"])
     (features, _), = list(batches)
-    np.testing.assert_array_equal(features["user_index"].numpy(), remap)
+    np.testing.assert_array_equal(features["user_index"].numpy(),
+                                  [(i % 5 + 1) % 5 for i in range(25)])
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
@@ -205,8 +215,10 @@ def test_independent_users_are_generated_in_parallel_into_the_same_rows(tmp_path
                                               max_history=cfg.data.max_history)
                 .as_numpy_iterator())
     table = memory.tables["train"]
-    assert sorted((r["user_text"].decode(), r["item_text"].decode(), float(r["label"]),
-                   int(streamed.train.user_remap[r["user_index"]])) for r in read) == \
+    assert sorted(zip((r["user_text"].decode() for r in read),
+                      (r["item_text"].decode() for r in read),
+                      (float(r["label"]) for r in read),
+                      user_indices(streamed.train, read))) == \
         sorted(zip(table.user_text, table.item_text, table.label.tolist(),
                    table.user_index.tolist()))
     def key(ex):  # the CSV round trip of the in-memory path writes [] extras as ""
@@ -223,3 +235,16 @@ def test_an_error_in_a_reading_process_reaches_the_caller(tmp_path, monkeypatch)
     with pytest.raises(DataError, match="impression x: broken row"):
         prepare.prepare(micro(), str(tmp_path / "out"))
     assert not list(tmp_path.iterdir())
+
+
+def test_sorted_strings_merge_in_python_string_order(monkeypatch):
+    """prepare's compact set of training users: batches merged as it grows, decoded in
+    the order sorted() gives (UTF-8 byte order is code point order)."""
+    strings = [f"u{i:03d}" for i in range(300)] + ["é", "z", "Ω", "a b", "😀", "ÿ"]
+    monkeypatch.setattr(prepare._SortedStrings, "MERGE_AT", 10)
+    collected = prepare._SortedStrings()
+    for start in range(0, len(strings), 7):
+        collected.add(prepare._SortedStrings.encode(set(strings[start:start + 7] + ["z"])))
+        assert collected._pending_size <= max(10, len(collected._merged))  # merged as it goes
+    assert len(collected) == len(strings)
+    assert [s for chunk in collected.decoded_chunks(size=16) for s in chunk] == sorted(strings)
