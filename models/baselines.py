@@ -27,13 +27,19 @@ class MostPopular(keras.Model):
             shape=(num_items + 1,), initializer="zeros", trainable=False,
             name="log_popularity")
 
+    @staticmethod
+    def log_popularity_of(item_index: np.ndarray, label: np.ndarray,
+                          num_items: int) -> np.ndarray:
+        """float32 ``[num_items + 1]``: the logit of every item index, from training
+        ``(item_index, label)`` columns (positives only)."""
+        counts = np.bincount(item_index[label > 0], minlength=num_items + 1)[
+            : num_items + 1].astype(np.float64)
+        counts[0] = 0.0  # unknown items are least popular
+        return np.log((counts + 1.0) / (counts.sum() + num_items + 1.0)).astype(np.float32)
+
     def set_counts(self, item_index: np.ndarray, label: np.ndarray) -> None:
         """Sets popularity from training ``(item_index, label)`` columns: positives only."""
-        counts = np.bincount(item_index[label > 0], minlength=self.num_items + 1)[
-            : self.num_items + 1].astype(np.float64)
-        counts[0] = 0.0  # unknown items are least popular
-        self.log_popularity.assign(
-            np.log((counts + 1.0) / (counts.sum() + self.num_items + 1.0)).astype(np.float32))
+        self.log_popularity.assign(self.log_popularity_of(item_index, label, self.num_items))
 
     def call(self, inputs, training=False):
         return ops.take(self.log_popularity, inputs["item_index"], axis=0)

@@ -50,6 +50,10 @@ class SyntheticConfig:
     # True: each user's draws come from a generator seeded by (seed, user), so `prepare`
     # generates users in parallel processes (other data than False, same distribution).
     independent_users: bool = False
+    # A planted unfairness the audit must find: clicks on biased_provider's items get
+    # provider_bias extra log-odds, whatever the user's taste (0 = none).
+    provider_bias: float = 0.0
+    biased_provider: str = "acme"
     file_format: str = "csv"  # csv | jsonl
 
 

@@ -1,5 +1,6 @@
 """Command-line entry point:
-``python -m trainer.task {train,tune,distill,prepare,evaluate,export,predict,recommend,explain}``.
+``python -m trainer.task {train,tune,distill,prepare,evaluate,export,predict,recommend,explain,
+audit}``.
 
     python -m trainer.task train --config configs/tiny.yaml --model_dir runs/tiny \\
         [--set train.learning_rate=3e-5 --set model.num_layers=1]
@@ -18,8 +19,10 @@
         --user_text "a laptop" --history item_12,item_7
     python -m trainer.task explain --model_dir runs/tiny --num_examples 20 \
         [--methods integrated_gradients,occlusion,shapley]
+    python -m trainer.task audit --model_dir runs/demo [--compare runs/demo_mf] [--k 10]
 
-Parses arguments, loads the config and dispatches; the work lives in train_lib / export / explain_lib.
+Parses arguments, loads the config and dispatches; the work lives in train_lib / export / explain_lib /
+audit_lib.
 """
 
 from __future__ import annotations
@@ -100,6 +103,30 @@ def _parser() -> argparse.ArgumentParser:
                            "a sentence)")
     recommend.add_argument("--k", type=int, default=None,
                            help="items to return (default: 10, or the pipeline's k)")
+    audit = sub.add_parser("audit", help="popularity bias, item-group exposure against "
+                           "merit and user-group gaps of a trained run, beside the "
+                           "popularity baseline (trainer/audit_lib.py); writes audit/")
+    audit.add_argument("--model_dir", required=True)
+    audit.add_argument("--split", default="test", choices=("validation", "test"))
+    audit.add_argument("--k", type=int, default=10, help="the top k of each ranking that "
+                       "is exposed (exposure 0 below it)")
+    audit.add_argument("--compare", action="append", default=[], metavar="RUN_DIR",
+                       help="another finished run on the same data to audit alongside "
+                       "(repeatable), e.g. an MF baseline")
+    audit.add_argument("--merit", default="auto", choices=("auto", "true", "clicks",
+                                                           "predicted"),
+                       help="expected clicks per candidate: the data's true relevance "
+                       "(synthetic), the logged clicks, or each scorer's own probabilities "
+                       "(auto: true where recorded, else clicks)")
+    audit.add_argument("--item_group", default="provider", choices=("provider", "category"),
+                       help="item groups whose exposure is compared (items without a "
+                       "provider fall back to their first category)")
+    audit.add_argument("--user_column", default=None,
+                       help="an impressions column grouping users (e.g. age_band), beside "
+                       "the activity quartiles")
+    audit.add_argument("--bootstrap", type=int, default=200,
+                       help="resamples of impressions for the 95%% intervals")
+    audit.add_argument("--seed", type=int, default=0)
     explain = sub.add_parser("explain", help="explain a trained run's recommendations and "
                              "measure the explanations' faithfulness")
     explain.add_argument("--model_dir", required=True)
@@ -185,6 +212,15 @@ def main(argv: list[str] | None = None) -> int:
             from trainer import train_lib
             for path in train_lib.export_run(args.model_dir, args.source_dir):
                 print(path)
+        elif args.command == "audit":
+            from trainer import audit_lib
+            report = audit_lib.audit(
+                args.model_dir, split=args.split, k=args.k, compare=args.compare,
+                merit=args.merit, item_group=args.item_group, user_column=args.user_column,
+                bootstrap=args.bootstrap, seed=args.seed)
+            print("\n" + audit_lib.summary_table(report))
+            out = os.path.join(args.model_dir, "audit")
+            print(f"\noutputs:\n  {out}/report.html\n  {out}/audit.json")
         elif args.command == "explain":
             from explainability.explainer import format_faithfulness_table
             from trainer import explain_lib

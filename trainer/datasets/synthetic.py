@@ -18,6 +18,14 @@ the queried category. A candidate is clicked with the known probability
           + HISTORY_WEIGHT  * min(# recent history items sharing an attribute, 2)
           + QUERY_MATCH     * [query names the candidate's category]
           + QUERY_MISMATCH  * [a query names another category]
+          + provider_bias   * [candidate provider == biased_provider]
+
+The last term is a planted, known unfairness (``data.synthetic.provider_bias``, 0 by
+default): clicks favour one provider by that many log-odds whatever the user's taste, as a
+presentation or brand effect would. With it on, examples also record
+``true_relevance``, the click probability without it, which the fairness audit
+(``python -m trainer.task audit``) takes as merit: it must find the planted skew, and none
+when the knob is off.
 
 "Recent history" is the last ``history_window`` items (what the model sees by default).
 Every example records ``true_probability`` and its true reasons -- the candidate words that
@@ -122,19 +130,22 @@ def generate(num_items: int = 400, num_users: int = 600, impressions_per_user: i
              candidates_per_impression: int = 5, min_history: int = 3, max_history: int = 8,
              query_fraction: float = 0.3, seed: int = 7,
              history_window: int = HISTORY_WINDOW, eval_users: int = 0,
-             independent_users: bool = False) -> tuple[Catalogue, list[Example]]:
+             independent_users: bool = False, provider_bias: float = 0.0,
+             biased_provider: str = PROVIDERS[0]) -> tuple[Catalogue, list[Example]]:
     """Generates a catalogue and a labelled impression log (deterministic in ``seed``).
 
     A user's history is a snapshot taken before their impressions. Impressions are assigned
     chronologically: the last goes to ``test``, the one before to ``validation`` and the rest
     to ``train`` (a temporal split per user). With ``eval_users`` > 0 only the first
     ``eval_users`` users are split so; the others' impressions all train (a fixed-size
-    evaluation while the training log grows: the scale test).
+    evaluation while the training log grows: the scale test). ``provider_bias`` adds that
+    many log-odds to every click on ``biased_provider``'s items (see the module docstring).
     """
     catalogue, examples = stream(num_items, num_users, impressions_per_user,
                                  candidates_per_impression, min_history, max_history,
                                  query_fraction, seed, history_window, eval_users,
-                                 independent_users)
+                                 independent_users, provider_bias=provider_bias,
+                                 biased_provider=biased_provider)
     return catalogue, list(examples)
 
 
@@ -142,7 +153,8 @@ def stream(num_items: int = 400, num_users: int = 600, impressions_per_user: int
            candidates_per_impression: int = 5, min_history: int = 3, max_history: int = 8,
            query_fraction: float = 0.3, seed: int = 7, history_window: int = HISTORY_WINDOW,
            eval_users: int = 0, independent_users: bool = False,
-           users: tuple | None = None) -> tuple[Catalogue, Iterator[Example]]:
+           users: tuple | None = None, provider_bias: float = 0.0,
+           biased_provider: str = PROVIDERS[0]) -> tuple[Catalogue, Iterator[Example]]:
     """:func:`generate`'s catalogue and its examples as an iterator, user after user: the
     same examples in the same order, without holding them (any ``num_users``).
 
@@ -157,6 +169,9 @@ def stream(num_items: int = 400, num_users: int = 600, impressions_per_user: int
         raise ValueError("num_items is too small for the history and candidate counts")
     if users is not None and not independent_users:
         raise ValueError("a range of users needs independent_users=True")
+    if biased_provider not in PROVIDERS:
+        raise ValueError(f"data.synthetic.biased_provider={biased_provider!r} is not a "
+                         f"synthetic provider; use one of {', '.join(PROVIDERS)}")
     rng = np.random.default_rng(seed)
     catalogue = make_catalogue(num_items, rng)
     start, stop = users if users is not None else (0, num_users)
@@ -166,13 +181,14 @@ def stream(num_items: int = 400, num_users: int = 600, impressions_per_user: int
     return catalogue, _examples(catalogue, user_rng, range(start, min(stop, num_users)),
                                 impressions_per_user, candidates_per_impression,
                                 min_history, max_history, query_fraction, history_window,
-                                eval_users)
+                                eval_users, provider_bias, biased_provider)
 
 
 def _examples(catalogue: Catalogue, user_rng, user_indices: range,
               impressions_per_user: int, candidates_per_impression: int, min_history: int,
               max_history: int, query_fraction: float, history_window: int,
-              eval_users: int) -> Iterator[Example]:
+              eval_users: int, provider_bias: float = 0.0,
+              biased_provider: str = PROVIDERS[0]) -> Iterator[Example]:
     num_items = len(catalogue)
     items = list(catalogue.values())
     attributes = {it.item_id: _attributes(it) for it in items}
@@ -217,6 +233,13 @@ def _examples(catalogue: Catalogue, user_rng, user_indices: range,
                 candidate = items[cand_index]
                 logit, reason_tokens, reason_history = click_logit(
                     candidate, tastes, favourite, recent, query_category, attributes)
+                extras = {}
+                if provider_bias:
+                    extras["true_relevance"] = round(_sigmoid(logit), 6)
+                    if candidate.provider == biased_provider:
+                        logit += provider_bias
+                        if provider_bias > 0:  # the provider's name raised the logit
+                            reason_tokens = [*reason_tokens, candidate.provider]
                 probability = _sigmoid(logit)
                 label = int(rng.random() < probability)
                 yield Example(
@@ -225,5 +248,5 @@ def _examples(catalogue: Catalogue, user_rng, user_indices: range,
                     label=label, query=query, timestamp=timestamp, split=split,
                     extras={"true_probability": round(probability, 6),
                             "true_reason_tokens": reason_tokens,
-                            "true_reason_history": reason_history})
+                            "true_reason_history": reason_history, **extras})
             timestamp += 100

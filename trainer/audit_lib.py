@@ -1,0 +1,485 @@
+"""``python -m trainer.task audit``: who gets exposure, which users are served worse, and
+how far a model's scores lean towards some providers, for a finished run and the
+popularity baseline (and any ``--compare`` runs on the same data) side by side.
+
+For each scorer the split's impressions are ranked by score and measured
+(trainer/fairness.py):
+
+* popularity bias of each impression's top k: ARP, APLT (long tail = outside the 20% most
+  clicked catalogue items), catalogue coverage, Gini of item exposure, and the lift of
+  the recommendations' popularity over the users' own histories;
+* item-group exposure (``1 / log2(1 + rank)`` down to rank k) against merit, per group
+  (the items' ``provider``, or their first category when they have none): merit is each
+  candidate's expected clicks, from the data's true relevance where it records one
+  (synthetic data: ``true_relevance``, else ``true_probability``), else from the logged
+  clicks themselves (``--merit`` picks);
+* with a true relevance, each item group's *log-odds skew*: how many log-odds the logged
+  clicks, and each model's click probabilities, sit above what relevance explains
+  (``fairness.log_odds_shift``; 0 = none). A provider favoured by
+  ``data.synthetic.provider_bias`` shows its size in the data and in a model that learnt it;
+* user-group gaps: AUC, nDCG@k and ECE per activity quartile of training clicks (and per
+  value of ``--user_column``, an impressions column such as an age band), through
+  fairlearn's ``MetricFrame``.
+
+Intervals are 95% percentile bootstraps over impressions (``--bootstrap`` resamples).
+Writes ``<model_dir>/audit/``: ``audit.json``, PNG plots and a self-contained
+``report.html``, all or nothing (bad input is refused before anything is written).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from models.baselines import MostPopular
+from trainer import fairness, train_lib
+from trainer.datasets.canonical import atomic_directory, write_json
+from trainer.errors import RunDirError, UserInputError
+
+log = logging.getLogger(__name__)
+
+MERIT_SOURCES = ("auto", "true", "clicks", "predicted")
+ITEM_GROUPS = ("provider", "category")
+NO_GROUP = "(none)"
+
+
+class AuditError(UserInputError):
+    """Bad audit arguments (split, k, a column), reported before anything is written."""
+
+
+def _sigmoid(logits) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+
+
+def item_groups(catalogue, ids, by: str = "provider") -> tuple[np.ndarray, list]:
+    """``(group index per item index (-1 = none), group names)``: the items' provider, or
+    with ``by="category"`` (or items without a provider) their first category."""
+    if by not in ITEM_GROUPS:
+        raise AuditError(f"--item_group {by!r}: use one of {', '.join(ITEM_GROUPS)}")
+    names: dict = {}
+    index = np.full(len(ids.items) + 1, -1, dtype=np.int64)
+    for item_id, position in ids.items.items():
+        item = catalogue[item_id]
+        name = item.provider if by == "provider" else ""
+        if not name:
+            categories = str(item.fields.get("categories", "")).replace("|", ",").split(",")
+            name = categories[0].strip()
+        if name:
+            index[position] = names.setdefault(name, len(names))
+    return index, list(names)
+
+
+def _impressions(table) -> tuple[np.ndarray, list]:
+    """``(impression number per row, rows of each impression)``."""
+    _, number = np.unique(table.group, return_inverse=True)
+    order = np.argsort(number, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, np.diff(number[order]) != 0, True])
+    return number, [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def ranked_impressions(scores, item_index, rows_of: list) -> tuple[np.ndarray, np.ndarray]:
+    """``(ranking, row)``: each impression's item indices best first (ties: the earlier
+    row first) and the table row at each position, ``-1`` padded to the longest."""
+    width = max(len(r) for r in rows_of)
+    ranking = np.full((len(rows_of), width), fairness.PAD, dtype=np.int64)
+    rows = np.full((len(rows_of), width), -1, dtype=np.int64)
+    for i, members in enumerate(rows_of):
+        ordered = members[np.lexsort((members, -scores[members]))]
+        ranking[i, :len(ordered)] = item_index[ordered]
+        rows[i, :len(ordered)] = ordered
+    return ranking, rows
+
+
+def _merit_source(requested: str, examples: list) -> str:
+    if requested not in MERIT_SOURCES:
+        raise AuditError(f"--merit {requested!r}: use one of {', '.join(MERIT_SOURCES)}")
+    has_truth = bool(examples) and all(
+        "true_relevance" in ex.extras or "true_probability" in ex.extras for ex in examples)
+    if requested == "true" and not has_truth:
+        raise AuditError("--merit true: the split records no true click probabilities "
+                         "(only synthetic data does); use clicks or predicted")
+    if requested == "auto":
+        return "true" if has_truth else "clicks"
+    return requested
+
+
+def _true_relevance(examples: list) -> np.ndarray:
+    """Relevance without any planted provider effect: ``true_relevance`` when the data
+    plants one, else ``true_probability``."""
+    return np.array([float(ex.extras.get("true_relevance", ex.extras.get("true_probability")))
+                     for ex in examples], dtype=np.float64)
+
+
+def _user_groups(table, examples, train_table, user_column: str | None) -> dict:
+    """``{name: (group index per row, group names)}``: activity quartiles of training
+    clicks, and the ``user_column`` values."""
+    clicks = np.bincount(train_table.user_index[train_table.label > 0],
+                         minlength=int(max(table.user_index.max(initial=0),
+                                           train_table.user_index.max(initial=0))) + 1)
+    index, names = fairness.activity_groups(clicks[table.user_index])
+    groups = {"activity": (index, names)}
+    if user_column:
+        values = [str(ex.extras.get(user_column, "")).strip() for ex in examples]
+        names = sorted({v for v in values if v})
+        lookup = {v: i for i, v in enumerate(names)}
+        if any(v == "" for v in values):
+            names.append(NO_GROUP)
+        groups[user_column] = (np.array([lookup.get(v, len(lookup)) for v in values]), names)
+    return groups
+
+
+def audit_scores(scores, probabilities, *, table, examples, rows_of, impression_of,
+                 item_counts, tail, item_group, group_names, merit, relevance, k: int,
+                 user_groups: dict, bootstrap: int, seed: int) -> dict:
+    """Every measure of one scorer on one split (see the module docstring)."""
+    ranking, rows = ranked_impressions(scores, table.item_index, rows_of)
+    top = np.where(np.arange(ranking.shape[1]) < k, ranking, fairness.PAD)
+    histories = [[h for h in table.history_index[members[0]] if h > 0] if
+                 table.history_index is not None else [] for members in rows_of]
+    profile = fairness.profile_popularity(histories, item_counts)
+    result = {"popularity": fairness.popularity_bias(top, item_counts, tail, profile)}
+    per_list = fairness.popularity_per_list(top, item_counts, tail)
+    units = len(rows_of)
+    result["popularity"]["intervals"] = {
+        "aplt": fairness.bootstrap_interval(lambda s: np.nanmean(per_list["aplt"][s]), units,
+                                            bootstrap, seed=seed),
+        "arp": fairness.bootstrap_interval(lambda s: np.nanmean(per_list["arp"][s]), units,
+                                           bootstrap, seed=seed)}
+    merit_grid = np.where(rows >= 0, merit[np.maximum(rows, 0)], 0.0)
+    exposure = fairness.group_exposure(ranking, merit_grid, item_group, len(group_names), k)
+
+    def disparity(sample):
+        return fairness.group_exposure(ranking[sample], merit_grid[sample], item_group,
+                                       len(group_names), k)
+
+    samples = _bootstrap_samples(units, bootstrap, seed)
+    resampled = [disparity(s) for s in samples]
+    result["exposure"] = {
+        "groups": {name: {
+            "exposure_share": float(exposure["exposure_share"][g]),
+            "merit_share": float(exposure["merit_share"][g]),
+            "disparity": float(exposure["disparity"][g]),
+            "disparity_interval": _percentiles([r["disparity"][g] for r in resampled])}
+            for g, name in enumerate(group_names)},
+        "total_variation": exposure["total_variation"],
+        "total_variation_interval": _percentiles([r["total_variation"] for r in resampled])}
+    if relevance is not None:
+        group_of_row = item_group[table.item_index]
+        result["log_odds_skew"] = {
+            name: _skew(probabilities, relevance, group_of_row == g, impression_of, samples)
+            for g, name in enumerate(group_names)}
+    result["user_groups"] = {}
+    if table.label.min() != table.label.max():
+        for name, (index, names) in user_groups.items():
+            result["user_groups"][name] = fairness.user_group_metrics(
+                table.label, probabilities, impression_of, index, names, ks=(k,),
+                bootstrap=bootstrap, seed=seed)
+    return result
+
+
+def _bootstrap_samples(units: int, bootstrap: int, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, units, size=units) for _ in range(bootstrap)]
+
+
+def _percentiles(values) -> list:
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return [float("nan"), float("nan")]
+    return [float(v) for v in np.quantile(values, [0.025, 0.975])]
+
+
+def _skew(outcome, relevance, in_group, impression_of, samples) -> dict:
+    """The log-odds shift of ``outcome`` over ``relevance`` on a group's rows, with a
+    bootstrap interval over impressions."""
+    rows = np.flatnonzero(in_group)
+    value = fairness.log_odds_shift(outcome[rows], relevance[rows])
+    by_impression = {}
+    for row in rows:
+        by_impression.setdefault(impression_of[row], []).append(row)
+    resampled = []
+    for sample in samples:
+        chosen = [by_impression[i] for i in sample if i in by_impression]
+        if chosen:
+            picked = np.concatenate(chosen)
+            resampled.append(fairness.log_odds_shift(outcome[picked], relevance[picked]))
+    return {"value": value, "interval": _percentiles(resampled), "rows": int(len(rows))}
+
+
+def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None = None,
+          merit: str = "auto", item_group: str = "provider", user_column: str | None = None,
+          bootstrap: int = 200, seed: int = 0) -> dict:
+    """Audits a finished run (see the module docstring) and writes ``<model_dir>/audit/``.
+    Returns the audit (what ``audit.json`` holds)."""
+    cfg = train_lib.load_run_config(model_dir)
+    compare = list(compare or [])
+    if k < 1:
+        raise AuditError(f"--k {k}: must be at least 1")
+    if bootstrap < 0:
+        raise AuditError(f"--bootstrap {bootstrap}: must be >= 0")
+    prepared = train_lib.prepare_data(cfg, model_dir)
+    if split not in prepared.tables or not len(prepared.tables[split]):
+        raise AuditError(f"--split {split}: the run's data has no {split} impressions; "
+                         "audit a split that has some (validation or test)")
+    if k > len(prepared.ids.items):
+        raise AuditError(f"--k {k} is larger than the catalogue ({len(prepared.ids.items)} "
+                         "items)")
+    table, examples = prepared.tables[split], prepared.splits[split]
+    merit_source = _merit_source(merit, examples)
+    if user_column and not any(user_column in ex.extras for ex in examples):
+        known = sorted({key for ex in examples[:1000] for key in ex.extras})
+        raise AuditError(f"--user_column {user_column!r} is not a column of the {split} "
+                         f"impressions (extra columns: {', '.join(known) or 'none'})")
+    runs = {os.path.basename(os.path.normpath(model_dir)) or "model": model_dir}
+    for other in compare:
+        other_cfg = train_lib.load_run_config(other)
+        if other_cfg.data != cfg.data:
+            raise AuditError(f"--compare {other}: trained on other data than {model_dir} "
+                             "(its data config differs); audit runs of the same data")
+        runs[os.path.basename(os.path.normpath(other)) or other] = other
+    for path in runs.values():
+        if not tf.io.gfile.exists(os.path.join(path, "model.keras")):
+            raise RunDirError(f"{path}/model.keras: not found; the run did not finish training")
+
+    train_table = prepared.tables["train"]
+    num_items = len(prepared.ids.items)
+    clicked = train_table.positive_item_indices()
+    item_counts = np.bincount(clicked, minlength=num_items + 1).astype(np.float64)
+    tail = fairness.long_tail_mask(item_counts)
+    group_index, group_names = item_groups(prepared.catalogue, prepared.ids, item_group)
+    if not group_names:
+        raise AuditError(f"--item_group {item_group}: no catalogue item has one")
+    impression_of, rows_of = _impressions(table)
+    relevance = _true_relevance(examples) if merit_source == "true" else None
+    user_groups = _user_groups(table, examples, train_table, user_column)
+
+    scorers = {"popularity": MostPopular.log_popularity_of(
+        train_table.item_index, train_table.label, num_items)[table.item_index]}
+    for name, path in runs.items():
+        run_cfg = train_lib.load_run_config(path)
+        model = keras.models.load_model(os.path.join(path, "model.keras"))
+        packer = train_lib.load_run_packer(run_cfg, path, prepared)
+        scorers[name] = train_lib.predict_logits(model, table, packer,
+                                                 run_cfg.train.eval_batch_size)
+    results = {}
+    for name, logits in scorers.items():
+        probabilities = _sigmoid(logits)
+        merit_values = {"true": relevance, "clicks": table.label.astype(np.float64),
+                        "predicted": probabilities}[merit_source]
+        results[name] = audit_scores(
+            np.asarray(logits, np.float64), probabilities, table=table, examples=examples,
+            rows_of=rows_of, impression_of=impression_of, item_counts=item_counts, tail=tail,
+            item_group=group_index, group_names=group_names, merit=merit_values,
+            relevance=relevance, k=k, user_groups=user_groups, bootstrap=bootstrap,
+            seed=seed)
+    report = {"model_dir": model_dir, "split": split, "k": k, "merit": merit_source,
+              "item_group": item_group, "groups": group_names, "bootstrap": bootstrap,
+              "impressions": len(rows_of), "rows": int(len(table)),
+              "long_tail_items": int(tail.sum()), "catalogue_items": num_items,
+              "scorers": results}
+    if relevance is not None:
+        group_of_row = group_index[table.item_index]
+        samples = _bootstrap_samples(len(rows_of), bootstrap, seed)
+        report["data_log_odds_skew"] = {
+            name: _skew(table.label.astype(np.float64), relevance, group_of_row == g,
+                        impression_of, samples) for g, name in enumerate(group_names)}
+    _write(model_dir, report)
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+# Output: audit.json, PNGs, report.html
+# ---------------------------------------------------------------------------------------
+
+def _json_ready(value):
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _write(model_dir: str, report: dict) -> None:
+    from trainer.run_reports import _new_figure, _save_png  # matplotlib on use
+    with atomic_directory(os.path.join(model_dir, "audit")) as tmp:
+        write_json(os.path.join(tmp, "audit.json"), _json_ready(report))
+        pngs = {}
+        for name, draw in (("exposure", _plot_exposure), ("popularity", _plot_popularity),
+                           ("user_groups", _plot_user_groups)):
+            figure = _new_figure(figsize=(8, 4))
+            if draw(figure, report):
+                pngs[name] = _save_png(figure, os.path.join(tmp, f"{name}.png"))
+        with tf.io.gfile.GFile(os.path.join(tmp, "report.html"), "w") as f:
+            f.write(render_html(report, pngs))
+
+
+def _plot_exposure(figure, report) -> bool:
+    axis = figure.add_subplot()
+    names = report["groups"]
+    width = 0.8 / (len(report["scorers"]) + 1)
+    first = next(iter(report["scorers"].values()))["exposure"]["groups"]
+    x = np.arange(len(names))
+    axis.bar(x, [first[n]["merit_share"] for n in names], width, label="merit", color="#999")
+    for i, (scorer, result) in enumerate(report["scorers"].items()):
+        groups = result["exposure"]["groups"]
+        axis.bar(x + (i + 1) * width, [groups[n]["exposure_share"] for n in names], width,
+                 label=f"{scorer} exposure")
+    axis.set_xticks(x + width * len(report["scorers"]) / 2, names, rotation=30, ha="right")
+    axis.set_ylabel("share")
+    axis.set_title(f"Exposure (top {report['k']}, 1/log2(1+rank)) against merit "
+                   f"({report['merit']})")
+    axis.legend(fontsize=8)
+    return True
+
+
+def _plot_popularity(figure, report) -> bool:
+    keys = ("aplt", "coverage", "gini")
+    axis = figure.add_subplot()
+    width = 0.8 / len(report["scorers"])
+    for i, (scorer, result) in enumerate(report["scorers"].items()):
+        axis.bar(np.arange(len(keys)) + i * width,
+                 [result["popularity"][key] for key in keys], width, label=scorer)
+    axis.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, ["APLT", "coverage", "Gini"])
+    axis.set_title(f"Popularity bias of the top {report['k']}")
+    axis.legend(fontsize=8)
+    return True
+
+
+def _plot_user_groups(figure, report) -> bool:
+    metric = "auc"
+    entries = [(scorer, result["user_groups"].get("activity"))
+               for scorer, result in report["scorers"].items()]
+    entries = [(s, e) for s, e in entries if e]
+    if not entries:
+        return False
+    axis = figure.add_subplot()
+    names = list(entries[0][1]["groups"])
+    width = 0.8 / len(entries)
+    for i, (scorer, entry) in enumerate(entries):
+        values = [entry["groups"][n][metric] for n in names]
+        low = [entry["groups"][n]["intervals"].get(metric, (np.nan, np.nan))[0] for n in names]
+        high = [entry["groups"][n]["intervals"].get(metric, (np.nan, np.nan))[1] for n in names]
+        error = np.nan_to_num(np.abs(np.array([np.subtract(values, low),
+                                               np.subtract(high, values)])))
+        axis.bar(np.arange(len(names)) + i * width, values, width, yerr=error, capsize=3,
+                 label=scorer)
+    axis.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=15)
+    axis.set_ylabel("AUC")
+    axis.set_title("AUC by user activity (training clicks), 95% bootstrap intervals")
+    axis.legend(fontsize=8)
+    return True
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _interval(pair) -> str:
+    if not pair or any(v is None or not np.isfinite(v) for v in pair):
+        return ""
+    return f' <span class="ci">[{pair[0]:.3f}, {pair[1]:.3f}]</span>'
+
+
+def render_html(report: dict, pngs: dict) -> str:
+    """The audit as one self-contained page (the PNGs inlined as data URIs)."""
+    e = html.escape
+    scorers = report["scorers"]
+    parts = [f"<h1>Audit of {e(str(report['model_dir']))}</h1>",
+             f"<p class=meta>{report['split']} split: {report['impressions']} impressions, "
+             f"{report['rows']} candidates; top k = {report['k']}; merit from "
+             f"{e(report['merit'])}; item groups by {e(report['item_group'])}; long tail = "
+             f"{report['long_tail_items']} of {report['catalogue_items']} items; "
+             f"{report['bootstrap']} bootstrap resamples.</p>",
+             "<h2>Popularity bias</h2><table><tr><th>scorer</th><th>ARP</th><th>APLT</th>"
+             "<th>coverage</th><th>Gini</th><th>popularity lift</th></tr>"]
+    for name, result in scorers.items():
+        pop = result["popularity"]
+        parts.append(
+            f"<tr><td>{e(name)}</td><td>{_fmt(pop['arp'], 1)}{_interval(pop['intervals']['arp'])}"
+            f"</td><td>{_fmt(pop['aplt'])}{_interval(pop['intervals']['aplt'])}</td>"
+            f"<td>{_fmt(pop['coverage'])}</td><td>{_fmt(pop['gini'])}</td>"
+            f"<td>{_fmt(pop.get('popularity_lift'))}</td></tr>")
+    parts.append("</table><h2>Exposure against merit</h2><p class=note>disparity = exposure "
+                 "share / merit share - 1 (0: exposure in proportion to merit).</p>"
+                 "<table><tr><th>group</th><th>merit share</th>" +
+                 "".join(f"<th>{e(n)} exposure</th><th>{e(n)} disparity</th>" for n in scorers)
+                 + "</tr>")
+    first = next(iter(scorers.values()))
+    for group in report["groups"]:
+        cells = "".join(
+            f"<td>{_fmt(r['exposure']['groups'][group]['exposure_share'])}</td>"
+            f"<td>{_fmt(r['exposure']['groups'][group]['disparity'])}"
+            f"{_interval(r['exposure']['groups'][group]['disparity_interval'])}</td>"
+            for r in scorers.values())
+        parts.append(f"<tr><td>{e(group)}</td>"
+                     f"<td>{_fmt(first['exposure']['groups'][group]['merit_share'])}</td>"
+                     f"{cells}</tr>")
+    parts.append("<tr><td>total variation</td><td></td>" + "".join(
+        f"<td colspan=2>{_fmt(r['exposure']['total_variation'])}"
+        f"{_interval(r['exposure']['total_variation_interval'])}</td>"
+        for r in scorers.values()) + "</tr></table>")
+    if "data_log_odds_skew" in report:
+        parts.append("<h2>Log-odds skew over true relevance</h2><p class=note>How many "
+                     "log-odds a group's clicks (data) or predicted click probabilities sit "
+                     "above what relevance explains; 0 = no skew.</p><table><tr><th>group</th>"
+                     "<th>data</th>" + "".join(f"<th>{e(n)}</th>" for n in scorers) + "</tr>")
+        for group in report["groups"]:
+            cells = [report["data_log_odds_skew"][group]] + [
+                r["log_odds_skew"][group] for r in scorers.values()]
+            parts.append(f"<tr><td>{e(group)}</td>" + "".join(
+                f"<td>{_fmt(c['value'])}{_interval(c['interval'])}</td>" for c in cells)
+                + "</tr>")
+        parts.append("</table>")
+    parts.append("<h2>User groups</h2>")
+    for name, result in scorers.items():
+        for grouping, entry in result["user_groups"].items():
+            metric_names = [m for m in next(iter(entry["groups"].values()))
+                            if m not in ("rows", "impressions", "intervals")]
+            parts.append(f"<h3>{e(name)} by {e(grouping)}</h3><table><tr><th>group</th>"
+                         "<th>impressions</th>" + "".join(f"<th>{e(m)}</th>" for m in metric_names)
+                         + "</tr>")
+            for group, values in entry["groups"].items():
+                parts.append(f"<tr><td>{e(group)}</td><td>{values['impressions']}</td>" + "".join(
+                    f"<td>{_fmt(values[m])}{_interval(values['intervals'].get(m))}</td>"
+                    for m in metric_names) + "</tr>")
+            parts.append("<tr><td>gap (max - min)</td><td></td>" + "".join(
+                f"<td>{_fmt(entry['gaps'].get(m))}</td>" for m in metric_names) + "</tr></table>")
+    for name, path in pngs.items():
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = base64.b64encode(f.read()).decode("ascii")
+        parts.append(f'<h2>{e(name.replace("_", " "))}</h2>'
+                     f'<img alt="{e(name)}" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}"
+             "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;"
+             "padding:3px 8px;text-align:right}th:first-child,td:first-child{text-align:left}"
+             ".ci{color:#777;font-size:.85em}.note,.meta{color:#555}")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>Audit</title><style>{style}</style></head><body>"
+            + "\n".join(parts) + "</body></html>\n")
+
+
+def summary_table(report: dict) -> str:
+    """A fixed-width text table of the headline measures per scorer."""
+    lines = [f"{'scorer':<16}{'ARP':>9}{'APLT':>8}{'cover':>8}{'Gini':>8}{'TV':>8}"
+             f"{'AUC gap':>9}"]
+    for name, result in report["scorers"].items():
+        pop = result["popularity"]
+        gap = result["user_groups"].get("activity", {}).get("gaps", {}).get("auc")
+        lines.append(f"{name:<16}{pop['arp']:>9.1f}{pop['aplt']:>8.3f}{pop['coverage']:>8.3f}"
+                     f"{pop['gini']:>8.3f}{result['exposure']['total_variation']:>8.3f}"
+                     f"{(gap if gap is not None else float('nan')):>9.3f}")
+    return "\n".join(lines)
