@@ -172,9 +172,8 @@ def audit_scores(scores, probabilities, *, table, examples, rows_of, impression_
         "total_variation_interval": _percentiles([r["total_variation"] for r in resampled])}
     if relevance is not None:
         group_of_row = item_group[table.item_index]
-        result["log_odds_skew"] = {
-            name: _skew(probabilities, relevance, group_of_row == g, impression_of, samples)
-            for g, name in enumerate(group_names)}
+        result["log_odds_skew"] = log_odds_skews(probabilities, relevance, group_of_row,
+                                                 group_names, rows_of, samples)
     result["user_groups"] = {}
     if table.label.min() != table.label.max():
         for name, (index, names) in user_groups.items():
@@ -189,34 +188,47 @@ def _bootstrap_samples(units: int, bootstrap: int, seed: int) -> list:
     return [rng.integers(0, units, size=units) for _ in range(bootstrap)]
 
 
-def _percentiles(values) -> list:
+def _percentiles(values, confidence: float = 0.95) -> list:
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if not len(values):
         return [float("nan"), float("nan")]
-    return [float(v) for v in np.quantile(values, [0.025, 0.975])]
+    alpha = (1.0 - confidence) / 2.0
+    return [float(v) for v in np.quantile(values, [alpha, 1.0 - alpha])]
 
 
-def _skew(outcome, relevance, in_group, impression_of, samples) -> dict:
-    """The log-odds shift of ``outcome`` over ``relevance`` on a group's rows, with a
-    bootstrap interval over impressions."""
-    rows = np.flatnonzero(in_group)
-    value = fairness.log_odds_shift(outcome[rows], relevance[rows])
-    by_impression = {}
-    for row in rows:
-        by_impression.setdefault(impression_of[row], []).append(row)
-    resampled = []
-    for sample in samples:
-        chosen = [by_impression[i] for i in sample if i in by_impression]
-        if chosen:
-            picked = np.concatenate(chosen)
-            resampled.append(fairness.log_odds_shift(outcome[picked], relevance[picked]))
-    return {"value": value, "interval": _percentiles(resampled), "rows": int(len(rows))}
+def log_odds_skews(outcome, relevance, group_of_row, group_names: list, rows_of: list,
+                   samples: list) -> dict:
+    """Each item group's :func:`fairness.log_odds_shift` of ``outcome`` over
+    ``relevance`` (``value``), and the same less the median over groups (``relative``:
+    a scorer's overall calibration offset cancels, so a model trained with sampled
+    negatives or a softmax still shows which groups it favours). Intervals resample
+    impressions and are simultaneous over the groups (Bonferroni: each at
+    1 - 0.05 / groups), so "no group outside its interval" is a 95% claim about the
+    whole family, not one per group."""
+    outcome = np.asarray(outcome, dtype=np.float64)
+
+    def shifts(rows):
+        groups = group_of_row[rows]
+        values = np.array([fairness.log_odds_shift(outcome[rows[groups == g]],
+                                                   relevance[rows[groups == g]])
+                           for g in range(len(group_names))])
+        finite = values[np.isfinite(values)]
+        return values, values - (np.median(finite) if len(finite) else np.nan)
+
+    value, relative = shifts(np.arange(len(outcome)))
+    resampled = [shifts(np.concatenate([rows_of[i] for i in sample])) for sample in samples]
+    confidence = 1.0 - 0.05 / max(len(group_names), 1)
+    return {name: {
+        "value": float(value[g]), "relative": float(relative[g]),
+        "interval": _percentiles([r[0][g] for r in resampled], confidence),
+        "relative_interval": _percentiles([r[1][g] for r in resampled], confidence),
+        "rows": int((group_of_row == g).sum())} for g, name in enumerate(group_names)}
 
 
 def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None = None,
           merit: str = "auto", item_group: str = "provider", user_column: str | None = None,
-          bootstrap: int = 200, seed: int = 0) -> dict:
+          bootstrap: int = 1000, seed: int = 0) -> dict:
     """Audits a finished run (see the module docstring) and writes ``<model_dir>/audit/``.
     Returns the audit (what ``audit.json`` holds)."""
     cfg = train_lib.load_run_config(model_dir)
@@ -288,9 +300,8 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
     if relevance is not None:
         group_of_row = group_index[table.item_index]
         samples = _bootstrap_samples(len(rows_of), bootstrap, seed)
-        report["data_log_odds_skew"] = {
-            name: _skew(table.label.astype(np.float64), relevance, group_of_row == g,
-                        impression_of, samples) for g, name in enumerate(group_names)}
+        report["data_log_odds_skew"] = log_odds_skews(
+            table.label, relevance, group_of_row, group_names, rows_of, samples)
     _write(model_dir, report)
     return report
 
@@ -434,15 +445,19 @@ def render_html(report: dict, pngs: dict) -> str:
         for r in scorers.values()) + "</tr></table>")
     if "data_log_odds_skew" in report:
         parts.append("<h2>Log-odds skew over true relevance</h2><p class=note>How many "
-                     "log-odds a group's clicks (data) or predicted click probabilities sit "
-                     "above what relevance explains; 0 = no skew.</p><table><tr><th>group</th>"
-                     "<th>data</th>" + "".join(f"<th>{e(n)}</th>" for n in scorers) + "</tr>")
+                     "log-odds a group's logged clicks (data) sit above what relevance "
+                     "explains, and a scorer's click probabilities less the median group's "
+                     "(its overall calibration offset cancels); 0 = no skew. Intervals are "
+                     "simultaneous over the groups.</p><table><tr><th>group</th>"
+                     "<th>data</th>" + "".join(f"<th>{e(n)} (relative)</th>" for n in scorers)
+                     + "</tr>")
         for group in report["groups"]:
-            cells = [report["data_log_odds_skew"][group]] + [
-                r["log_odds_skew"][group] for r in scorers.values()]
-            parts.append(f"<tr><td>{e(group)}</td>" + "".join(
-                f"<td>{_fmt(c['value'])}{_interval(c['interval'])}</td>" for c in cells)
-                + "</tr>")
+            data = report["data_log_odds_skew"][group]
+            parts.append(f"<tr><td>{e(group)}</td><td>{_fmt(data['value'])}"
+                         f"{_interval(data['interval'])}</td>" + "".join(
+                             f"<td>{_fmt(r['log_odds_skew'][group]['relative'])}"
+                             f"{_interval(r['log_odds_skew'][group]['relative_interval'])}</td>"
+                             for r in scorers.values()) + "</tr>")
         parts.append("</table>")
     parts.append("<h2>User groups</h2>")
     for name, result in scorers.items():

@@ -124,8 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--user_column", default=None,
                        help="an impressions column grouping users (e.g. age_band), beside "
                        "the activity quartiles")
-    audit.add_argument("--bootstrap", type=int, default=200,
-                       help="resamples of impressions for the 95%% intervals")
+    audit.add_argument("--bootstrap", type=int, default=1000,
+                       help="resamples of impressions for the 95%% intervals (the "
+                       "simultaneous ones over groups need ~1000)")
     audit.add_argument("--seed", type=int, default=0)
     explain = sub.add_parser("explain", help="explain a trained run's recommendations and "
                              "measure the explanations' faithfulness")
