@@ -165,6 +165,24 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
+class PrivacyConfig:
+    """DP-SGD (trainer/privacy.py): each step trains on a Poisson sample of the training
+    rows (each row in with probability batch_size / rows, the sample truncated at
+    ``privacy.max_batch_size``), clips each row's gradient to ``l2_norm_clip``, adds
+    Gaussian noise of standard deviation ``noise_multiplier * l2_norm_clip`` to the sum and
+    divides by batch_size. The (epsilon, delta) spent, per training row, is accounted with
+    dp-accounting's PLD accountant and written to metrics.json."""
+
+    enabled: bool = False
+    noise_multiplier: float = 1.0
+    l2_norm_clip: float = 1.0
+    delta: float = 0.0  # 0 = 1 / training rows
+    # The Poisson sample is cut to this many rows (0 = batch_size + 4 sqrt(batch_size),
+    # exceeded about once in 30,000 steps); the accountant counts the truncation.
+    max_batch_size: int = 0
+
+
+@dataclasses.dataclass
 class TrainConfig:
     """Optimisation. Steps are derived from the data size unless given."""
 
@@ -189,6 +207,7 @@ class TrainConfig:
     seed: int = 42
     jit_compile: bool = False  # XLA-compile the train step
     steps_per_execution: int = 1  # train steps per tf.function call (TPUs, tiny models)
+    privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
 
 
 @dataclasses.dataclass
@@ -507,6 +526,44 @@ def dump_yaml(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def _validate_privacy(cfg: ExperimentConfig) -> None:
+    """DP-SGD settings whose accounting would not hold are refused here, before any data
+    is read (trainer/privacy.py checks what needs the data or the strategy)."""
+    p = cfg.train.privacy
+    if p.noise_multiplier <= 0:
+        raise ConfigError(f"config key 'train.privacy.noise_multiplier' must be > 0, got "
+                          f"{p.noise_multiplier}: without noise clipping gives no privacy")
+    if p.l2_norm_clip <= 0:
+        raise ConfigError(f"config key 'train.privacy.l2_norm_clip' must be > 0, got "
+                          f"{p.l2_norm_clip}")
+    if not 0 <= p.delta < 1:
+        raise ConfigError(f"config key 'train.privacy.delta' must be in [0, 1) (0 = 1 / "
+                          f"training rows), got {p.delta}")
+    if p.max_batch_size and p.max_batch_size < cfg.train.batch_size:
+        raise ConfigError(f"config key 'train.privacy.max_batch_size' ({p.max_batch_size}) "
+                          f"must be 0 or at least train.batch_size ({cfg.train.batch_size})")
+    if not p.enabled:
+        return
+    why = None
+    if cfg.train.loss == "softmax":
+        why = ("train.loss=softmax scores each row against the other rows of its batch, so "
+               "one row's gradient is not its own and clipping it bounds nothing; use bce")
+    elif cfg.model.kind == "popularity":
+        why = "model.kind=popularity is counted from the clicks, not trained by gradients"
+    elif cfg.runtime.backend == "jax":
+        why = "the per-example gradient step is written for TensorFlow; use runtime.backend=tensorflow"
+    elif cfg.runtime.strategy in ("multi_worker", "mirrored", "tpu"):
+        why = (f"runtime.strategy={cfg.runtime.strategy}: each replica would add its own "
+               "noise to a share of the sample; train on one device")
+    elif cfg.data.tfrecord_dir:
+        why = ("data.tfrecord_dir streams the rows in order; Poisson sampling draws from "
+               "all of them each step, which needs the table in memory")
+    elif cfg.train.steps_per_execution != 1 or cfg.train.jit_compile:
+        why = "the DP step runs one step per call without XLA (train.steps_per_execution=1, train.jit_compile=false)"
+    if why:
+        raise ConfigError(f"config key 'train.privacy.enabled': {why}")
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Cross-field checks that a type alone cannot express."""
     def positive(key: str, value: float) -> None:
@@ -592,6 +649,7 @@ def validate(cfg: ExperimentConfig) -> None:
                     or not 1 <= profile[0] <= profile[1]):
         raise ConfigError(f"config key 'runtime.profile_steps' must be [] or [first, last] "
                           f"with 1 <= first <= last, got {profile!r}")
+    _validate_privacy(cfg)
     positive("tune.max_trials", cfg.tune.max_trials)
     positive("tune.executions_per_trial", cfg.tune.executions_per_trial)
     if cfg.tune.hyperband_factor < 2:

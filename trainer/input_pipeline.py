@@ -640,6 +640,24 @@ def _seeded_passes(data: tf.data.Dataset, seed: int, shuffle_buffer: int,
     return functools.reduce(lambda a, b: a.concatenate(b), shuffled)
 
 
+def model_inputs(batch: dict, packer) -> tuple:
+    """``(features, label)`` of a batch of table columns, inside tf.data: the id features,
+    whatever the model kind's featurizer ``packer`` adds (see :func:`make_dataset`), and
+    the label (for distillation, ``[label, teacher_logit, labelled]``)."""
+    features = {"user_index": tf.cast(batch["user_index"], tf.int32),
+                "item_index": tf.cast(batch["item_index"], tf.int32)}
+    if isinstance(packer, (TwoTowerFeatures, GlassBoxFeatures)):
+        features.update(packer.features(batch))
+    elif packer is not None:
+        features.update(packer(batch["user_text"], batch["item_text"]))
+    label = tf.cast(batch["label"], tf.float32)
+    if "teacher_logit" in batch:
+        # The distillation target: [label, teacher_logit, labelled] (models/distillation.py)
+        label = tf.stack([label, tf.cast(batch["teacher_logit"], tf.float32),
+                          tf.cast(batch["labelled"], tf.float32)], axis=-1)
+    return features, label
+
+
 def make_dataset(source, batch_size: int, packer=None, training: bool = False,
                  seed: int = 0, shuffle_buffer: int = 20000, repeat: bool = False,
                  with_labels: bool = True, cache_tokens: bool = False,
@@ -688,21 +706,8 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
         if users is not None:
             data = data.map(_user_index_lookup(users), num_parallel_calls=tf.data.AUTOTUNE)
 
-    def to_model_inputs(batch):
-        features = {"user_index": tf.cast(batch["user_index"], tf.int32),
-                    "item_index": tf.cast(batch["item_index"], tf.int32)}
-        if isinstance(packer, (TwoTowerFeatures, GlassBoxFeatures)):
-            features.update(packer.features(batch))
-        elif packer is not None:
-            features.update(packer(batch["user_text"], batch["item_text"]))
-        label = tf.cast(batch["label"], tf.float32)
-        if "teacher_logit" in batch:
-            # The distillation target: [label, teacher_logit, labelled] (models/distillation.py)
-            label = tf.stack([label, tf.cast(batch["teacher_logit"], tf.float32),
-                              tf.cast(batch["labelled"], tf.float32)], axis=-1)
-        return features, label
-
-    data = data.batch(PACK_BLOCK).map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+    data = data.batch(PACK_BLOCK).map(lambda batch: model_inputs(batch, packer),
+                                      num_parallel_calls=tf.data.AUTOTUNE)
     data = data.unbatch()
     if isinstance(source, PairTable):
         # unbatch() hides the row count; without it Keras cannot size predict/evaluate

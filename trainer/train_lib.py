@@ -37,7 +37,7 @@ from trainer import config as config_lib
 from trainer import prepare as prepare_lib
 from models.two_tower import TwoTowerRecommender
 from trainer import (backend, datasets, distribute, export, guards, input_pipeline, metrics,
-                     model_kinds, optimization, resume, retrieval, run_reports)
+                     model_kinds, optimization, privacy, resume, retrieval, run_reports)
 from trainer.optimization import WarmupLinearDecay, make_optimizer  # noqa: F401  (API)
 from trainer.datasets.canonical import atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError, UserInputError
@@ -95,6 +95,9 @@ def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedDa
         return _prepared_from_tfrecords(cfg)
     data = datasets.load(cfg.data, os.path.join(model_dir, "data"))
     ids = input_pipeline.IdVocabulary.build(data.splits["train"], data.catalogue)
+    if cfg.train.privacy.enabled:
+        # Which items training saw would leak through the id features' mask: all count.
+        ids = dataclasses.replace(ids, trained_items=frozenset(data.catalogue))
     tables = {name: input_pipeline.make_pair_table(
         examples, data.catalogue, cfg.data.item_text_fields, cfg.data.max_history, ids)
         for name, examples in data.splits.items()}
@@ -108,7 +111,8 @@ def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedDa
     vocabulary = None
     if model_kinds.for_config(cfg).uses_text and not cfg.model.pretrained:
         texts = [item.text(cfg.data.item_text_fields) for item in data.catalogue.values()]
-        texts += sorted({ex.query for ex in data.splits["train"] if ex.query})
+        if not cfg.train.privacy.enabled:  # private: the users' queries stay out
+            texts += sorted({ex.query for ex in data.splits["train"] if ex.query})
         vocabulary = input_pipeline.learn_vocabulary(
             texts, cfg.data.vocab_size, cfg.data.lowercase)
     info["pairs"] = {name: len(t) for name, t in tables.items()}
@@ -313,15 +317,28 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
     ``extra_callbacks``, ``epochs`` (default ``train.epochs``; the learning-rate schedule
     always spans ``train.epochs``) and ``initial_epoch`` let a tuner drive the fit.
 
+    With ``train.privacy.enabled`` the fit is DP-SGD (trainer/privacy.py): Poisson-sampled
+    steps, per-example clipping and noise; the result then holds ``privacy``, the epsilon
+    spent by the steps run.
+
     Returns ``{"steps_per_epoch": int, "epochs_run": int, "history": {metric: [floats]}}``.
     """
     global_batch = cfg.train.batch_size * strategy.num_replicas_in_sync
     train_rows = model_kinds.for_config(cfg).training_rows(cfg, tables["train"])
     steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(train_rows) // global_batch)
     total_steps = steps_per_epoch * cfg.train.epochs
+    private = cfg.train.privacy.enabled
+    if private and strategy.num_replicas_in_sync > 1:
+        raise UserInputError(f"train.privacy: {strategy.num_replicas_in_sync} replicas would "
+                             "each add noise to a share of the sample; train on one device")
+    if private and train_rows.teacher_logit is not None:
+        raise UserInputError("train.privacy: a teacher's logits come from a model trained "
+                             "on the same rows without privacy; distil without it")
     # A train table that carries teacher logits (trainer/distill_lib.py) is distilled.
     compile_model(cfg, model, packer, strategy, total_steps,
                   distillation=train_rows.teacher_logit is not None)
+    if private and model.trainable_weights:
+        privacy.make_private(model, cfg.train.privacy, cfg.train.batch_size)
 
     history = {}
     if model.trainable_weights:
@@ -333,9 +350,17 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
             # Early stopping had ended the run: no epoch is left, fit only restores the
             # best weights.
             initial_epoch = epochs if stopped else max(initial_epoch, min(done, epochs))
-        train_ds = make_train_dataset(cfg, train_rows, packer, global_batch,
-                                      skip_steps=initial_epoch * steps_per_epoch,
-                                      total_steps=epochs * steps_per_epoch)
+        if private:
+            sampler = privacy.PoissonSampler(
+                len(train_rows), cfg.train.batch_size,
+                privacy.max_batch_size(cfg.train.privacy, cfg.train.batch_size),
+                cfg.train.seed)
+            train_ds = privacy.make_dataset(train_rows, packer, sampler,
+                                            first_step=initial_epoch * steps_per_epoch)
+        else:
+            train_ds = make_train_dataset(cfg, train_rows, packer, global_batch,
+                                          skip_steps=initial_epoch * steps_per_epoch,
+                                          total_steps=epochs * steps_per_epoch)
         val_ds = input_pipeline.make_dataset(tables["validation"], cfg.train.eval_batch_size,
                                              packer=packer)
         callbacks += list(extra_callbacks)
@@ -367,8 +392,13 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
         # A resumed run's history holds the epochs run before the kill too.
         history = (dict(state.history) if state is not None else
                    {k: [float(v) for v in vals] for k, vals in fit.history.items()})
-    return {"steps_per_epoch": steps_per_epoch, "epochs_run": len(history.get("loss", [])),
-            "history": history}
+    fitted = {"steps_per_epoch": steps_per_epoch, "epochs_run": len(history.get("loss", [])),
+              "history": history}
+    if private:
+        fitted["privacy"] = dataclasses.asdict(privacy.account(
+            cfg.train.privacy, len(train_rows), cfg.train.batch_size,
+            fitted["epochs_run"] * steps_per_epoch))
+    return fitted
 
 
 def train(cfg: config_lib.ExperimentConfig, model_dir: str,
@@ -452,6 +482,8 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
                         "epochs_run": fitted["epochs_run"],
                         "replicas": strategy.num_replicas_in_sync,
                         "history": fitted["history"]}
+    if "privacy" in fitted:
+        results["privacy"] = fitted["privacy"]
     results["train"]["backend"] = keras.backend.backend()
     # The served artefacts first and metrics.json last, each written atomically: a failed
     # write (disk full, permissions) leaves the previous run's export and metrics intact.
