@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import keras
 import numpy as np
@@ -41,6 +42,12 @@ import tensorflow as tf
 from trainer import config as config_lib
 from trainer import input_pipeline
 from trainer.errors import ConfigError
+
+# TensorFlow 2.21's oneDNN kernels abort the process ("dnnl::error: could not execute a
+# primitive") on the 5-D batched attention matmuls that pfor makes of the per-example step;
+# with this variable "0" when TensorFlow starts, its own kernels run them.
+# `python -m trainer.task` sets it for a private config.
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 
 # Refused when the per-example gradients of one step would need more memory than this.
 MAX_JACOBIAN_BYTES = 4 << 30
@@ -195,6 +202,11 @@ def make_private(model: keras.Model, privacy: config_lib.PrivacyConfig,
                  expected_batch: int) -> keras.Model:
     """Replaces a compiled ``model``'s training step by the DP-SGD step (the module
     docstring). The model itself is unchanged: it saves, exports and serves as usual."""
+    if os.environ.get(ONEDNN_VARIABLE) != "0":
+        raise ConfigError(
+            f"config key 'train.privacy.enabled': TensorFlow's oneDNN kernels abort on the "
+            f"per-example step; set {ONEDNN_VARIABLE}=0 before TensorFlow is imported "
+            "(python -m trainer.task does so for a private config)")
     if model.losses:
         raise ConfigError("config key 'train.privacy.enabled': this model adds losses "
                           "computed over the batch (model.losses), whose gradient is not "
@@ -208,14 +220,31 @@ def make_private(model: keras.Model, privacy: config_lib.PrivacyConfig,
             f"{max_batch_size(privacy, expected_batch)} rows); lower train.batch_size or "
             "train a smaller model")
 
+    def one_example(example):
+        x, y = example
+        with tf.GradientTape() as tape:
+            logits = model(tf.nest.map_structure(lambda t: t[None], x), training=True)
+            loss = per_example_loss(model, y[None], logits)[0]
+        gradients = tape.gradient(loss, model.trainable_variables,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return gradients, loss, tf.reshape(logits, [])
+
     def train_step(data):
         x, y, mask = data
         variables = model.trainable_variables
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            losses = per_example_loss(model, y, logits)
-        jacobians = tape.jacobian(losses, variables, experimental_use_pfor=True,
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        # Each row's own forward and backward pass, vectorised by pfor: O(rows) work.
+        # (tape.jacobian of the batch's losses runs one batched backward pass per row,
+        # O(rows^2): measured 70-100x a plain step on the demo.)
+        # One row at a time there is nothing to deduplicate, and pfor has no converter for
+        # the UniqueV2 the two-tower model finds repeated items with.
+        deduplicate = getattr(model, "deduplicate_items", None)
+        if deduplicate is not None:
+            model.deduplicate_items = False
+        try:
+            jacobians, losses, logits = tf.vectorized_map(one_example, (x, y))
+        finally:
+            if deduplicate is not None:
+                model.deduplicate_items = deduplicate
         gradients = clipped_noisy_gradient(jacobians, mask, privacy.l2_norm_clip,
                                            privacy.noise_multiplier, float(expected_batch))
         model.optimizer.apply(gradients, variables)

@@ -33,6 +33,10 @@ import logging
 import os
 import sys
 
+# Private training needs oneDNN off (trainer/privacy.py); the name is repeated here because
+# this module must not import TensorFlow before setting it.
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+
 # The default methods (shap and lime are opt-in: shap needs the [explain] extra; both are slow).
 EXPLAIN_METHODS = ("integrated_gradients", "gradient_x_input", "attention_rollout", "occlusion",
                    "leave_one_out", "shapley")
@@ -167,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             # Before anything imports Keras, whose backend is fixed at import.
             cfg = config_lib.load_config(args.config, args.overrides)
             backend.select(cfg.runtime.backend)
+            if cfg.train.privacy.enabled:
+                # Read once when TensorFlow starts: see trainer/privacy.py ONEDNN_VARIABLE.
+                os.environ[ONEDNN_VARIABLE] = "0"
         elif args.command == "evaluate":
             backend.select("auto")
         else:
