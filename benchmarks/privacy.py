@@ -10,8 +10,8 @@
    metrics.json.
 2. Times the training step in one fresh process (both with oneDNN off, as private runs
    need): the median seconds of ``--timing_steps`` steps of each, after a warm-up, the
-   private one on its padded Poisson batches (``max_batch_size`` rows, mask-weighted) and
-   the plain one on ``batch_size`` rows.
+   private one on its Poisson batches (``batch_size`` rows on average) and the plain one on
+   ``batch_size`` rows.
 
 Writes ``privacy.json`` and prints a table. Not a test: about half an hour on 2 cores.
 """
@@ -59,10 +59,10 @@ def _timing(config: str, overrides: list, steps: int) -> dict:
             model = train_lib.build_model(cfg, packer, prepared.ids, table)
         train_lib.compile_model(cfg, model, packer, strategy, 10 * steps)
         if private:
-            privacy.make_private(model, cfg.train.privacy, cfg.train.batch_size)
-            sampler = privacy.PoissonSampler(
-                len(table), cfg.train.batch_size,
-                privacy.max_batch_size(cfg.train.privacy, cfg.train.batch_size), 0)
+            max_batch = privacy.max_batch_size(cfg.train.privacy, cfg.train.batch_size,
+                                               len(table), 10 * steps)
+            privacy.make_private(model, cfg.train.privacy, cfg.train.batch_size, max_batch)
+            sampler = privacy.PoissonSampler(len(table), cfg.train.batch_size, max_batch, 0)
             data = privacy.make_dataset(table, packer, sampler)
         else:
             data = train_lib.make_train_dataset(cfg, table, packer, cfg.train.batch_size)

@@ -167,8 +167,7 @@ class ModelConfig:
 @dataclasses.dataclass
 class PrivacyConfig:
     """DP-SGD (trainer/privacy.py): each step trains on a Poisson sample of the training
-    rows (each row in with probability batch_size / rows, the sample truncated at
-    ``privacy.max_batch_size``), clips each row's gradient to ``l2_norm_clip``, adds
+    rows (each row in with probability batch_size / rows, cut at ``max_batch_size``), clips each row's gradient to ``l2_norm_clip``, adds
     Gaussian noise of standard deviation ``noise_multiplier * l2_norm_clip`` to the sum and
     divides by batch_size. The (epsilon, delta) spent, per training row, is accounted with
     dp-accounting's PLD accountant and written to metrics.json."""
@@ -177,8 +176,8 @@ class PrivacyConfig:
     noise_multiplier: float = 1.0
     l2_norm_clip: float = 1.0
     delta: float = 0.0  # 0 = 1 / training rows
-    # The Poisson sample is cut to this many rows (0 = batch_size + 4 sqrt(batch_size),
-    # exceeded about once in 30,000 steps); the accountant counts the truncation.
+    # The Poisson sample is cut to this many rows (0 = a size the run exceeds with
+    # probability under delta / 10); the accountant counts the truncation.
     max_batch_size: int = 0
 
 

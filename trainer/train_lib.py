@@ -337,8 +337,11 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
     # A train table that carries teacher logits (trainer/distill_lib.py) is distilled.
     compile_model(cfg, model, packer, strategy, total_steps,
                   distillation=train_rows.teacher_logit is not None)
-    if private and model.trainable_weights:
-        privacy.make_private(model, cfg.train.privacy, cfg.train.batch_size)
+    if private:
+        max_batch = privacy.max_batch_size(cfg.train.privacy, cfg.train.batch_size,
+                                           len(train_rows), total_steps)
+        if model.trainable_weights:
+            privacy.make_private(model, cfg.train.privacy, cfg.train.batch_size, max_batch)
 
     history = {}
     if model.trainable_weights:
@@ -351,10 +354,8 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
             # best weights.
             initial_epoch = epochs if stopped else max(initial_epoch, min(done, epochs))
         if private:
-            sampler = privacy.PoissonSampler(
-                len(train_rows), cfg.train.batch_size,
-                privacy.max_batch_size(cfg.train.privacy, cfg.train.batch_size),
-                cfg.train.seed)
+            sampler = privacy.PoissonSampler(len(train_rows), cfg.train.batch_size,
+                                             max_batch, cfg.train.seed)
             train_ds = privacy.make_dataset(train_rows, packer, sampler,
                                             first_step=initial_epoch * steps_per_epoch)
         else:
@@ -396,7 +397,7 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
               "history": history}
     if private:
         fitted["privacy"] = dataclasses.asdict(privacy.account(
-            cfg.train.privacy, len(train_rows), cfg.train.batch_size,
+            cfg.train.privacy, len(train_rows), cfg.train.batch_size, max_batch,
             fitted["epochs_run"] * steps_per_epoch))
     return fitted
 
