@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from models.baselines import MostPopular
-from trainer import fairness, train_lib
+from trainer import fairness, metrics, model_kinds, train_lib
 from trainer.datasets.canonical import atomic_directory, write_json
 from trainer.errors import RunDirError, UserInputError
 
@@ -144,14 +144,12 @@ def audit_scores(scores, probabilities, *, table, examples, rows_of, impression_
     histories = [[h for h in table.history_index[members[0]] if h > 0] if
                  table.history_index is not None else [] for members in rows_of]
     profile = fairness.profile_popularity(histories, item_counts)
-    result = {"popularity": fairness.popularity_bias(top, item_counts, tail, profile)}
-    per_list = fairness.popularity_per_list(top, item_counts, tail)
+    result = {"popularity": _popularity_section(top, item_counts, tail, profile, bootstrap,
+                                                seed)}
+    _, ndcg = fairness.impression_ndcg(table.label, scores, impression_of, k)
+    result["ndcg"] = {"value": float(ndcg.mean()) if len(ndcg) else float("nan"),
+                      "interval": list(metrics.bootstrap_ci(ndcg, bootstrap, seed=seed))}
     units = len(rows_of)
-    result["popularity"]["intervals"] = {
-        "aplt": fairness.bootstrap_interval(lambda s: np.nanmean(per_list["aplt"][s]), units,
-                                            bootstrap, seed=seed),
-        "arp": fairness.bootstrap_interval(lambda s: np.nanmean(per_list["arp"][s]), units,
-                                           bootstrap, seed=seed)}
     merit_grid = np.where(rows >= 0, merit[np.maximum(rows, 0)], 0.0)
     exposure = fairness.group_exposure(ranking, merit_grid, item_group, len(group_names), k)
 
@@ -160,16 +158,8 @@ def audit_scores(scores, probabilities, *, table, examples, rows_of, impression_
                                        len(group_names), k)
 
     samples = _bootstrap_samples(units, bootstrap, seed)
-    resampled = [disparity(s) for s in samples]
-    result["exposure"] = {
-        "groups": {name: {
-            "exposure_share": float(exposure["exposure_share"][g]),
-            "merit_share": float(exposure["merit_share"][g]),
-            "disparity": float(exposure["disparity"][g]),
-            "disparity_interval": _percentiles([r["disparity"][g] for r in resampled])}
-            for g, name in enumerate(group_names)},
-        "total_variation": exposure["total_variation"],
-        "total_variation_interval": _percentiles([r["total_variation"] for r in resampled])}
+    result["exposure"] = _exposure_section(exposure, [disparity(s) for s in samples],
+                                           group_names)
     if relevance is not None:
         group_of_row = item_group[table.item_index]
         result["log_odds_skew"] = log_odds_skews(probabilities, relevance, group_of_row,
@@ -181,6 +171,124 @@ def audit_scores(scores, probabilities, *, table, examples, rows_of, impression_
                 table.label, probabilities, impression_of, index, names, ks=(k,),
                 bootstrap=bootstrap, seed=seed)
     return result
+
+
+def _popularity_section(top, item_counts, tail, profile, bootstrap: int, seed: int) -> dict:
+    """:func:`fairness.popularity_bias` of top-k lists, with intervals of ARP and APLT."""
+    section = fairness.popularity_bias(top, item_counts, tail, profile)
+    per_list = fairness.popularity_per_list(top, item_counts, tail)
+    section["intervals"] = {
+        key: fairness.bootstrap_interval(lambda s, key=key: np.nanmean(per_list[key][s]),
+                                         len(top), bootstrap, seed=seed)
+        for key in ("aplt", "arp")}
+    return section
+
+
+def catalogue_lists(kind, model, packer, table, examples, rows_of, ids, item_text,
+                    candidates: int, batch_size: int, logits=None) -> tuple:
+    """Each listed user's top ``candidates`` catalogue items by the model (``logits``
+    ``[users, N + 1]`` if given, else the kind's ``catalogue_logits``), the items in their
+    history left out: ``(ranking, scores)`` ``[users, candidates]``."""
+    first_rows = np.array([members[0] for members in rows_of])
+    if logits is None:
+        logits = kind.catalogue_logits(model, packer, table.subset(first_rows), item_text,
+                                       batch_size)
+    logits = np.array(logits, dtype=np.float64)
+    logits[:, 0] = -np.inf
+    for user, row in enumerate(first_rows):
+        seen = [ids.items[h] for h in examples[row].history if h in ids.items]
+        logits[user, seen] = -np.inf
+    n = min(candidates, logits.shape[1] - 1)
+    top = np.argpartition(-logits, n - 1, axis=1)[:, :n]
+    order = np.argsort(-np.take_along_axis(logits, top, axis=1), axis=1, kind="stable")
+    ranking = np.take_along_axis(top, order, axis=1)
+    return ranking, np.take_along_axis(logits, ranking, axis=1)
+
+
+def audit_catalogue(ranking, *, relevant: list, profile, item_counts, tail, item_group,
+                    group_names, k: int, user_groups: dict, bootstrap: int,
+                    seed: int) -> dict:
+    """The catalogue mode's measures of one scorer: popularity bias, nDCG@k of the
+    held-out clicks, exposure of the top k against merit (each group's share of the
+    held-out clicks) and nDCG@k per user group."""
+    top = ranking[:, :k]
+    result = {"popularity": _popularity_section(top, item_counts, tail, profile, bootstrap,
+                                                seed)}
+    ndcg = fairness.list_ndcg(top, relevant, k)
+    scored = ndcg[~np.isnan(ndcg)]
+    result["ndcg"] = {"value": float(scored.mean()) if len(scored) else float("nan"),
+                      "interval": list(metrics.bootstrap_ci(scored, bootstrap, seed=seed))}
+    clicked = [np.array([item_group[i] for i in items if item_group[i] >= 0], np.int64)
+               for items in relevant]
+    zeros = np.zeros(top.shape)
+
+    def exposure_of(sample):
+        exposure = fairness.group_exposure(top[sample], zeros[sample], item_group,
+                                           len(group_names), k)["exposure"]
+        merit = np.bincount(np.concatenate([clicked[i] for i in sample] or [[]]).astype(
+            np.int64), minlength=len(group_names))
+        return fairness.exposure_against_merit(exposure, merit)
+
+    whole = exposure_of(np.arange(len(top)))
+    resampled = [exposure_of(s) for s in _bootstrap_samples(len(top), bootstrap, seed)]
+    result["exposure"] = _exposure_section(whole, resampled, group_names)
+    result["user_groups"] = {}
+    for name, (index, names) in user_groups.items():
+        groups = {}
+        for g, label in enumerate(names):
+            values = ndcg[(index == g) & ~np.isnan(ndcg)]
+            groups[label] = {"users": int(len(values)),
+                             f"ndcg@{k}": float(values.mean()) if len(values) else float("nan"),
+                             "intervals": {f"ndcg@{k}": list(metrics.bootstrap_ci(
+                                 values, bootstrap, seed=seed))} if len(values) else {}}
+        finite = [v[f"ndcg@{k}"] for v in groups.values() if np.isfinite(v[f"ndcg@{k}"])]
+        result["user_groups"][name] = {"groups": groups, "gaps": {
+            f"ndcg@{k}": float(max(finite) - min(finite)) if finite else float("nan")}}
+    return result
+
+
+def _exposure_section(whole: dict, resampled: list, group_names: list) -> dict:
+    return {
+        "groups": {name: {
+            "exposure_share": float(whole["exposure_share"][g]),
+            "merit_share": float(whole["merit_share"][g]),
+            "disparity": float(whole["disparity"][g]),
+            "disparity_interval": _percentiles([r["disparity"][g] for r in resampled])}
+            for g, name in enumerate(group_names)},
+        "total_variation": whole["total_variation"],
+        "total_variation_interval": _percentiles([r["total_variation"] for r in resampled])}
+
+
+SWEEP_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+
+
+def rerank_sweep(ranking, scores, relevant: list, item_counts, tail, item_group,
+                 num_groups: int, k: int, weights=SWEEP_WEIGHTS) -> list:
+    """The exposure-aware reranker (:func:`fairness.popularity_rerank`) over its knob:
+    per weight, nDCG@k of the held-out clicks, APLT, ARP, coverage, Gini and the exposure
+    total variation against merit, each relative to weight 0 where it helps to read."""
+    points = []
+    clicked = np.array([item_group[i] for items in relevant for i in items
+                        if item_group[i] >= 0], np.int64)
+    merit = np.bincount(clicked, minlength=num_groups)
+    for weight in weights:
+        top = fairness.popularity_rerank(ranking, scores, item_counts, weight, k)
+        ndcg = fairness.list_ndcg(top, relevant, k)
+        bias = fairness.popularity_bias(top, item_counts, tail)
+        exposure = fairness.group_exposure(top, np.zeros(top.shape), item_group, num_groups,
+                                           k)["exposure"]
+        points.append({"weight": weight, f"ndcg@{k}": float(np.nanmean(ndcg)),
+                       "aplt": bias["aplt"], "arp": bias["arp"],
+                       "coverage": bias["coverage"], "gini": bias["gini"],
+                       "total_variation": fairness.exposure_against_merit(
+                           exposure, merit)["total_variation"]})
+    base = points[0]
+    for point in points:
+        point["ndcg_change"] = point[f"ndcg@{k}"] / base[f"ndcg@{k}"] - 1 \
+            if base[f"ndcg@{k}"] else float("nan")
+        point["aplt_change"] = point["aplt"] / base["aplt"] - 1 if base["aplt"] \
+            else float("inf")
+    return points
 
 
 def _bootstrap_samples(units: int, bootstrap: int, seed: int) -> list:
@@ -228,13 +336,16 @@ def log_odds_skews(outcome, relevance, group_of_row, group_names: list, rows_of:
 
 def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None = None,
           merit: str = "auto", item_group: str = "provider", user_column: str | None = None,
-          bootstrap: int = 1000, seed: int = 0) -> dict:
+          bootstrap: int = 1000, seed: int = 0, catalogue: bool = False,
+          candidates: int = 100, sweep: bool = False) -> dict:
     """Audits a finished run (see the module docstring) and writes ``<model_dir>/audit/``.
     Returns the audit (what ``audit.json`` holds)."""
     cfg = train_lib.load_run_config(model_dir)
     compare = list(compare or [])
     if k < 1:
         raise AuditError(f"--k {k}: must be at least 1")
+    if catalogue and k > candidates:
+        raise AuditError(f"--k {k} is larger than --candidates {candidates}")
     if bootstrap < 0:
         raise AuditError(f"--bootstrap {bootstrap}: must be >= 0")
     prepared = train_lib.prepare_data(cfg, model_dir)
@@ -260,6 +371,11 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
     for path in runs.values():
         if not tf.io.gfile.exists(os.path.join(path, "model.keras")):
             raise RunDirError(f"{path}/model.keras: not found; the run did not finish training")
+        kind = model_kinds.for_config(train_lib.load_run_config(path))
+        if catalogue and type(kind).catalogue_logits is model_kinds.ModelKind.catalogue_logits:
+            raise AuditError(f"--catalogue: {path} is a {kind.name} run, which would score "
+                             "every (user, item) pair; audit it on the impressions (without "
+                             "--catalogue) or audit a two-tower, SASRec or MF run")
 
     train_table = prepared.tables["train"]
     num_items = len(prepared.ids.items)
@@ -273,30 +389,38 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
     relevance = _true_relevance(examples) if merit_source == "true" else None
     user_groups = _user_groups(table, examples, train_table, user_column)
 
-    scorers = {"popularity": MostPopular.log_popularity_of(
-        train_table.item_index, train_table.label, num_items)[table.item_index]}
-    for name, path in runs.items():
-        run_cfg = train_lib.load_run_config(path)
-        model = keras.models.load_model(os.path.join(path, "model.keras"))
-        packer = train_lib.load_run_packer(run_cfg, path, prepared)
-        scorers[name] = train_lib.predict_logits(model, table, packer,
-                                                 run_cfg.train.eval_batch_size)
-    results = {}
-    for name, logits in scorers.items():
-        probabilities = _sigmoid(logits)
-        merit_values = {"true": relevance, "clicks": table.label.astype(np.float64),
-                        "predicted": probabilities}[merit_source]
-        results[name] = audit_scores(
-            np.asarray(logits, np.float64), probabilities, table=table, examples=examples,
-            rows_of=rows_of, impression_of=impression_of, item_counts=item_counts, tail=tail,
-            item_group=group_index, group_names=group_names, merit=merit_values,
-            relevance=relevance, k=k, user_groups=user_groups, bootstrap=bootstrap,
-            seed=seed)
+    log_popularity = MostPopular.log_popularity_of(train_table.item_index, train_table.label,
+                                                   num_items)
+    relevant = [set(table.item_index[members][table.label[members] > 0].tolist())
+                for members in rows_of]
+    if catalogue:
+        results, lists = _audit_catalogue_scorers(
+            runs, prepared, table, examples, rows_of, log_popularity, relevant, candidates,
+            item_counts=item_counts, tail=tail, item_group=group_index,
+            group_names=group_names, k=k, bootstrap=bootstrap, seed=seed,
+            user_groups={name: (index[[m[0] for m in rows_of]], names)
+                         for name, (index, names) in user_groups.items()})
+        merit_source = "held-out clicks"
+        relevance = None
+    else:
+        results, lists = _audit_impression_scorers(
+            runs, prepared, table, examples, rows_of, impression_of, log_popularity,
+            relevance, merit_source, item_counts=item_counts, tail=tail,
+            item_group=group_index, group_names=group_names, k=k, user_groups=user_groups,
+            bootstrap=bootstrap, seed=seed)
     report = {"model_dir": model_dir, "split": split, "k": k, "merit": merit_source,
+              "mode": "catalogue" if catalogue else "impressions",
               "item_group": item_group, "groups": group_names, "bootstrap": bootstrap,
               "impressions": len(rows_of), "rows": int(len(table)),
               "long_tail_items": int(tail.sum()), "catalogue_items": num_items,
               "scorers": results}
+    if catalogue:
+        report["candidates"] = candidates
+    if sweep:
+        name = next(iter(runs))
+        ranking, scores = lists[name]
+        report["sweep"] = {"scorer": name, "points": rerank_sweep(
+            ranking, scores, relevant, item_counts, tail, group_index, len(group_names), k)}
     if relevance is not None:
         group_of_row = group_index[table.item_index]
         samples = _bootstrap_samples(len(rows_of), bootstrap, seed)
@@ -304,6 +428,57 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
             table.label, relevance, group_of_row, group_names, rows_of, samples)
     _write(model_dir, report)
     return report
+
+
+def _load_run(path: str, prepared):
+    run_cfg = train_lib.load_run_config(path)
+    model = keras.models.load_model(os.path.join(path, "model.keras"))
+    return run_cfg, model, train_lib.load_run_packer(run_cfg, path, prepared)
+
+
+def _audit_impression_scorers(runs, prepared, table, examples, rows_of, impression_of,
+                              log_popularity, relevance, merit_source, **common) -> tuple:
+    """Impressions mode: every scorer ranks each impression's candidates."""
+    scorers = {"popularity": log_popularity[table.item_index]}
+    for name, path in runs.items():
+        run_cfg, model, packer = _load_run(path, prepared)
+        scorers[name] = train_lib.predict_logits(model, table, packer,
+                                                 run_cfg.train.eval_batch_size)
+    results, lists = {}, {}
+    for name, logits in scorers.items():
+        logits = np.asarray(logits, np.float64)
+        ranking, rows = ranked_impressions(logits, table.item_index, rows_of)
+        lists[name] = (ranking, np.where(rows >= 0, logits[np.maximum(rows, 0)], -np.inf))
+        probabilities = _sigmoid(logits)
+        merit_values = {"true": relevance, "clicks": table.label.astype(np.float64),
+                        "predicted": probabilities}[merit_source]
+        results[name] = audit_scores(
+            logits, probabilities, table=table, examples=examples, rows_of=rows_of,
+            impression_of=impression_of, merit=merit_values, relevance=relevance, **common)
+    return results, lists
+
+
+def _audit_catalogue_scorers(runs, prepared, table, examples, rows_of, log_popularity,
+                             relevant, candidates, **common) -> tuple:
+    """Catalogue mode: every scorer ranks the whole catalogue for each listed user."""
+    ids = prepared.ids
+    run_cfg = train_lib.load_run_config(next(iter(runs.values())))
+    item_text = ids.item_texts(prepared.catalogue, run_cfg.data.item_text_fields)
+    first_rows = [members[0] for members in rows_of]
+    histories = [[ids.items[h] for h in examples[row].history if h in ids.items]
+                 for row in first_rows]
+    profile = fairness.profile_popularity(histories, common["item_counts"])
+    lists = {"popularity": catalogue_lists(
+        None, None, None, table, examples, rows_of, ids, item_text, candidates, 0,
+        logits=np.tile(log_popularity, (len(rows_of), 1)))}
+    for name, path in runs.items():
+        run_cfg, model, packer = _load_run(path, prepared)
+        lists[name] = catalogue_lists(model_kinds.for_config(run_cfg), model, packer, table,
+                                      examples, rows_of, ids, item_text, candidates,
+                                      run_cfg.train.eval_batch_size)
+    results = {name: audit_catalogue(ranking, relevant=relevant, profile=profile, **common)
+               for name, (ranking, _) in lists.items()}
+    return results, lists
 
 
 # ---------------------------------------------------------------------------------------
@@ -328,7 +503,7 @@ def _write(model_dir: str, report: dict) -> None:
         write_json(os.path.join(tmp, "audit.json"), _json_ready(report))
         pngs = {}
         for name, draw in (("exposure", _plot_exposure), ("popularity", _plot_popularity),
-                           ("user_groups", _plot_user_groups)):
+                           ("user_groups", _plot_user_groups), ("sweep", _plot_sweep)):
             figure = _new_figure(figsize=(8, 4))
             if draw(figure, report):
                 pngs[name] = _save_png(figure, os.path.join(tmp, f"{name}.png"))
@@ -368,8 +543,29 @@ def _plot_popularity(figure, report) -> bool:
     return True
 
 
+def _plot_sweep(figure, report) -> bool:
+    if "sweep" not in report:
+        return False
+    points = report["sweep"]["points"]
+    key = f"ndcg@{report['k']}"
+    axis = figure.add_subplot()
+    axis.plot([p["aplt"] for p in points], [p[key] for p in points], "o-")
+    for point in points:
+        axis.annotate(f"{point['weight']:g}", (point["aplt"], point[key]), fontsize=8,
+                      textcoords="offset points", xytext=(4, 4))
+    axis.set_xlabel(f"APLT (long-tail share of the top {report['k']})")
+    axis.set_ylabel(key)
+    axis.set_title(f"Popularity-penalised reranking of {report['sweep']['scorer']} "
+                   "(labels: weight)")
+    return True
+
+
+def _group_metric(report) -> str:
+    return "auc" if report["mode"] == "impressions" else f"ndcg@{report['k']}"
+
+
 def _plot_user_groups(figure, report) -> bool:
-    metric = "auc"
+    metric = _group_metric(report)
     entries = [(scorer, result["user_groups"].get("activity"))
                for scorer, result in report["scorers"].items()]
     entries = [(s, e) for s, e in entries if e]
@@ -387,8 +583,8 @@ def _plot_user_groups(figure, report) -> bool:
         axis.bar(np.arange(len(names)) + i * width, values, width, yerr=error, capsize=3,
                  label=scorer)
     axis.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=15)
-    axis.set_ylabel("AUC")
-    axis.set_title("AUC by user activity (training clicks), 95% bootstrap intervals")
+    axis.set_ylabel(metric)
+    axis.set_title(f"{metric} by user activity (training clicks), 95% bootstrap intervals")
     axis.legend(fontsize=8)
     return True
 
@@ -463,16 +659,31 @@ def render_html(report: dict, pngs: dict) -> str:
     for name, result in scorers.items():
         for grouping, entry in result["user_groups"].items():
             metric_names = [m for m in next(iter(entry["groups"].values()))
-                            if m not in ("rows", "impressions", "intervals")]
+                            if m not in ("rows", "impressions", "users", "intervals")]
+            unit = "impressions" if report["mode"] == "impressions" else "users"
             parts.append(f"<h3>{e(name)} by {e(grouping)}</h3><table><tr><th>group</th>"
-                         "<th>impressions</th>" + "".join(f"<th>{e(m)}</th>" for m in metric_names)
+                         f"<th>{unit}</th>" + "".join(f"<th>{e(m)}</th>" for m in metric_names)
                          + "</tr>")
             for group, values in entry["groups"].items():
-                parts.append(f"<tr><td>{e(group)}</td><td>{values['impressions']}</td>" + "".join(
+                parts.append(f"<tr><td>{e(group)}</td><td>{values[unit]}</td>" + "".join(
                     f"<td>{_fmt(values[m])}{_interval(values['intervals'].get(m))}</td>"
                     for m in metric_names) + "</tr>")
             parts.append("<tr><td>gap (max - min)</td><td></td>" + "".join(
                 f"<td>{_fmt(entry['gaps'].get(m))}</td>" for m in metric_names) + "</tr></table>")
+    if "sweep" in report:
+        key = f"ndcg@{report['k']}"
+        parts.append(f"<h2>Exposure-aware reranking of {e(report['sweep']['scorer'])}</h2>"
+                     "<p class=note>Each list's top k by (1 - w) z(score) - w z(log(1 + "
+                     "clicks)) over its candidates; changes relative to w = 0.</p><table><tr>"
+                     f"<th>w</th><th>{key}</th><th>change</th><th>APLT</th><th>change</th>"
+                     "<th>coverage</th><th>Gini</th><th>total variation</th></tr>")
+        for p in report["sweep"]["points"]:
+            parts.append(f"<tr><td>{p['weight']:g}</td><td>{_fmt(p[key])}</td>"
+                         f"<td>{_fmt(100 * p['ndcg_change'], 1)}%</td><td>{_fmt(p['aplt'])}</td>"
+                         f"<td>{_fmt(100 * p['aplt_change'], 1)}%</td><td>{_fmt(p['coverage'])}"
+                         f"</td><td>{_fmt(p['gini'])}</td><td>{_fmt(p['total_variation'])}"
+                         "</td></tr>")
+        parts.append("</table>")
     for name, path in pngs.items():
         with tf.io.gfile.GFile(path, "rb") as f:
             data = base64.b64encode(f.read()).decode("ascii")
@@ -488,13 +699,23 @@ def render_html(report: dict, pngs: dict) -> str:
 
 
 def summary_table(report: dict) -> str:
-    """A fixed-width text table of the headline measures per scorer."""
-    lines = [f"{'scorer':<16}{'ARP':>9}{'APLT':>8}{'cover':>8}{'Gini':>8}{'TV':>8}"
-             f"{'AUC gap':>9}"]
+    """A fixed-width text table of the headline measures per scorer (and the sweep)."""
+    metric = _group_metric(report)
+    ndcg = f"ndcg@{report['k']}"
+    lines = [f"{'scorer':<16}{ndcg:>9}{'ARP':>9}{'APLT':>8}{'cover':>8}{'Gini':>8}{'TV':>8}"
+             f"  {metric} gap (activity)"]
     for name, result in report["scorers"].items():
         pop = result["popularity"]
-        gap = result["user_groups"].get("activity", {}).get("gaps", {}).get("auc")
-        lines.append(f"{name:<16}{pop['arp']:>9.1f}{pop['aplt']:>8.3f}{pop['coverage']:>8.3f}"
-                     f"{pop['gini']:>8.3f}{result['exposure']['total_variation']:>8.3f}"
-                     f"{(gap if gap is not None else float('nan')):>9.3f}")
+        gap = result["user_groups"].get("activity", {}).get("gaps", {}).get(metric)
+        value = result.get("ndcg", {}).get("value", float("nan"))
+        lines.append(f"{name:<16}{value:>9.4f}{pop['arp']:>9.1f}{pop['aplt']:>8.3f}"
+                     f"{pop['coverage']:>8.3f}{pop['gini']:>8.3f}"
+                     f"{result['exposure']['total_variation']:>8.3f}"
+                     f"  {(gap if gap is not None else float('nan')):.3f}")
+    if "sweep" in report:
+        lines.append(f"\nreranking {report['sweep']['scorer']}: weight, {ndcg} (change), "
+                     "APLT (change)")
+        for p in report["sweep"]["points"]:
+            lines.append(f"  {p['weight']:<5g} {p[ndcg]:.4f} ({100 * p['ndcg_change']:+.1f}%)  "
+                         f"{p['aplt']:.3f} ({100 * p['aplt_change']:+.1f}%)")
     return "\n".join(lines)

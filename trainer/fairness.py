@@ -149,11 +149,20 @@ def group_exposure(ranking, merit, item_group, num_groups: int, k: int | None = 
     weights = np.broadcast_to(position_weights(ranking.shape[1], k), ranking.shape)
     exposure = np.bincount(groups[counted], weights=weights[counted], minlength=num_groups)
     worth = np.bincount(groups[counted], weights=merit[counted], minlength=num_groups)
+    return exposure_against_merit(exposure, worth)
+
+
+def exposure_against_merit(exposure, merit) -> dict:
+    """Per-group totals of exposure and merit -> their shares, each group's disparity
+    (exposure share / merit share - 1) and the total variation between the shares (see
+    :func:`group_exposure`)."""
+    exposure = np.asarray(exposure, dtype=np.float64)
+    merit = np.asarray(merit, dtype=np.float64)
     exposure_share = exposure / max(exposure.sum(), 1e-300)
-    merit_share = worth / max(worth.sum(), 1e-300)
+    merit_share = merit / max(merit.sum(), 1e-300)
     with np.errstate(divide="ignore", invalid="ignore"):
         disparity = np.where(merit_share > 0, exposure_share / merit_share - 1.0, np.nan)
-    return {"exposure": exposure, "merit": worth, "exposure_share": exposure_share,
+    return {"exposure": exposure, "merit": merit, "exposure_share": exposure_share,
             "merit_share": merit_share, "disparity": disparity,
             "total_variation": float(0.5 * np.abs(exposure_share - merit_share).sum())}
 
@@ -313,3 +322,57 @@ def _group_intervals(labels, probabilities, impressions, ndcg: dict, row_metrics
         intervals[f"ndcg@{k}"] = metrics.bootstrap_ci(values, bootstrap, seed=seed) \
             if len(values) else (float("nan"), float("nan"))
     return intervals
+
+
+def _standardize(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per row, (x - mean) / std over the valid entries (std 0 -> 1)."""
+    count = np.maximum(valid.sum(axis=1, keepdims=True), 1)
+    mean = np.where(valid, values, 0.0).sum(axis=1, keepdims=True) / count
+    spread = np.sqrt(np.where(valid, (values - mean) ** 2, 0.0).sum(axis=1, keepdims=True)
+                     / count)
+    return (values - mean) / np.where(spread > 0, spread, 1.0)
+
+
+def popularity_rerank(ranking, scores, item_counts, weight: float, k: int) -> np.ndarray:
+    """The exposure-aware reranker: each list's top ``k`` by
+    ``(1 - weight) * z(score) - weight * z(log(1 + training clicks))``, both standardised
+    within the list, so one knob trades relevance for less popular (long-tail) items:
+    ``weight`` 0 keeps the model's order, 1 orders by unpopularity alone. The score-based
+    popularity penalty of Abdollahpouri et al.'s re-ranking family (a one-dimensional MMR:
+    the novelty term is the item's own popularity).
+
+    Args:
+      ranking: int ``[lists, n]`` candidate item indices, ``-1`` padded (e.g. each user's top
+        100 by the model).
+      scores: float ``[lists, n]`` the model's scores of those candidates.
+      item_counts: training clicks per item index.
+    Returns:
+      int ``[lists, k]``: the reranked top k (``-1`` padded).
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"the reranking weight must be in [0, 1], got {weight}")
+    ranking = np.asarray(ranking, dtype=np.int64)
+    valid = _valid(ranking)
+    popularity = np.log1p(np.asarray(item_counts, dtype=np.float64)[np.where(valid, ranking, 0)])
+    combined = ((1.0 - weight) * _standardize(np.asarray(scores, np.float64), valid)
+                - weight * _standardize(popularity, valid))
+    combined = np.where(valid, combined, -np.inf)
+    # stable: ties keep the model's order
+    order = np.argsort(-combined, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(np.where(valid, ranking, PAD), order, axis=1)
+
+
+def list_ndcg(ranking, relevant: list, k: int) -> np.ndarray:
+    """Per list, nDCG@k of binary relevance: ``relevant[i]`` is the set of list i's
+    relevant item indices (held-out clicks), counted in the ideal DCG even when the list
+    misses them."""
+    ranking = np.asarray(ranking, dtype=np.int64)
+    weights = position_weights(k)
+    out = np.zeros(len(ranking), dtype=np.float64)
+    for i, items in enumerate(relevant):
+        if not len(items):
+            out[i] = np.nan
+            continue
+        hits = np.isin(ranking[i, :k], list(items)) & (ranking[i, :k] != PAD)
+        out[i] = (weights[:len(hits)] * hits).sum() / weights[:min(k, len(items))].sum()
+    return out

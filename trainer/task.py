@@ -132,6 +132,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="resamples of impressions for the 95%% intervals (the "
                        "simultaneous ones over groups need ~1000)")
     audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--catalogue", action="store_true",
+                       help="rank the whole catalogue for each user (two-tower, SASRec, MF "
+                       "runs) instead of the logged impressions; merit is the held-out clicks")
+    audit.add_argument("--candidates", type=int, default=100,
+                       help="--catalogue: each user's top n that the reranker reorders")
+    audit.add_argument("--sweep", action="store_true",
+                       help="draw the exposure-aware reranker's trade-off (nDCG@k against "
+                       "APLT and exposure) over its weight, for --model_dir")
     explain = sub.add_parser("explain", help="explain a trained run's recommendations and "
                              "measure the explanations' faithfulness")
     explain.add_argument("--model_dir", required=True)
@@ -225,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             report = audit_lib.audit(
                 args.model_dir, split=args.split, k=args.k, compare=args.compare,
                 merit=args.merit, item_group=args.item_group, user_column=args.user_column,
-                bootstrap=args.bootstrap, seed=args.seed)
+                bootstrap=args.bootstrap, seed=args.seed, catalogue=args.catalogue,
+                candidates=args.candidates, sweep=args.sweep)
             print("\n" + audit_lib.summary_table(report))
             out = os.path.join(args.model_dir, "audit")
             print(f"\noutputs:\n  {out}/report.html\n  {out}/audit.json")

@@ -150,3 +150,37 @@ def test_the_synthetic_knob_leaves_the_default_data_alone():
             assert ex.extras["true_probability"] == base.extras["true_probability"]
     with pytest.raises(ValueError, match="biased_provider"):
         synthetic.generate(**params, provider_bias=1.0, biased_provider="nobody")
+
+
+def test_catalogue_audit_and_the_reranking_sweep(trained_two_tower_run, tmp_path):
+    import shutil
+    model_dir = str(tmp_path / "two_tower")  # a copy: the shared run is read-only
+    shutil.copytree(trained_two_tower_run[0], model_dir)
+    report = _audit(model_dir, "--catalogue", "--candidates", "20", "--k", "5", "--sweep",
+                    bootstrap=50)
+    assert report["mode"] == "catalogue" and report["merit"] == "held-out clicks"
+    model = os.path.basename(model_dir)
+    result = report["scorers"][model]
+    points = report["sweep"]["points"]
+    # Weight 0 is the model's own top k; weight 1 orders by unpopularity, so its lists
+    # are at least as long-tail.
+    assert points[0]["weight"] == 0.0 and points[0]["ndcg@5"] == pytest.approx(
+        result["ndcg"]["value"])
+    assert points[0]["aplt"] == pytest.approx(result["popularity"]["aplt"])
+    assert points[-1]["weight"] == 1.0 and points[-1]["aplt"] >= points[0]["aplt"]
+    assert points[-1]["arp"] <= points[0]["arp"]
+    # Popularity's catalogue top k is the same for every user: the least coverage.
+    assert report["scorers"]["popularity"]["popularity"]["coverage"] <= \
+        result["popularity"]["coverage"]
+    groups = result["user_groups"]["activity"]["groups"]
+    assert all("ndcg@5" in g for g in groups.values())
+    assert os.path.exists(os.path.join(model_dir, "audit", "sweep.png"))
+
+
+def test_catalogue_audit_refusals(trained_run, trained_two_tower_run):
+    _, cross_dir, _ = trained_run
+    with pytest.raises(UserInputError, match="every \\(user, item\\) pair"):
+        audit_lib.audit(cross_dir, catalogue=True, bootstrap=10)
+    two_tower_dir, _ = trained_two_tower_run
+    with pytest.raises(UserInputError, match="--candidates"):
+        audit_lib.audit(two_tower_dir, catalogue=True, k=30, candidates=20, bootstrap=10)

@@ -131,3 +131,32 @@ def test_bootstrap_interval_covers_the_statistic():
     low, high = fairness.bootstrap_interval(lambda idx: values[idx].mean(), 100, seed=1)
     assert low < values.mean() < high
     assert all(math.isnan(v) for v in fairness.bootstrap_interval(lambda idx: 0.0, 0))
+
+
+def test_popularity_rerank_trades_relevance_for_the_tail():
+    counts = np.array([0, 100, 50, 10, 1, 0], dtype=float)
+    ranking = np.array([[1, 2, 3, 4, -1]])
+    scores = np.array([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    # Weight 0 keeps the model's order; 1 orders by unpopularity alone.
+    np.testing.assert_array_equal(fairness.popularity_rerank(ranking, scores, counts, 0.0, 3),
+                                  [[1, 2, 3]])
+    np.testing.assert_array_equal(fairness.popularity_rerank(ranking, scores, counts, 1.0, 3),
+                                  [[4, 3, 2]])
+    # In between: the mix of the standardised score and log popularity.
+    z_score = (np.array([4, 3, 2, 1]) - 2.5) / np.std([4, 3, 2, 1])
+    z_pop = np.log1p([100, 50, 10, 1])
+    z_pop = (z_pop - z_pop.mean()) / z_pop.std()
+    expected = np.array([1, 2, 3, 4])[np.argsort(-(0.7 * z_score - 0.3 * z_pop),
+                                                 kind="stable")][:4]
+    np.testing.assert_array_equal(
+        fairness.popularity_rerank(ranking, scores, counts, 0.3, 4)[0], expected)
+    with pytest.raises(ValueError, match="weight"):
+        fairness.popularity_rerank(ranking, scores, counts, 1.5, 3)
+
+
+def test_list_ndcg_counts_missed_relevant_items():
+    ranking = np.array([[5, 3, 9], [1, 2, -1]])
+    ndcg = fairness.list_ndcg(ranking, [{3}, {7, 1}], k=3)
+    assert ndcg[0] == pytest.approx(1 / math.log2(3))
+    assert ndcg[1] == pytest.approx(1.0 / (1 + 1 / math.log2(3)))
+    assert math.isnan(fairness.list_ndcg(ranking[:1], [set()], k=3)[0])
