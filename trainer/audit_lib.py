@@ -263,17 +263,21 @@ SWEEP_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
 def rerank_sweep(ranking, scores, relevant: list, item_counts, tail, item_group,
-                 num_groups: int, k: int, weights=SWEEP_WEIGHTS) -> list:
+                 num_groups: int, k: int, weights=SWEEP_WEIGHTS, bootstrap: int = 1000,
+                 seed: int = 0) -> list:
     """The exposure-aware reranker (:func:`fairness.popularity_rerank`) over its knob:
     per weight, nDCG@k of the held-out clicks, APLT, ARP, coverage, Gini and the exposure
-    total variation against merit, each relative to weight 0 where it helps to read."""
-    points = []
+    total variation against merit, with the relative changes of nDCG and APLT from weight
+    0 and paired bootstrap intervals of both (the same lists resampled for every weight)."""
+    points, per_list = [], []
+    samples = _bootstrap_samples(len(ranking), bootstrap, seed)
     clicked = np.array([item_group[i] for items in relevant for i in items
                         if item_group[i] >= 0], np.int64)
     merit = np.bincount(clicked, minlength=num_groups)
     for weight in weights:
         top = fairness.popularity_rerank(ranking, scores, item_counts, weight, k)
         ndcg = fairness.list_ndcg(top, relevant, k)
+        per_list.append((ndcg, fairness.popularity_per_list(top, item_counts, tail)["aplt"]))
         bias = fairness.popularity_bias(top, item_counts, tail)
         exposure = fairness.group_exposure(top, np.zeros(top.shape), item_group, num_groups,
                                            k)["exposure"]
@@ -282,12 +286,16 @@ def rerank_sweep(ranking, scores, relevant: list, item_counts, tail, item_group,
                        "coverage": bias["coverage"], "gini": bias["gini"],
                        "total_variation": fairness.exposure_against_merit(
                            exposure, merit)["total_variation"]})
-    base = points[0]
-    for point in points:
-        point["ndcg_change"] = point[f"ndcg@{k}"] / base[f"ndcg@{k}"] - 1 \
-            if base[f"ndcg@{k}"] else float("nan")
-        point["aplt_change"] = point["aplt"] / base["aplt"] - 1 if base["aplt"] \
-            else float("inf")
+    def change(values, base, sample):
+        low = np.nanmean(base[sample])
+        return np.nanmean(values[sample]) / low - 1 if low else float("nan")
+
+    every = np.arange(len(ranking))
+    for point, (ndcg, aplt) in zip(points, per_list):
+        for key, values, base in (("ndcg_change", ndcg, per_list[0][0]),
+                                  ("aplt_change", aplt, per_list[0][1])):
+            point[key] = float(change(values, base, every))
+            point[f"{key}_interval"] = _percentiles([change(values, base, s) for s in samples])
     return points
 
 
@@ -420,7 +428,8 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
         name = next(iter(runs))
         ranking, scores = lists[name]
         report["sweep"] = {"scorer": name, "points": rerank_sweep(
-            ranking, scores, relevant, item_counts, tail, group_index, len(group_names), k)}
+            ranking, scores, relevant, item_counts, tail, group_index, len(group_names), k,
+            bootstrap=bootstrap, seed=seed)}
     if relevance is not None:
         group_of_row = group_index[table.item_index]
         samples = _bootstrap_samples(len(rows_of), bootstrap, seed)
@@ -679,8 +688,11 @@ def render_html(report: dict, pngs: dict) -> str:
                      "<th>coverage</th><th>Gini</th><th>total variation</th></tr>")
         for p in report["sweep"]["points"]:
             parts.append(f"<tr><td>{p['weight']:g}</td><td>{_fmt(p[key])}</td>"
-                         f"<td>{_fmt(100 * p['ndcg_change'], 1)}%</td><td>{_fmt(p['aplt'])}</td>"
-                         f"<td>{_fmt(100 * p['aplt_change'], 1)}%</td><td>{_fmt(p['coverage'])}"
+                         f"<td>{_fmt(100 * p['ndcg_change'], 1)}%"
+                         f"{_interval([100 * v for v in p['ndcg_change_interval']])}</td>"
+                         f"<td>{_fmt(p['aplt'])}</td><td>{_fmt(100 * p['aplt_change'], 1)}%"
+                         f"{_interval([100 * v for v in p['aplt_change_interval']])}</td>"
+                         f"<td>{_fmt(p['coverage'])}"
                          f"</td><td>{_fmt(p['gini'])}</td><td>{_fmt(p['total_variation'])}"
                          "</td></tr>")
         parts.append("</table>")
@@ -716,6 +728,8 @@ def summary_table(report: dict) -> str:
         lines.append(f"\nreranking {report['sweep']['scorer']}: weight, {ndcg} (change), "
                      "APLT (change)")
         for p in report["sweep"]["points"]:
-            lines.append(f"  {p['weight']:<5g} {p[ndcg]:.4f} ({100 * p['ndcg_change']:+.1f}%)  "
-                         f"{p['aplt']:.3f} ({100 * p['aplt_change']:+.1f}%)")
+            low, high = p["ndcg_change_interval"]
+            lines.append(f"  {p['weight']:<5g} {p[ndcg]:.4f} ({100 * p['ndcg_change']:+.1f}%, "
+                         f"95% [{100 * low:+.1f}, {100 * high:+.1f}])  {p['aplt']:.3f} "
+                         f"({100 * p['aplt_change']:+.1f}%)")
     return "\n".join(lines)
