@@ -424,6 +424,11 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
               "scorers": results}
     if catalogue:
         report["candidates"] = candidates
+    elif k >= max(len(members) for members in rows_of):
+        report["note"] = (f"k = {k} covers every candidate of every impression: the top k "
+                          "holds the same items whatever the scores, so ARP, APLT, coverage "
+                          "and Gini cannot tell scorers apart (exposure still can, through "
+                          "rank); use a smaller --k or --catalogue")
     if sweep:
         name = next(iter(runs))
         ranking, scores = lists[name]
@@ -620,6 +625,7 @@ def render_html(report: dict, pngs: dict) -> str:
              f"{e(report['merit'])}; item groups by {e(report['item_group'])}; long tail = "
              f"{report['long_tail_items']} of {report['catalogue_items']} items; "
              f"{report['bootstrap']} bootstrap resamples.</p>",
+             (f"<p class=note>{e(report['note'])}</p>" if "note" in report else ""),
              "<h2>Popularity bias</h2><table><tr><th>scorer</th><th>ARP</th><th>APLT</th>"
              "<th>coverage</th><th>Gini</th><th>popularity lift</th></tr>"]
     for name, result in scorers.items():
@@ -724,6 +730,8 @@ def summary_table(report: dict) -> str:
                      f"{pop['coverage']:>8.3f}{pop['gini']:>8.3f}"
                      f"{result['exposure']['total_variation']:>8.3f}"
                      f"  {(gap if gap is not None else float('nan')):.3f}")
+    if "note" in report:
+        lines.append(f"\nnote: {report['note']}")
     if "sweep" in report:
         lines.append(f"\nreranking {report['sweep']['scorer']}: weight, {ndcg} (change), "
                      "APLT (change)")

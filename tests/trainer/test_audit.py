@@ -82,6 +82,7 @@ def test_no_skew_is_reported_without_the_knob(fair_run):
         assert entry["interval"][0] <= 0.0 <= entry["interval"][1], provider
     model = os.path.basename(fair_run)
     assert set(report["scorers"]) == {"popularity", model}
+    assert "cannot tell scorers apart" in report["note"]  # k 10 >= 5 candidates
     for result in report["scorers"].values():
         assert set(result["popularity"]) >= {"arp", "aplt", "coverage", "gini",
                                              "popularity_lift"}
@@ -94,7 +95,7 @@ def test_audit_with_a_compared_run_and_merit_from_clicks(fair_run, trained_run):
     report = _audit(fair_run, "--compare", fair_run, "--merit", "clicks", "--k", "3",
                     "--item_group", "category", bootstrap=50)
     assert report["merit"] == "clicks" and "data_log_odds_skew" not in report
-    assert report["k"] == 3
+    assert report["k"] == 3 and "note" not in report
     shares = report["scorers"]["popularity"]["exposure"]["groups"]
     assert sum(g["merit_share"] for g in shares.values()) == pytest.approx(1.0)
     # A run on other data cannot be compared.
