@@ -25,7 +25,7 @@ demo: install
 # Everything under TensorFlow, then the model tests and a short training run under JAX
 # (the same models on the second engine; trainer/backend.py).
 test: install
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=25
 	KERAS_BACKEND=jax $(PY) -m pytest $(JAX_TESTS) -q
 
 JAX_TESTS ?= tests/models tests/trainer/test_backends.py
