@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
-import logging
 import os
 
 import keras
@@ -43,7 +41,6 @@ from trainer import fairness, metrics, model_kinds, train_lib
 from trainer.datasets.canonical import atomic_directory, write_json
 from trainer.errors import RunDirError, UserInputError
 
-log = logging.getLogger(__name__)
 
 MERIT_SOURCES = ("auto", "true", "clicks", "predicted")
 ITEM_GROUPS = ("provider", "category")
