@@ -2,8 +2,9 @@
 how far a model's scores lean towards some providers, for a finished run and the
 popularity baseline (and any ``--compare`` runs on the same data) side by side.
 
-For each scorer the split's impressions are ranked by score and measured
-(trainer/fairness.py):
+For each scorer the split's impressions are ranked by score (or, with ``--catalogue``,
+each user's whole catalogue less their history, for kinds with separable scores) and
+measured (trainer/fairness.py):
 
 * popularity bias of each impression's top k: ARP, APLT (long tail = outside the 20% most
   clicked catalogue items), catalogue coverage, Gini of item exposure, and the lift of
@@ -21,7 +22,11 @@ For each scorer the split's impressions are ranked by score and measured
   value of ``--user_column``, an impressions column such as an age band), through
   fairlearn's ``MetricFrame``.
 
-Intervals are 95% percentile bootstraps over impressions (``--bootstrap`` resamples).
+``--sweep`` runs the exposure-aware reranker (:func:`fairness.popularity_rerank`) over its
+weight on the audited run's lists and reports the nDCG@k / APLT / exposure trade-off.
+
+Intervals are 95% percentile bootstraps over impressions or users (``--bootstrap``
+resamples).
 Writes ``<model_dir>/audit/``: ``audit.json``, PNG plots and a self-contained
 ``report.html``, all or nothing (bad input is refused before anything is written).
 """
