@@ -10,8 +10,9 @@ Each step (Abadi et al., "Deep learning with differential privacy", CCS 2016):
    ``max_batch_size`` rows in the step that would draw more: by default a size the whole
    run exceeds with probability under a tenth of delta, so the accountant, which counts
    the truncation, gives the untruncated epsilon.
-2. **Per-example gradients, clipped**: the gradient of each row's own loss (the batch's
-   Jacobian, vectorised with ``pfor``) is scaled to L2 norm at most ``l2_norm_clip``.
+2. **Per-example gradients, clipped**: the gradient of each row's own loss (each row's
+   forward and backward pass, vectorised over the batch with ``tf.vectorized_map``) is
+   scaled to L2 norm at most ``l2_norm_clip`` over all variables together.
 3. **Noise**: the clipped sum gets Gaussian noise of standard deviation
    ``noise_multiplier * l2_norm_clip`` and is divided by the *expected* batch size
    (a data-independent constant), then the optimizer (AdamW, as always) applies it.
