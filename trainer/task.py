@@ -229,13 +229,13 @@ def main(argv: list[str] | None = None) -> int:
             for path in train_lib.export_run(args.model_dir, args.source_dir):
                 print(path)
         elif args.command == "audit":
-            from trainer import audit_lib
+            from trainer import audit_lib, audit_report
             report = audit_lib.audit(
                 args.model_dir, split=args.split, k=args.k, compare=args.compare,
                 merit=args.merit, item_group=args.item_group, user_column=args.user_column,
                 bootstrap=args.bootstrap, seed=args.seed, catalogue=args.catalogue,
                 candidates=args.candidates, sweep=args.sweep)
-            print("\n" + audit_lib.summary_table(report))
+            print("\n" + audit_report.summary_table(report))
             out = os.path.join(args.model_dir, "audit")
             print(f"\noutputs:\n  {out}/report.html\n  {out}/audit.json")
         elif args.command == "explain":
