@@ -27,8 +27,9 @@ weight on the audited run's lists and reports the nDCG@k / APLT / exposure trade
 
 Intervals are 95% percentile bootstraps over impressions or users (``--bootstrap``
 resamples).
-Writes ``<model_dir>/audit/`` (trainer/audit_report.py): ``audit.json``, PNG plots and a self-contained
-``report.html``, all or nothing (bad input is refused before anything is written).
+Writes ``<model_dir>/audit/`` (trainer/audit_report.py): ``audit.json``, PNG plots and a
+self-contained ``report.html``, all or nothing (bad input is refused before anything is
+written).
 """
 
 from __future__ import annotations
