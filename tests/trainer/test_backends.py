@@ -167,9 +167,10 @@ def test_jax_runs_serve_what_they_learned(tmp_path):
     """A run trained under JAX on two devices writes the same artefacts a TensorFlow run
     does: model.keras scores identically under TensorFlow, the raw-string SavedModel
     equals the JAX model, and the two-tower export retrieves."""
-    runs = {"cross": ["model.interaction=cross", "model.pooling=first"],
-            "two_tower": ["model.item_ids=true"],
-            # One data-parallel replica of a model split over the two devices.
+    # The two-tower trains data parallel over the two devices; the cross-encoder as one
+    # replica of a model split over them (a data-parallel cross-encoder run added 50 s of
+    # CI and nothing the two-tower does not already cover).
+    runs = {"two_tower": ["model.item_ids=true"],
             "cross_model_parallel": ["model.interaction=cross", "model.pooling=first",
                                      "runtime.model_parallel=2"]}
     runs = {name: extra + ["runtime.backend=jax", "runtime.logical_cpus=2"]
@@ -179,7 +180,7 @@ def test_jax_runs_serve_what_they_learned(tmp_path):
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path), json.dumps(runs)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert "cross jax 2" in done.stdout and "two_tower jax 2" in done.stdout
+    assert "two_tower jax 2" in done.stdout
     assert "cross_model_parallel jax 1" in done.stdout
     assert "QUERY_SPEC (None, 'model', None)" in done.stdout
 
@@ -202,13 +203,12 @@ def test_jax_runs_serve_what_they_learned(tmp_path):
             assert json.load(f)["train"]["backend"] == "jax"
         assert os.path.isdir(os.path.join(model_dir, "export_tokens"))
     # The served raw-string signature is the JAX model.
-    table = train_lib.prepare_data(train_lib.load_run_config(str(tmp_path / "cross")),
-                                   str(tmp_path / "cross")).tables["validation"]
-    served = export.predict_texts(str(tmp_path / "cross" / "export"),
+    cross = str(tmp_path / "cross_model_parallel")
+    table = train_lib.prepare_data(train_lib.load_run_config(cross), cross).tables["validation"]
+    served = export.predict_texts(os.path.join(cross, "export"),
                                   list(table.user_text[:32]), list(table.item_text[:32]))
     np.testing.assert_allclose(served["logit"].numpy(),
-                               np.load(str(tmp_path / "cross" / "jax_logits.npy"))[:32],
-                               atol=1e-4)
+                               np.load(os.path.join(cross, "jax_logits.npy"))[:32], atol=1e-4)
     retrieve = export.load_serving_fn(str(tmp_path / "two_tower" / "export"), "retrieve")
     top = retrieve(query=tf.constant([""]), history_text=tf.constant([[""] * 5]),
                    history_ids=tf.constant([[""] * 5]), k=tf.constant(3))
