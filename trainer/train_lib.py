@@ -328,12 +328,7 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
     steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(train_rows) // global_batch)
     total_steps = steps_per_epoch * cfg.train.epochs
     private = cfg.train.privacy.enabled
-    if private and strategy.num_replicas_in_sync > 1:
-        raise UserInputError(f"train.privacy: {strategy.num_replicas_in_sync} replicas would "
-                             "each add noise to a share of the sample; train on one device")
-    if private and train_rows.teacher_logit is not None:
-        raise UserInputError("train.privacy: a teacher's logits come from a model trained "
-                             "on the same rows without privacy; distil without it")
+    _check_private(cfg, strategy, distilled=train_rows.teacher_logit is not None)
     # A train table that carries teacher logits (trainer/distill_lib.py) is distilled.
     compile_model(cfg, model, packer, strategy, total_steps,
                   distillation=train_rows.teacher_logit is not None)
@@ -402,6 +397,20 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
     return fitted
 
 
+def _check_private(cfg: config_lib.ExperimentConfig, strategy, distilled: bool) -> None:
+    """What config validation cannot see of a private run: the replicas a strategy got,
+    and distillation."""
+    if not cfg.train.privacy.enabled:
+        return
+    if strategy.num_replicas_in_sync > 1:
+        raise UserInputError(f"train.privacy: {strategy.num_replicas_in_sync} replicas would "
+                             "each add noise to a share of the sample; train on one device "
+                             "(runtime.strategy=one_device)")
+    if distilled:
+        raise UserInputError("train.privacy: a teacher's logits come from a model trained "
+                             "on the same rows without privacy; distil without it")
+
+
 def train(cfg: config_lib.ExperimentConfig, model_dir: str,
           strategy: tf.distribute.Strategy | None = None, train_table_hook=None) -> dict:
     """Trains, evaluates and exports one experiment; returns the metrics.json content.
@@ -416,6 +425,8 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
     backend.select(cfg.runtime.backend)  # refuses a backend Keras does not run, first
     resuming = check_model_dir(model_dir, cfg)
     strategy = strategy or distribute.make_strategy(cfg.runtime)
+    # Before anything is written (fit_model checks again for callers that skip train).
+    _check_private(cfg, strategy, distilled=train_table_hook is not None)
     distribute.set_precision(cfg.runtime)
     keras.utils.set_random_seed(cfg.train.seed)
     write_dir = distribute.worker_write_dir(model_dir, strategy)

@@ -167,3 +167,19 @@ def test_a_private_run_trains_and_reports_its_epsilon(tmp_path):
     with open(os.path.join(model_dir, "vocab.txt")) as f:
         assert "buy" not in f.read().split()
     assert os.path.isdir(os.path.join(model_dir, "export"))
+
+
+def test_private_runs_on_several_replicas_or_distilled_are_refused_before_writing(tmp_path):
+    from trainer import train_lib
+    from trainer.errors import UserInputError
+
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+
+    cfg = config_lib.load_config(TINY, MICRO_OVERRIDES + ["train.privacy.enabled=true"])
+    model_dir = tmp_path / "run"
+    with pytest.raises(UserInputError, match="2 replicas"):
+        train_lib.train(cfg, str(model_dir), strategy=TwoReplicas())
+    with pytest.raises(UserInputError, match="teacher"):
+        train_lib.train(cfg, str(model_dir), train_table_hook=lambda prepared, run_dir: None)
+    assert not model_dir.exists()
