@@ -29,15 +29,15 @@ def _json_ready(value):
 
 def write(model_dir: str, report: dict) -> None:
     """Writes ``<model_dir>/audit/`` (replacing an earlier audit only once complete)."""
-    from trainer.run_reports import _new_figure, _save_png  # matplotlib on use
+    from trainer.run_reports import new_figure, save_png  # matplotlib on use
     with atomic_directory(os.path.join(model_dir, "audit")) as tmp:
         write_json(os.path.join(tmp, "audit.json"), _json_ready(report))
         pngs = {}
         for name, draw in (("exposure", _plot_exposure), ("popularity", _plot_popularity),
                            ("user_groups", _plot_user_groups), ("sweep", _plot_sweep)):
-            figure = _new_figure(figsize=(8, 4))
+            figure = new_figure(figsize=(8, 4))
             if draw(figure, report):
-                pngs[name] = _save_png(figure, os.path.join(tmp, f"{name}.png"))
+                pngs[name] = save_png(figure, os.path.join(tmp, f"{name}.png"))
         with tf.io.gfile.GFile(os.path.join(tmp, "report.html"), "w") as f:
             f.write(render_html(report, pngs))
 

@@ -294,7 +294,8 @@ def calibration_table(calibration: dict) -> str:
 # PNG plots
 # ---------------------------------------------------------------------------------------
 
-def _new_figure(**kwargs):
+def new_figure(**kwargs):
+    """A matplotlib ``Figure`` for the run's and the audit's PNGs."""
     # matplotlib.figure.Figure, not pyplot: no global figure registry (nothing to leak or
     # close) and no matplotlib.use() call, which would switch the backend of a notebook
     # that runs training in-process (Colab's inline plots). Saving to PNG uses Agg.
@@ -302,7 +303,8 @@ def _new_figure(**kwargs):
     return Figure(layout="constrained", **kwargs)
 
 
-def _save_png(figure, path: str) -> str:
+def save_png(figure, path: str) -> str:
+    """Writes ``figure`` as a PNG at ``path`` (atomically) and clears it; returns ``path``."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     figure.clear()
@@ -318,7 +320,7 @@ def save_calibration_plot(path: str, calibration: dict, title: str = "") -> str:
     per bin. The title gives the ECE. Returns ``path``.
     """
     bins = [b for b in calibration["bins"] if b["count"]]
-    figure = _new_figure(figsize=(5.5, 6.5))
+    figure = new_figure(figsize=(5.5, 6.5))
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], linestyle="--", color="0.6", label="perfectly calibrated")
     x = [b["mean_probability"] for b in bins]
@@ -342,7 +344,7 @@ def save_calibration_plot(path: str, calibration: dict, title: str = "") -> str:
                color="C0", alpha=0.6, edgecolor="white")
     bottom.set_xlabel("predicted probability")
     bottom.set_ylabel("rows")
-    return _save_png(figure, path)
+    return save_png(figure, path)
 
 
 def save_score_histogram(path: str, labels, probabilities, title: str = "",
@@ -352,7 +354,7 @@ def save_score_histogram(path: str, labels, probabilities, title: str = "",
     y = np.asarray(labels).reshape(-1) > 0.5
     p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
     edges = np.linspace(0.0, 1.0, num_bins + 1)
-    figure = _new_figure(figsize=(6, 4))
+    figure = new_figure(figsize=(6, 4))
     axes = figure.subplots()
     for value, rows, color in ((0, ~y, "C1"), (1, y, "C0")):
         if rows.any():
@@ -364,7 +366,7 @@ def save_score_histogram(path: str, labels, probabilities, title: str = "",
     axes.legend(fontsize=8)
     axes.set_title(f"{title + ': ' if title else ''}predicted probability by label",
                    fontsize=10)
-    return _save_png(figure, path)
+    return save_png(figure, path)
 
 
 # ---------------------------------------------------------------------------------------
