@@ -195,6 +195,24 @@ def log_odds_shift(outcome, reference_probability, eps: float = 1e-6) -> float:
     return 0.5 * (low + high)
 
 
+def bootstrap_samples(units: int, num_samples: int, seed: int = 0) -> list:
+    """``num_samples`` resamples with replacement of ``range(units)`` (seeded)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, units, size=units) for _ in range(num_samples)]
+
+
+def percentile_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """The central ``confidence`` interval of ``values`` by percentiles, non-finite values
+    dropped; ``(nan, nan)`` when none is left."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
 def bootstrap_interval(statistic: Callable[[np.ndarray], float], units: int,
                        num_samples: int = 200, confidence: float = 0.95,
                        seed: int = 0) -> tuple[float, float]:
@@ -204,15 +222,8 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], units: int,
     statistic is not finite are dropped."""
     if units == 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, units, size=units))
-                       for _ in range(num_samples)], dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(values, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    return percentile_interval([statistic(sample) for sample in
+                                bootstrap_samples(units, num_samples, seed)], confidence)
 
 
 def impression_ndcg(labels, scores, groups, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
