@@ -157,7 +157,7 @@ def audit_scores(scores, probabilities, *, table, examples, rows_of, impression_
         return fairness.group_exposure(ranking[sample], merit_grid[sample], item_group,
                                        len(group_names), k)
 
-    samples = _bootstrap_samples(units, bootstrap, seed)
+    samples = fairness.bootstrap_samples(units, bootstrap, seed)
     result["exposure"] = _exposure_section(exposure, [disparity(s) for s in samples],
                                            group_names)
     if relevance is not None:
@@ -230,7 +230,8 @@ def audit_catalogue(ranking, *, relevant: list, profile, item_counts, tail, item
         return fairness.exposure_against_merit(exposure, merit)
 
     whole = exposure_of(np.arange(len(top)))
-    resampled = [exposure_of(s) for s in _bootstrap_samples(len(top), bootstrap, seed)]
+    resampled = [exposure_of(s)
+                 for s in fairness.bootstrap_samples(len(top), bootstrap, seed)]
     result["exposure"] = _exposure_section(whole, resampled, group_names)
     result["user_groups"] = {}
     for name, (index, names) in user_groups.items():
@@ -253,10 +254,12 @@ def _exposure_section(whole: dict, resampled: list, group_names: list) -> dict:
             "exposure_share": float(whole["exposure_share"][g]),
             "merit_share": float(whole["merit_share"][g]),
             "disparity": float(whole["disparity"][g]),
-            "disparity_interval": _percentiles([r["disparity"][g] for r in resampled])}
+            "disparity_interval": fairness.percentile_interval(
+                [r["disparity"][g] for r in resampled])}
             for g, name in enumerate(group_names)},
         "total_variation": whole["total_variation"],
-        "total_variation_interval": _percentiles([r["total_variation"] for r in resampled])}
+        "total_variation_interval": fairness.percentile_interval(
+            [r["total_variation"] for r in resampled])}
 
 
 SWEEP_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
@@ -270,7 +273,7 @@ def rerank_sweep(ranking, scores, relevant: list, item_counts, tail, item_group,
     total variation against merit, with the relative changes of nDCG and APLT from weight
     0 and paired bootstrap intervals of both (the same lists resampled for every weight)."""
     points, per_list = [], []
-    samples = _bootstrap_samples(len(ranking), bootstrap, seed)
+    samples = fairness.bootstrap_samples(len(ranking), bootstrap, seed)
     clicked = np.array([item_group[i] for items in relevant for i in items
                         if item_group[i] >= 0], np.int64)
     merit = np.bincount(clicked, minlength=num_groups)
@@ -286,6 +289,7 @@ def rerank_sweep(ranking, scores, relevant: list, item_counts, tail, item_group,
                        "coverage": bias["coverage"], "gini": bias["gini"],
                        "total_variation": fairness.exposure_against_merit(
                            exposure, merit)["total_variation"]})
+
     def change(values, base, sample):
         low = np.nanmean(base[sample])
         return np.nanmean(values[sample]) / low - 1 if low else float("nan")
@@ -295,22 +299,9 @@ def rerank_sweep(ranking, scores, relevant: list, item_counts, tail, item_group,
         for key, values, base in (("ndcg_change", ndcg, per_list[0][0]),
                                   ("aplt_change", aplt, per_list[0][1])):
             point[key] = float(change(values, base, every))
-            point[f"{key}_interval"] = _percentiles([change(values, base, s) for s in samples])
+            point[f"{key}_interval"] = fairness.percentile_interval(
+                [change(values, base, s) for s in samples])
     return points
-
-
-def _bootstrap_samples(units: int, bootstrap: int, seed: int) -> list:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, units, size=units) for _ in range(bootstrap)]
-
-
-def _percentiles(values, confidence: float = 0.95) -> list:
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return [float("nan"), float("nan")]
-    alpha = (1.0 - confidence) / 2.0
-    return [float(v) for v in np.quantile(values, [alpha, 1.0 - alpha])]
 
 
 def log_odds_skews(outcome, relevance, group_of_row, group_names: list, rows_of: list,
@@ -337,8 +328,9 @@ def log_odds_skews(outcome, relevance, group_of_row, group_names: list, rows_of:
     confidence = 1.0 - 0.05 / max(len(group_names), 1)
     return {name: {
         "value": float(value[g]), "relative": float(relative[g]),
-        "interval": _percentiles([r[0][g] for r in resampled], confidence),
-        "relative_interval": _percentiles([r[1][g] for r in resampled], confidence),
+        "interval": fairness.percentile_interval([r[0][g] for r in resampled], confidence),
+        "relative_interval": fairness.percentile_interval([r[1][g] for r in resampled],
+                                                          confidence),
         "rows": int((group_of_row == g).sum())} for g, name in enumerate(group_names)}
 
 
@@ -369,17 +361,18 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
         known = sorted({key for ex in examples[:1000] for key in ex.extras})
         raise AuditError(f"--user_column {user_column!r} is not a column of the {split} "
                          f"impressions (extra columns: {', '.join(known) or 'none'})")
-    runs = {os.path.basename(os.path.normpath(model_dir)) or "model": model_dir}
+    # name -> (run directory, its config)
+    runs = {os.path.basename(os.path.normpath(model_dir)) or "model": (model_dir, cfg)}
     for other in compare:
         other_cfg = train_lib.load_run_config(other)
         if other_cfg.data != cfg.data:
             raise AuditError(f"--compare {other}: trained on other data than {model_dir} "
                              "(its data config differs); audit runs of the same data")
-        runs[os.path.basename(os.path.normpath(other)) or other] = other
-    for path in runs.values():
+        runs[os.path.basename(os.path.normpath(other)) or other] = (other, other_cfg)
+    for path, run_cfg in runs.values():
         if not tf.io.gfile.exists(os.path.join(path, "model.keras")):
             raise RunDirError(f"{path}/model.keras: not found; the run did not finish training")
-        kind = model_kinds.for_config(train_lib.load_run_config(path))
+        kind = model_kinds.for_config(run_cfg)
         if catalogue and type(kind).catalogue_logits is model_kinds.ModelKind.catalogue_logits:
             raise AuditError(f"--catalogue: {path} is a {kind.name} run, which would score "
                              "every (user, item) pair; audit it on the impressions (without "
@@ -437,25 +430,25 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
             bootstrap=bootstrap, seed=seed)}
     if relevance is not None:
         group_of_row = group_index[table.item_index]
-        samples = _bootstrap_samples(len(rows_of), bootstrap, seed)
+        samples = fairness.bootstrap_samples(len(rows_of), bootstrap, seed)
         report["data_log_odds_skew"] = log_odds_skews(
             table.label, relevance, group_of_row, group_names, rows_of, samples)
     audit_report.write(model_dir, report)
     return report
 
 
-def _load_run(path: str, prepared):
-    run_cfg = train_lib.load_run_config(path)
+def _load_run(path: str, run_cfg, prepared) -> tuple:
+    """``(model, featurizer)`` of a finished run."""
     model = keras.models.load_model(os.path.join(path, "model.keras"))
-    return run_cfg, model, train_lib.load_run_packer(run_cfg, path, prepared)
+    return model, train_lib.load_run_packer(run_cfg, path, prepared)
 
 
 def _audit_impression_scorers(runs, prepared, table, examples, rows_of, impression_of,
                               log_popularity, relevance, merit_source, **common) -> tuple:
     """Impressions mode: every scorer ranks each impression's candidates."""
     scorers = {"popularity": log_popularity[table.item_index]}
-    for name, path in runs.items():
-        run_cfg, model, packer = _load_run(path, prepared)
+    for name, (path, run_cfg) in runs.items():
+        model, packer = _load_run(path, run_cfg, prepared)
         scorers[name] = train_lib.predict_logits(model, table, packer,
                                                  run_cfg.train.eval_batch_size)
     results, lists = {}, {}
@@ -476,7 +469,7 @@ def _audit_catalogue_scorers(runs, prepared, table, examples, rows_of, log_popul
                              relevant, candidates, **common) -> tuple:
     """Catalogue mode: every scorer ranks the whole catalogue for each listed user."""
     ids = prepared.ids
-    run_cfg = train_lib.load_run_config(next(iter(runs.values())))
+    _, run_cfg = next(iter(runs.values()))
     item_text = ids.item_texts(prepared.catalogue, run_cfg.data.item_text_fields)
     first_rows = [members[0] for members in rows_of]
     histories = [[ids.items[h] for h in examples[row].history if h in ids.items]
@@ -485,8 +478,8 @@ def _audit_catalogue_scorers(runs, prepared, table, examples, rows_of, log_popul
     lists = {"popularity": catalogue_lists(
         None, None, None, table, examples, rows_of, ids, item_text, candidates, 0,
         logits=np.tile(log_popularity, (len(rows_of), 1)))}
-    for name, path in runs.items():
-        run_cfg, model, packer = _load_run(path, prepared)
+    for name, (path, run_cfg) in runs.items():
+        model, packer = _load_run(path, run_cfg, prepared)
         lists[name] = catalogue_lists(model_kinds.for_config(run_cfg), model, packer, table,
                                       examples, rows_of, ids, item_text, candidates,
                                       run_cfg.train.eval_batch_size)
