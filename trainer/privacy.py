@@ -53,7 +53,12 @@ from trainer.errors import ConfigError
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 
 # Refused when the per-example gradients of one step would need more memory than this.
-MAX_JACOBIAN_BYTES = 4 << 30
+MAX_PER_EXAMPLE_GRADIENT_BYTES = 4 << 30
+
+
+def sampling_probability(batch_size: float, rows: int) -> float:
+    """q: the probability that a step samples a given row (``batch_size`` expected rows)."""
+    return min(1.0, batch_size / rows)
 
 
 def delta_for(privacy: config_lib.PrivacyConfig, rows: int) -> float:
@@ -71,7 +76,7 @@ def max_batch_size(privacy: config_lib.PrivacyConfig, batch_size: int, rows: int
         return privacy.max_batch_size
     from scipy.stats import binom  # installed with dp-accounting
 
-    q = min(1.0, batch_size / rows)
+    q = sampling_probability(batch_size, rows)
     tail = 0.1 * delta_for(privacy, rows) / max(steps, 1)
     return int(min(rows, binom.isf(tail, rows, q)))  # the least m with P(X > m) <= tail
 
@@ -103,7 +108,7 @@ def epsilon(rows: int, batch_size: int, max_batch: int, noise_multiplier: float,
         return 0.0
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.TruncatedSubsampledGaussianDpEvent(
-            dataset_size=rows, sampling_probability=min(1.0, batch_size / rows),
+            dataset_size=rows, sampling_probability=sampling_probability(batch_size, rows),
             truncated_batch_size=max_batch, noise_multiplier=noise_multiplier), steps)
     accountant = pld.PLDAccountant()
     accountant.compose(event)
@@ -116,7 +121,8 @@ def account(privacy: config_lib.PrivacyConfig, rows: int, batch_size: int, max_b
     delta = delta_for(privacy, rows)
     return Accounting(
         epsilon=epsilon(rows, batch_size, max_batch, privacy.noise_multiplier, steps, delta),
-        delta=delta, steps=steps, rows=rows, sampling_probability=min(1.0, batch_size / rows),
+        delta=delta, steps=steps, rows=rows,
+        sampling_probability=sampling_probability(batch_size, rows),
         max_batch_size=max_batch, noise_multiplier=privacy.noise_multiplier,
         l2_norm_clip=privacy.l2_norm_clip)
 
@@ -130,7 +136,7 @@ class PoissonSampler:
         if rows < 1:
             raise ValueError("no training rows to sample")
         self.rows, self.max_batch, self.seed = rows, max_batch, seed
-        self.q = min(1.0, batch_size / rows)
+        self.q = sampling_probability(batch_size, rows)
 
     def sample(self, step: int) -> np.ndarray:
         """The sampled row indices (sorted; at most ``max_batch``)."""
@@ -227,7 +233,7 @@ def make_private(model: keras.Model, privacy: config_lib.PrivacyConfig,
                           "per example")
     params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     needed = 4 * params * max_batch
-    if needed > MAX_JACOBIAN_BYTES:
+    if needed > MAX_PER_EXAMPLE_GRADIENT_BYTES:
         raise ConfigError(
             f"config key 'train.privacy.enabled': the per-example gradients of one step "
             f"need {needed / 2**30:.1f} GiB ({params:,} weights x "
