@@ -22,7 +22,7 @@ INSTALL_REQUIRES = [
     "PyYAML>=6.0",
     # Calibration curve and score histogram PNGs in every run directory.
     "matplotlib==3.11.2",
-    # The fairness audit (trainer/audit_lib.py): per-group metrics through MetricFrame.
+    # The fairness audit (trainer/responsible/audit_lib.py): per-group metrics through MetricFrame.
     "fairlearn==0.15.0",
     # The privacy spent by DP-SGD (train.privacy). It caps attrs below 24, which the
     # rest of the set accepts (jsonschema needs >= 22.2).

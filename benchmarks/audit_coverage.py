@@ -20,7 +20,7 @@ import numpy as np
 
 
 def _test_split(seed: int, users: int, bias: float):
-    from trainer.datasets import synthetic
+    from trainer.data import synthetic
     catalogue, examples = synthetic.generate(num_items=80, num_users=users,
                                              impressions_per_user=4,
                                              candidates_per_impression=5, seed=seed,
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     parser.add_argument("--users", type=int, default=600)
     parser.add_argument("--bootstrap", type=int, default=1000)
     args = parser.parse_args(argv)
-    from trainer.audit_lib import log_odds_skews
+    from trainer.responsible.audit_lib import log_odds_skews
 
     family, single, found, estimates = [], [], [], []
     for seed in range(args.seeds):

@@ -1,5 +1,5 @@
 """The GPU check on the project's own code: its model classes, compiled by its own training
-step (trainer/optimization.py) and trained by Keras' fit under JAX, on the demo data.
+step (trainer/training/optimization.py) and trained by Keras' fit under JAX, on the demo data.
 
 The lent GPU machine has JAX but no TensorFlow and no network, and a call carries at most
 64 MiB, so the work is split in two:
@@ -21,7 +21,7 @@ MiniLM cross-encoder (configs/demo_cross.yaml with all-MiniLM-L6-v2, sequence le
 examples/s (steady state: the timed steps after the first ``--warmup_steps``), the MFU
 (XLA's FLOP count of the compiled forward pass x 3, over the bf16 matmul peak measured in
 the same process, and over the chip's spec when ``--spec_tflops`` is given) and the
-validation/test metrics of trainer/metrics.py. Run ``run`` here too (CPU, JAX) for the
+validation/test metrics of trainer/evaluation/metrics.py. Run ``run`` here too (CPU, JAX) for the
 throughput it is compared with.
 """
 
@@ -74,7 +74,7 @@ def prepare(out: str, minilm: str, work_dir: str, two_tower_config: str = "",
     import tensorflow as tf
 
     from trainer import config as config_lib
-    from trainer import distribute, train_lib
+    from trainer.training import distribute, train_lib
 
     written = {}
     for name in MODELS:
@@ -240,7 +240,9 @@ def run_one(name: str, directory: str, warmup_steps: int, max_steps: int = 0,
     import keras
     import yaml
 
-    from trainer import backend, config as config_lib, metrics, optimization
+    from trainer import backend, config as config_lib
+    from trainer.evaluation import metrics
+    from trainer.training import optimization
 
     with open(os.path.join(directory, "config.yaml")) as f:
         cfg = config_lib.config_from_dict(yaml.safe_load(f))

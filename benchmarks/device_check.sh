@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check on the project's own code (benchmarks/device_check.py): the demo two-tower and
 # the pretrained MiniLM cross-encoder, built by train_lib, compiled by
-# trainer/optimization.py and trained by Keras' fit under JAX in bf16, from arrays prepared
+# trainer/training/optimization.py and trained by Keras' fit under JAX in bf16, from arrays prepared
 # beforehand where TensorFlow is installed:
 #
 #   .venv/bin/python -m benchmarks.device_check prepare --out device_check_data   # here

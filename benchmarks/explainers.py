@@ -3,7 +3,7 @@
     python -m benchmarks.explainers --model_dir runs/demo [--num_examples 100] \\
         [--methods integrated_gradients,...,shap] [--out runs/explainers]
 
-Protocol: ``trainer.explain_lib.run_explanations`` (what ``python -m trainer.task explain``
+Protocol: ``trainer.responsible.explain_lib.run_explanations`` (what ``python -m trainer.task explain``
 runs) explains the top-scored candidate of ``--num_examples`` test impressions drawn with
 ``--seed``; every method is scored on the same examples against a seeded random
 attribution (see explainability/faithfulness.py for the metrics). ``shap`` is included when
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from trainer import explain_lib
-    from trainer.datasets.canonical import write_json
+    from trainer.responsible import explain_lib
+    from trainer.data.canonical import write_json
     from trainer.errors import UserInputError
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

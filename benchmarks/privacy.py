@@ -46,7 +46,7 @@ def _timing(config: str, overrides: list, steps: int) -> dict:
     import numpy as np
 
     from trainer import config as config_lib
-    from trainer import distribute, privacy, train_lib
+    from trainer.training import distribute, privacy, train_lib
 
     cfg = config_lib.load_config(config, overrides)
     prepared = train_lib.prepare_data(cfg, os.path.join("/tmp", f"privacy-timing-{os.getpid()}"))

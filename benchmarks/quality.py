@@ -20,8 +20,8 @@ see retrieve -> rerank below) and ``bert_pretrained`` (the cross-encoder from
 Protocol (identical for every model, so the rows differ only in the model):
 
 * The data is loaded and turned into pair tables once, with one id vocabulary and one
-  WordPiece vocabulary, by ``trainer.train_lib.prepare_data`` (what ``train`` uses).
-* Split: chronological leave-last-out per user (trainer/datasets/movielens.py): each user's
+  WordPiece vocabulary, by ``trainer.training.train_lib.prepare_data`` (what ``train`` uses).
+* Split: chronological leave-last-out per user (trainer/data/movielens.py): each user's
   last positive (rating >= ``data.movielens.positive_threshold``) is the test item, the one
   before it the validation item, earlier positives are training impressions with
   ``negatives_per_positive`` sampled negatives.
@@ -36,10 +36,10 @@ Protocol (identical for every model, so the rows differ only in the model):
 * Test: each user's impression is the held-out positive plus ``data.movielens.eval_negatives``
   items the user never rated, sampled uniformly with a seed (the same candidates for every
   model). Scores are reshaped to ``[users, 1 + negatives]`` and ranked per user with
-  ``trainer.metrics.sampled_ranking_metrics``: HR@10, nDCG@10, MRR and the per-user AUC; a
+  ``trainer.evaluation.metrics.sampled_ranking_metrics``: HR@10, nDCG@10, MRR and the per-user AUC; a
   negative tied with the positive counts as ranked above it (a constant scorer gets the worst
   rank). A row reports the mean over users and a 95% percentile bootstrap interval over users
-  (``trainer.metrics.bootstrap_ci``, same seed for every row, so rows are resampled alike).
+  (``trainer.evaluation.metrics.bootstrap_ci``, same seed for every row, so rows are resampled alike).
 * ``train_seconds`` covers build + fit (including validation each epoch); ``score_seconds``
   is ``predict`` over the scored test rows (including its first-call tracing).
 
@@ -47,7 +47,7 @@ Full ranking (every row's ``full_ranking``), because sampled metrics can reorder
 (Krichene & Rendle, KDD 2020): each scored user's held-out positive is ranked against *every*
 catalogue item the user never rated -- no rating at all, in any split (the rated sets come
 from the loader's own ``movielens.read_movielens`` + ``prepare``) -- with no sampling, by
-``trainer.metrics.full_ranking_metrics``: HR@10, nDCG@10, MRR and HR@100 (with one
+``trainer.evaluation.metrics.full_ranking_metrics``: HR@10, nDCG@10, MRR and HR@100 (with one
 held-out item, recall@100: what a retrieval stage hands a reranker), the same pessimistic ties
 and bootstrap. The logits come from the model kind's ``catalogue_logits``
 (trainer/model_kinds.py): popularity and MF read their weights, ``sasrec`` / ``two_tower``
@@ -106,7 +106,7 @@ import time
 import numpy as np
 
 from trainer import config as config_lib
-from trainer import metrics
+from trainer.evaluation import metrics
 from trainer.errors import DataError, UserInputError
 
 # TensorFlow (train_lib, datasets) is imported inside run(), after the arguments are checked,
@@ -509,7 +509,7 @@ def _rated_mask(cfg, ids, users) -> np.ndarray:
     own parsing and cleaning (``movielens.read_movielens`` + ``prepare``: duplicates and
     ratings of untitled movies dropped alike), read a second time because the canonical
     examples keep positives only."""
-    from trainer.datasets import movielens
+    from trainer.data import movielens
 
     ml = cfg.data.movielens
     _, _, catalogue, ratings, untitled, skipped, _ = movielens.read_movielens(
@@ -536,8 +536,9 @@ def run(args, names: list, per_model: dict) -> dict:
     """Loads the data once, trains and scores each model; writes and returns quality.json."""
     import keras
 
-    from trainer import distribute, model_kinds, train_lib
-    from trainer.datasets.canonical import atomic_write_text, write_json
+    from trainer.training import distribute, train_lib
+    from trainer import model_kinds
+    from trainer.data.canonical import atomic_write_text, write_json
 
     base = _config(args, [])
     started = time.time()
@@ -745,16 +746,16 @@ def run(args, names: list, per_model: dict) -> dict:
         "ks": list(KS),
         "ties": "a negative tied with the positive ranks above it (pessimistic)",
         "metrics": "mean over users of per-user HR@10, nDCG@10, MRR, AUC "
-                   "(trainer.metrics.sampled_ranking_metrics)",
+                   "(trainer.evaluation.metrics.sampled_ranking_metrics)",
         "full_ranking": {
             "candidates": "the held-out positive and every catalogue item the user never "
                           "rated (any rating, any split); no sampling",
-            "rated_from": "trainer.datasets.movielens.read_movielens + prepare",
+            "rated_from": "trainer.data.movielens.read_movielens + prepare",
             "catalogue_items": len(ids.items),
             "candidates_per_user": _spread(candidates),
             "ties": "an item tied with the positive ranks above it (pessimistic)",
             "metrics": "mean over users of per-user HR@10, nDCG@10, MRR "
-                       "(trainer.metrics.full_ranking_metrics), same bootstrap",
+                       "(trainer.evaluation.metrics.full_ranking_metrics), same bootstrap",
             "logits": "ModelKind.catalogue_logits (trainer/model_kinds.py)",
             "pairwise_users": int(len(pairwise_rows)) if pairwise_run else None,
             "pretrained_users": (int(len(full_rows_of["bert_pretrained"]))

@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _train(out: str, num_items: int) -> str:
     from trainer import config as config_lib
-    from trainer import train_lib
+    from trainer.training import train_lib
 
     cfg = config_lib.load_config(os.path.join(REPO, "configs", "demo.yaml"), [
         f"data.synthetic.num_items={num_items}", "data.synthetic.num_users=300",
@@ -40,7 +40,7 @@ def _train(out: str, num_items: int) -> str:
 def _requests(model_dir: str, users: int = 64) -> dict:
     """``retrieve`` inputs for the first ``users`` test users of the run (their query and
     most recent history items, as training saw them)."""
-    from trainer.train_lib import load_run_config, load_run_packer, prepare_data
+    from trainer.training.train_lib import load_run_config, load_run_packer, prepare_data
 
     cfg = load_run_config(model_dir)
     prepared = prepare_data(cfg, model_dir)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = os.path.join(args.out, "retrieve_requests.json")
     with open(inputs, "w") as f:
         json.dump(_requests(model_dir), f)
-    from trainer import retrieval
+    from trainer.serving import retrieval
 
     index_items = len(retrieval.ItemIndex.load(model_dir))
     probe = subprocess.run(

@@ -7,7 +7,7 @@ fall on a busy moment. This re-times them in one quiet process: the same batch o
 ``--batch_size`` rows of the teacher's test split (each model through its own featurizer,
 as in ``distill_report.json``), ``--rounds`` rounds that alternate teacher and student so
 both see the same machine state, each round the median of 20 forward passes
-(``trainer.distill_lib.examples_per_second``). Prints and writes
+(``trainer.training.distill_lib.examples_per_second``). Prints and writes
 ``STUDENT_DIR/serving_cost.json`` (per-round figures, medians and the speed-up).
 """
 
@@ -21,8 +21,8 @@ import statistics
 import keras
 
 from models import two_tower  # noqa: F401  (registers the model classes for load_model)
-from trainer import distill_lib, train_lib
-from trainer.datasets.canonical import write_json
+from trainer.training import distill_lib, train_lib
+from trainer.data.canonical import write_json
 
 
 def measure(teacher_dir: str, student_dir: str, batch_size: int = 256,

@@ -57,7 +57,7 @@ def _run_child(args) -> dict:
     """In the child: one measured job."""
     from trainer import config as config_lib
     if args.child == "prepare":
-        from trainer import prepare
+        from trainer.data import prepare
         cfg = config_lib.load_config(CONFIG, args.set)
         manifest = prepare.prepare(cfg, args.dir)
         total = sum(c["examples"] for c in manifest["counts"].values())
@@ -67,7 +67,7 @@ def _run_child(args) -> dict:
                 # the largest of the forked processes that generate the source
                 "reader_peak_rss_mb": _peak_rss_mb(resource.RUSAGE_CHILDREN)}
     if args.child == "train":
-        from trainer import train_lib
+        from trainer.training import train_lib
         cfg = config_lib.load_config(CONFIG, args.set)
         results = train_lib.train(cfg, args.model_dir)
         return {"test_auc": results["test"]["auc"], "train_seconds": results["train"]["seconds"],
@@ -80,7 +80,7 @@ def _run_child(args) -> dict:
 def _throughput(cfg, work_dir: str) -> dict:
     """Examples/s of the second of two fits of ``train.steps_per_epoch`` steps each."""
     from benchmarks.throughput import timed_fit_window
-    from trainer import distribute, train_lib
+    from trainer.training import distribute, train_lib
 
     prepared = train_lib.prepare_data(cfg, work_dir)
     packer = train_lib.make_packer(cfg, prepared.vocabulary, prepared)

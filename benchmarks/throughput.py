@@ -134,8 +134,8 @@ def benchmark_config(size_name: str, jit_compile: bool = False, tfrecord_dir: st
 def make_benchmark_data(num_examples: int = 4000, seed: int = 0):
     """A synthetic pair table and a WordPiece vocabulary padded to BERT's 30,522 entries
     (so the embedding table, whose update is a real cost, has BERT's size)."""
-    from trainer import input_pipeline
-    from trainer.datasets import synthetic
+    from trainer.data import input_pipeline
+    from trainer.data import synthetic
 
     users = max(8, num_examples // 20)
     catalogue, examples = synthetic.generate(num_items=400, num_users=users,
@@ -177,7 +177,7 @@ class OursTrainer:
                  warmup_steps: int = 3):
         import tensorflow as tf
 
-        from trainer import train_lib
+        from trainer.training import train_lib
 
         self.cfg = benchmark_config(size_name, jit_compile)
         self.packer = train_lib.make_packer(self.cfg, vocabulary)
@@ -200,7 +200,8 @@ class KerasHubTrainer:
         import keras_hub
         import tensorflow as tf
 
-        from trainer import input_pipeline, train_lib
+        from trainer.data import input_pipeline
+        from trainer.training import train_lib
 
         cfg = benchmark_config(size_name)
         packer = train_lib.make_packer(cfg, vocabulary)
@@ -302,7 +303,7 @@ def training_rows(size_name: str, seconds: dict, steps: int, peak_gflops: float)
 
 def measure_input_pipeline(table, vocabulary, batches: int = 200) -> float:
     """Examples/s the training dataset delivers on its own (after one warm-up batch)."""
-    from trainer import train_lib
+    from trainer.training import train_lib
 
     cfg = benchmark_config("tiny")
     dataset = train_lib.make_train_dataset(cfg, table, train_lib.make_packer(cfg, vocabulary),
@@ -342,7 +343,7 @@ def measure_serving(trainer: OursTrainer, table, batch_calls: int = 20,
     """SavedModel on raw strings in a fresh process vs the in-process model on token ids."""
     import tensorflow as tf
 
-    from trainer import export
+    from trainer.serving import export
 
     model = trainer.model
     users = [str(t) for t in table.user_text[:64]]
@@ -390,7 +391,8 @@ def scaling_worker(pattern: str, num_examples: int, vocab_path: str) -> dict:
     """One epoch of the tiny model over TFRecord shards (run in a fresh process)."""
     import tensorflow as tf
 
-    from trainer import input_pipeline, train_lib
+    from trainer.data import input_pipeline
+    from trainer.training import train_lib
 
     cfg = benchmark_config("tiny")
     packer = train_lib.make_packer(cfg, vocab_path)
@@ -425,7 +427,7 @@ def peak_rss_mb() -> float:
 
 def measure_scaling(table, vocabulary, base_examples: int, factors=(1, 2, 4)) -> dict:
     """Epoch time and peak memory at each data factor, each in its own process."""
-    from trainer import input_pipeline
+    from trainer.data import input_pipeline
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -596,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + format_table(result))
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "throughput.json")
-    from trainer.datasets.canonical import write_json
+    from trainer.data.canonical import write_json
     write_json(path, result)
     print(f"\nwrote {path}")
     return 0

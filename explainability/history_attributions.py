@@ -17,7 +17,7 @@ import numpy as np
 from explainability.pair_scorer import PairScorer
 
 # compose(query, titles oldest first) -> user side text; the run's own formatting
-# (trainer.input_pipeline.user_side_text with the run's max_history).
+# (trainer.data.input_pipeline.user_side_text with the run's max_history).
 ComposeUserText = Callable[[str, list], str]
 
 

@@ -277,5 +277,5 @@ class TwoTowerScorer(PairScorer):
 
 
 # Joins the parts of the user side; explainability does not import the trainer, so this
-# repeats trainer.input_pipeline.USER_SIDE_SEPARATOR (tests/explainability checks they agree).
+# repeats trainer.data.input_pipeline.USER_SIDE_SEPARATOR (tests/explainability checks they agree).
 HISTORY_SEPARATOR_TEXT = " ; "

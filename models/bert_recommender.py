@@ -118,7 +118,7 @@ class BERTRecommender(keras.Model):
         says (``[batch, hidden_dim]``), before the head's dropout and ``Dense(1)``.
 
         ``call`` is ``click_head(head_dropout(pooled_output(x)))``, so at inference (dropout
-        off) the logit is ``click_head(pooled_output(x))``; ``trainer/run_reports.py`` uses
+        off) the logit is ``click_head(pooled_output(x))``; ``trainer/evaluation/run_reports.py`` uses
         it as an item embedding.
         """
         token_ids = inputs["token_ids"]

@@ -61,7 +61,7 @@ def trained_run(tmp_path_factory):
     read a run directory; they must not modify what it wrote. Returns ``(cfg, model_dir,
     metrics)``. (The two-tower twin is ``trained_two_tower_run``.)"""
     from trainer import config as config_lib
-    from trainer import train_lib
+    from trainer.training import train_lib
 
     cfg = config_lib.load_config(os.path.join(REPO, "configs", "tiny.yaml"), [
         "data.synthetic.num_items=40", "data.synthetic.num_users=24",

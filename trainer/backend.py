@@ -107,7 +107,7 @@ def compiled_forward(model, method: str | None = None):
                       [v.value for v in model.non_trainable_variables],
                       {k: np.asarray(v) for k, v in x.items()})
 
-    forward.jitted = jitted  # for cost analysis (trainer/distill_lib.py)
+    forward.jitted = jitted  # for cost analysis (trainer/training/distill_lib.py)
     return forward
 
 

@@ -34,7 +34,7 @@ _CHECKOUT_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abs
 
 @dataclasses.dataclass
 class SyntheticConfig:
-    """Sizes of the synthetic catalogue/behaviour generator (see trainer/datasets/synthetic.py)."""
+    """Sizes of the synthetic catalogue/behaviour generator (see trainer/data/synthetic.py)."""
 
     num_items: int = 400
     num_users: int = 600
@@ -59,7 +59,7 @@ class SyntheticConfig:
 
 @dataclasses.dataclass
 class MovieLensConfig:
-    """MovieLens loading (trainer/datasets/movielens.py)."""
+    """MovieLens loading (trainer/data/movielens.py)."""
 
     variant: str = "auto"  # auto | ml-100k | ml-1m | ml-latest-small | ml-25m
     positive_threshold: float = 4.0
@@ -75,7 +75,7 @@ class MovieLensConfig:
 
 @dataclasses.dataclass
 class MindConfig:
-    """MIND loading (trainer/datasets/mind.py)."""
+    """MIND loading (trainer/data/mind.py)."""
 
     text_fields: list = dataclasses.field(
         default_factory=lambda: ["title", "category", "subcategory"])
@@ -107,7 +107,7 @@ class DataConfig:
     lowercase: bool = True
     shuffle_buffer: int = 20000
     # A directory of TFRecord shards written by `python -m trainer.task prepare` (written on
-    # first use when absent or empty): training streams from it (trainer/prepare.py).
+    # first use when absent or empty): training streams from it (trainer/data/prepare.py).
     tfrecord_dir: str = ""
     # Keep the tokenized training pairs in memory after the first epoch (~1 KB per example
     # at sequence length 128); not applied to tfrecord_dir sources, which stream.
@@ -166,7 +166,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class PrivacyConfig:
-    """DP-SGD (trainer/privacy.py): each step trains on a Poisson sample of the training
+    """DP-SGD (trainer/training/privacy.py): each step trains on a Poisson sample of the training
     rows (each row in with probability batch_size / rows, cut at ``max_batch_size``), clips each row's gradient to ``l2_norm_clip``, adds
     Gaussian noise of standard deviation ``noise_multiplier * l2_norm_clip`` to the sum and
     divides by batch_size. The (epsilon, delta) spent, per training row, is accounted with
@@ -211,7 +211,7 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class RuntimeConfig:
-    """Where it runs: see trainer/distribute.py."""
+    """Where it runs: see trainer/training/distribute.py."""
 
     # Keras backend (trainer/backend.py): auto (KERAS_BACKEND, else tensorflow) | tensorflow
     # | jax. tf.data with in-graph tokenization feeds either; JAX is the TPU path.
@@ -221,7 +221,7 @@ class RuntimeConfig:
     devices: list = dataclasses.field(default_factory=list)  # mirrored/one_device device names
     logical_cpus: int = 0  # >1 splits the CPU into logical devices (tests, laptops)
     # JAX only: >1 splits each transformer layer's weights (heads, feed-forward, token
-    # embedding) across this many devices, data parallel across the rest (trainer/distribute.py
+    # embedding) across this many devices, data parallel across the rest (trainer/training/distribute.py
     # JaxStrategy); for backbones larger than one device's memory. 1 = data parallel only.
     model_parallel: int = 1
     # float32 | mixed_bfloat16 (TPUs, recent GPUs) | mixed_float16 (older GPUs); the click
@@ -234,7 +234,7 @@ class RuntimeConfig:
 
 @dataclasses.dataclass
 class TuneConfig:
-    """Hyperparameter search (``python -m trainer.task tune``, trainer/tune_lib.py).
+    """Hyperparameter search (``python -m trainer.task tune``, trainer/training/tune_lib.py).
 
     ``space`` lists the config fields a trial may change, one mapping each::
 
@@ -258,7 +258,7 @@ class TuneConfig:
 
 @dataclasses.dataclass
 class DistillConfig:
-    """Knowledge distillation (``python -m trainer.task distill``, trainer/distill_lib.py).
+    """Knowledge distillation (``python -m trainer.task distill``, trainer/training/distill_lib.py).
 
     The student trains on ``alpha * BCE(labels) + (1 - alpha) * T^2 * KD(teacher / T)``
     (models/distillation.py) over the training impressions plus
@@ -527,7 +527,7 @@ def dump_yaml(cfg: ExperimentConfig) -> str:
 
 def _validate_privacy(cfg: ExperimentConfig) -> None:
     """DP-SGD settings whose accounting would not hold are refused here, before any data
-    is read (trainer/privacy.py checks what needs the data or the strategy)."""
+    is read (trainer/training/privacy.py checks what needs the data or the strategy)."""
     p = cfg.train.privacy
     if p.noise_multiplier <= 0:
         raise ConfigError(f"config key 'train.privacy.noise_multiplier' must be > 0, got "

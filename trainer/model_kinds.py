@@ -37,7 +37,7 @@ from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
 from models.layers.text_pair_packer import TextPairPacker
 from models.two_tower import TwoTowerRecommender
 from trainer import config as config_lib
-from trainer import input_pipeline
+from trainer.data import input_pipeline
 
 
 class ModelKind:

@@ -33,7 +33,7 @@ import logging
 import os
 import sys
 
-# Private training needs oneDNN off (trainer/privacy.py); the name is repeated here because
+# Private training needs oneDNN off (trainer/training/privacy.py); the name is repeated here because
 # this module must not import TensorFlow before setting it.
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--set", dest="overrides", action="append", default=[],
                          metavar="KEY=VALUE", help="dotted override, repeatable")
     distill = sub.add_parser("distill", help="train a student on a teacher run's logits "
-                             "(trainer/distill_lib.py); writes distill_report.json")
+                             "(trainer/training/distill_lib.py); writes distill_report.json")
     distill.add_argument("--teacher_dir", required=True, help="a finished run to learn from")
     distill.add_argument("--config", required=True,
                          help="the student's config (its data section must be the teacher's)")
@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="items to return (default: 10, or the pipeline's k)")
     audit = sub.add_parser("audit", help="popularity bias, item-group exposure against "
                            "merit and user-group gaps of a trained run, beside the "
-                           "popularity baseline (trainer/audit_lib.py); writes audit/")
+                           "popularity baseline (trainer/responsible/audit_lib.py); writes audit/")
     audit.add_argument("--model_dir", required=True)
     audit.add_argument("--split", default="test", choices=("validation", "test"))
     audit.add_argument("--k", type=int, default=10, help="the top k of each ranking that "
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config_lib.load_config(args.config, args.overrides)
             backend.select(cfg.runtime.backend)
             if cfg.train.privacy.enabled:
-                # Read once when TensorFlow starts: see trainer/privacy.py ONEDNN_VARIABLE.
+                # Read once when TensorFlow starts: see trainer/training/privacy.py ONEDNN_VARIABLE.
                 os.environ[ONEDNN_VARIABLE] = "0"
         elif args.command == "evaluate":
             backend.select("auto")
@@ -189,12 +189,12 @@ def main(argv: list[str] | None = None) -> int:
             # whichever backend trained the run (model.keras is backend-neutral).
             backend.select("tensorflow")
         if args.command == "train":
-            from trainer import train_lib
+            from trainer.training import train_lib
             results = train_lib.train(cfg, args.model_dir)
             if results:  # empty on the non-chief workers of a multi-worker run
                 _report(args.model_dir, results, train_lib.format_metrics_table(results))
         elif args.command == "tune":
-            from trainer import tune_lib
+            from trainer.training import tune_lib
             results = tune_lib.tune(cfg, args.model_dir)
             print("\n" + tune_lib.format_trials_table(results))
             print(f"\nbest: trial {results['best']['trial_id']} "
@@ -205,19 +205,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"train it:\n  python -m trainer.task train --config "
                   f"{results['best_config']} --model_dir RUN_DIR")
         elif args.command == "distill":
-            from trainer import distill_lib
+            from trainer.training import distill_lib
             report = distill_lib.distill(cfg, args.teacher_dir, args.model_dir)
             if report:
                 print("\n" + distill_lib.report_table(report))
                 print(f"\noutputs:\n  {os.path.join(args.model_dir, 'distill_report.json')}"
                       f"\n  {os.path.join(args.model_dir, 'metrics.json')}")
         elif args.command == "evaluate":
-            from trainer import train_lib
+            from trainer.training import train_lib
             results = train_lib.evaluate(args.model_dir)
             print(train_lib.format_metrics_table(results))
             print(json.dumps(results, indent=2, sort_keys=True))
         elif args.command == "prepare":
-            from trainer import prepare as prepare_lib
+            from trainer.data import prepare as prepare_lib
             manifest = prepare_lib.prepare(cfg, args.out)
             print(json.dumps({k: manifest[k] for k in ("counts", "users", "items",
                                                          "seconds", "examples_per_second")},
@@ -225,11 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\ntrain from it:\n  python -m trainer.task train --config {args.config} "
                   f"--set data.tfrecord_dir={args.out} --model_dir RUN_DIR")
         elif args.command == "export":
-            from trainer import train_lib
+            from trainer.training import train_lib
             for path in train_lib.export_run(args.model_dir, args.source_dir):
                 print(path)
         elif args.command == "audit":
-            from trainer import audit_lib, audit_report
+            from trainer.responsible import audit_lib, audit_report
             report = audit_lib.audit(
                 args.model_dir, split=args.split, k=args.k, compare=args.compare,
                 merit=args.merit, item_group=args.item_group, user_column=args.user_column,
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\noutputs:\n  {out}/report.html\n  {out}/audit.json")
         elif args.command == "explain":
             from explainability.explainer import format_faithfulness_table
-            from trainer import explain_lib
+            from trainer.responsible import explain_lib
             summary = explain_lib.explain(
                 args.model_dir, num_examples=args.num_examples,
                 methods=[m.strip() for m in args.methods.split(",") if m.strip()],
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\noutputs:\n  {out}/report.html\n  {out}/explanations.jsonl\n"
                   f"  {out}/faithfulness.json")
         elif args.command == "recommend":
-            from trainer import recommend_lib
+            from trainer.serving import recommend_lib
             history = [h.strip() for h in args.history.split(",") if h.strip()]
             if args.pipeline:
                 pipeline = config_lib.load_pipeline(args.pipeline, args.overrides)
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             if not os.path.isdir(export_dir) and "://" not in export_dir:
                 raise UserInputError(f"{export_dir}: no SavedModel; train first or point "
                                      "--model_dir at a finished run")
-            from trainer import export
+            from trainer.serving import export
             out = export.predict_texts(export_dir, args.user_text, args.item_text)
             for user, item, p in zip(args.user_text, args.item_text,
                                      out["click_probability"].numpy()):

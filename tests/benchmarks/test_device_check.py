@@ -26,7 +26,8 @@ def prepared(tmp_path_factory):
 def test_carried_arrays_are_the_input_pipeline_features(prepared):
     from benchmarks import device_check
     from trainer import config as config_lib
-    from trainer import input_pipeline, train_lib
+    from trainer.data import input_pipeline
+    from trainer.training import train_lib
 
     arrays = dict(np.load(prepared / "data" / "two_tower" / "arrays.npz"))
     cfg = config_lib.load_config(TINY, MICRO_OVERRIDES + ["runtime.precision=mixed_bfloat16"])

@@ -10,9 +10,11 @@ import pytest
 
 from benchmarks import quality
 from tests.conftest import MINILM_DIR, REPO, require_shared
-from tests.trainer.datasets.test_movielens import make_movies, make_ratings, write_csv_variant
+from tests.trainer.data.test_movielens import make_movies, make_ratings, write_csv_variant
 from trainer import config as config_lib
-from trainer import input_pipeline, metrics, train_lib
+from trainer.data import input_pipeline
+from trainer.evaluation import metrics
+from trainer.training import train_lib
 
 TINY = os.path.join(REPO, "configs", "movielens_tiny.yaml")
 N_USERS = 16  # plus user 99, who has too few positives and is dropped

@@ -5,7 +5,7 @@ import json
 import os
 
 from benchmarks import retrieve_latency
-from trainer import retrieval
+from trainer.serving import retrieval
 
 
 def test_retrieve_latency_times_each_k_in_a_fresh_process(trained_two_tower_run, tmp_path):

@@ -4,7 +4,7 @@ Nothing here talks to Google Cloud or builds an image. The specs are custom-cont
 (containerSpec: the image from cloud/Dockerfile, which installs this package's sdist). They are
 checked for the CustomJobSpec shape that `gcloud ai custom-jobs create --config` reads, for
 arguments that trainer.task's own parser accepts and configs that load with their overrides,
-and for hardware and runtime settings that agree with trainer.distribute. The Dockerfile is
+and for hardware and runtime settings that agree with trainer.training.distribute. The Dockerfile is
 checked against setup.py (sdist file name, tensorflow pin, Python version). The sdist test
 builds the package from a copy of the repository (so no build/ or *.egg-info lands in the work
 tree), installs it into a temporary target and checks that the code and the YAML configs are
@@ -29,7 +29,7 @@ from packaging.specifiers import SpecifierSet
 
 from trainer import config as config_lib
 from trainer import task
-from trainer.distribute import Accelerator
+from trainer.training.distribute import Accelerator
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLOUD = os.path.join(REPO, "cloud")
@@ -51,7 +51,7 @@ WORKER_POOL_KEYS = {"machineSpec", "replicaCount", "containerSpec", "diskSpec", 
 CONTAINER_SPEC_KEYS = {"imageUri", "command", "args", "env"}
 
 # CUDA compute capability of the GPUs the specs use or their comments suggest:
-# trainer.distribute picks bfloat16 from 8.0 (Ampere) on, float16 below.
+# trainer.training.distribute picks bfloat16 from 8.0 (Ampere) on, float16 below.
 COMPUTE_CAPABILITY = {
     "NVIDIA_TESLA_T4": (7, 5), "NVIDIA_L4": (8, 9), "NVIDIA_TESLA_A100": (8, 0),
     "NVIDIA_A100_80GB": (8, 0),
@@ -125,7 +125,7 @@ def accelerator_overrides(accelerator: Accelerator) -> dict:
 
 
 def gpu_accelerator(machine: dict) -> Accelerator:
-    """What trainer.distribute.detect_accelerator() would report on this machine."""
+    """What trainer.training.distribute.detect_accelerator() would report on this machine."""
     return Accelerator("gpu", machine["acceleratorCount"],
                        compute_capability=COMPUTE_CAPABILITY[machine["acceleratorType"]])
 
@@ -383,7 +383,7 @@ def test_sdist_carries_the_training_application(built_sdist):
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     for required in ("setup.py", "MANIFEST.in", "README.md", "trainer/task.py",
-                     "trainer/train_lib.py", "trainer/config.py", "models/bert_recommender.py",
+                     "trainer/training/train_lib.py", "trainer/config.py", "models/bert_recommender.py",
                      "models/layers/__init__.py", "explainability/__init__.py",
                      "configs/tiny.yaml", "configs/demo_large.yaml"):
         assert required in names, required
@@ -399,7 +399,7 @@ def test_sdist_installs_code_and_configs_where_a_job_finds_them(built_sdist):
                     "--no-build-isolation", "--no-cache-dir", "--quiet", "--target",
                     str(target), str(sdist)],
                    check=True, capture_output=True, text=True)
-    for path in ("trainer/task.py", "trainer/train_lib.py", "models/bert_recommender.py",
+    for path in ("trainer/task.py", "trainer/training/train_lib.py", "models/bert_recommender.py",
                  "explainability/__init__.py", "trainer/configs/tiny.yaml",
                  "trainer/configs/demo.yaml", "trainer/configs/demo_large.yaml"):
         assert (target / path).is_file(), path

@@ -8,7 +8,7 @@ import pytest
 from explainability.pair_scorer import PairScorer
 from models.bert_recommender import BERTRecommender
 from models.layers.text_pair_packer import TextPairPacker
-from trainer.input_pipeline import RESERVED_TOKENS
+from trainer.data.input_pipeline import RESERVED_TOKENS
 
 WORDS = ("looking for a laptop phone camera acme globex initech wireless waterproof vintage "
          "leather gaming compact pro new classic edition retro").split()

@@ -13,7 +13,7 @@ from explainability.pair_scorer import PairScorer  # noqa: E402
 from explainability.shap_attributions import shap_word_attributions  # noqa: E402
 from models.bert_recommender import BERTRecommender  # noqa: E402
 from models.layers.text_pair_packer import TextPairPacker  # noqa: E402
-from trainer import input_pipeline  # noqa: E402
+from trainer.data import input_pipeline  # noqa: E402
 
 VOCABULARY = (input_pipeline.RESERVED_TOKENS + [";"]
               + "looking for a laptop acme wireless globex pro phone".split() + ["##s"])

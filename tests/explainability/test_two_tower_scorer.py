@@ -14,7 +14,7 @@ from models.layers.item_text_tokenizer import ItemTextTokenizer
 from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
 from models.two_tower import TwoTowerRecommender
 from tests.explainability.conftest import VOCABULARY
-from trainer import input_pipeline
+from trainer.data import input_pipeline
 
 HISTORY = 3
 ITEM_TOKENS = 6  # 4 word pieces per text: truncation is exercised

@@ -14,7 +14,8 @@ from models.baselines import MatrixFactorization, MostPopular
 from models.bert_recommender import BERTRecommender
 from models.layers.text_pair_packer import TextPairPacker
 from tests.conftest import BACKEND, MINILM_DIR, REPO, require_shared, tensorflow_only
-from trainer import export, input_pipeline
+from trainer.serving import export
+from trainer.data import input_pipeline
 
 VOCAB = input_pipeline.RESERVED_TOKENS + [f"w{i}" for i in range(95)]  # ~100 tokens
 BATCH = 6

@@ -15,8 +15,10 @@ from models.layers.item_text_tokenizer import ItemTextTokenizer
 from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
 from models.two_tower import TwoTowerRecommender
 from tests.conftest import BACKEND, REPO, tensorflow_only
-from trainer import export, input_pipeline, metrics
-from trainer.datasets.canonical import Catalogue, Example, Item
+from trainer.serving import export
+from trainer.data import input_pipeline
+from trainer.evaluation import metrics
+from trainer.data.canonical import Catalogue, Example, Item
 
 WORDS = [f"w{i}" for i in range(60)]
 VOCAB = input_pipeline.RESERVED_TOKENS + WORDS
@@ -232,7 +234,7 @@ def test_savedmodel_signatures_match_in_a_fresh_process(tmp_path):
     inputs = {k: v.numpy().astype(str).tolist() for k, v in raw.items()}
     script = textwrap.dedent(f"""
         import json, numpy as np
-        from trainer import export
+        from trainer.serving import export
         raw = json.loads({json.dumps(json.dumps(inputs))})
         want = json.loads({json.dumps(json.dumps(expected))})
         import tensorflow as tf

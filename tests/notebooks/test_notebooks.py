@@ -3,7 +3,7 @@
 Each notebook's first code cell is tagged ``parameters`` (papermill's convention) and holds
 every knob. To execute a notebook the test replaces that cell's source with tiny values (a
 run directory under tmp_path, the micro overrides of tests/conftest.py, a MovieLens fixture
-written by the helpers of tests/trainer/datasets/test_movielens.py), drops exactly the cells
+written by the helpers of tests/trainer/data/test_movielens.py), drops exactly the cells
 tagged ``colab`` (installs, Drive, Cloud auth, downloads: they need Colab or the network) or
 ``interactive`` (TensorBoard and HTML for a browser), and runs every other cell with nbclient
 in a fresh ``python3`` kernel, which jupyter_client starts with this interpreter.
@@ -24,7 +24,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 from tests.conftest import MICRO_OVERRIDES, REPO  # noqa: E402  (after the skips)
-from tests.trainer.datasets.test_movielens import (  # noqa: E402
+from tests.trainer.data.test_movielens import (  # noqa: E402
     make_movies, make_ratings, write_csv_variant)
 
 NOTEBOOKS = sorted(os.path.relpath(p, REPO) for pattern in ("notebooks/*.ipynb", "colab/*.ipynb")
@@ -126,7 +126,7 @@ def stdout_text(nb) -> str:
 
 
 def metrics_table(run_dir: str) -> str:
-    from trainer import train_lib
+    from trainer.training import train_lib
     with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
         return train_lib.format_metrics_table(json.load(f))
 
@@ -229,7 +229,7 @@ def test_movielens_fixture_loads_with_the_tiny_config(workdir):
     """The fixture the notebooks train on is a layout the loader accepts with
     configs/movielens_tiny.yaml and the test overrides."""
     from trainer import config as config_lib
-    from trainer.datasets import movielens
+    from trainer.data import movielens
 
     tmp, data_dir = workdir
     cfg = config_lib.load_config(os.path.join(REPO, "configs", "movielens_tiny.yaml"),
@@ -244,7 +244,7 @@ def test_movielens_fixture_loads_with_the_tiny_config(workdir):
 @pytest.mark.slow
 @pytest.mark.parametrize("relpath", NOTEBOOKS)
 def test_notebook_runs(relpath, executions, workdir):
-    from trainer import distribute
+    from trainer.training import distribute
 
     nb, dropped = executions[relpath].result()
     tmp, _ = workdir

@@ -1,4 +1,4 @@
-"""`python -m trainer.task audit` (trainer/audit_lib.py): the report of a run, the planted
+"""`python -m trainer.task audit` (trainer/responsible/audit_lib.py): the report of a run, the planted
 provider skew found (and none without it), and bad input refused before writing."""
 
 import json
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from trainer import audit_lib, task
+from trainer.responsible import audit_lib
+from trainer import task
 from trainer.errors import UserInputError
 
 TINY = os.path.join(REPO, "configs", "tiny.yaml")
@@ -118,7 +119,7 @@ def test_bad_audit_input_is_refused_before_writing(trained_run, kwargs, message)
 
 
 def test_a_split_without_impressions_is_refused(fair_run, monkeypatch):
-    from trainer import train_lib
+    from trainer.training import train_lib
     real = train_lib.prepare_data
 
     def without_test(cfg, model_dir):
@@ -131,7 +132,7 @@ def test_a_split_without_impressions_is_refused(fair_run, monkeypatch):
 
 
 def test_the_synthetic_knob_leaves_the_default_data_alone():
-    from trainer.datasets import synthetic
+    from trainer.data import synthetic
     params = dict(num_items=40, num_users=10, impressions_per_user=3,
                   candidates_per_impression=3)
     _, plain = synthetic.generate(**params)

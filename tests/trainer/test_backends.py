@@ -1,5 +1,5 @@
 """One model on two engines: backend selection, the JAX strategy, and JAX runs that serve
-the same SavedModel a TensorFlow run does (trainer/backend.py, trainer/distribute.py).
+the same SavedModel a TensorFlow run does (trainer/backend.py, trainer/training/distribute.py).
 
 `make test` runs this file under TensorFlow and again under JAX (KERAS_BACKEND=jax)."""
 
@@ -64,7 +64,7 @@ class FakeDevice:
 
 
 def test_jax_strategy_refuses_what_it_cannot_do():
-    from trainer import distribute
+    from trainer.training import distribute
     from trainer.config import RuntimeConfig
     cpus = lambda: [FakeDevice("cpu", 0)]  # noqa: E731
     with pytest.raises(UserInputError, match=r"JAX found no TPU \(its devices: 1 x cpu\)"):
@@ -84,7 +84,7 @@ def test_model_parallel_is_checked_against_the_backend_and_the_sizes():
     with pytest.raises(ConfigError, match=r"'model.num_heads' \(2\) must be divisible by "
                        r"'runtime.model_parallel' \(4\)"):
         config_lib.load_config(TINY, ["runtime.backend=jax", "runtime.model_parallel=4"])
-    from trainer import distribute
+    from trainer.training import distribute
     from trainer.config import RuntimeConfig
     with pytest.raises(UserInputError, match="model_parallel=2 must divide the 3 device"):
         distribute.make_jax_strategy(RuntimeConfig(model_parallel=2),
@@ -92,7 +92,7 @@ def test_model_parallel_is_checked_against_the_backend_and_the_sizes():
 
 
 def test_jax_accelerator_detection_and_its_overrides():
-    from trainer import distribute
+    from trainer.training import distribute
     tpu = distribute.detect_jax_accelerator(
         lambda: [FakeDevice("tpu", i, "TPU v5 lite") for i in range(4)])
     assert (tpu.kind, tpu.count, tpu.name) == ("tpu", 4, "TPU v5 lite")
@@ -109,7 +109,8 @@ def test_a_jax_run_trains_evaluates_and_exports_in_process(tmp_path):
     """Under `make test`'s JAX pass: the one training library, end to end, on JAX."""
     import keras
 
-    from trainer import export, train_lib
+    from trainer.serving import export
+    from trainer.training import train_lib
     cfg = config_lib.load_config(TINY, MICRO_OVERRIDES + [
         "train.epochs=2", "model.interaction=cross", "model.pooling=first"])
     model_dir = str(tmp_path / "run")
@@ -133,7 +134,8 @@ def test_a_jax_run_trains_evaluates_and_exports_in_process(tmp_path):
 JAX_RUNS = textwrap.dedent("""
     import json, os, sys
     import numpy as np
-    from trainer import config as config_lib, train_lib
+    from trainer import config as config_lib
+    from trainer.training import train_lib
     out = sys.argv[1]
     for name, extra in json.loads(sys.argv[2]).items():
         cfg = config_lib.load_config({tiny!r}, {micro!r} + extra)
@@ -149,7 +151,7 @@ JAX_RUNS = textwrap.dedent("""
     # Model parallelism lays the attention heads out across the two devices.
     import jax
     from models.bert_recommender import BERTRecommender
-    from trainer.distribute import JaxStrategy
+    from trainer.training.distribute import JaxStrategy
     with JaxStrategy(jax.devices(), model_parallel=2).scope():
         model = BERTRecommender.from_sizes(vocabulary_size=100, num_layers=1, num_heads=2,
                                            hidden_dim=16, intermediate_dim=32,
@@ -187,7 +189,8 @@ def test_jax_runs_serve_what_they_learned(tmp_path):
     import keras
     import tensorflow as tf
 
-    from trainer import export, train_lib
+    from trainer.serving import export
+    from trainer.training import train_lib
     for name in runs:
         model_dir = str(tmp_path / name)
         jax_logits = np.load(os.path.join(model_dir, "jax_logits.npy"))

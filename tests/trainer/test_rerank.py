@@ -1,5 +1,5 @@
 """Retrieve -> rerank: the pipeline config, candidate scoring and the two-stage recommender
-(trainer/recommend_lib.py RetrieveRerank) on the micro runs."""
+(trainer/serving/recommend_lib.py RetrieveRerank) on the micro runs."""
 
 import os
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from trainer import config as config_lib
-from trainer import retrieval
+from trainer.serving import retrieval
 from trainer.errors import ConfigError, UserInputError
 
 
@@ -65,7 +65,8 @@ def test_candidate_logits_equal_pairwise_prediction_and_the_catalogue_matrix(
     generic pair-by-pair candidate scoring must give the same logits."""
     import keras
 
-    from trainer import model_kinds, train_lib
+    from trainer import model_kinds
+    from trainer.training import train_lib
 
     model_dir, _ = trained_two_tower_run
     cfg = train_lib.load_run_config(model_dir)
@@ -94,7 +95,8 @@ def pipeline(trained_two_tower_run, trained_run, tmp_path_factory):
 
 
 def test_retrieve_rerank_reorders_the_retrieved_items_by_the_rerankers_logits(pipeline):
-    from trainer import recommend_lib, train_lib
+    from trainer.serving import recommend_lib
+    from trainer.training import train_lib
 
     cfg = config_lib.load_pipeline(pipeline)
     two_stage = recommend_lib.RetrieveRerank(cfg)
@@ -132,7 +134,7 @@ def test_retrieve_rerank_reorders_the_retrieved_items_by_the_rerankers_logits(pi
 
 
 def test_a_reranker_missing_retrievable_items_is_refused(pipeline, monkeypatch):
-    from trainer import recommend_lib
+    from trainer.serving import recommend_lib
 
     real = recommend_lib.prepare_data
     calls = []
@@ -166,7 +168,7 @@ def test_recommend_explain_gives_one_faithful_record_per_item(trained_two_tower_
     """--explain: each recommended item's explanation is of the model that ranked it: its
     score is that item's click probability, its rank is its place in the list, and the
     history attributions name the user's own history items."""
-    from trainer import recommend_lib
+    from trainer.serving import recommend_lib
 
     recommender = recommend_lib.Recommender(trained_two_tower_run[0])
     history = recommender.index.item_ids[:3]

@@ -13,7 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from tests.conftest import REPO
-from trainer import export, train_lib
+from trainer.serving import export
+from trainer.training import train_lib
 
 _PROBE = r"""
 import json, sys

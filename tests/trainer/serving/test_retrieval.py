@@ -1,0 +1,177 @@
+"""trainer/serving/retrieval.py: the saved item index and top-k against brute force."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.models.test_two_tower import make_catalogue, make_features, model_inputs, raw_batch, \
+    tiny_model
+from trainer.serving import retrieval
+from trainer.errors import RunDirError, UserInputError
+
+
+def test_top_k_equals_numpy_brute_force_and_excludes_seen_items():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(4, 30))
+    positions, top = retrieval.top_k(scores, 5, exclude=[[], [0, 1], [], list(range(25))])
+    for row in range(4):
+        allowed = [j for j in np.argsort(-scores[row], kind="stable")
+                   if not (row == 1 and j in (0, 1)) and not (row == 3 and j < 25)]
+        assert positions[row].tolist() == allowed[:5]
+        np.testing.assert_allclose(top[row], scores[row, allowed[:5]])
+    assert np.all(np.diff(top, axis=1) <= 0)
+
+
+@pytest.mark.parametrize("k", [0, -1, 31, 2.5])
+def test_bad_k_is_refused(k):
+    with pytest.raises(UserInputError, match="k"):
+        retrieval.top_k(np.zeros((1, 30)), k)
+
+
+def test_k_beyond_the_unseen_items_is_refused():
+    with pytest.raises(UserInputError, match="not seen"):
+        retrieval.top_k(np.zeros((1, 3)), 2, exclude=[[0, 1]])
+
+
+def test_item_index_round_trips_and_scores_like_the_model(tmp_path):
+    catalogue = make_catalogue()
+    features = make_features(catalogue, sorted(catalogue)[:9])
+    model = tiny_model(features)
+    x = model_inputs(features, raw_batch(catalogue))
+    index = retrieval.build_item_index(model, features, batch_size=5)
+    assert len(index) == len(catalogue) and index.item_ids == sorted(catalogue)
+    index.save(str(tmp_path))
+    loaded = retrieval.ItemIndex.load(str(tmp_path))
+    np.testing.assert_array_equal(loaded.vectors, index.vectors)
+    assert loaded.item_ids == index.item_ids and (loaded.id_index == index.id_index).all()
+    # score_matrix over the cached vectors equals the model scoring each pair.
+    state = model.user_state(x)
+    matrix = np.asarray(model.score_matrix(state, loaded.vectors, loaded.id_index))
+    for row in range(3):  # the last raw row's candidate is not in the catalogue
+        column = index.item_ids.index(raw_batch(catalogue)["item_id"].numpy()[row].decode())
+        np.testing.assert_allclose(matrix[row, column], model(x).numpy()[row], atol=1e-5)
+
+
+def test_missing_item_index_names_the_directory(tmp_path):
+    with pytest.raises(RunDirError, match="item_index"):
+        retrieval.ItemIndex.load(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- a trained run
+
+def test_training_saves_an_item_index_that_matches_the_model(trained_two_tower_run):
+    from trainer.serving import recommend_lib
+
+    model_dir, _ = trained_two_tower_run
+    index = retrieval.ItemIndex.load(model_dir)
+    recommender = recommend_lib.Recommender(model_dir)
+    assert len(index) == len(recommender.featurizer.item_ids) - 1
+    rebuilt = retrieval.build_item_index(recommender.model, recommender.featurizer)
+    np.testing.assert_allclose(rebuilt.vectors, index.vectors, atol=1e-5)
+
+
+def test_the_projector_shows_the_item_index_vectors(trained_two_tower_run):
+    """The run's item vectors are computed once; the projector reuses them."""
+    import os
+
+    from trainer.evaluation import run_reports
+
+    model_dir, _ = trained_two_tower_run
+    index = retrieval.ItemIndex.load(model_dir)
+    log_dir = os.path.join(model_dir, "tensorboard", "projector")
+    with open(os.path.join(log_dir, "metadata.tsv")) as f:
+        shown = [line.split("\t")[0] for line in f.read().splitlines()[1:]]
+    vectors = tf.train.load_checkpoint(tf.train.latest_checkpoint(log_dir)).get_tensor(
+        run_reports.PROJECTOR_TENSOR)
+    position = {item: i for i, item in enumerate(index.item_ids)}
+    np.testing.assert_array_equal(vectors, index.vectors[[position[i] for i in shown]])
+
+
+def test_recommend_ranks_the_catalogue_like_pairwise_scoring(trained_two_tower_run):
+    from trainer.serving import recommend_lib
+
+    model_dir, _ = trained_two_tower_run
+    recommender = recommend_lib.Recommender(model_dir)
+    history = recommender.index.item_ids[:3]
+    top = recommender.recommend(["a query", ""], [history, []], k=5)
+    assert [len(row) for row in top] == [5, 5]
+    assert not {r["item_id"] for r in top[0]} & set(history)  # seen items are excluded
+    logits = [r["logit"] for r in top[0]]
+    assert logits == sorted(logits, reverse=True)
+    # The same user scored pair by pair through the model: the best unseen item agrees.
+    featurizer, model = recommender.featurizer, recommender.model
+    items = [i for i in recommender.index.item_ids if i not in history]
+    texts = [featurizer.item_texts[featurizer.item_ids.index(i)] for i in items]
+    n = len(items)
+    history_texts = [featurizer.item_texts[featurizer.item_ids.index(i)] for i in history]
+    x = featurizer.from_text(tf.constant(["a query"] * n), tf.constant([history_texts] * n),
+                             tf.constant(texts), history_ids=tf.constant([history] * n),
+                             item_ids=tf.constant(items))
+    pairwise = model(x).numpy()
+    assert items[int(np.argmax(pairwise))] == top[0][0]["item_id"]
+    np.testing.assert_allclose(np.sort(pairwise)[::-1][:5], logits, atol=1e-4)
+    # k changes per call; a second k in the same process
+    assert len(recommender.recommend([""], [history], k=2)[0]) == 2
+
+
+def test_recommend_refuses_unknown_history_items_and_bad_k(trained_two_tower_run):
+    from trainer.serving import recommend_lib
+
+    recommender = recommend_lib.Recommender(trained_two_tower_run[0])
+    with pytest.raises(UserInputError, match="no-such-item"):
+        recommender.recommend([""], [["no-such-item"]], k=3)
+    with pytest.raises(UserInputError, match="k"):
+        recommender.recommend([""], [[]], k=0)
+
+
+def test_recommend_needs_a_two_tower_run(trained_run):
+    from trainer.serving import recommend_lib
+
+    _, model_dir, _ = trained_run
+    with pytest.raises((UserInputError, RunDirError)):
+        recommend_lib.Recommender(model_dir)
+
+
+def test_recommend_command_prints_k_ranked_items(trained_two_tower_run, capsys):
+    from trainer import task
+
+    model_dir, _ = trained_two_tower_run
+    history = retrieval.ItemIndex.load(model_dir).item_ids[:2]
+    assert task.main(["recommend", "--model_dir", model_dir, "--history", ",".join(history),
+                      "--k", "4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()[1:]  # after the header
+    assert [line.split("\t")[0] for line in lines] == ["1", "2", "3", "4"]
+    assert not {line.split("\t")[1] for line in lines} & set(history)
+    assert task.main(["recommend", "--model_dir", model_dir, "--history", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_exported_retrieve_matches_recommend_for_two_k_in_one_process(trained_two_tower_run):
+    """The SavedModel's ``retrieve``: item vectors baked in, k a runtime input, seen items
+    excluded, and the same ranking as ``recommend`` (numpy over the saved index)."""
+    from trainer.serving import export, recommend_lib
+
+    model_dir, _ = trained_two_tower_run
+    recommender = recommend_lib.Recommender(model_dir)
+    retrieve = export.load_serving_fn(f"{model_dir}/export", "retrieve")
+    history = recommender.index.item_ids[:3]
+    texts = [recommender.featurizer.item_texts[recommender.featurizer.item_ids.index(i)]
+             for i in history]
+    for k in (3, 7):
+        out = retrieve(query=tf.constant(["a query", ""]),
+                       history_text=tf.constant([texts, ["", "", ""]]),
+                       history_ids=tf.constant([history, ["", "", ""]]),
+                       k=tf.constant(k, tf.int32))
+        expected = recommender.recommend(["a query", ""], [history, []], k=k)
+        assert out["item_ids"].shape == (2, k)
+        for row in range(2):
+            got = [i.decode() for i in out["item_ids"].numpy()[row]]
+            assert got == [r["item_id"] for r in expected[row]]
+            np.testing.assert_allclose(out["logits"].numpy()[row],
+                                       [r["logit"] for r in expected[row]], atol=1e-4)
+        assert not set(out["item_ids"].numpy()[0].astype(str)) & set(history)
+    size = len(recommender.index)
+    for bad in (0, size + 1):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="k must be"):
+            retrieve(query=tf.constant([""]), history_text=tf.constant([[""]]),
+                     history_ids=tf.constant([[""]]), k=tf.constant(bad, tf.int32))

@@ -1,0 +1,1 @@
+"""Data: sources, the canonical tables, the tf.data input pipeline, TFRecord preparation."""

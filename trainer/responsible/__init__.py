@@ -1,0 +1,1 @@
+"""Responsible recommendation: explanations of finished runs and the fairness audit."""

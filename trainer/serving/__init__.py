@@ -1,0 +1,1 @@
+"""Serving: SavedModel export, catalogue retrieval, the recommend command."""
