@@ -1,7 +1,7 @@
 """Installable package for the explainable BERT recommender.
 
 The pins below are the stack verified to install and work together on Python 3.11
-(see DESIGN.md). Cloud training jobs expect `setup.py` at the top level with the
+(see docs/design.md, "Stack"). Cloud training jobs expect `setup.py` at the top level with the
 `trainer` package beside it.
 """
 

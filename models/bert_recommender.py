@@ -48,7 +48,7 @@ class BERTRecommender(keras.Model):
 
     Inputs are a dict of int32 ``token_ids`` and ``segment_ids`` (``[batch, seq]``); the
     padding mask is derived here (``token_ids != 0``) because a bool tensor in the input
-    dict breaks tf.distribute strategies under Keras 3 (see DESIGN.md).
+    dict breaks tf.distribute strategies under Keras 3 (see docs/design.md).
 
     Example:
         >>> model = BERTRecommender.from_sizes(vocabulary_size=100, num_layers=1,

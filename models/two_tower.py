@@ -51,7 +51,7 @@ class TwoTowerRecommender(keras.Model):
     """History-aware two-tower click model with the ``BERTRecommender`` head contract.
 
     ``call`` returns the click *logit* (``[batch]``); :meth:`click_probability` is its
-    sigmoid. Inputs (int32 only, see DESIGN.md)::
+    sigmoid. Inputs (int32 only, see docs/design.md)::
 
         item_token_ids     [batch, L]      the candidate's text (ItemTextTokenizer)
         item_index         [batch]         its id-embedding index (0 = none)

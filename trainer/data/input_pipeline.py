@@ -9,7 +9,7 @@ The flow is::
 The user side of each pair is the query (if any) followed by the most recent history titles,
 most recent first, so deterministic end-truncation drops the oldest history first; the item
 side is the candidate's configured text fields. Only int/float tensors reach the model: a
-bool or string tensor in the input dict breaks tf.distribute under Keras 3 (DESIGN.md).
+bool or string tensor in the input dict breaks tf.distribute under Keras 3 (docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MovieLens as canonical implicit-feedback impressions (see DESIGN.md, "Data").
+"""MovieLens as canonical implicit-feedback impressions (see docs/data.md, "MovieLens").
 
 Three ways in, one conversion out:
 
