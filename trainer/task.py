@@ -31,11 +31,25 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 
 # Private training needs oneDNN off (trainer/training/privacy.py); the name is repeated here because
 # this module must not import TensorFlow before setting it.
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+
+# TensorFlow's start-up lines on stderr (oneDNN, CUDA drivers, cuDNN/cuFFT/cuBLAS factories,
+# CPU instructions, absl's "before InitializeLog"), hidden unless --verbose_backend: the level
+# quiets TensorFlow's C++ logs, but the lines printed while TensorFlow starts (its import,
+# the first look at devices) ignore it, so they are held back and dropped
+# (_import_tensorflow_quietly).
+# Neither changes what TensorFlow computes (oneDNN stays as it was).
+LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
+_STARTUP_LINE = re.compile(
+    r"[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "  # absl: I0000 00:00:1796.9 391 port.cc:153]
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] \S+:\d+\] "  # TensorFlow's own format
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|To enable the following instructions: ")  # the CPU-instructions line's second line
 
 # The default methods (shap and lime are opt-in: shap needs the [explain] extra; both are slow).
 EXPLAIN_METHODS = ("integrated_gradients", "gradient_x_input", "attention_rollout", "occlusion",
@@ -163,11 +177,55 @@ def _parser() -> argparse.ArgumentParser:
                          help="LIME's neighbourhood per example (word masks scored, the "
                          "input included; with --methods ...,lime)")
     explain.add_argument("--seed", type=int, default=0)
+    verbose_help = ("show TensorFlow's start-up and C++ log lines (oneDNN, CUDA, cuDNN, "
+                    "CPU instructions); hidden by default, where TF_CPP_MIN_LOG_LEVEL is 2 "
+                    "unless you set it (set to 0, it shows them too)")
+    parser.add_argument("--verbose_backend", action="store_true", help=verbose_help)
+    for command in sub.choices.values():  # also after the command (`explain ... --verbose_backend`)
+        command.add_argument("--verbose_backend", action="store_true",
+                             default=argparse.SUPPRESS, help=verbose_help)
     return parser
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow and lists its physical devices with what is written to stderr
+    meanwhile held back, then passes that on without the start-up lines (_STARTUP_LINE); all
+    of it if either step fails."""
+    if "tensorflow" in sys.modules:
+        return
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    with tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+            # Physical devices only (CUDA's "failed call to cuInit" on a machine without
+            # one); the logical devices, which memory growth must precede, come later.
+            tf.config.list_physical_devices()
+            failed = False
+        except Exception:  # pylint: disable=broad-except
+            pass  # the command meets it again where it would have; all of stderr is shown
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if failed or not _STARTUP_LINE.match(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet = not args.verbose_backend and os.environ.get(LOG_LEVEL_VARIABLE) != "0"
+    if quiet:
+        os.environ.setdefault(LOG_LEVEL_VARIABLE, "2")  # before TensorFlow starts
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from trainer import backend
     from trainer import config as config_lib
@@ -188,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             # SavedModels, tf-text and TensorFlow gradients: these run under TensorFlow
             # whichever backend trained the run (model.keras is backend-neutral).
             backend.select("tensorflow")
+        if quiet:  # after the backend and oneDNN choices, which TensorFlow reads at import
+            _import_tensorflow_quietly()
         if args.command == "train":
             from trainer.training import train_lib
             results = train_lib.train(cfg, args.model_dir)

@@ -61,3 +61,61 @@ def test_predict_on_a_two_tower_run(trained_two_tower_run, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     assert all(0.0 < float(line.split("\t")[0]) < 1.0 for line in lines)
+
+
+# TensorFlow's start-up lines (oneDNN, CUDA, cuDNN/cuFFT/cuBLAS factories, CPU instructions,
+# absl), which the command line hides unless --verbose_backend.
+STARTUP_NOISE = ("oneDNN custom operations", "Unable to register", "cpu_feature_guard",
+                 "This TensorFlow binary is optimized", "absl::InitializeLog",
+                 "could not find cuda drivers", "cuInit")
+
+
+def _run_cli(*args, tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != task.LOG_LEVEL_VARIABLE}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    return subprocess.run([sys.executable, "-m", "trainer.task", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_startup_noise_is_hidden_by_default(tmp_path):
+    done = _run_cli("evaluate", "--model_dir", str(tmp_path / "missing"), tmp_path=tmp_path)
+    assert done.returncode == 2
+    assert "config.yaml: not found" in done.stderr
+    noise = [line for line in done.stderr.splitlines()
+             if any(n.lower() in line.lower() for n in STARTUP_NOISE)]
+    assert noise == []
+
+
+def test_verbose_backend_runs_the_same_command(tmp_path):
+    # The noise may or may not appear (it varies by machine): only the outcome is asserted.
+    done = _run_cli("evaluate", "--model_dir", str(tmp_path / "missing"), "--verbose_backend",
+                    tmp_path=tmp_path)
+    assert done.returncode == 2
+    assert "config.yaml: not found" in done.stderr
+
+
+def test_verbose_backend_goes_before_or_after_the_command():
+    parser = task._parser()
+    assert not parser.parse_args(["evaluate", "--model_dir", "x"]).verbose_backend
+    assert parser.parse_args(["--verbose_backend", "evaluate", "--model_dir", "x"]).verbose_backend
+    assert parser.parse_args(["evaluate", "--model_dir", "x", "--verbose_backend"]).verbose_backend
+
+
+def test_startup_lines_are_recognised_and_nothing_else():
+    noise = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796404759.989214    3913 port.cc:153] oneDNN custom operations are on.",
+        "I0000 00:00:1796404759.989640    3913 cudart_stub.cc:31] Could not find cuda drivers",
+        "I0000 00:00:1796404760.036261    3913 cpu_feature_guard.cc:227] This TensorFlow binary",
+        "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow",
+        "E0000 00:00:1715.1  123 cuda_dnn.cc:8310] Unable to register cuDNN factory: Attempting",
+        "E0000 00:00:1796405005.542504    7040 cuda_platform.cc:52] failed call to cuInit",
+        "2024-01-02 10:11:12.123456: W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] TRT",
+    ]
+    kept = ["error: /x/config.yaml: not found", "INFO trainer.train_lib: epoch 1",
+            "Traceback (most recent call last):", "F0000 00:00:1.0 1 a.cc:1] Check failed"]
+    assert all(task._STARTUP_LINE.match(line) for line in noise)
+    assert not any(task._STARTUP_LINE.match(line) for line in kept)

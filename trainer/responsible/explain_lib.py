@@ -30,6 +30,7 @@ from explainability.report import render_report
 from trainer import backend, model_kinds
 from trainer.data.canonical import atomic_directory, atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError, UserInputError
+from trainer.progress import Progress
 from trainer.training.train_lib import load_run_config, load_run_packer, prepare_data
 
 SELECTIONS = ("top", "random")
@@ -149,14 +150,15 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
     # One untimed pass first, so no method's seconds_per_example includes graph tracing.
     explainer.explain(cases[0], cases[0].meta["example"]["index"])
     records, token_rows, history_rows = [], [], []
-    bar = keras.utils.Progbar(len(cases), unit_name="example") if progress else None
+    # A live bar on a terminal, plain lines in a log (trainer/progress.py).
+    bar = Progress(len(cases), unit="example", label="explain") if progress else None
     for case in cases:
         record, tokens, history = explainer.explain(case, case.meta["example"]["index"])
         records.append(record)
         token_rows.append(tokens)
         history_rows.append(history)
         if bar:
-            bar.add(1)
+            bar.advance()
     summary = explainer_lib.summarize_faithfulness(token_rows, history_rows, seed=seed)
     summary.update({"split": split, "select": select, "seed": seed, "ig_steps": ig_steps,
                     "ig_baseline": ig_baseline, "shapley_permutations": shapley_permutations,
