@@ -13,7 +13,7 @@ The lent GPU machine has JAX but no TensorFlow and no network, and a call carrie
 ``prepare`` writes, per model, the run's config, the model built by ``train_lib.build_model``
 in ``mixed_bfloat16`` and the data as arrays: the two-tower demo (configs/demo.yaml) as
 its table columns (item and history indices, query token ids) plus the catalogue's token
-table, which ``run`` gathers exactly as ``TwoTowerFeatures.features`` does in tf.data; the
+table, which ``run`` gathers exactly as ``trainer.kinds.two_tower.TwoTowerFeatures.features`` does in tf.data; the
 MiniLM cross-encoder (configs/demo_cross.yaml with all-MiniLM-L6-v2, sequence length 64,
 600 steps of batch 32 at lr 5e-5) as packed token ids, its weights in float16 to fit the
 64 MiB. ``run`` feeds them through a ``keras.utils.PyDataset`` (no tf.data), compiles with

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from trainer.responsible import explain_lib
-    from trainer.data.canonical import write_json
+    from trainer.io import write_json
     from trainer.errors import UserInputError
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -46,6 +46,7 @@ def _timing(config: str, overrides: list, steps: int) -> dict:
     import numpy as np
 
     from trainer import config as config_lib
+    from trainer import kinds
     from trainer.training import distribute, privacy, train_lib
 
     cfg = config_lib.load_config(config, overrides)
@@ -61,7 +62,8 @@ def _timing(config: str, overrides: list, steps: int) -> dict:
         if private:
             max_batch = privacy.max_batch_size(cfg.train.privacy, cfg.train.batch_size,
                                                len(table), 10 * steps)
-            privacy.make_private(model, cfg.train.privacy, cfg.train.batch_size, max_batch)
+            privacy.make_private(model, kinds.for_config(cfg), cfg.train.privacy,
+                                 cfg.train.batch_size, max_batch)
             sampler = privacy.PoissonSampler(len(table), cfg.train.batch_size, max_batch, 0)
             data = privacy.make_dataset(table, packer, sampler)
         else:

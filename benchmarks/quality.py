@@ -8,12 +8,13 @@ one protocol.
         [--set_for mf:train.epochs=30 ...] [--full_ranking_pairwise_users 25] \\
         [--pretrained ../shared/models/all-MiniLM-L6-v2 --pretrained_eval_users 50]
 
-Rows (``--models``; each is the base config with the row's model settings, see ``ROWS``):
-``popularity`` (training click counts), ``mf`` (matrix factorisation, with the tuned
-``DEFAULT_SET_FOR`` settings), ``sasrec`` (``model.kind=sasrec``: the two-tower model over
-item ids alone), ``two_tower`` (``model.kind=bert``, ``model.interaction=two_tower``,
-``model.item_ids=true``: shared text item encoder + item ids), ``bert`` (the cross-encoder,
-random init), ``bert_rerank`` (the same, trained on the two-tower's retrieved negatives:
+Rows (``--models``; each is the base config with the row's model settings, see
+:func:`rows`): one per registered model kind that declares ``benchmark_overrides``
+(trainer/kinds/), named after it -- ``popularity`` (training click counts), ``mf`` (matrix
+factorisation, with the tuned ``DEFAULT_SET_FOR`` settings), ``sasrec`` (the two-tower
+model over item ids alone), ``two_tower`` (``model.item_ids=true``: shared text item
+encoder + item ids) -- and the cross-encoder's variants: ``bert`` (random init),
+``bert_rerank`` (the same, trained on the two-tower's retrieved negatives:
 see retrieve -> rerank below) and ``bert_pretrained`` (the cross-encoder from
 ``--pretrained``).
 
@@ -50,7 +51,7 @@ from the loader's own ``movielens.read_movielens`` + ``prepare``) -- with no sam
 ``trainer.evaluation.metrics.full_ranking_metrics``: HR@10, nDCG@10, MRR and HR@100 (with one
 held-out item, recall@100: what a retrieval stage hands a reranker), the same pessimistic ties
 and bootstrap. The logits come from the model kind's ``catalogue_logits``
-(trainer/model_kinds.py): popularity and MF read their weights, ``sasrec`` / ``two_tower``
+(trainer/kinds/): popularity and MF read their weights, ``sasrec`` / ``two_tower``
 score one user state against the catalogue's item vectors computed once. A cross-encoder
 has no such shortcut: it scores every (user, item) pair (~N forward passes a user), so the
 cross-encoder rows are ranked on a seeded subset of ``--full_ranking_pairwise_users`` users
@@ -97,6 +98,7 @@ Outputs in ``--out``: ``quality.json`` ({"protocol": {...}, "rows": [...]}), ``d
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -112,8 +114,6 @@ from trainer.errors import DataError, UserInputError
 # TensorFlow (train_lib, datasets) is imported inside run(), after the arguments are checked,
 # so --help and usage errors answer at once.
 
-MODELS = ("popularity", "mf", "sasrec", "two_tower", "bert", "bert_rerank", "bert_pretrained")
-DEFAULT_MODELS = ("popularity", "mf", "sasrec", "two_tower", "bert", "bert_rerank")
 # Retrieve -> rerank: the two_tower row retrieves each user's top --rerank_candidates items
 # from the whole catalogue, and every cross-encoder row reranks them (``retrieve_rerank``).
 RETRIEVER = "two_tower"
@@ -137,26 +137,56 @@ PRETRAINED_OVERRIDES = ["train.epochs=1", "train.learning_rate=3e-5"]
 # Rows without separate user and item vectors cannot use the in-batch softmax, so they
 # train pointwise (BCE on the sampled negatives) whatever the base config's train.loss.
 POINTWISE = ["train.loss=bce"]
-ROWS = {
-    "popularity": ["model.kind=popularity"] + POINTWISE,
-    "mf": ["model.kind=mf"] + POINTWISE,
-    "sasrec": ["model.kind=sasrec"],
-    "two_tower": ["model.kind=bert", "model.interaction=two_tower", "model.item_ids=true",
-                  "model.pretrained=''"],
+# Every registered kind with ``benchmark_overrides`` (trainer/kinds/) gets a row of its name
+# (:func:`rows`); these are the cross-encoder's rows, variants of one kind.
+VARIANT_ROWS = {
     # The random-init cross-encoder with the [CLS] pooler it was measured with (README:
     # nDCG@10 0.303 with 2 layers, when configs/movielens.yaml still had 2) before the
     # two-tower model became that config's default; the sizes follow the config, the
     # compute is capped in DEFAULT_SET_FOR.
-    "bert": ["model.kind=bert", "model.interaction=cross", "model.pretrained=''",
-             "model.pooling=cls"] + POINTWISE,
+    "bert": ["model.kind=cross_encoder", "model.pretrained=''", "model.pooling=cls"]
+    + POINTWISE,
     # The same cross-encoder trained as a second stage: part of each training positive's
     # negatives come from the two_tower row's top --rerank_candidates for that user state
     # (--rerank_hard_negatives), the rest stay uniform.
-    "bert_rerank": ["model.kind=bert", "model.interaction=cross", "model.pretrained=''",
-                    "model.pooling=cls"] + POINTWISE,
-    "bert_pretrained": ["model.kind=bert", "model.interaction=cross"] + POINTWISE,
+    "bert_rerank": ["model.kind=cross_encoder", "model.pretrained=''", "model.pooling=cls"]
+    + POINTWISE,
+    "bert_pretrained": ["model.kind=cross_encoder"] + POINTWISE,
 }
-TEXT_ROWS = ("two_tower", "bert", "bert_rerank")  # learn the base config's WordPiece vocabulary
+DEFAULT_VARIANTS = ("bert", "bert_rerank")  # bert_pretrained joins them with --pretrained
+
+
+@functools.cache
+def rows() -> dict:
+    """Row name -> the ``--set`` overrides that make the base config that row's model: one
+    row per registered kind with ``benchmark_overrides`` (its name, registry order), then
+    :data:`VARIANT_ROWS`. Imports the kinds' modules (TensorFlow)."""
+    from trainer import kinds
+
+    out = {}
+    for name in kinds.names():
+        kind = kinds.kind_class(name)
+        if kind.benchmark_overrides is not None:
+            out[name] = ([f"model.kind={name}", *kind.benchmark_overrides]
+                         + ([] if kind.separate_towers else POINTWISE))
+    return {**out, **VARIANT_ROWS}
+
+
+def default_models() -> list:
+    return [name for name in rows() if name not in VARIANT_ROWS] + list(DEFAULT_VARIANTS)
+
+
+def row_kind(name: str) -> str:
+    """The ``model.kind`` a row trains."""
+    return next(o.split("=", 1)[1] for o in rows()[name] if o.startswith("model.kind="))
+
+
+def learns_vocabulary(name: str) -> bool:
+    """Whether a row reads text through the base config's learned WordPiece vocabulary (a
+    random-init text kind)."""
+    from trainer import kinds
+
+    return kinds.kind_class(row_kind(name)).uses_text and "model.pretrained=''" in rows()[name]
 # Per-row defaults that --set_for extends (later overrides win); recorded in the row.
 # MF, tuned on ml-latest-small with this protocol (configs/movielens.yaml: 50,000-example
 # training subset, 4 uniform negatives per positive; 608 users; sampled nDCG@10 [95% CI] /
@@ -349,8 +379,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="override for one model (not data.*), e.g. "
                              "mf:train.learning_rate=1e-2; recorded in its row")
     parser.add_argument("--models", default="",
-                        help=f"comma-separated subset of {','.join(MODELS)} (default: "
-                             f"{','.join(DEFAULT_MODELS)}, plus bert_pretrained with "
+                        help="comma-separated rows: one per registered model kind with a "
+                             "quality row (trainer/kinds/) and the cross-encoder's "
+                             f"{','.join(VARIANT_ROWS)} (default: every kind row and "
+                             f"{','.join(DEFAULT_VARIANTS)}, plus bert_pretrained with "
                              "--pretrained)")
     parser.add_argument("--bootstrap", type=int, default=1000,
                         help="bootstrap resamples for the 95%% intervals")
@@ -392,10 +424,10 @@ class _Usage(Exception):
 
 def _models(args) -> list:
     names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else \
-        list(DEFAULT_MODELS) + (["bert_pretrained"] if args.pretrained else [])
-    unknown = [m for m in names if m not in MODELS]
+        default_models() + (["bert_pretrained"] if args.pretrained else [])
+    unknown = [m for m in names if m not in rows()]
     if unknown:
-        raise _Usage(f"--models: unknown model(s) {unknown}; choose from {','.join(MODELS)}")
+        raise _Usage(f"--models: unknown model(s) {unknown}; choose from {','.join(rows())}")
     if not names:
         raise _Usage("--models names no model")
     if "bert_pretrained" in names and not args.pretrained:
@@ -409,12 +441,12 @@ def _models(args) -> list:
 
 
 def _per_model_overrides(args) -> dict:
-    out = {name: list(DEFAULT_SET_FOR.get(name, [])) for name in MODELS}
+    out = {name: list(DEFAULT_SET_FOR.get(name, [])) for name in rows()}
     for item in args.set_for:
         name, sep, override = item.partition(":")
-        if not sep or name not in MODELS or "=" not in override:
+        if not sep or name not in rows() or "=" not in override:
             raise _Usage(f"--set_for {item!r}: expected MODEL:KEY=VALUE with MODEL one of "
-                         f"{','.join(MODELS)}")
+                         f"{','.join(rows())}")
         if override.strip().startswith("data."):
             raise _Usage(f"--set_for {item!r}: data.* is shared by every model (the "
                          "protocol); use --set")
@@ -537,8 +569,8 @@ def run(args, names: list, per_model: dict) -> dict:
     import keras
 
     from trainer.training import distribute, train_lib
-    from trainer import model_kinds
-    from trainer.data.canonical import atomic_write_text, write_json
+    from trainer import kinds
+    from trainer.io import atomic_write_text, write_json
 
     base = _config(args, [])
     started = time.time()
@@ -563,11 +595,12 @@ def run(args, names: list, per_model: dict) -> dict:
     scored_users = np.array([user_of_group["test"][g] for g in scored.tolist()], dtype=object)
 
     vocabulary = prepared.vocabulary
-    text_rows = [name for name in names if name in TEXT_ROWS]
+    text_rows = [name for name in names if learns_vocabulary(name)]
     if text_rows and vocabulary is None:
         raise UserInputError(f"the {','.join(text_rows)} row(s) learn their vocabulary from "
-                             "the base config: set model.kind=bert and no model.pretrained "
-                             "in --config/--set")
+                             "the base config: make it a random-init text kind (model.kind="
+                             "two_tower or cross_encoder, no model.pretrained) in "
+                             "--config/--set")
 
     # Full ranking: one row per scored user (its held-out positive), in `scored` order.
     positives = np.flatnonzero(test.label > 0)
@@ -618,13 +651,13 @@ def run(args, names: list, per_model: dict) -> dict:
     per_user_all, per_user_full_all, full_rows_of, rows = {}, {}, {}, []
     retrieved, hard_train = {}, None
     for name in names:
-        overrides = list(ROWS[name])
+        overrides = list(rows()[name])
         if name == "bert_pretrained":
             overrides += PRETRAINED_OVERRIDES
         cfg = _config(args, overrides + per_model[name])
         if name == "bert_pretrained":
             cfg.model.pretrained = args.pretrained  # a path, so not a YAML override
-        kind = model_kinds.for_config(cfg)
+        kind = kinds.for_config(cfg)
         model_tables = {"train": tables["train"], "validation": tables["validation"],
                         "test": test}
         if name == "bert_rerank":
@@ -667,8 +700,8 @@ def run(args, names: list, per_model: dict) -> dict:
             per_user[key][users_rows] = per_user_rows[key]
         per_user_all[name] = per_user
 
-        # Full ranking. A kind without its own catalogue_logits scores every pair.
-        pairwise = type(kind).catalogue_logits is model_kinds.ModelKind.catalogue_logits
+        # Full ranking. A kind without cached item vectors scores every pair.
+        pairwise = not kind.scores_catalogue_from_item_vectors
         full_rows = np.intersect1d(pairwise_rows, users_rows) if pairwise else users_rows
         if name == "bert_pretrained":
             full_rows = _seeded_rows(full_rows, args.full_ranking_pretrained_users,
@@ -756,7 +789,7 @@ def run(args, names: list, per_model: dict) -> dict:
             "ties": "an item tied with the positive ranks above it (pessimistic)",
             "metrics": "mean over users of per-user HR@10, nDCG@10, MRR "
                        "(trainer.evaluation.metrics.full_ranking_metrics), same bootstrap",
-            "logits": "ModelKind.catalogue_logits (trainer/model_kinds.py)",
+            "logits": "ModelKind.catalogue_logits (trainer/kinds/)",
             "pairwise_users": int(len(pairwise_rows)) if pairwise_run else None,
             "pretrained_users": (int(len(full_rows_of["bert_pretrained"]))
                                  if "bert_pretrained" in names else None),
@@ -973,6 +1006,8 @@ def _spread(values) -> dict:
 
 
 def _settings(cfg, fitted: dict, tables: dict, model) -> dict:
+    from trainer import kinds
+
     m, t = cfg.model, cfg.train
     settings = {"kind": m.kind, "train_examples": len(tables["train"]),
                 "validation_examples": len(tables["validation"]),
@@ -980,28 +1015,7 @@ def _settings(cfg, fitted: dict, tables: dict, model) -> dict:
                 "steps_per_epoch": fitted["steps_per_epoch"], "batch_size": t.batch_size,
                 "learning_rate": t.learning_rate, "weight_decay": t.weight_decay,
                 "parameters": int(model.count_params())}
-    two_tower = m.kind == "sasrec" or (m.kind == "bert" and m.interaction == "two_tower")
-    if m.kind == "bert":
-        settings["interaction"] = m.interaction
-    if m.kind == "mf":
-        settings.update(embedding_dim=m.embedding_dim, l2=m.l2)
-    if m.kind == "bert" and not m.pretrained:
-        settings.update(num_layers=m.num_layers, hidden_dim=m.hidden_dim,
-                        num_heads=m.num_heads, intermediate_dim=m.intermediate_dim,
-                        vocab_size=cfg.data.vocab_size)
-    if m.kind == "bert":
-        settings.update(pooling=m.pooling, item_text_fields=list(cfg.data.item_text_fields))
-        if m.interaction == "cross":
-            settings["sequence_length"] = cfg.data.sequence_length
-        else:
-            settings["item_max_tokens"] = cfg.data.item_max_tokens
-    if two_tower:
-        settings.update(loss=t.loss, item_ids=m.kind == "sasrec" or m.item_ids,
-                        user_layers=m.user_layers, user_heads=m.user_heads,
-                        max_interest=m.max_interest, max_history=cfg.data.max_history,
-                        dropout=m.dropout)
-        if m.kind == "sasrec":
-            settings["embedding_dim"] = m.hidden_dim
+    settings.update(kinds.for_config(cfg).benchmark_settings(cfg))
     monitor = f"val_{t.early_stopping_metric}"
     if fitted["history"].get(monitor):
         settings["early_stopping_metric"] = t.early_stopping_metric

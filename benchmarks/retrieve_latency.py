@@ -113,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     inputs = os.path.join(args.out, "retrieve_requests.json")
     with open(inputs, "w") as f:
         json.dump(_requests(model_dir), f)
-    from trainer.serving import retrieval
+    from trainer.kinds.item_index import ItemIndex
 
-    index_items = len(retrieval.ItemIndex.load(model_dir))
+    index_items = len(ItemIndex.load(model_dir))
     probe = subprocess.run(
         [sys.executable, "-m", "benchmarks.retrieve_latency", "--probe", "--out", args.out,
          "--model_dir", model_dir, "--inputs", inputs, "--calls", str(args.calls),

@@ -22,7 +22,7 @@ import keras
 
 from models import two_tower  # noqa: F401  (registers the model classes for load_model)
 from trainer.training import distill_lib, train_lib
-from trainer.data.canonical import write_json
+from trainer.io import write_json
 
 
 def measure(teacher_dir: str, student_dir: str, batch_size: int = 256,

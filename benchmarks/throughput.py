@@ -122,7 +122,7 @@ def benchmark_config(size_name: str, jit_compile: bool = False, tfrecord_dir: st
     overrides = [f"model.{k}={v}" for k, v in size.items()] + [
         f"model.max_sequence_length={SEQUENCE_LENGTH}", "model.dropout=0.1",
         "model.head_dropout=0.1", "model.normalize_first=false", "model.pooling=cls",
-        "model.interaction=cross",  # the cross-encoder: the peers are cross-encoders too
+        "model.kind=cross_encoder",  # the cross-encoder: the peers are cross-encoders too
         f"data.sequence_length={SEQUENCE_LENGTH}", "data.item_max_tokens=32",
         f"train.batch_size={BATCH_SIZE}", f"train.jit_compile={str(jit_compile).lower()}",
         "train.learning_rate=1e-4", "train.epochs=1"]
@@ -343,6 +343,7 @@ def measure_serving(trainer: OursTrainer, table, batch_calls: int = 20,
     """SavedModel on raw strings in a fresh process vs the in-process model on token ids."""
     import tensorflow as tf
 
+    from trainer import kinds
     from trainer.serving import export
 
     model = trainer.model
@@ -358,6 +359,7 @@ def measure_serving(trainer: OursTrainer, table, batch_calls: int = 20,
         call_times(lambda: call(ids[:1], segments[:1]).numpy(), latency_calls))
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = export.export_saved_model(model, os.path.join(tmp, "export"),
+                                               kinds.kind_class("cross_encoder")(),
                                                trainer.packer)
         inputs = os.path.join(tmp, "inputs.json")
         with open(inputs, "w") as f:
@@ -598,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + format_table(result))
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "throughput.json")
-    from trainer.data.canonical import write_json
+    from trainer.io import write_json
     write_json(path, result)
     print(f"\nwrote {path}")
     return 0

@@ -23,7 +23,7 @@ The logit is ``bias + sum_w sum_f (shared_f + per_word[w, f]) * word_feature_f(w
 ``per_word`` (L2-regularised, starts at 0) lets a word matter more or less than others
 (e.g. a provider name shared by many history items says nothing about taste).
 
-Inputs (from ``trainer.data.input_pipeline.GlassBoxFeatures``): ``candidate_words`` int32
+Inputs (from ``trainer.kinds.glass_box.GlassBoxFeatures``): ``candidate_words`` int32
 ``[b, W]`` (word ids, 0 = padding, repeats removed), ``history_words`` ``[b, H, W]``,
 ``query_words`` ``[b, Q]`` and ``item_index`` ``[b]``.
 """

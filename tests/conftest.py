@@ -67,7 +67,7 @@ def trained_run(tmp_path_factory):
         "data.synthetic.num_items=40", "data.synthetic.num_users=24",
         "data.synthetic.impressions_per_user=4", "data.synthetic.candidates_per_impression=3",
         "data.vocab_size=100", "train.epochs=2", "train.batch_size=8",
-        "model.interaction=cross", "model.pooling=first"])
+        "model.kind=cross_encoder", "model.pooling=first"])
     model_dir = str(tmp_path_factory.mktemp("run") / "tiny")
     results = train_lib.train(cfg, model_dir)
     return cfg, model_dir, results
@@ -82,7 +82,7 @@ def trained_two_tower_run(tmp_path_factory):
     from trainer import task
 
     model_dir = str(tmp_path_factory.mktemp("run") / "two_tower")
-    overrides = MICRO_OVERRIDES + ["train.epochs=2", "model.interaction=two_tower",
+    overrides = MICRO_OVERRIDES + ["train.epochs=2", "model.kind=two_tower",
                                    "model.item_ids=true"]
     args = ["train", "--config", os.path.join(REPO, "configs", "tiny.yaml"),
             "--model_dir", model_dir]

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from trainer import kinds
 from trainer.errors import ConfigError
 
 # Where the repository's configs/ are installed with the package (setup.py package_data),
@@ -122,17 +123,19 @@ class DataConfig:
 class ModelConfig:
     """Which model and its sizes. ``pretrained`` overrides the size fields for BERT.
 
-    ``kind: bert`` is a BERT click model whose ``interaction`` is ``cross`` (one encoder
-    over "user side [SEP] item": the reranker and teacher) or ``two_tower`` (one shared
-    item encoder for the candidate, the history items and the query, then a user
-    transformer; see models/two_tower.py). ``kind: sasrec`` is the two-tower model without
-    text (item ids only): the baseline that shows what text adds. ``kind: glass_box`` is
-    a logistic regression over named word/item features (models/glass_box.py; ``l2`` is
-    its per-word weight penalty), the readable distillation student.
+    ``kind`` names a registered model kind (trainer/kinds/: ``two_tower``, ``sasrec``,
+    ``cross_encoder``, ``glass_box``, ``mf``, ``popularity``, and any kind registered
+    with ``trainer.kinds.register``). ``two_tower`` has one shared item encoder for the
+    candidate, the history items and the query, then a user transformer
+    (models/two_tower.py); ``sasrec`` is that model without text (item ids only), the
+    baseline that shows what text adds; ``cross_encoder`` is one encoder over "user side
+    [SEP] item", the reranker and teacher; ``glass_box`` is a logistic regression over
+    named word/item features (models/glass_box.py; ``l2`` is its per-word weight
+    penalty), the readable distillation student. Configs written before the registry
+    (``kind: bert`` with ``interaction: cross | two_tower``) are read as the new names.
     """
 
-    kind: str = "bert"  # bert | sasrec | mf | popularity | glass_box
-    interaction: str = "cross"  # bert only: cross | two_tower
+    kind: str = "cross_encoder"  # a name in trainer.kinds.names()
     pretrained: str = ""  # local HF dir, keras-hub preset name, or hf:// handle
     # two_tower: add a learned id embedding to each item vector and an item bias (items
     # unseen in training keep their text vector alone)
@@ -295,8 +298,6 @@ _CHOICES = {
     "data.synthetic.file_format": ("csv", "jsonl"),
     "data.movielens.variant": ("auto", "ml-100k", "ml-1m", "ml-latest-small", "ml-25m"),
     "data.movielens.negative_sampling": ("uniform", "popularity"),
-    "model.kind": ("bert", "sasrec", "mf", "popularity", "glass_box"),
-    "model.interaction": ("cross", "two_tower"),
     "train.loss": ("bce", "softmax"),
     "train.early_stopping_metric": ("auc", "group_auc", "ndcg@10"),
     "model.pooling": ("cls", "first", "mean"),
@@ -457,12 +458,30 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def _migrate(raw: dict) -> dict:
-    """Reads run directories written by earlier versions.
+    """Reads configs and run directories written by earlier versions.
+
+    ``model.kind: bert`` with ``model.interaction: cross | two_tower`` became
+    ``model.kind: cross_encoder | two_tower`` (the registry of kinds, trainer/kinds/).
 
     ``runtime.mixed_precision`` (a bool that no code read, so every run trained in
     float32) became ``runtime.precision``: its default ``false`` is dropped; ``true`` asks
     for something that never happened, so it is an error that names the new key.
     """
+    model = raw.get("model")
+    if isinstance(model, dict) and ("interaction" in model or model.get("kind") == "bert"):
+        model = dict(model)
+        interaction = model.pop("interaction", "cross")
+        if model.get("kind") in kinds.LEGACY_BERT_INTERACTIONS.values():
+            raise ConfigError("config key 'model.interaction' was replaced by model.kind: "
+                              f"set model.kind={' or '.join(kinds.LEGACY_BERT_INTERACTIONS.values())}")
+        if model.get("kind", "bert") == "bert":
+            if interaction not in kinds.LEGACY_BERT_INTERACTIONS:
+                raise ConfigError(f"config key 'model.interaction' must be one of "
+                                  f"{tuple(kinds.LEGACY_BERT_INTERACTIONS)}, got "
+                                  f"{interaction!r} (or use model.kind="
+                                  f"{' | '.join(kinds.LEGACY_BERT_INTERACTIONS.values())})")
+            model["kind"] = kinds.LEGACY_BERT_INTERACTIONS[interaction]
+        raw = {**raw, "model": model}
     runtime = raw.get("runtime")
     if isinstance(runtime, dict) and "mixed_precision" in runtime:
         runtime = dict(runtime)
@@ -547,8 +566,6 @@ def _validate_privacy(cfg: ExperimentConfig) -> None:
     if cfg.train.loss == "softmax":
         why = ("train.loss=softmax scores each row against the other rows of its batch, so "
                "one row's gradient is not its own and clipping it bounds nothing; use bce")
-    elif cfg.model.kind == "popularity":
-        why = "model.kind=popularity is counted from the clicks, not trained by gradients"
     elif cfg.runtime.backend == "jax":
         why = "the per-example gradient step is written for TensorFlow; use runtime.backend=tensorflow"
     elif cfg.runtime.strategy in ("multi_worker", "mirrored", "tpu"):
@@ -589,29 +606,13 @@ def validate(cfg: ExperimentConfig) -> None:
             d.validation_fraction + d.test_fraction >= 1:
         raise ConfigError("config keys 'data.validation_fraction' + 'data.test_fraction' must "
                           "each be in [0, 1) and sum below 1")
-    if m.kind == "bert" and not m.pretrained and m.hidden_dim % m.num_heads:
-        raise ConfigError(f"config key 'model.hidden_dim' ({m.hidden_dim}) must be divisible by "
-                          f"'model.num_heads' ({m.num_heads})")
-    two_tower = (m.kind == "bert" and m.interaction == "two_tower") or m.kind == "sasrec"
+    if m.kind not in kinds.names():
+        raise ConfigError(f"config key 'model.kind' must be one of {kinds.names()}, got "
+                          f"{m.kind!r}")
     if t.early_stopping_metric != "auc" and cfg.runtime.strategy == "multi_worker":
         raise ConfigError(f"config key 'train.early_stopping_metric': "
                           f"{t.early_stopping_metric} is scored on one worker; with "
                           "runtime.strategy=multi_worker use auc")
-    if t.loss == "softmax" and not two_tower:
-        raise ConfigError("config key 'train.loss': softmax (in-batch negatives) needs a "
-                          "model with separate user and item vectors: set "
-                          "model.interaction=two_tower (or model.kind=sasrec), or use bce")
-    if two_tower:
-        if m.user_layers < 0:
-            raise ConfigError(f"config key 'model.user_layers' must be >= 0, got "
-                              f"{m.user_layers}")
-        positive("model.user_heads", m.user_heads)
-        if m.hidden_dim % m.user_heads and not m.pretrained:
-            raise ConfigError(f"config key 'model.hidden_dim' ({m.hidden_dim}) must be "
-                              f"divisible by 'model.user_heads' ({m.user_heads})")
-        if d.max_history <= 0:
-            raise ConfigError("config key 'data.max_history' must be > 0 for a two-tower "
-                              "model: its user tower reads the history items")
     if not 0.0 <= cfg.distill.alpha <= 1.0:
         raise ConfigError(f"config key 'distill.alpha' must be in [0, 1], got "
                           f"{cfg.distill.alpha}")

@@ -55,6 +55,11 @@ class TextPairPacker(keras.layers.Layer):
             return self._pack_in_graph(user_text, item_text)
         return self._pack(user_text, item_text)
 
+    def features(self, batch: dict) -> dict:
+        """Model inputs from a batch of table columns (``user_text``, ``item_text``): the
+        featurizer interface every model kind's featurizer shares."""
+        return self(batch["user_text"], batch["item_text"])
+
     @tf.function(reduce_retracing=True)
     def _pack_in_graph(self, user_text, item_text):
         return self._pack(user_text, item_text)

@@ -206,8 +206,8 @@ def test_rows_record_model_settings(quality_run):
     assert rows["mf"]["settings"]["epochs_run"] == 1
     assert rows["mf"]["overrides"] == quality.DEFAULT_SET_FOR["mf"] + ["train.epochs=1"]
     assert rows["bert"]["settings"]["num_layers"] == 1
-    assert rows["bert"]["settings"]["interaction"] == "cross"
-    assert rows["two_tower"]["settings"]["interaction"] == "two_tower"
+    assert rows["bert"]["settings"]["kind"] == "cross_encoder"
+    assert rows["two_tower"]["settings"]["kind"] == "two_tower"
     assert rows["two_tower"]["settings"]["item_ids"] is True
     assert rows["sasrec"]["settings"]["kind"] == "sasrec"
     assert rows["sasrec"]["settings"]["epochs_run"] == 1

@@ -5,7 +5,7 @@ import json
 import os
 
 from benchmarks import retrieve_latency
-from trainer.serving import retrieval
+from trainer.kinds.item_index import ItemIndex
 
 
 def test_retrieve_latency_times_each_k_in_a_fresh_process(trained_two_tower_run, tmp_path):
@@ -15,7 +15,7 @@ def test_retrieve_latency_times_each_k_in_a_fresh_process(trained_two_tower_run,
                                   "--k", "2", "5"]) == 0
     with open(os.path.join(out, "retrieve_latency.json")) as f:
         result = json.load(f)
-    assert result["index_items"] == len(retrieval.ItemIndex.load(model_dir))
+    assert result["index_items"] == len(ItemIndex.load(model_dir))
     probe = result["fresh_process"]
     assert set(probe["k"]) == {"2", "5"}
     for timing in probe["k"].values():

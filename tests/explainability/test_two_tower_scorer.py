@@ -15,6 +15,7 @@ from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
 from models.two_tower import TwoTowerRecommender
 from tests.explainability.conftest import VOCABULARY
 from trainer.data import input_pipeline
+from trainer.kinds.two_tower import TwoTowerFeatures
 
 HISTORY = 3
 ITEM_TOKENS = 6  # 4 word pieces per text: truncation is exercised
@@ -26,7 +27,7 @@ ITEMS = {"a": "acme wireless laptops new", "b": "globex vintage camera",
 def build(seed=0, item_ids=True, user_layers=1):
     tokenizer = keras_hub.tokenizers.BertTokenizer(vocabulary=list(VOCABULARY), lowercase=True)
     ids = sorted(ITEMS)
-    features = input_pipeline.TwoTowerFeatures(
+    features = TwoTowerFeatures(
         ItemTextTokenizer(tokenizer, ITEM_TOKENS), [""] + ids, [""] + [ITEMS[i] for i in ids],
         np.array([False] + [i != "f" for i in ids]), HISTORY)  # "f" is a cold item
     keras.utils.set_random_seed(seed)
@@ -158,7 +159,7 @@ def test_explainer_runs_every_method_and_says_what_does_not_apply():
 
 def test_id_only_models_are_refused():
     model, features = build()
-    id_only = input_pipeline.TwoTowerFeatures(None, features.item_ids, features.item_texts,
+    id_only = TwoTowerFeatures(None, features.item_ids, features.item_texts,
                                               features.trained_mask, HISTORY)
     with pytest.raises(ValueError, match="no words to explain"):
         TwoTowerScorer(TwoTowerRecommender(None, num_items=6, max_history=HISTORY,

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from models.glass_box import ITEM_FEATURES, WORD_FEATURES, GlassBoxRecommender
-from trainer.data.input_pipeline import GlassBoxFeatures
+from trainer.kinds.glass_box import GlassBoxFeatures
 
 WORDS = ["acme", "blue", "camera", "laptop", "red", "wireless"]
 ITEMS = ["", "i1", "i2", "i3", "i4"]

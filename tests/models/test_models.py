@@ -14,6 +14,7 @@ from models.baselines import MatrixFactorization, MostPopular
 from models.bert_recommender import BERTRecommender
 from models.layers.text_pair_packer import TextPairPacker
 from tests.conftest import BACKEND, MINILM_DIR, REPO, require_shared, tensorflow_only
+from trainer import kinds
 from trainer.serving import export
 from trainer.data import input_pipeline
 
@@ -87,7 +88,8 @@ def test_model_harness(name, tmp_path):
 
     export_dir = str(tmp_path / "export")
     is_text = name.startswith("bert")
-    export.export_saved_model(model, export_dir, packer if is_text else None)
+    kind = kinds.kind_class("cross_encoder" if is_text else name)()
+    export.export_saved_model(model, export_dir, kind, packer if is_text else None)
     serve = export.load_serving_fn(export_dir)
     if is_text:
         out = serve(user_text=tf.constant(user), item_text=tf.constant(item))
@@ -170,7 +172,8 @@ def test_saved_model_matches_in_process_model_in_a_fresh_process(tmp_path):
     features, _, user, item = batch(packer)
     model = tiny_bert()
     expected = keras.ops.convert_to_numpy(model.click_probability(features))
-    export.export_saved_model(model, str(tmp_path / "export"), packer)
+    export.export_saved_model(model, str(tmp_path / "export"),
+                              kinds.kind_class("cross_encoder")(), packer)
     np.save(tmp_path / "expected.npy", expected)
     script = textwrap.dedent(f"""
         import numpy as np, tensorflow as tf

@@ -15,8 +15,10 @@ from models.layers.item_text_tokenizer import ItemTextTokenizer
 from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
 from models.two_tower import TwoTowerRecommender
 from tests.conftest import BACKEND, REPO, tensorflow_only
+from trainer import kinds
 from trainer.serving import export
 from trainer.data import input_pipeline
+from trainer.kinds.two_tower import TwoTowerFeatures
 from trainer.evaluation import metrics
 from trainer.data.canonical import Catalogue, Example, Item
 
@@ -40,7 +42,7 @@ def make_features(catalogue, trained_items):
     ids = input_pipeline.IdVocabulary(users={}, items={k: i + 1 for i, k in
                                                        enumerate(sorted(catalogue))},
                                       trained_items=frozenset(trained_items))
-    return input_pipeline.TwoTowerFeatures.build(tokenizer, catalogue, ids, ["title"], HISTORY)
+    return TwoTowerFeatures.build(tokenizer, catalogue, ids, ["title"], HISTORY)
 
 
 def tiny_model(features, item_ids=True, text=True, loss="bce", hidden=16, user_layers=1):
@@ -91,7 +93,7 @@ def test_harness_fit_round_trip_and_export(variant, tmp_path):
     if BACKEND != "tensorflow":
         return  # a JAX run exports from a TensorFlow process (tests/trainer/test_backends.py)
     export_dir = str(tmp_path / "export")
-    export.export_saved_model(model, export_dir, features)
+    export.export_saved_model(model, export_dir, kinds.kind_class("two_tower")(), features)
     out = export.load_serving_fn(export_dir)(**raw_batch(catalogue))
     np.testing.assert_allclose(out["logit"].numpy(), expected, atol=1e-5)
 
@@ -230,7 +232,7 @@ def test_savedmodel_signatures_match_in_a_fresh_process(tmp_path):
                 "item": model.item_vectors(x["item_token_ids"], x["item_index"]).numpy().tolist(),
                 "bias": (model.item_biases(x["item_index"]) + model.global_bias).numpy().tolist()}
     export_dir = str(tmp_path / "export")
-    export.export_saved_model(model, export_dir, features)
+    export.export_saved_model(model, export_dir, kinds.kind_class("two_tower")(), features)
     inputs = {k: v.numpy().astype(str).tolist() for k, v in raw.items()}
     script = textwrap.dedent(f"""
         import json, numpy as np
@@ -305,7 +307,7 @@ def test_learns_planted_word_overlap_rule():
 
     train, test = impressions(700, 0), impressions(150, 10_000)
     vocab_ids = input_pipeline.IdVocabulary.build(train, catalogue)
-    features = input_pipeline.TwoTowerFeatures.build(
+    features = TwoTowerFeatures.build(
         ItemTextTokenizer(input_pipeline.make_tokenizer(vocabulary=VOCAB), ITEM_TOKENS),
         catalogue, vocab_ids, ["title"], HISTORY)
     tables = {name: input_pipeline.make_pair_table(ex, catalogue, ["title"], HISTORY,

@@ -112,7 +112,7 @@ def test_a_jax_run_trains_evaluates_and_exports_in_process(tmp_path):
     from trainer.serving import export
     from trainer.training import train_lib
     cfg = config_lib.load_config(TINY, MICRO_OVERRIDES + [
-        "train.epochs=2", "model.interaction=cross", "model.pooling=first"])
+        "train.epochs=2", "model.kind=cross_encoder", "model.pooling=first"])
     model_dir = str(tmp_path / "run")
     results = train_lib.train(cfg, model_dir)
     assert results["train"]["backend"] == "jax"
@@ -173,7 +173,7 @@ def test_jax_runs_serve_what_they_learned(tmp_path):
     # replica of a model split over them (a data-parallel cross-encoder run added 50 s of
     # CI and nothing the two-tower does not already cover).
     runs = {"two_tower": ["model.item_ids=true"],
-            "cross_model_parallel": ["model.interaction=cross", "model.pooling=first",
+            "cross_model_parallel": ["model.kind=cross_encoder", "model.pooling=first",
                                      "runtime.model_parallel=2"]}
     runs = {name: extra + ["runtime.backend=jax", "runtime.logical_cpus=2"]
             for name, extra in runs.items()}

@@ -3,6 +3,7 @@ import os
 import pytest
 
 from trainer import config as config_lib
+from trainer import kinds
 from trainer.config import ConfigError
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -79,20 +80,53 @@ def test_wrong_types_name_the_key(override, key):
 ])
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"), [override])
+        load_checked(os.path.join(CONFIGS, "tiny.yaml"), [override])
+
+
+def load_checked(path, overrides):
+    """What a command validates before it writes: the config, then its kind's checks."""
+    return kinds.for_config(config_lib.load_config(path, overrides))
 
 
 @pytest.mark.parametrize("overrides,key", [
     (["model.interaction=sideways"], "model.interaction"),
     (["train.loss=hinge"], "train.loss"),
-    (["model.interaction=cross", "train.loss=softmax"], "train.loss"),
-    (["model.interaction=two_tower", "model.user_layers=-1"], "model.user_layers"),
-    (["model.interaction=two_tower", "model.user_heads=3"], "model.user_heads"),
-    (["model.interaction=two_tower", "data.max_history=0"], "data.max_history"),
+    (["model.kind=cross_encoder", "train.loss=softmax"], "train.loss"),
+    (["model.kind=mf", "train.loss=softmax"], "train.loss"),
+    (["model.kind=two_tower", "model.user_layers=-1"], "model.user_layers"),
+    (["model.kind=two_tower", "model.user_heads=3"], "model.user_heads"),
+    (["model.kind=sasrec", "data.max_history=0"], "data.max_history"),
+    (["model.kind=popularity", "train.privacy.enabled=true", "train.loss=bce"],
+     "train.privacy.enabled"),
 ])
-def test_two_tower_settings_name_the_key(overrides, key):
+def test_kind_settings_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"), overrides)
+        load_checked(os.path.join(CONFIGS, "tiny.yaml"), overrides)
+
+
+def test_unknown_kind_lists_the_registered_ones():
+    with pytest.raises(ConfigError, match="model.kind.*two_tower.*cross_encoder"):
+        config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"), ["model.kind=gpt"])
+
+
+@pytest.mark.parametrize("model, kind", [
+    ({"kind": "bert", "interaction": "two_tower"}, "two_tower"),
+    ({"kind": "bert", "interaction": "cross"}, "cross_encoder"),
+    ({"kind": "bert"}, "cross_encoder"),
+    ({"interaction": "two_tower"}, "two_tower"),
+    ({"kind": "sasrec", "interaction": "cross"}, "sasrec"),  # a resolved sasrec config
+])
+def test_configs_written_before_the_registry_name_their_kind(model, kind):
+    raw = config_lib.to_dict(config_lib.ExperimentConfig())
+    raw["model"].pop("kind")
+    raw["model"].update(model)
+    assert config_lib.config_from_dict(raw).model.kind == kind
+
+
+def test_interaction_beside_a_new_kind_name_is_refused():
+    with pytest.raises(ConfigError, match="model.interaction.*model.kind"):
+        config_lib.load_config(os.path.join(CONFIGS, "tiny.yaml"),
+                               ["model.kind=two_tower", "model.interaction=cross"])
 
 
 def test_pretrained_with_normalize_first_is_refused():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from trainer import config as config_lib
+from trainer.kinds.item_index import ItemIndex
 from trainer.serving import retrieval
 from trainer.errors import ConfigError, UserInputError
 
@@ -65,7 +66,8 @@ def test_candidate_logits_equal_pairwise_prediction_and_the_catalogue_matrix(
     generic pair-by-pair candidate scoring must give the same logits."""
     import keras
 
-    from trainer import model_kinds
+    from trainer import kinds
+    from trainer.kinds.base import ModelKind
     from trainer.training import train_lib
 
     model_dir, _ = trained_two_tower_run
@@ -73,13 +75,13 @@ def test_candidate_logits_equal_pairwise_prediction_and_the_catalogue_matrix(
     prepared = train_lib.prepare_data(cfg, model_dir)
     featurizer = train_lib.load_run_packer(cfg, model_dir, prepared)
     model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
-    kind = model_kinds.for_config(cfg)
+    kind = kinds.for_config(cfg)
     users = prepared.tables["test"].subset(np.arange(3))
     item_text = prepared.ids.item_texts(prepared.catalogue, cfg.data.item_text_fields)
     full = kind.catalogue_logits(model, featurizer, users, item_text, 16)
     candidates = np.random.default_rng(0).integers(1, len(item_text), size=(3, 5))
-    pairwise = model_kinds.ModelKind.candidate_logits(kind, model, featurizer, users,
-                                                      candidates, item_text, 16)
+    pairwise = ModelKind.candidate_logits(kind, model, featurizer, users, candidates,
+                                          item_text, 16)
     np.testing.assert_allclose(pairwise, np.take_along_axis(full, candidates, axis=1),
                                atol=1e-4)
 
@@ -154,7 +156,7 @@ def test_a_reranker_missing_retrievable_items_is_refused(pipeline, monkeypatch):
 def test_recommend_command_with_a_pipeline(pipeline, trained_two_tower_run, capsys):
     from trainer import task
 
-    history = retrieval.ItemIndex.load(trained_two_tower_run[0]).item_ids[:2]
+    history = ItemIndex.load(trained_two_tower_run[0]).item_ids[:2]
     assert task.main(["recommend", "--pipeline", pipeline, "--history", ",".join(history),
                       "--set", "k=3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -187,7 +189,7 @@ def test_recommend_explain_gives_one_faithful_record_per_item(trained_two_tower_
 def test_recommend_command_explains_with_a_pipeline(pipeline, trained_two_tower_run, capsys):
     from trainer import task
 
-    history = retrieval.ItemIndex.load(trained_two_tower_run[0]).item_ids[:2]
+    history = ItemIndex.load(trained_two_tower_run[0]).item_ids[:2]
     assert task.main(["recommend", "--pipeline", pipeline, "--history", ",".join(history),
                       "--k", "2", "--explain"]) == 0
     out = capsys.readouterr().out

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tests.conftest import REPO
+from trainer import kinds
 from trainer.serving import export
 from trainer.training import train_lib
 
@@ -64,7 +65,7 @@ def test_cross_encoder_token_export_matches_the_raw_export(trained_run, tmp_path
            "item_text": ["carbon laptop", "blue umbrella"]}
     expected = export.load_serving_fn(os.path.join(model_dir, "export"))(
         user_text=tf.constant(raw["user_text"]), item_text=tf.constant(raw["item_text"]))
-    request = export.token_request(packer, **raw)
+    request = kinds.for_config(cfg).token_request(packer, **raw)
     got = _probe(tokens_dir, request, {"serving_default": {"inputs": list(request)}}, tmp_path)
     np.testing.assert_allclose(got["serving_default"]["click_probability"],
                                expected["click_probability"].numpy(), atol=1e-5)
@@ -102,7 +103,7 @@ def test_two_tower_token_export_scores_and_retrieves_like_the_raw_export(
     user = {k: tf.constant(raw[k]) for k in ("query", "history_text", "history_ids")}
     expected_top = retrieve(**user, k=tf.constant(5, tf.int32))
 
-    request = export.token_request(packer, **raw)
+    request = kinds.for_config(cfg).token_request(packer, **raw)
     user_inputs = ["query_token_ids", "history_token_ids", "history_ids"]
     got = _probe(tokens_dir, request, {
         "serving_default": {"inputs": list(request)},

@@ -221,212 +221,6 @@ def history_indices(examples: list[Example], item_index: dict, max_history: int)
     return out
 
 
-class TwoTowerFeatures:
-    """Model inputs of the two-tower model, from item indices (tf.data) or raw strings
-    (the SavedModel).
-
-    The catalogue's item texts are tokenized once into ``item_tokens`` (``[N + 1, L]``,
-    row 0 = no item), so a training batch gathers the rows it needs instead of
-    tokenizing history and candidate texts again; only the query is tokenized per batch.
-    Id features are the :class:`IdVocabulary` index for items training saw and 0 for the
-    others, so unseen (cold-start) items are scored from their text alone.
-
-    Args:
-      tokenizer: an :class:`models.layers.item_text_tokenizer.ItemTextTokenizer`, or None
-        for an id-only model.
-      item_ids: catalogue item ids, index-aligned with ``IdVocabulary.items`` (entry 0 is
-        a placeholder for "no item").
-      item_texts: their texts (``Item.text(data.item_text_fields)``), aligned the same way.
-      trained_mask: ``IdVocabulary.trained_item_mask()``.
-      max_history: H, the history items per example.
-    """
-
-    def __init__(self, tokenizer, item_ids: list, item_texts: list, trained_mask: np.ndarray,
-                 max_history: int):
-        self.tokenizer = tokenizer
-        self.item_ids = list(item_ids)
-        self.item_texts = list(item_texts)
-        self.trained_mask = np.asarray(trained_mask, dtype=bool)
-        self.max_history = max_history
-        self.item_tokens = None
-        if tokenizer is not None:
-            tokens = [tokenizer(tf.constant(self.item_texts[i:i + 4096])).numpy()
-                      for i in range(0, len(self.item_texts), 4096)]
-            self.item_tokens = np.concatenate(tokens).astype(np.int32)
-            self.item_tokens[0] = 0
-
-    @classmethod
-    def build(cls, tokenizer, catalogue: Catalogue, ids: IdVocabulary, item_text_fields: list,
-              max_history: int) -> "TwoTowerFeatures":
-        return cls(tokenizer, ids.item_id_list(), ids.item_texts(catalogue, item_text_fields),
-                   ids.trained_item_mask(), max_history)
-
-    def _id_features(self, index):
-        trained = tf.gather(tf.constant(self.trained_mask), index)
-        return tf.where(trained, index, tf.zeros_like(index))
-
-    def features(self, batch: dict) -> dict:
-        """Model inputs from a batch of table columns (``item_index``, ``history_index``,
-        ``query``); runs inside tf.data."""
-        item = tf.cast(batch["item_index"], tf.int32)
-        history = tf.cast(batch["history_index"], tf.int32)
-        out = {"item_index": self._id_features(item),
-               "history_index": self._id_features(history)}
-        if self.tokenizer is not None:
-            table = tf.constant(self.item_tokens)
-            out["item_token_ids"] = tf.gather(table, item)
-            out["history_token_ids"] = tf.gather(table, history)
-            out["query_token_ids"] = self.tokenizer(batch["query"])
-        return out
-
-    def index_table(self) -> "tf.lookup.StaticHashTable":
-        """Item id string -> id-feature index (0 for unknown and untrained ids)."""
-        index = np.arange(len(self.item_ids), dtype=np.int64) * self.trained_mask
-        return tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant(self.item_ids[1:]), tf.constant(index[1:])), default_value=0)
-
-    def fit_history(self, values, padding=""):
-        """``[b, any, ...]`` -> ``[b, H, ...]``: the H most recent kept, ``padding`` after
-        (history texts or ids with "", history token ids with 0)."""
-        values = values[:, : self.max_history]
-        missing = self.max_history - tf.shape(values)[1]
-        pads = [[0, 0], [0, missing]] + [[0, 0]] * (values.shape.rank - 2)
-        return tf.pad(values, pads, constant_values=padding)
-
-    def from_text(self, query, history_texts, item_texts, history_ids=None, item_ids=None,
-                  index_table=None) -> dict:
-        """Model inputs from raw strings: ``query`` ``[b]`` ("" = none), ``history_texts``
-        ``[b, H]`` (most recent first, "" = padding), ``item_texts`` ``[b]`` and,
-        optionally, the matching item id strings (looked up in ``index_table``; unknown
-        ids get no id feature). Histories longer than H are cut to their H most recent
-        items, shorter ones padded. What the SavedModel's signatures run."""
-        item_texts = tf.convert_to_tensor(item_texts, tf.string)
-        history_texts = self.fit_history(tf.convert_to_tensor(history_texts, tf.string))
-        if history_ids is not None:
-            history_ids = self.fit_history(tf.convert_to_tensor(history_ids, tf.string))
-        batch = tf.shape(item_texts)[0]
-        table = index_table if index_table is not None else self.index_table()
-
-        def lookup(ids, shape):
-            if ids is None:
-                return tf.zeros(shape, tf.int32)
-            return tf.cast(table.lookup(tf.convert_to_tensor(ids, tf.string)), tf.int32)
-
-        out = {"item_index": lookup(item_ids, [batch]),
-               "history_index": lookup(history_ids, tf.shape(history_texts))}
-        if self.tokenizer is not None:
-            out["item_token_ids"] = self.tokenizer(item_texts)
-            out["history_token_ids"] = self.tokenizer(history_texts)
-            out["query_token_ids"] = self.tokenizer(tf.convert_to_tensor(query, tf.string))
-        return out
-
-
-class GlassBoxFeatures:
-    """Word-id inputs of the glass-box model (models/glass_box.py), from item indices
-    (tf.data) or item id strings (the SavedModel).
-
-    Words are lower-cased runs of letters and digits (:meth:`split_words`), not word
-    pieces, so every feature names a word a person reads. Each catalogue item's distinct
-    words are looked up once into ``item_words`` (``[N + 1, W]``, 0 = padding, the first
-    ``max_item_words`` distinct words); the query is split per batch and its words
-    outside the catalogue's vocabulary map to 0 (they cannot match a candidate word).
-
-    Args:
-      words: the word vocabulary; word id ``i + 1`` is ``words[i]``.
-      item_ids: catalogue item ids, index-aligned with ``IdVocabulary.items`` (entry 0 is
-        "no item").
-      item_texts: their texts, aligned the same way.
-      max_history: H, the history items per example.
-    """
-
-    WORD_PATTERN = r"[^a-z0-9]+"
-
-    def __init__(self, words: list, item_ids: list, item_texts: list, max_history: int,
-                 max_item_words: int = 32, max_query_words: int = 16):
-        self.words = list(words)
-        self.item_ids = list(item_ids)
-        self.item_texts = list(item_texts)
-        self.max_history = max_history
-        self.max_query_words = max_query_words
-        self.word_table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant(self.words or [""], tf.string),
-                tf.range(1, max(len(self.words), 1) + 1, dtype=tf.int64)), default_value=0)
-        rows = []
-        for text in self.item_texts:
-            seen = []
-            for word_id in self.word_ids([text])[0]:
-                if word_id and word_id not in seen:
-                    seen.append(word_id)
-            rows.append(seen[:max_item_words])
-        width = max(1, max(len(r) for r in rows))
-        self.item_words = np.zeros([len(rows), width], np.int32)
-        for i, row in enumerate(rows):
-            self.item_words[i, :len(row)] = row
-        self.item_words[0] = 0
-
-    @classmethod
-    def split_words(cls, texts) -> tf.RaggedTensor:
-        """Lower-cased alphanumeric words of each string (a ragged ``[b, None]``)."""
-        texts = tf.strings.regex_replace(tf.strings.lower(tf.convert_to_tensor(texts)),
-                                         cls.WORD_PATTERN, " ")
-        return tf.strings.split(tf.strings.strip(texts))
-
-    @classmethod
-    def build(cls, catalogue: Catalogue, ids: IdVocabulary, item_text_fields: list,
-              max_history: int) -> "GlassBoxFeatures":
-        texts = ids.item_texts(catalogue, item_text_fields)[1:]
-        words = set()
-        for start in range(0, len(texts), 4096):
-            split = cls.split_words(tf.constant(texts[start:start + 4096]))
-            words.update(w.decode() for w in split.flat_values.numpy())
-        return cls(sorted(words), ids.item_id_list(), [""] + texts, max_history)
-
-    def word_ids(self, texts) -> list:
-        """Word ids of each text (0 for words outside the vocabulary), as lists."""
-        return [list(row) for row in self._lookup_words(texts).to_list()]
-
-    def _lookup_words(self, texts) -> tf.RaggedTensor:
-        split = self.split_words(texts)
-        return tf.ragged.map_flat_values(
-            lambda w: tf.cast(self.word_table.lookup(w), tf.int32), split)
-
-    def _query_words(self, query):
-        words = self._lookup_words(query)[:, : self.max_query_words]
-        return words.to_tensor(default_value=0, shape=[None, self.max_query_words])
-
-    def features(self, batch: dict) -> dict:
-        """Model inputs from a batch of table columns (``item_index``, ``history_index``,
-        ``query``); runs inside tf.data."""
-        table = tf.constant(self.item_words)
-        item = tf.cast(batch["item_index"], tf.int32)
-        return {"item_index": item, "candidate_words": tf.gather(table, item),
-                "history_words": tf.gather(table, tf.cast(batch["history_index"], tf.int32)),
-                "query_words": self._query_words(batch["query"])}
-
-    def index_table(self) -> "tf.lookup.StaticHashTable":
-        """Item id string -> catalogue index (0 for unknown ids)."""
-        return tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant(self.item_ids[1:]),
-                tf.range(1, len(self.item_ids), dtype=tf.int64)), default_value=0)
-
-    def from_ids(self, query, history_ids, item_ids, index_table=None) -> dict:
-        """Model inputs from raw strings: ``query`` ``[b]``, ``history_ids`` ``[b, any]``
-        (most recent first, "" = padding; cut to H) and ``item_ids`` ``[b]``; unknown ids
-        read as no item. What the SavedModel's signatures run."""
-        table = index_table if index_table is not None else self.index_table()
-        history_ids = tf.convert_to_tensor(history_ids, tf.string)[:, : self.max_history]
-        missing = self.max_history - tf.shape(history_ids)[1]
-        history_ids = tf.pad(history_ids, [[0, 0], [0, missing]], constant_values="")
-        return self.features({
-            "item_index": tf.cast(table.lookup(tf.convert_to_tensor(item_ids, tf.string)),
-                                  tf.int32),
-            "history_index": tf.cast(table.lookup(history_ids), tf.int32),
-            "query": tf.convert_to_tensor(query, tf.string)})
-
-
 def learn_vocabulary(texts: list[str], vocabulary_size: int, lowercase: bool) -> list[str]:
     """A WordPiece vocabulary learned from ``texts`` (for randomly initialised models)."""
     data = tf.data.Dataset.from_tensor_slices(np.array(texts, dtype=object)).batch(1024)
@@ -646,10 +440,8 @@ def model_inputs(batch: dict, packer) -> tuple:
     the label (for distillation, ``[label, teacher_logit, labelled]``)."""
     features = {"user_index": tf.cast(batch["user_index"], tf.int32),
                 "item_index": tf.cast(batch["item_index"], tf.int32)}
-    if isinstance(packer, (TwoTowerFeatures, GlassBoxFeatures)):
+    if packer is not None:
         features.update(packer.features(batch))
-    elif packer is not None:
-        features.update(packer(batch["user_text"], batch["item_text"]))
     label = tf.cast(batch["label"], tf.float32)
     if "teacher_logit" in batch:
         # The distillation target: [label, teacher_logit, labelled] (models/distillation.py)
@@ -671,11 +463,12 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
 
     Args:
       source: a :class:`PairTable` or TFRecord shard paths/glob.
-      packer: the model kind's featurizer: a :class:`models.layers.TextPairPacker`
-        (cross-encoder: features include the ``token_ids`` and ``segment_ids`` it
-        produces from ``user_text`` / ``item_text``) or a :class:`TwoTowerFeatures`
-        (its :meth:`TwoTowerFeatures.features`). Id features (``user_index``,
-        ``item_index``) are always included; a featurizer may replace them.
+      packer: the model kind's featurizer (trainer/kinds/): its ``features(batch)`` maps
+        the batch's table columns to the model's inputs (a cross-encoder's
+        ``TextPairPacker`` packs ``user_text`` / ``item_text`` into ``token_ids`` and
+        ``segment_ids``; a two-tower model's ``TwoTowerFeatures`` (trainer/kinds/two_tower.py) gathers item tokens and
+        ids). Id features (``user_index``, ``item_index``) are always included; a
+        featurizer may replace them.
       training: shuffle (seeded, reshuffled each epoch) and drop the last partial batch so
         every replica gets equal, static-shaped batches.
       cache_tokens: keep the packed int tensors in memory after the first pass, so later

@@ -43,7 +43,7 @@ import tensorflow as tf
 from trainer import config as config_lib
 from trainer.data import sources, input_pipeline
 from trainer.data import canonical
-from trainer.data.canonical import atomic_directory, atomic_write_text, write_json
+from trainer.io import atomic_directory, atomic_write_text, write_json
 from trainer.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

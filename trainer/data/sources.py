@@ -24,6 +24,7 @@ import tensorflow as tf
 from trainer.config import DataConfig
 from trainer.data import canonical, synthetic
 from trainer.data.canonical import DataError, SplitData
+from trainer.io import atomic_write_text
 
 
 def _hash_split(impression_id: str, seed: int, validation_fraction: float,
@@ -79,7 +80,7 @@ def _generate_synthetic(data_cfg: DataConfig, data_dir: str) -> tuple[str, str]:
     catalogue, examples = synthetic.generate(**params)
     canonical.write_catalogue(items_path, catalogue)
     canonical.write_examples(impressions_path, examples)
-    canonical.atomic_write_text(stamp_path, stamp)  # last: marks the pair complete
+    atomic_write_text(stamp_path, stamp)  # last: marks the pair complete
     return items_path, impressions_path
 
 

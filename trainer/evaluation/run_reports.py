@@ -38,12 +38,8 @@ import tensorflow as tf
 from tensorboard.plugins import projector
 from tensorboard.plugins.pr_curve import metadata as pr_curve_metadata
 
-from models.baselines import MatrixFactorization
-from models.bert_recommender import BERTRecommender
-from models.two_tower import TwoTowerRecommender
-from trainer import backend, model_kinds
 from trainer.evaluation import metrics
-from trainer.data.canonical import atomic_directory, atomic_write_bytes, atomic_write_text
+from trainer.io import atomic_directory, atomic_write_bytes, atomic_write_text
 
 BINNINGS = ("uniform", "quantile")
 PROJECTOR_TENSOR = "item_embedding/.ATTRIBUTES/VARIABLE_VALUE"
@@ -446,85 +442,35 @@ def select_items(catalogue, max_items: int = 10000, seed: int = 0) -> list:
     return [ids[i] for i in sorted(chosen)]
 
 
-def item_embeddings(model, packer, catalogue, item_text_fields, *, item_index=None,
-                    catalogue_vectors=None, batch_size: int = 64, max_items: int = 10000,
+def item_embeddings(model, kind, featurizer, catalogue, ids, item_text_fields, *,
+                    item_index=None, batch_size: int = 64, max_items: int = 10000,
                     seed: int = 0) -> ItemEmbeddings | None:
-    """Vectors for (up to ``max_items``, see :func:`select_items`) catalogue items.
-
-    * :class:`BERTRecommender`: each item's text (``item.text(item_text_fields)``) is packed
-      alone, with an empty user side (``[CLS] [SEP] item [SEP]``), and the vector is
-      :meth:`BERTRecommender.pooled_output`, what the click head sees. It is the
-      cross-encoder's representation of the item without a user, not a trained item tower.
-    * :class:`MatrixFactorization`: the rows of its item embedding table; ``item_index``
-      maps item id -> row (``IdVocabulary.items``) and is required.
-    * any other model: None (nothing to project).
+    """Vectors for (up to ``max_items``, see :func:`select_items`) catalogue items, as
+    ``kind.item_embeddings`` gives them (trainer/kinds/: a two-tower model's item tower, a
+    cross-encoder's pooled output of the item alone, MF's embedding rows); None for kinds
+    with nothing to project.
 
     Args:
       model: the trained model.
-      packer: the run's ``TextPairPacker`` (BERT models).
+      kind: its :class:`~trainer.kinds.base.ModelKind`.
+      featurizer: the run's featurizer.
       catalogue: item id -> :class:`trainer.data.canonical.Item`.
+      ids: the run's ``IdVocabulary``.
       item_text_fields: the run's ``data.item_text_fields``.
-      item_index: item id -> embedding row, for MatrixFactorization.
-      catalogue_vectors: a two-tower run's ``retrieval.ItemIndex``: its vectors are reused
-        instead of running the item tower again.
+      item_index: a retrieving run's ``ItemIndex``: its vectors are reused instead of
+        running the item tower again.
       batch_size: items encoded per forward pass.
       max_items: cap on the number of items, so large catalogues stay cheap.
       seed: seed of the item sample when the catalogue has more than ``max_items``.
     """
-    ids = select_items(catalogue, max_items, seed)
-    if isinstance(model, BERTRecommender):
-        if packer is None:
-            raise ValueError("item_embeddings needs the run's packer for a BERTRecommender")
-        vectors = _bert_item_vectors(model, packer,
-                                     [catalogue[i].text(item_text_fields) for i in ids],
-                                     batch_size)
-        description = (f"{type(model).__name__} pooled output (pooling={model.pooling}) of "
-                       "'[CLS] [SEP] item text [SEP]': the click head's input for the item "
-                       f"with an empty user side; item text fields: "
-                       f"{', '.join(item_text_fields)}")
-    elif isinstance(model, TwoTowerRecommender):
-        if catalogue_vectors is not None:
-            position = {item: i for i, item in enumerate(catalogue_vectors.item_ids)}
-            vectors = catalogue_vectors.vectors[[position[i] for i in ids]]
-        else:
-            vectors, _ = model_kinds.catalogue_item_vectors(
-                model, packer, _rows_of(packer.item_ids, ids), batch_size)
-        vectors = np.asarray(vectors, np.float32)
-        description = (f"{type(model).__name__} item tower: the cacheable item vector "
-                       f"v(i) its click logit dots with the user vector (pooling="
-                       f"{model.pooling}, item ids {'on' if model.num_items else 'off'})")
-    elif isinstance(model, MatrixFactorization):
-        if item_index is None:
-            raise ValueError("item_embeddings needs item_index (IdVocabulary.items) for "
-                             "MatrixFactorization")
-        ids = [i for i in ids if i in item_index]
-        table = model.item_embedding.embeddings.numpy()
-        vectors = table[np.array([item_index[i] for i in ids], dtype=np.int64)]
-        description = "MatrixFactorization item embedding table rows"
-    else:
+    found = kind.item_embeddings(model, featurizer, select_items(catalogue, max_items, seed),
+                                 catalogue, ids, item_text_fields, item_index, batch_size)
+    if found is None or not found[0]:
         return None
-    if not ids:
-        return None
-    return ItemEmbeddings(item_ids=list(ids), titles=[catalogue[i].title for i in ids],
+    item_ids, vectors, description = found
+    return ItemEmbeddings(item_ids=list(item_ids), titles=[catalogue[i].title for i in item_ids],
                           vectors=np.asarray(vectors, dtype=np.float32),
                           description=description)
-
-
-def _rows_of(item_ids: list, wanted: list) -> np.ndarray:
-    position = {item: row for row, item in enumerate(item_ids)}
-    return np.array([position[i] for i in wanted], dtype=np.int64)
-
-
-def _bert_item_vectors(model, packer, texts: list, batch_size: int) -> np.ndarray:
-    encode = backend.compiled_forward(model, "pooled_output")
-    empty = [""] * batch_size
-    out = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
-        # Pad the last batch to batch_size so the function is traced once.
-        features = packer(tf.constant(empty), tf.constant(chunk + empty[len(chunk):]))
-        out.append(keras.ops.convert_to_numpy(encode(features))[: len(chunk)])
-    return np.concatenate(out).astype(np.float32)
 
 
 def _tsv_cell(text) -> str:

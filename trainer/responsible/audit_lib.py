@@ -43,7 +43,7 @@ import tensorflow as tf
 from models.baselines import MostPopular
 from trainer.responsible import audit_report, fairness
 from trainer.evaluation import metrics
-from trainer import model_kinds
+from trainer import kinds
 from trainer.training import train_lib
 from trainer.errors import RunDirError, UserInputError
 
@@ -375,11 +375,13 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
     for path, run_cfg in runs.values():
         if not tf.io.gfile.exists(os.path.join(path, "model.keras")):
             raise RunDirError(f"{path}/model.keras: not found; the run did not finish training")
-        kind = model_kinds.for_config(run_cfg)
-        if catalogue and type(kind).catalogue_logits is model_kinds.ModelKind.catalogue_logits:
+        kind = kinds.for_config(run_cfg)
+        if catalogue and not kind.scores_catalogue_from_item_vectors:
+            cheap = [n for n in kinds.names()
+                     if kinds.kind_class(n).scores_catalogue_from_item_vectors]
             raise AuditError(f"--catalogue: {path} is a {kind.name} run, which would score "
                              "every (user, item) pair; audit it on the impressions (without "
-                             "--catalogue) or audit a two-tower, SASRec or MF run")
+                             f"--catalogue) or audit a run of model.kind={' / '.join(cheap)}")
 
     train_table = prepared.tables["train"]
     num_items = len(prepared.ids.items)
@@ -483,7 +485,7 @@ def _audit_catalogue_scorers(runs, prepared, table, examples, rows_of, log_popul
         logits=np.tile(log_popularity, (len(rows_of), 1)))}
     for name, (path, run_cfg) in runs.items():
         model, packer = _load_run(path, run_cfg, prepared)
-        lists[name] = catalogue_lists(model_kinds.for_config(run_cfg), model, packer, table,
+        lists[name] = catalogue_lists(kinds.for_config(run_cfg), model, packer, table,
                                       examples, rows_of, ids, item_text, candidates,
                                       run_cfg.train.eval_batch_size)
     results = {name: audit_catalogue(ranking, relevant=relevant, profile=profile, **common)

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from trainer.data.canonical import atomic_directory, write_json
+from trainer.io import atomic_directory, write_json
 
 
 def _json_ready(value):

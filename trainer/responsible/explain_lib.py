@@ -27,8 +27,10 @@ from explainability import explainer as explainer_lib
 from explainability.history_attributions import Case
 from explainability.pair_scorer import PairScorer
 from explainability.report import render_report
-from trainer import backend, model_kinds
-from trainer.data.canonical import atomic_directory, atomic_write_text, write_json
+from trainer import backend, kinds
+from trainer.kinds.base import text_kinds
+from trainer.kinds.text import user_side_composer
+from trainer.io import atomic_directory, atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError, UserInputError
 from trainer.progress import Progress
 from trainer.training.train_lib import load_run_config, load_run_packer, prepare_data
@@ -40,10 +42,10 @@ def load_text_run(model_dir: str, prepared=None):
     """``(cfg, model, featurizer)`` of a finished run of a text model (a cross-encoder or a
     two-tower model); the two-tower featurizer needs the run's ``prepared`` data."""
     cfg = load_run_config(model_dir)
-    if not model_kinds.for_config(cfg).uses_text:
-        raise UserInputError(f"{model_dir}: explain needs a text model (model.kind=bert); "
-                             f"this run trained model.kind={cfg.model.kind}, which reads "
-                             "no words to explain")
+    if not kinds.for_config(cfg).uses_text:
+        raise UserInputError(f"{model_dir}: explain needs a text model (model.kind="
+                             f"{' / '.join(text_kinds())}); this run trained model.kind="
+                             f"{cfg.model.kind}, which reads no words to explain")
     model_path = os.path.join(model_dir, "model.keras")
     if not tf.io.gfile.exists(model_path):
         raise RunDirError(f"{model_path}: not found; the run did not finish training")
@@ -53,7 +55,7 @@ def load_text_run(model_dir: str, prepared=None):
 
 def make_compose(max_history: int):
     """The cross-encoder's user-side formatting for a list of shown titles (oldest first)."""
-    return model_kinds.user_side_composer(max_history)
+    return user_side_composer(max_history)
 
 
 def make_case(example, impression: list, catalogue, cfg, index: int,
@@ -142,7 +144,7 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
     cfg, model, featurizer = load_text_run(model_dir, prepared)
     if split not in prepared.splits or not prepared.splits[split]:
         raise DataError(f"the {split} split of {model_dir} is empty; choose another --split")
-    scorer, compose = model_kinds.for_config(cfg).explanation_scorer(cfg, model, featurizer)
+    scorer, compose = kinds.for_config(cfg).explanation_scorer(cfg, model, featurizer)
     explainer = explainer_lib.Explainer(scorer, compose, options)
     cases = select_cases(prepared.splits[split], prepared.catalogue, cfg, scorer,
                          num_examples, select, seed, compose)

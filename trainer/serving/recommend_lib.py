@@ -20,10 +20,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.two_tower import TwoTowerRecommender
 from trainer import config as config_lib
 from trainer.data import input_pipeline
-from trainer import model_kinds
+from trainer import kinds
+from trainer.kinds.item_index import ItemIndex
 from trainer.serving import retrieval
 from trainer.data.canonical import Example
 from trainer.errors import RunDirError, UserInputError
@@ -54,11 +54,15 @@ class Recommender:
 
     def __init__(self, model_dir: str):
         cfg = load_run_config(model_dir)
-        self.index = retrieval.ItemIndex.load(model_dir)
+        kind = kinds.for_config(cfg)
+        if not kind.retrieves:
+            raise UserInputError(
+                f"{model_dir}: recommend needs a run with an item index (model.kind="
+                f"{' / '.join(n for n in kinds.names() if kinds.kind_class(n).retrieves)}); "
+                f"this run trained model.kind={kind.name}: rerank with it through "
+                "--pipeline instead")
+        self.index = ItemIndex.load(model_dir)
         self.model = _load_run_model(model_dir)
-        if not isinstance(self.model, TwoTowerRecommender):
-            raise UserInputError(f"{model_dir}: recommend needs a two-tower run "
-                                 "(model.interaction=two_tower or model.kind=sasrec)")
         prepared = prepare_data(cfg, model_dir)
         self.cfg, self.catalogue = cfg, prepared.catalogue
         self.featurizer = load_run_packer(cfg, model_dir, prepared)
@@ -138,7 +142,7 @@ class RetrieveRerank:
                 f"({pipeline.retrieve.model_dir}) can return, e.g. {missing[:3]}; train both "
                 "stages on the same data")
         self.cfg, self.ids, self.catalogue = cfg, prepared.ids, prepared.catalogue
-        self.kind = model_kinds.for_config(cfg)
+        self.kind = kinds.for_config(cfg)
         self.featurizer = load_run_packer(cfg, rerank_dir, prepared)
         self.item_text = np.asarray(prepared.ids.item_texts(prepared.catalogue,
                                                             cfg.data.item_text_fields),
@@ -199,7 +203,7 @@ def explain_items(cfg, model, featurizer, catalogue, query: str, history: list,
     from explainability.explainer import ExplainOptions, Explainer
     from trainer.responsible.explain_lib import make_case
 
-    kind = model_kinds.for_config(cfg)
+    kind = kinds.for_config(cfg)
     try:
         scorer, compose = kind.explanation_scorer(cfg, model, featurizer)
     except ValueError as err:

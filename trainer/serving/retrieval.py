@@ -1,10 +1,10 @@
-"""Catalogue retrieval for two-tower runs: the item index saved with a run, and top-k.
+"""Catalogue retrieval: top-k over a run's item index, and the fusion of two stages.
 
-After a two-tower run trains, every catalogue item's vector is computed once from the item
-tower (batched, :func:`build_item_index`) and saved under ``<model_dir>/item_index/``
-(``vectors.npy`` ``[N, d]``, ``id_index.npy`` ``[N]``, ``item_ids.json``). Retrieval scores
-a user's state against all of them with the model's own ``score_matrix`` and keeps the top
-k, excluding the items the user has already seen (:func:`top_k`, :func:`recommend`).
+After a retrieving run trains, every catalogue item's vector is computed once from the item
+tower (``ModelKind.item_index``) and saved under ``<model_dir>/item_index/``
+(trainer/kinds/item_index.py). Retrieval scores a user's state against all of them with
+the model's own ``score_matrix`` and keeps the top k, excluding the items the user has
+already seen (:func:`top_k`; the ``recommend`` command is trainer/serving/recommend_lib.py).
 
 keras-rs' ``BruteForceRetrieval`` is not used: it scores one query vector by one dot
 product per candidate, while this model's logit adds the best match over the user's parts
@@ -13,67 +13,9 @@ product per candidate, while this model's logit adds the best match over the use
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-
 import numpy as np
-import tensorflow as tf
 
-from trainer import model_kinds
-from trainer.data.canonical import atomic_directory, read_npy, write_npy
-from trainer.errors import RunDirError, UserInputError
-
-ITEM_INDEX_DIR = "item_index"
-
-
-@dataclasses.dataclass
-class ItemIndex:
-    """Cached item vectors of a catalogue, in ``item_ids`` order.
-
-    ``id_index`` is each item's id-feature index (0 for items training never saw: they are
-    scored from their text alone, as in training)."""
-
-    item_ids: list
-    vectors: np.ndarray
-    id_index: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.item_ids)
-
-    def save(self, model_dir: str) -> str:
-        """Writes ``<model_dir>/item_index/`` atomically; returns its path."""
-        path = os.path.join(model_dir, ITEM_INDEX_DIR)
-        with atomic_directory(path) as tmp:
-            for name, array in (("vectors.npy", self.vectors), ("id_index.npy", self.id_index)):
-                write_npy(os.path.join(tmp, name), array)
-            with tf.io.gfile.GFile(os.path.join(tmp, "item_ids.json"), "w") as f:
-                json.dump(list(self.item_ids), f)
-        return path
-
-    @classmethod
-    def load(cls, model_dir: str) -> "ItemIndex":
-        path = os.path.join(model_dir, ITEM_INDEX_DIR)
-        if not tf.io.gfile.exists(os.path.join(path, "item_ids.json")):
-            raise RunDirError(f"{path}: no item index; it is written when a two-tower run "
-                              "finishes training (model.interaction=two_tower or "
-                              "model.kind=sasrec)")
-        arrays = {name: read_npy(os.path.join(path, f"{name}.npy"))
-                  for name in ("vectors", "id_index")}
-        with tf.io.gfile.GFile(os.path.join(path, "item_ids.json")) as f:
-            item_ids = json.load(f)
-        return cls(item_ids, arrays["vectors"].astype(np.float32),
-                   arrays["id_index"].astype(np.int32))
-
-
-def build_item_index(model, featurizer, batch_size: int = 512) -> ItemIndex:
-    """Every catalogue item's vector under ``model`` (a ``TwoTowerRecommender``), computed
-    once from the item tower in batches."""
-    rows = np.arange(1, len(featurizer.item_ids))  # row 0 is "no item"
-    vectors, index = model_kinds.catalogue_item_vectors(model, featurizer, rows, batch_size)
-    return ItemIndex(list(featurizer.item_ids[1:]), np.asarray(vectors, np.float32),
-                     np.asarray(index, np.int32))
-
+from trainer.errors import UserInputError
 
 def top_k(scores: np.ndarray, k: int, exclude=None) -> tuple:
     """The ``k`` best columns of each row of ``scores`` ``[b, N]``, best first:

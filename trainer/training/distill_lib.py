@@ -33,13 +33,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.glass_box import GlassBoxRecommender
 from trainer import config as config_lib
-from trainer import backend
+from trainer import backend, kinds
 from trainer.evaluation import fidelity, metrics
 from trainer.data import input_pipeline
 from trainer.training import train_lib
-from trainer.data.canonical import atomic_directory, read_npy, write_json, write_npy
+from trainer.io import atomic_directory, read_npy, write_json, write_npy
 from trainer.errors import ConfigError, RunDirError
 
 TEACHER_LOGITS_DIR = "teacher_logits"
@@ -188,7 +187,7 @@ def example_batch(table, packer, rows: int) -> dict:
     return next(iter(data))
 
 
-def flops_per_example(model: keras.Model, batch: dict) -> float:
+def flops_per_example(model: keras.Model, kind, batch: dict) -> float:
     """Forward-pass FLOPs per row of ``batch``, counted by the TensorFlow profiler on the
     model's graph (matmuls, convolutions and elementwise ops with static shapes); under
     JAX by XLA's cost analysis of the compiled forward pass."""
@@ -205,19 +204,14 @@ def flops_per_example(model: keras.Model, batch: dict) -> float:
     from tensorflow.python.framework.convert_to_constants import (  # the profiler's input
         convert_variables_to_constants_v2)
 
-    dedup = getattr(model, "deduplicate_items", None)
-    if dedup:  # distinct-item encoding has data-dependent shapes the profiler cannot count
-        model.deduplicate_items = False
-    try:
+    # Data-dependent shapes (a two-tower model's distinct-item encoding) cannot be counted.
+    with kind.unpinned_shapes(model):
         specs = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in batch.items()}
         concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(specs)
         graph = convert_variables_to_constants_v2(concrete).graph
         options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
         options["output"] = "none"
         profile = tf.compat.v1.profiler.profile(graph, options=options)
-    finally:
-        if dedup:
-            model.deduplicate_items = dedup
     return float(profile.total_float_ops) / rows
 
 
@@ -234,11 +228,11 @@ def examples_per_second(model: keras.Model, batch: dict, repeats: int = 20) -> f
     return int(next(iter(batch.values())).shape[0]) / statistics.median(times)
 
 
-def model_cost(model: keras.Model, table, packer, batch_size: int = 256) -> dict:
+def model_cost(model: keras.Model, kind, table, packer, batch_size: int = 256) -> dict:
     """Parameters, FLOPs per example and served examples/s on ``table``'s first rows."""
     batch = example_batch(table, packer, batch_size)
     return {"parameters": int(model.count_params()),
-            "flops_per_example": flops_per_example(model, batch),
+            "flops_per_example": flops_per_example(model, kind, batch),
             "examples_per_second": examples_per_second(model, batch)}
 
 
@@ -261,8 +255,8 @@ def distill_report(cfg, teacher_dir: str, model_dir: str, targets: TeacherTarget
     teacher_packer = train_lib.load_run_packer(teacher_cfg, teacher_dir, prepared)
     student_packer = train_lib.load_run_packer(cfg, model_dir, prepared)
     report = {"teacher_dir": teacher_dir, "model_dir": model_dir,
-              "student_kind": train_lib.model_kinds.for_config(cfg).name,
-              "teacher_kind": train_lib.model_kinds.for_config(teacher_cfg).name,
+              "student_kind": kinds.for_config(cfg).name,
+              "teacher_kind": kinds.for_config(teacher_cfg).name,
               "distill": config_lib.to_dict(cfg)["distill"], "splits": {}}
     for name in REPORT_SPLITS:
         if name not in targets.logits:
@@ -282,8 +276,9 @@ def distill_report(cfg, teacher_dir: str, model_dir: str, targets: TeacherTarget
             split["ndcg@10_kept"] = split["student"]["ndcg@10"] / split["teacher"]["ndcg@10"]
         report["splits"][name] = split
     table = prepared.tables["test" if len(prepared.tables["test"]) else "validation"]
-    report["teacher_cost"] = model_cost(teacher, table, teacher_packer)
-    report["student_cost"] = model_cost(student, table, student_packer)
+    report["teacher_cost"] = model_cost(teacher, kinds.for_config(teacher_cfg), table,
+                                        teacher_packer)
+    report["student_cost"] = model_cost(student, kinds.for_config(cfg), table, student_packer)
     t, s = report["teacher_cost"], report["student_cost"]
     report["flops_ratio"] = s["flops_per_example"] / max(t["flops_per_example"], 1.0)
     report["speedup"] = s["examples_per_second"] / t["examples_per_second"]
@@ -383,8 +378,8 @@ def distill(cfg: config_lib.ExperimentConfig, teacher_dir: str, model_dir: str,
         return {}
     student = keras.models.load_model(os.path.join(model_dir, "model.keras"))
     report = distill_report(cfg, teacher_dir, model_dir, targets, student)
-    if isinstance(student, GlassBoxRecommender) and \
-            train_lib.model_kinds.for_config(targets.teacher_cfg).uses_text:
+    if kinds.for_config(cfg).exact_contributions and \
+            kinds.for_config(targets.teacher_cfg).uses_text:
         report["explanations"] = glass_box_explanations(
             student, train_lib.load_run_packer(cfg, model_dir, targets.prepared), teacher_dir,
             num_examples=explain_examples, seed=cfg.train.seed)

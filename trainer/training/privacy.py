@@ -218,10 +218,11 @@ def clipped_noisy_gradient(jacobians: list, mask, l2_norm_clip: float,
     return gradients
 
 
-def make_private(model: keras.Model, privacy: config_lib.PrivacyConfig,
+def make_private(model: keras.Model, kind, privacy: config_lib.PrivacyConfig,
                  expected_batch: int, max_batch: int) -> keras.Model:
     """Replaces a compiled ``model``'s training step by the DP-SGD step (the module
-    docstring). The model itself is unchanged: it saves, exports and serves as usual."""
+    docstring); ``kind`` is its :class:`~trainer.kinds.base.ModelKind`. The model itself
+    is unchanged: it saves, exports and serves as usual."""
     if os.environ.get(ONEDNN_VARIABLE) != "0":
         raise ConfigError(
             f"config key 'train.privacy.enabled': TensorFlow's oneDNN kernels abort on the "
@@ -255,16 +256,10 @@ def make_private(model: keras.Model, privacy: config_lib.PrivacyConfig,
         # Each row's own forward and backward pass, vectorised by pfor: O(rows) work.
         # (tape.jacobian of the batch's losses runs one batched backward pass per row,
         # O(rows^2): measured 70-100x a plain step on the demo.)
-        # One row at a time there is nothing to deduplicate, and pfor has no converter for
-        # the UniqueV2 the two-tower model finds repeated items with.
-        deduplicate = getattr(model, "deduplicate_items", None)
-        if deduplicate is not None:
-            model.deduplicate_items = False
-        try:
+        # One row at a time there are no data-dependent shapes to keep (pfor has no
+        # converter for the UniqueV2 a two-tower model finds repeated items with).
+        with kind.unpinned_shapes(model):
             jacobians, losses, logits = tf.vectorized_map(one_example, (x, y))
-        finally:
-            if deduplicate is not None:
-                model.deduplicate_items = deduplicate
         gradients = clipped_noisy_gradient(jacobians, mask, privacy.l2_norm_clip,
                                            privacy.noise_multiplier, float(expected_batch))
         model.optimizer.apply(gradients, variables)

@@ -36,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.data.canonical import atomic_write_text
+from trainer.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -35,14 +35,14 @@ import yaml
 
 from trainer import config as config_lib
 from trainer.data import prepare as prepare_lib
-from models.two_tower import TwoTowerRecommender
-from trainer import backend, model_kinds
+from trainer import backend, kinds
 from trainer.data import sources, input_pipeline
 from trainer.training import distribute, guards, optimization, privacy, resume
-from trainer.serving import export, retrieval
+from trainer.kinds.item_index import ItemIndex
+from trainer.serving import export
 from trainer.evaluation import metrics, run_reports
 from trainer.training.optimization import WarmupLinearDecay, make_optimizer  # noqa: F401  (API)
-from trainer.data.canonical import atomic_write_text, write_json
+from trainer.io import atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError, UserInputError
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedDa
     info["warnings"] = check_labels(cfg, tables, info.get("impressions_file") or
                                     f"data.source={cfg.data.source}")
     vocabulary = None
-    if model_kinds.for_config(cfg).uses_text and not cfg.model.pretrained:
+    if kinds.for_config(cfg).uses_text and not cfg.model.pretrained:
         texts = [item.text(cfg.data.item_text_fields) for item in data.catalogue.values()]
         if not cfg.train.privacy.enabled:  # private: the users' queries stay out
             texts += sorted({ex.query for ex in data.splits["train"] if ex.query})
@@ -141,7 +141,7 @@ def _prepared_from_tfrecords(cfg: config_lib.ExperimentConfig) -> PreparedData:
     info["warnings"] = check_labels(cfg, tables, f"data.tfrecord_dir={directory}")
     info["pairs"] = {name: len(t) for name, t in tables.items()}
     vocabulary = None
-    if model_kinds.for_config(cfg).uses_text and not cfg.model.pretrained:
+    if kinds.for_config(cfg).uses_text and not cfg.model.pretrained:
         vocabulary = prepared.vocabulary
     return PreparedData(tables, prepared.splits, info, prepared.ids, vocabulary,
                         prepared.catalogue)
@@ -174,11 +174,11 @@ def check_labels(cfg: config_lib.ExperimentConfig, tables: dict, source: str) ->
 
 def make_packer(cfg: config_lib.ExperimentConfig, vocabulary,
                 prepared: PreparedData | None = None):
-    """The model kind's featurizer (trainer/model_kinds.py): the in-graph tokenizer +
+    """The model kind's featurizer (trainer/kinds/): the in-graph tokenizer +
     packer of a cross-encoder, the item-token table and tokenizer of a two-tower model,
     None for id-based models. Two-tower featurizers need ``prepared`` (the catalogue and
     the id vocabulary)."""
-    kind = model_kinds.for_config(cfg)
+    kind = kinds.for_config(cfg)
     catalogue, ids = (prepared.catalogue, prepared.ids) if prepared is not None else (None,
                                                                                         None)
     return kind.featurizer(cfg, vocabulary, catalogue, ids)
@@ -188,7 +188,7 @@ def build_model(cfg: config_lib.ExperimentConfig, packer, ids: input_pipeline.Id
                 train_table: input_pipeline.PairTable) -> keras.Model:
     """The model of ``model.kind`` (call inside ``strategy.scope()``), with anything
     counted from ``train_table`` (popularity, sampling probabilities) already set."""
-    kind = model_kinds.for_config(cfg)
+    kind = kinds.for_config(cfg)
     model = kind.build(cfg, packer, ids, train_table)
     if train_table is not None:
         kind.fit_counts(model, train_table)
@@ -197,7 +197,7 @@ def build_model(cfg: config_lib.ExperimentConfig, packer, ids: input_pipeline.Id
 
 def dummy_batch(cfg: config_lib.ExperimentConfig, packer) -> dict:
     """A one-row batch that builds the model of ``cfg``."""
-    return model_kinds.for_config(cfg).dummy_batch(packer)
+    return kinds.for_config(cfg).dummy_batch(packer)
 
 
 def predict_logits(model: keras.Model, table: input_pipeline.PairTable, packer,
@@ -327,7 +327,7 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
     Returns ``{"steps_per_epoch": int, "epochs_run": int, "history": {metric: [floats]}}``.
     """
     global_batch = cfg.train.batch_size * strategy.num_replicas_in_sync
-    train_rows = model_kinds.for_config(cfg).training_rows(cfg, tables["train"])
+    train_rows = kinds.for_config(cfg).training_rows(cfg, tables["train"])
     steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(train_rows) // global_batch)
     total_steps = steps_per_epoch * cfg.train.epochs
     private = cfg.train.privacy.enabled
@@ -339,7 +339,8 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
         max_batch = privacy.max_batch_size(cfg.train.privacy, cfg.train.batch_size,
                                            len(train_rows), total_steps)
         if model.trainable_weights:
-            privacy.make_private(model, cfg.train.privacy, cfg.train.batch_size, max_batch)
+            privacy.make_private(model, kinds.for_config(cfg), cfg.train.privacy,
+                                 cfg.train.batch_size, max_batch)
 
     history = {}
     if model.trainable_weights:
@@ -426,6 +427,7 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
     """
     started = time.time()
     backend.select(cfg.runtime.backend)  # refuses a backend Keras does not run, first
+    kinds.for_config(cfg)  # the kind's own config checks, before anything is written
     resuming = check_model_dir(model_dir, cfg)
     strategy = strategy or distribute.make_strategy(cfg.runtime)
     # Before anything is written (fit_model checks again for callers that skip train).
@@ -485,11 +487,10 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
 
     split_logits = predict_splits(model, tables, packer, cfg.train.eval_batch_size)
     results = evaluate_tables(model, tables, packer, cfg.train.eval_batch_size, split_logits)
-    item_index = None
-    if isinstance(model, TwoTowerRecommender):
-        # The catalogue's item vectors, computed once: for retrieval (`recommend`, and the
-        # export's `retrieve` signature, which bakes them in) and the projector.
-        item_index = retrieval.build_item_index(model, packer, cfg.train.eval_batch_size)
+    kind = kinds.for_config(cfg)
+    # A retrieving kind's item vectors, computed once: for retrieval (`recommend`, and the
+    # export's `retrieve` signature, which bakes them in) and the projector.
+    item_index = kind.item_index(model, packer, cfg.train.eval_batch_size)
     results["reports"] = _write_reports(cfg, model_dir, model, packer, prepared, split_logits,
                                         fitted["epochs_run"], item_index)
     results["train"] = {"seconds": round(train_seconds, 1),
@@ -507,7 +508,7 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
         tf.io.gfile.makedirs(staging)
         model.save(os.path.join(staging, "model.keras"))
         if keras.backend.backend() == "tensorflow":
-            write_exports(model, model_dir, packer, item_index)
+            write_exports(model, model_dir, kind, packer, item_index)
         else:
             if item_index is not None:
                 item_index.save(staging)
@@ -525,13 +526,13 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
     return results
 
 
-def write_exports(model: keras.Model, model_dir: str, packer, item_index=None) -> None:
+def write_exports(model: keras.Model, model_dir: str, kind, packer, item_index=None) -> None:
     """``export/`` and, for text models, ``export_tokens/`` (trainer/serving/export.py), each
     written atomically. TensorFlow backend only (see :func:`export_run`)."""
-    export.export_saved_model(model, os.path.join(model_dir, "export"), packer, item_index)
-    if export.has_token_export(packer):
-        export.export_token_saved_model(model, os.path.join(model_dir, "export_tokens"),
-                                        packer, item_index)
+    export.export_saved_model(model, os.path.join(model_dir, "export"), kind, packer,
+                              item_index)
+    export.export_token_saved_model(model, os.path.join(model_dir, "export_tokens"), kind,
+                                    packer, item_index)
 
 
 def export_run(model_dir: str, source_dir: str | None = None) -> list[str]:
@@ -555,9 +556,9 @@ def export_run(model_dir: str, source_dir: str | None = None) -> list[str]:
         raise RunDirError(f"{model_path}: not found; the run did not finish training")
     packer = load_run_packer(cfg, model_dir, prepare_data(cfg, model_dir))
     model = keras.models.load_model(model_path)
-    item_index = (retrieval.ItemIndex.load(source_dir)
-                  if isinstance(model, TwoTowerRecommender) else None)
-    write_exports(model, model_dir, packer, item_index)
+    kind = kinds.for_config(cfg)
+    item_index = ItemIndex.load(source_dir) if kind.retrieves else None
+    write_exports(model, model_dir, kind, packer, item_index)
     return [os.path.join(model_dir, name) for name in ("export", "export_tokens")
             if tf.io.gfile.exists(os.path.join(model_dir, name))]
 
@@ -568,8 +569,8 @@ def _write_reports(cfg, model_dir, model, packer, prepared: PreparedData, split_
     model on validation (trainer/evaluation/run_reports.py); returns their paths and the bins."""
     table = prepared.tables["validation"]
     embeddings = run_reports.item_embeddings(
-        model, packer, prepared.catalogue, cfg.data.item_text_fields,
-        item_index=prepared.ids.items, catalogue_vectors=item_index,
+        model, kinds.for_config(cfg), packer, prepared.catalogue, prepared.ids,
+        cfg.data.item_text_fields, item_index=item_index,
         batch_size=cfg.train.eval_batch_size)
     return run_reports.write_run_reports(
         model_dir, labels=table.label, logits=split_logits["validation"],
@@ -618,7 +619,7 @@ def load_run_packer(cfg: config_lib.ExperimentConfig, model_dir: str,
     """The featurizer of a finished run (its vocabulary; two-tower runs also need the
     run's ``prepared`` data for the catalogue and id vocabulary)."""
     vocabulary = None
-    if model_kinds.for_config(cfg).uses_text and not cfg.model.pretrained:
+    if kinds.for_config(cfg).uses_text and not cfg.model.pretrained:
         vocabulary = os.path.join(model_dir, "vocab.txt")
     return make_packer(cfg, vocabulary, prepared)
 

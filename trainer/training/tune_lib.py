@@ -27,7 +27,7 @@ import yaml
 
 from trainer import config as config_lib
 from trainer.training import distribute, train_lib
-from trainer.data.canonical import atomic_write_text, write_json
+from trainer.io import atomic_write_text, write_json
 from trainer.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class RecommenderHyperModel(keras_tuner.HyperModel):
     def data_for(self, cfg):
         """``(PreparedData, packer)`` for a trial config, prepared once per data config."""
         key = yaml.safe_dump({"data": config_lib.to_dict(cfg)["data"],
-                              "kind": cfg.model.kind, "interaction": cfg.model.interaction,
+                              "kind": cfg.model.kind,
                               "pretrained": cfg.model.pretrained})
         if key not in self._data:
             prepared = train_lib.prepare_data(cfg, self.model_dir)

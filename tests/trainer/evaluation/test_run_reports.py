@@ -16,6 +16,8 @@ from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 
 from models.baselines import MatrixFactorization, MostPopular
 from tests.explainability.conftest import WORDS, make_model, make_packer
+from trainer import kinds
+from trainer.data.input_pipeline import IdVocabulary
 from trainer.evaluation import run_reports
 from trainer.data.canonical import Item
 
@@ -319,8 +321,8 @@ def test_item_embeddings_bert_are_the_pooled_head_input(packer):
     model = make_model(pooling="mean", num_layers=1)
     items = catalogue()
     fields = ["title", "categories"]
-    result = run_reports.item_embeddings(model, packer, items, fields, batch_size=PACK,
-                                         max_items=5)
+    result = run_reports.item_embeddings(model, kinds.kind_class("cross_encoder")(), packer,
+                                         items, None, fields, batch_size=PACK, max_items=5)
     assert result.vectors.shape == (5, 16) and result.vectors.dtype == np.float32
     assert result.item_ids == run_reports.select_items(items, 5) == sorted(result.item_ids)
     assert set(result.item_ids) <= set(items)
@@ -330,19 +332,17 @@ def test_item_embeddings_bert_are_the_pooled_head_input(packer):
     logits = np.asarray(model(pack(packer, [""] * 5, texts)))
     np.testing.assert_allclose(np.asarray(model.click_head(result.vectors))[:, 0], logits,
                                atol=1e-5)
-    with pytest.raises(ValueError, match="packer"):
-        run_reports.item_embeddings(model, None, items, fields)
 
 
 def test_item_embeddings_matrix_factorization_and_others():
     items = catalogue(4)
-    index = {item_id: k + 1 for k, item_id in enumerate(sorted(items))}
+    ids = IdVocabulary(users={}, items={item_id: k + 1 for k, item_id in enumerate(sorted(items))})
     model = MatrixFactorization(num_users=3, num_items=4, embedding_dim=5)
     model({"user_index": np.zeros([1], np.int32), "item_index": np.zeros([1], np.int32)})
-    result = run_reports.item_embeddings(model, None, items, ["title"], item_index=index)
+    result = run_reports.item_embeddings(model, kinds.kind_class("mf")(), None, items, ids,
+                                         ["title"])
     table = model.item_embedding.embeddings.numpy()
     np.testing.assert_array_equal(result.vectors, table[1:5])
     assert result.item_ids == sorted(items)
-    with pytest.raises(ValueError, match="item_index"):
-        run_reports.item_embeddings(model, None, items, ["title"])
-    assert run_reports.item_embeddings(MostPopular(num_items=4), None, items, ["title"]) is None
+    assert run_reports.item_embeddings(MostPopular(num_items=4), kinds.kind_class("popularity")(),
+                                       None, items, ids, ["title"]) is None

@@ -6,6 +6,8 @@ import tensorflow as tf
 
 from tests.models.test_two_tower import make_catalogue, make_features, model_inputs, raw_batch, \
     tiny_model
+from trainer import kinds
+from trainer.kinds.item_index import ItemIndex
 from trainer.serving import retrieval
 from trainer.errors import RunDirError, UserInputError
 
@@ -38,10 +40,10 @@ def test_item_index_round_trips_and_scores_like_the_model(tmp_path):
     features = make_features(catalogue, sorted(catalogue)[:9])
     model = tiny_model(features)
     x = model_inputs(features, raw_batch(catalogue))
-    index = retrieval.build_item_index(model, features, batch_size=5)
+    index = kinds.kind_class("two_tower")().item_index(model, features, batch_size=5)
     assert len(index) == len(catalogue) and index.item_ids == sorted(catalogue)
     index.save(str(tmp_path))
-    loaded = retrieval.ItemIndex.load(str(tmp_path))
+    loaded = ItemIndex.load(str(tmp_path))
     np.testing.assert_array_equal(loaded.vectors, index.vectors)
     assert loaded.item_ids == index.item_ids and (loaded.id_index == index.id_index).all()
     # score_matrix over the cached vectors equals the model scoring each pair.
@@ -54,7 +56,7 @@ def test_item_index_round_trips_and_scores_like_the_model(tmp_path):
 
 def test_missing_item_index_names_the_directory(tmp_path):
     with pytest.raises(RunDirError, match="item_index"):
-        retrieval.ItemIndex.load(str(tmp_path))
+        ItemIndex.load(str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- a trained run
@@ -63,10 +65,11 @@ def test_training_saves_an_item_index_that_matches_the_model(trained_two_tower_r
     from trainer.serving import recommend_lib
 
     model_dir, _ = trained_two_tower_run
-    index = retrieval.ItemIndex.load(model_dir)
+    index = ItemIndex.load(model_dir)
     recommender = recommend_lib.Recommender(model_dir)
     assert len(index) == len(recommender.featurizer.item_ids) - 1
-    rebuilt = retrieval.build_item_index(recommender.model, recommender.featurizer)
+    rebuilt = kinds.kind_class(recommender.cfg.model.kind)().item_index(
+        recommender.model, recommender.featurizer, 512)
     np.testing.assert_allclose(rebuilt.vectors, index.vectors, atol=1e-5)
 
 
@@ -77,7 +80,7 @@ def test_the_projector_shows_the_item_index_vectors(trained_two_tower_run):
     from trainer.evaluation import run_reports
 
     model_dir, _ = trained_two_tower_run
-    index = retrieval.ItemIndex.load(model_dir)
+    index = ItemIndex.load(model_dir)
     log_dir = os.path.join(model_dir, "tensorboard", "projector")
     with open(os.path.join(log_dir, "metadata.tsv")) as f:
         shown = [line.split("\t")[0] for line in f.read().splitlines()[1:]]
@@ -136,7 +139,7 @@ def test_recommend_command_prints_k_ranked_items(trained_two_tower_run, capsys):
     from trainer import task
 
     model_dir, _ = trained_two_tower_run
-    history = retrieval.ItemIndex.load(model_dir).item_ids[:2]
+    history = ItemIndex.load(model_dir).item_ids[:2]
     assert task.main(["recommend", "--model_dir", model_dir, "--history", ",".join(history),
                       "--k", "4"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()[1:]  # after the header

@@ -9,11 +9,9 @@ import sys
 
 import keras
 import pytest
-import tensorflow as tf
 
 from tests.conftest import REPO
 from trainer.training import guards, train_lib
-from trainer.data import canonical
 from trainer.errors import RunDirError
 
 _HOLD = ("import sys, time; from trainer import guards\n"
@@ -82,24 +80,6 @@ def test_a_failed_export_leaves_the_previous_export_and_metrics(tmp_path, tiny_c
         assert (model_dir / path).read_bytes() == content, path
     leftovers = [n for n in os.listdir(model_dir) if ".tmp-" in n or ".old-" in n]
     assert leftovers == []
-
-
-def test_atomic_writes_leave_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
-    path = str(tmp_path / "metrics.json")
-    canonical.atomic_write_text(path, "old")
-
-    def fail(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(tf.io.gfile, "rename", fail)
-    with pytest.raises(OSError):
-        canonical.atomic_write_text(path, "new")
-    with pytest.raises(OSError):
-        with canonical.atomic_directory(str(tmp_path / "export")) as tmp:
-            open(os.path.join(tmp, "a"), "w").close()
-    monkeypatch.undo()
-    assert open(path).read() == "old"
-    assert sorted(os.listdir(tmp_path)) == ["metrics.json"]
 
 
 def test_stop_on_non_finite_loss_names_the_step():

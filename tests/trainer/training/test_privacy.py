@@ -119,7 +119,7 @@ def test_poisson_sampler():
     (["train.privacy.noise_multiplier=-1"], "noise_multiplier' must be > 0"),
     (["train.privacy.l2_norm_clip=0"], "l2_norm_clip"),
     (["train.privacy.delta=1.5"], "delta"),
-    (["train.privacy.enabled=true", "train.loss=softmax", "model.interaction=two_tower"],
+    (["train.privacy.enabled=true", "train.loss=softmax", "model.kind=two_tower"],
      "softmax"),
     (["train.privacy.enabled=true", "model.kind=popularity"], "counted"),
     (["train.privacy.enabled=true", "runtime.backend=jax"], "TensorFlow"),

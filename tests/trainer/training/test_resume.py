@@ -17,7 +17,7 @@ import pytest
 from models import two_tower  # noqa: F401  (load_model needs the registered classes)
 from tests.conftest import REPO
 from trainer.data import input_pipeline  # noqa: F401
-from trainer.training import resume, train_lib
+from trainer.training import resume
 
 
 def _model():

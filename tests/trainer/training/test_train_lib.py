@@ -116,7 +116,7 @@ def test_a_train_split_without_both_labels_is_refused(tmp_path, tiny_config, lab
     (data_dir / "impressions.csv").write_text(
         "user_id,impression_id,history,candidate,label,split\n" + "\n".join(rows) + "\n")
     cfg = tiny_config("data.source=files", f"data.data_dir={data_dir}", f"train.loss={loss}",
-                      "model.interaction=two_tower")
+                      "model.kind=two_tower")
     model_dir = tmp_path / "run"
     with pytest.raises(DataError, match=r"impressions.csv: the train split has " + message):
         train_lib.train(cfg, str(model_dir))
@@ -212,7 +212,7 @@ def test_predict_command_uses_the_export(trained_run, capsys):
 
 
 def test_mixed_precision_keeps_the_click_head_float32(tmp_path, tiny_config):
-    cfg = tiny_config("runtime.precision=mixed_bfloat16", "model.interaction=cross")
+    cfg = tiny_config("runtime.precision=mixed_bfloat16", "model.kind=cross_encoder")
     try:
         results = train_lib.train(cfg, str(tmp_path / "bf16"))
         model = keras.models.load_model(str(tmp_path / "bf16" / "model.keras"))
@@ -227,7 +227,7 @@ def test_mixed_precision_keeps_the_click_head_float32(tmp_path, tiny_config):
 
 
 def test_mixed_precision_two_tower_scores_in_float32(tmp_path, tiny_config):
-    cfg = tiny_config("runtime.precision=mixed_bfloat16", "model.interaction=two_tower",
+    cfg = tiny_config("runtime.precision=mixed_bfloat16", "model.kind=two_tower",
                       "model.item_ids=true", "model.user_layers=1")
     try:
         results = train_lib.train(cfg, str(tmp_path / "bf16"))
@@ -303,7 +303,7 @@ def test_bad_profile_steps_name_the_key(tiny_config, value):
 
 @pytest.mark.parametrize("metric", ["group_auc", "ndcg@10"])
 def test_early_stopping_follows_a_per_group_validation_metric(tmp_path, tiny_config, metric):
-    cfg = tiny_config("model.interaction=two_tower", "train.epochs=2",
+    cfg = tiny_config("model.kind=two_tower", "train.epochs=2",
                       f"train.early_stopping_metric={metric}")
     prepared = train_lib.prepare_data(cfg, str(tmp_path))
     packer = train_lib.make_packer(cfg, prepared.vocabulary, prepared)

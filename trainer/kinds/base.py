@@ -1,0 +1,215 @@
+"""How a model family plugs into the rest of the code (TF Model Garden's ``Task``).
+
+A :class:`ModelKind` answers every question the training library, evaluation, export,
+retrieval, explanation and the benchmarks ask about a model family: which inputs it needs
+(its *featurizer*: the object that turns table columns or raw strings into the int
+tensors the model reads), how it is built and checked, which rows it learns from, how it
+scores a whole catalogue, what it serves and how it is explained. Nothing outside
+``trainer/kinds/`` branches on a kind or on a model or featurizer class.
+
+=============  =====================================  ======================================
+kind           featurizer                             model
+=============  =====================================  ======================================
+two_tower      TwoTowerFeatures (text + ids)          models.two_tower.TwoTowerRecommender
+sasrec         TwoTowerFeatures (ids only)            TwoTowerRecommender, no text
+cross_encoder  models.layers.TextPairPacker           models.bert_recommender.BERTRecommender
+glass_box      GlassBoxFeatures (words)               models.glass_box.GlassBoxRecommender
+mf             None (ids)                             models.baselines.MatrixFactorization
+popularity     None (ids)                             models.baselines.MostPopular
+=============  =====================================  ======================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer.data import input_pipeline
+from trainer.errors import ConfigError
+from trainer.kinds import endpoints
+
+
+class ModelKind:
+    """One model family's answers; subclasses register with ``@trainer.kinds.register``."""
+
+    name = ""  # set by @register
+    #: one line the benchmarks print beside the kind's rows
+    description = ""
+    #: reads text: needs a tokenizer (a vocabulary is learned for random init)
+    uses_text = False
+    #: user and item vectors are separate: in-batch softmax training (train.loss=softmax)
+    #: is possible and the user side needs a history (data.max_history > 0)
+    separate_towers = False
+    #: scores a whole catalogue from per-item vectors computed once (item tower outputs,
+    #: embedding rows, counts), not one forward pass per (user, item) pair
+    scores_catalogue_from_item_vectors = False
+    #: saves an item index with each run (item_index/): `recommend` and the export's
+    #: ``retrieve`` signature
+    retrieves = False
+    #: its parameters are counted from the clicks, not learned by gradient steps
+    counted = False
+    #: its logit is an exact sum of named contributions (words, item features): a
+    #: distilled student of this kind explains its teacher's words
+    exact_contributions = False
+    #: ``--set`` overrides of its default row in benchmarks/quality.py (after
+    #: ``model.kind=<name>``; kinds without separate towers also train with bce there);
+    #: None: no default row
+    benchmark_overrides = None
+
+    # -- configuration ------------------------------------------------------------------
+
+    def check_config(self, cfg) -> None:
+        """Raises ConfigError for settings this kind cannot train with (checked whenever
+        the kind is looked up, before anything is written)."""
+        if cfg.train.loss == "softmax" and not self.separate_towers:
+            raise ConfigError(
+                f"config key 'train.loss': softmax (in-batch negatives) needs a model with "
+                f"separate user and item vectors (model.kind="
+                f"{' / '.join(separate_tower_kinds())}); model.kind={self.name} trains with "
+                "bce")
+        if cfg.train.privacy.enabled and self.counted:
+            raise ConfigError(f"config key 'train.privacy.enabled': model.kind={self.name} "
+                              "is counted from the clicks, not trained by gradients")
+
+    def benchmark_settings(self, cfg) -> dict:
+        """The settings ``benchmarks.quality`` prints beside this kind's row."""
+        return {}
+
+    # -- data and model -----------------------------------------------------------------
+
+    def featurizer(self, cfg, vocabulary, catalogue, ids: input_pipeline.IdVocabulary):
+        """What ``input_pipeline.make_dataset(packer=...)`` and the export feed the model
+        with (None: the id columns alone)."""
+        return None
+
+    def build(self, cfg, featurizer, ids: input_pipeline.IdVocabulary,
+              train_table) -> keras.Model:
+        """The model (call inside ``strategy.scope()``)."""
+        raise NotImplementedError
+
+    def dummy_batch(self, featurizer) -> dict:
+        """A one-row batch that builds the model's weights."""
+        return {"user_index": tf.zeros([1], tf.int32), "item_index": tf.zeros([1], tf.int32)}
+
+    def training_rows(self, cfg, table):
+        """The rows the model fits on (all of them, except for the in-batch softmax)."""
+        return table
+
+    def fit_counts(self, model: keras.Model, table) -> None:
+        """Sets anything counted from the training rows rather than learned."""
+
+    def unpinned_shapes(self, model: keras.Model):
+        """A context in which ``model`` runs with static shapes only (for per-example
+        gradients under pfor and for FLOP counting); nothing to change by default."""
+        return contextlib.nullcontext()
+
+    # -- scoring ------------------------------------------------------------------------
+
+    def catalogue_logits(self, model: keras.Model, featurizer, user_rows, item_text,
+                         batch_size: int) -> np.ndarray:
+        """Logits of every user in ``user_rows`` (a ``PairTable``, one row per user: its
+        user/history/query columns are read, its candidate ignored) against every
+        catalogue item: float32 ``[users, N + 1]``, column = ``IdVocabulary.items`` index
+        (column 0, "no item", is left at 0 and means nothing).
+
+        ``item_text`` holds the N + 1 item texts (entry 0 ""), index-aligned the same way.
+        This generic version scores every (user, item) pair through ``model.predict`` as
+        training's evaluation does: right for any model, but N forward passes per user
+        (a cross-encoder has no cheaper way). Kinds with separable scores override it.
+        """
+        num = len(item_text)
+        out = np.zeros([len(user_rows), num], np.float32)
+        if num <= 1 or not len(user_rows):
+            return out
+        items = np.arange(1, num, dtype=np.int32)
+        out[:, 1:] = self.candidate_logits(model, featurizer, user_rows,
+                                           np.broadcast_to(items, (len(user_rows), num - 1)),
+                                           item_text, batch_size)
+        return out
+
+    def candidate_logits(self, model: keras.Model, featurizer, user_rows, candidates,
+                         item_text, batch_size: int) -> np.ndarray:
+        """Logits of each user in ``user_rows`` (one row per user, as in
+        :meth:`catalogue_logits`) against its own candidates: ``candidates`` int
+        ``[users, n]`` of ``IdVocabulary.items`` indices -> float32 ``[users, n]``.
+
+        What a reranking stage runs on a retrieval stage's top n. Every (user, candidate)
+        pair goes through ``model.predict`` on the same input pipeline as evaluation, so
+        it is right for every kind."""
+        candidates = np.asarray(candidates, np.int32)
+        users, n = candidates.shape
+        out = np.zeros([users, n], np.float32)
+        if not users or not n:
+            return out
+        texts = np.asarray(item_text, dtype=object)
+        users_per_call = max(1, 65536 // n)  # bounds the pair table's size
+        for start in range(0, users, users_per_call):
+            rows = np.arange(start, min(start + users_per_call, users))
+            pairs = user_rows.subset(np.repeat(rows, n))
+            pairs.item_index = candidates[rows].reshape(-1)
+            pairs.item_text = texts[pairs.item_index]
+            pairs.label = np.zeros(len(pairs.item_index), np.float32)
+            data = input_pipeline.make_dataset(pairs, batch_size, packer=featurizer,
+                                               with_labels=False)
+            logits = np.asarray(model.predict(data, verbose=0), np.float32)
+            out[rows] = logits.reshape(len(rows), n)
+        return out
+
+    def item_index(self, model: keras.Model, featurizer, batch_size: int):
+        """The run's :class:`~trainer.kinds.item_index.ItemIndex` (every catalogue item's
+        cached vector), or None for kinds that do not retrieve."""
+        return None
+
+    def item_embeddings(self, model: keras.Model, featurizer, item_ids: list, catalogue,
+                        ids: input_pipeline.IdVocabulary, item_text_fields: list,
+                        item_index=None, batch_size: int = 64):
+        """``(item_ids kept, vectors [n, d], description)`` for the TensorBoard projector,
+        or None when the kind has no per-item vector to show."""
+        return None
+
+    # -- explanation --------------------------------------------------------------------
+
+    def explanation_scorer(self, cfg, model: keras.Model, featurizer) -> tuple:
+        """``(scorer, compose)`` through which ``explainability`` reads the model: the
+        scorer edits and re-scores packed rows, ``compose(query, texts oldest first)``
+        writes the user side it packs. Kinds without text have no words to explain."""
+        raise ValueError(f"model.kind={self.name} reads no words to explain; explain a "
+                          f"text model (model.kind={' / '.join(text_kinds())})")
+
+    # -- serving ------------------------------------------------------------------------
+
+    def add_serving_endpoints(self, archive: keras.export.ExportArchive, model: keras.Model,
+                              featurizer, item_index=None) -> None:
+        """The raw-input signatures of ``export/`` (trainer/serving/export.py). Id models
+        serve ``user_index``/``item_index`` int32 ids."""
+        def serve_ids(user_index, item_index):
+            return endpoints.outputs(model({"user_index": user_index,
+                                            "item_index": item_index}, training=False))
+
+        archive.add_endpoint(
+            "serving_default", serve_ids,
+            input_signature=[tf.TensorSpec([None], tf.int32, name="user_index"),
+                             tf.TensorSpec([None], tf.int32, name="item_index")])
+
+    def add_token_endpoints(self, archive: keras.export.ExportArchive, model: keras.Model,
+                            featurizer, item_index=None):
+        """The token-id signatures of ``export_tokens/``: returns ``(tokenizer, contract)``,
+        or None when the kind has no tf-text op to leave out (no ``export_tokens/``)."""
+        return None
+
+    def token_request(self, featurizer, **raw_inputs) -> dict:
+        """The ``export_tokens`` inputs for the raw-string export's inputs."""
+        raise ValueError(f"model.kind={self.name} has no token-id export")
+
+
+def separate_tower_kinds() -> list:
+    from trainer import kinds
+    return [n for n in kinds.names() if kinds.kind_class(n).separate_towers]
+
+
+def text_kinds() -> list:
+    from trainer import kinds
+    return [n for n in kinds.names() if kinds.kind_class(n).uses_text]

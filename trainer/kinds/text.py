@@ -1,0 +1,41 @@
+"""What the text kinds share: the tokenizer of a run and its BERT encoder."""
+
+from __future__ import annotations
+
+import functools
+
+import keras_hub
+
+from models.bert_recommender import BERTRecommender
+from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
+from trainer.data import input_pipeline
+
+
+def tokenizer_of(cfg, vocabulary):
+    """The run's WordPiece tokenizer: the pretrained checkpoint's, or one over the
+    vocabulary learned from the catalogue (a token list or a vocab.txt path)."""
+    return input_pipeline.make_tokenizer(vocabulary=vocabulary, lowercase=cfg.data.lowercase,
+                                         pretrained=cfg.model.pretrained)
+
+
+def text_backbone(cfg, vocabulary_size: int):
+    """The BERT encoder of a text model: pretrained, or random init of the config's sizes
+    (pre-LN when ``model.normalize_first``; see models/layers/pre_ln_bert_backbone.py)."""
+    m = cfg.model
+    if m.pretrained:
+        return BERTRecommender.load_backbone(m.pretrained)
+    backbone_cls = PreLNBertBackbone if m.normalize_first else keras_hub.models.BertBackbone
+    return backbone_cls(vocabulary_size=vocabulary_size, num_layers=m.num_layers,
+                        num_heads=m.num_heads, hidden_dim=m.hidden_dim,
+                        intermediate_dim=m.intermediate_dim, dropout=m.dropout,
+                        max_sequence_length=m.max_sequence_length)
+
+
+def user_side_composer(max_history: int):
+    """``compose(query, titles oldest first)``: the cross-encoder's user side, as training
+    wrote it (``input_pipeline.user_side_text``)."""
+    return functools.partial(_user_side, max_history=max_history)
+
+
+def _user_side(query, titles, max_history):
+    return input_pipeline.user_side_text(query, titles, max_history)
