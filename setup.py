@@ -56,9 +56,11 @@ setup(
     # <3.14: tensorflow 2.21.0 and tensorflow-text 2.21.1 ship wheels for CPython 3.10-3.13
     # only (the full pin set resolves to binary wheels on 3.11 and 3.13, none on 3.14).
     python_requires=">=3.11,<3.14",
+    # benchmarks/ is not installed: its scripts run from a checkout (python -m
+    # benchmarks.quality ...), and a top-level "benchmarks" package would shadow, or be
+    # shadowed by, any other distribution's.
     packages=find_packages(include=["trainer", "trainer.*", "models", "models.*",
-                                    "explainability", "explainability.*",
-                                    "benchmarks", "benchmarks.*"]) + ["trainer.configs"],
+                                    "explainability", "explainability.*"]) + ["trainer.configs"],
     # The top-level configs/ are installed as trainer/configs/*.yaml so a cloud job that only
     # installs the sdist can still pass `--config configs/NAME.yaml` (trainer.config falls back
     # to trainer.config.PACKAGED_CONFIGS_DIR). Data only: configs/ has no __init__.py.

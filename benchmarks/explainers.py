@@ -28,7 +28,7 @@ import sys
 import keras
 import tensorflow as tf
 
-from benchmarks.throughput import median_seconds
+from benchmarks.timing import median_seconds
 from explainability import explainer as explainer_lib
 from explainability import token_attributions
 

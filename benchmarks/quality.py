@@ -9,7 +9,7 @@ one protocol.
         [--pretrained ../shared/models/all-MiniLM-L6-v2 --pretrained_eval_users 50]
 
 Rows (``--models``; each is the base config with the row's model settings, see
-:func:`rows`): one per registered model kind that declares ``benchmark_overrides``
+:func:`row_overrides`): one per registered model kind that declares ``benchmark_overrides``
 (trainer/kinds/), named after it -- ``popularity`` (training click counts), ``mf`` (matrix
 factorisation, with the tuned ``DEFAULT_SET_FOR`` settings), ``sasrec`` (the two-tower
 model over item ids alone), ``two_tower`` (``model.item_ids=true``: shared text item
@@ -138,7 +138,7 @@ PRETRAINED_OVERRIDES = ["train.epochs=1", "train.learning_rate=3e-5"]
 # train pointwise (BCE on the sampled negatives) whatever the base config's train.loss.
 POINTWISE = ["train.loss=bce"]
 # Every registered kind with ``benchmark_overrides`` (trainer/kinds/) gets a row of its name
-# (:func:`rows`); these are the cross-encoder's rows, variants of one kind.
+# (:func:`row_overrides`); these are the cross-encoder's rows, variants of one kind.
 VARIANT_ROWS = {
     # The random-init cross-encoder with the [CLS] pooler it was measured with (README:
     # nDCG@10 0.303 with 2 layers, when configs/movielens.yaml still had 2) before the
@@ -157,7 +157,7 @@ DEFAULT_VARIANTS = ("bert", "bert_rerank")  # bert_pretrained joins them with --
 
 
 @functools.cache
-def rows() -> dict:
+def row_overrides() -> dict:
     """Row name -> the ``--set`` overrides that make the base config that row's model: one
     row per registered kind with ``benchmark_overrides`` (its name, registry order), then
     :data:`VARIANT_ROWS`. Imports the kinds' modules (TensorFlow)."""
@@ -173,12 +173,14 @@ def rows() -> dict:
 
 
 def default_models() -> list:
-    return [name for name in rows() if name not in VARIANT_ROWS] + list(DEFAULT_VARIANTS)
+    return [name for name in row_overrides()
+            if name not in VARIANT_ROWS] + list(DEFAULT_VARIANTS)
 
 
 def row_kind(name: str) -> str:
     """The ``model.kind`` a row trains."""
-    return next(o.split("=", 1)[1] for o in rows()[name] if o.startswith("model.kind="))
+    return next(o.split("=", 1)[1] for o in row_overrides()[name]
+                if o.startswith("model.kind="))
 
 
 def learns_vocabulary(name: str) -> bool:
@@ -186,7 +188,8 @@ def learns_vocabulary(name: str) -> bool:
     random-init text kind)."""
     from trainer import kinds
 
-    return kinds.kind_class(row_kind(name)).uses_text and "model.pretrained=''" in rows()[name]
+    return (kinds.kind_class(row_kind(name)).uses_text
+            and "model.pretrained=''" in row_overrides()[name])
 # Per-row defaults that --set_for extends (later overrides win); recorded in the row.
 # MF, tuned on ml-latest-small with this protocol (configs/movielens.yaml: 50,000-example
 # training subset, 4 uniform negatives per positive; 608 users; sampled nDCG@10 [95% CI] /
@@ -425,9 +428,10 @@ class _Usage(Exception):
 def _models(args) -> list:
     names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else \
         default_models() + (["bert_pretrained"] if args.pretrained else [])
-    unknown = [m for m in names if m not in rows()]
+    unknown = [m for m in names if m not in row_overrides()]
     if unknown:
-        raise _Usage(f"--models: unknown model(s) {unknown}; choose from {','.join(rows())}")
+        raise _Usage(f"--models: unknown model(s) {unknown}; choose from "
+                     f"{','.join(row_overrides())}")
     if not names:
         raise _Usage("--models names no model")
     if "bert_pretrained" in names and not args.pretrained:
@@ -441,12 +445,12 @@ def _models(args) -> list:
 
 
 def _per_model_overrides(args) -> dict:
-    out = {name: list(DEFAULT_SET_FOR.get(name, [])) for name in rows()}
+    out = {name: list(DEFAULT_SET_FOR.get(name, [])) for name in row_overrides()}
     for item in args.set_for:
         name, sep, override = item.partition(":")
-        if not sep or name not in rows() or "=" not in override:
+        if not sep or name not in row_overrides() or "=" not in override:
             raise _Usage(f"--set_for {item!r}: expected MODEL:KEY=VALUE with MODEL one of "
-                         f"{','.join(rows())}")
+                         f"{','.join(row_overrides())}")
         if override.strip().startswith("data."):
             raise _Usage(f"--set_for {item!r}: data.* is shared by every model (the "
                          "protocol); use --set")
@@ -569,7 +573,10 @@ def run(args, names: list, per_model: dict) -> dict:
     import keras
 
     from trainer.training import distribute, train_lib
+
+    from trainer.evaluation import scoring
     from trainer import kinds
+    from trainer.data.prepared import PreparedData
     from trainer.io import atomic_write_text, write_json
 
     base = _config(args, [])
@@ -634,7 +641,7 @@ def run(args, names: list, per_model: dict) -> dict:
     data_seconds = time.time() - started
     info = prepared.info
     # What the featurizers need (two-tower kinds: the catalogue and ids); the examples go.
-    featurizer_data = train_lib.PreparedData(tables={}, splits={}, info=info, ids=ids,
+    featurizer_data = PreparedData(tables={}, splits={}, info=info, ids=ids,
                                              vocabulary=vocabulary, catalogue=catalogue)
     del prepared
 
@@ -651,7 +658,7 @@ def run(args, names: list, per_model: dict) -> dict:
     per_user_all, per_user_full_all, full_rows_of, rows = {}, {}, {}, []
     retrieved, hard_train = {}, None
     for name in names:
-        overrides = list(rows()[name])
+        overrides = list(row_overrides()[name])
         if name == "bert_pretrained":
             overrides += PRETRAINED_OVERRIDES
         cfg = _config(args, overrides + per_model[name])
@@ -688,7 +695,7 @@ def run(args, names: list, per_model: dict) -> dict:
                                      verbose=0 if args.quiet else 2)
         train_seconds = time.time() - t0
         t0 = time.time()
-        logits = train_lib.predict_logits(model, model_tables["test"], packer,
+        logits = scoring.predict_logits(model, model_tables["test"], packer,
                                           cfg.train.eval_batch_size)
         score_seconds = time.time() - t0
         matrix, groups = user_matrix(logits, model_tables["test"].label,

@@ -40,11 +40,12 @@ def _train(out: str, num_items: int) -> str:
 def _requests(model_dir: str, users: int = 64) -> dict:
     """``retrieve`` inputs for the first ``users`` test users of the run (their query and
     most recent history items, as training saw them)."""
-    from trainer.training.train_lib import load_run_config, load_run_packer, prepare_data
+    from trainer import runs
+    from trainer.training.train_lib import prepare_data
 
-    cfg = load_run_config(model_dir)
+    cfg = runs.read_config(model_dir)
     prepared = prepare_data(cfg, model_dir)
-    featurizer = load_run_packer(cfg, model_dir, prepared)
+    featurizer = runs.open_run(model_dir).featurizer
     table = prepared.tables["test"]
     rows = list(range(min(users, len(table))))
     history = table.history_index[rows]
@@ -67,7 +68,7 @@ def _probe(export_dir: str, inputs_path: str, ks: list, calls: int) -> dict:
     with open(inputs_path) as f:
         requests = json.load(f)
     tensors = {name: tf.constant(value) for name, value in requests.items()}
-    from benchmarks.throughput import call_times, latency_summary
+    from benchmarks.timing import call_times, latency_summary
 
     result = {"import_seconds": import_seconds, "load_seconds": load_seconds, "k": {}}
     user = 0

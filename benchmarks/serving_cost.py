@@ -18,26 +18,20 @@ import json
 import os
 import statistics
 
-import keras
-
-from models import two_tower  # noqa: F401  (registers the model classes for load_model)
-from trainer.training import distill_lib, train_lib
+from trainer import runs
+from trainer.training import distill_lib
 from trainer.io import write_json
 
 
 def measure(teacher_dir: str, student_dir: str, batch_size: int = 256,
             rounds: int = 5) -> dict:
     """Per-round examples/s of both models and the median speed-up."""
-    teacher_cfg = train_lib.load_run_config(teacher_dir)
-    student_cfg = train_lib.load_run_config(student_dir)
-    prepared = train_lib.prepare_data(teacher_cfg, teacher_dir)
+    opened = {"teacher": runs.open_run(teacher_dir), "student": runs.open_run(student_dir)}
+    prepared = opened["teacher"].prepared()
     table = prepared.tables["test" if len(prepared.tables["test"]) else "validation"]
-    batches, models = {}, {}
-    for name, run_dir, cfg in (("teacher", teacher_dir, teacher_cfg),
-                               ("student", student_dir, student_cfg)):
-        models[name] = keras.models.load_model(os.path.join(run_dir, "model.keras"))
-        packer = train_lib.load_run_packer(cfg, run_dir, prepared)
-        batches[name] = distill_lib.example_batch(table, packer, batch_size)
+    models = {name: run.model for name, run in opened.items()}
+    batches = {name: distill_lib.example_batch(table, run.featurizer, batch_size)
+               for name, run in opened.items()}
     per_round = {"teacher": [], "student": []}
     for _ in range(rounds):
         for name in ("teacher", "student"):

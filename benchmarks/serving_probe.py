@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from benchmarks.throughput import call_times, latency_summary
+from benchmarks.timing import call_times, latency_summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,7 +79,7 @@ def _run_child(args) -> dict:
 
 def _throughput(cfg, work_dir: str) -> dict:
     """Examples/s of the second of two fits of ``train.steps_per_epoch`` steps each."""
-    from benchmarks.throughput import timed_fit_window
+    from benchmarks.timing import timed_fit_window
     from trainer.training import distribute, train_lib
 
     prepared = train_lib.prepare_data(cfg, work_dir)

@@ -53,6 +53,9 @@ import sys
 import tempfile
 import time
 
+from benchmarks.timing import (call_times, latency_summary, median_seconds, peak_rss_mb,
+                               timed_fit_window)
+
 SIZES = {
     "tiny": {"num_layers": 2, "hidden_dim": 64, "num_heads": 2, "intermediate_dim": 256},
     "small": {"num_layers": 4, "hidden_dim": 256, "num_heads": 4, "intermediate_dim": 1024},
@@ -151,25 +154,6 @@ def make_benchmark_data(num_examples: int = 4000, seed: int = 0):
     return table, vocabulary
 
 
-def timed_fit_window(model, dataset, steps: int) -> float:
-    """Seconds of ``steps`` training steps in steady state: one ``fit`` call of two epochs of
-    ``steps`` steps, timing only the second (so creating the iterator and filling the
-    shuffle buffer, which happen once per ``fit`` call, are not counted)."""
-    import keras
-
-    class EpochTimer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds = time.perf_counter() - self.started
-
-    timer = EpochTimer()
-    model.fit(dataset, epochs=2, steps_per_epoch=steps, shuffle=False, verbose=0,
-              callbacks=[timer])
-    return timer.seconds
-
-
 class OursTrainer:
     """BERTRecommender through train_lib's build/compile/dataset and ``model.fit``."""
 
@@ -253,30 +237,6 @@ class TorchTrainer:
 # ---------------------------------------------------------------------------------------
 # Measurements
 # ---------------------------------------------------------------------------------------
-
-def call_times(fn, calls: int) -> list:
-    """Wall seconds of each of ``calls`` calls of ``fn``, after one untimed call (tracing)."""
-    fn()
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def median_seconds(fn, repeats: int) -> float:
-    """Median wall time of ``repeats`` calls of ``fn`` after one untimed call (tracing)."""
-    return statistics.median(call_times(fn, repeats))
-
-
-def latency_summary(batch64_times: list, single_times: list) -> dict:
-    """Batch-64 examples/s (median) and batch-1 p50/p99 latency in ms; the one summary used
-    for both sides of the serving comparison."""
-    return {"batch64_examples_per_s": 64 / statistics.median(batch64_times),
-            "batch1_p50_ms": 1000 * _quantile(single_times, 0.5),
-            "batch1_p99_ms": 1000 * _quantile(single_times, 0.99)}
-
 
 def interleaved_windows(trainers: dict, steps: int, rounds: int) -> dict:
     """``{impl: [seconds per window]}``: each round runs one window of every trainer."""
@@ -384,11 +344,6 @@ def measure_serving(trainer: OursTrainer, table, batch_calls: int = 20,
             "raw_string_overhead_vs_serve_tokens_batch64": same_process}
 
 
-def _quantile(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
 def scaling_worker(pattern: str, num_examples: int, vocab_path: str) -> dict:
     """One epoch of the tiny model over TFRecord shards (run in a fresh process)."""
     import tensorflow as tf
@@ -410,21 +365,6 @@ def scaling_worker(pattern: str, num_examples: int, vocab_path: str) -> dict:
     model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
     seconds = time.perf_counter() - started
     return {"examples": num_examples, "epoch_seconds": seconds, "peak_rss_mb": peak_rss_mb()}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. Linux's ``ru_maxrss`` carries the parent's
-    high-water mark across fork+exec (a child of a 6 GB benchmark reports 6 GB), so the
-    kernel's per-address-space ``VmHWM`` is read where it exists."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure_scaling(table, vocabulary, base_examples: int, factors=(1, 2, 4)) -> dict:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from trainer import kinds
+from trainer import kind_registry as kinds
 from trainer.errors import ConfigError
 
 # Where the repository's configs/ are installed with the package (setup.py package_data),

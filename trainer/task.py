@@ -338,18 +338,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.explain:
                 records = recommender.explain(args.user_text, history,
                                               [item["item_id"] for item in items])
-                print("\nwhy (the model's own scores, re-scored; see README "
-                      "'Explanations'):")
+                print("\nwhy (the model's own scores, re-scored; see docs/explainability.md):")
                 for rank, (item, record) in enumerate(zip(items, records), 1):
                     print(f"{rank}\t{item['item_id']}\t{record['sentence']}")
         elif args.command == "predict":
             if len(args.user_text) != len(args.item_text):
                 raise UserInputError("give as many --item_text as --user_text")
-            export_dir = os.path.join(args.model_dir, "export")
-            if not os.path.isdir(export_dir) and "://" not in export_dir:
-                raise UserInputError(f"{export_dir}: no SavedModel; train first or point "
-                                     "--model_dir at a finished run")
+            from trainer import runs
             from trainer.serving import export
+            runs.verify(args.model_dir)  # a finished run whose export is whole
+            export_dir = os.path.join(args.model_dir, "export")
             out = export.predict_texts(export_dir, args.user_text, args.item_text)
             for user, item, p in zip(args.user_text, args.item_text,
                                      out["click_probability"].numpy()):
@@ -377,7 +375,8 @@ def _report(model_dir: str, results: dict, table: str) -> None:
                        ("model.keras", "Keras model"),
                        ("export", "SavedModel (serving_default on raw strings)"),
                        ("item_index", "catalogue item vectors for `recommend` (two-tower)"),
-                       ("metrics.json", "validation/test metrics")):
+                       ("metrics.json", "validation/test metrics"),
+                       ("manifest.json", "the run's files, sizes and checksums (trainer/runs.py)")):
         path = os.path.join(model_dir, name)
         if os.path.exists(path) or "://" in model_dir:
             print(f"  {path:<48} {what}")

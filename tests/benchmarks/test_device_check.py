@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.conftest import MICRO_OVERRIDES, REPO
+from tests.harness import MICRO_OVERRIDES, REPO
 
 TINY = os.path.join(REPO, "configs", "tiny.yaml")
 

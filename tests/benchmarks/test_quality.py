@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks import quality
-from tests.conftest import MINILM_DIR, REPO, require_shared
+from tests.harness import MINILM_DIR, REPO, require_shared
 from tests.trainer.data.test_movielens import make_movies, make_ratings, write_csv_variant
 from trainer import config as config_lib
 from trainer.data import input_pipeline

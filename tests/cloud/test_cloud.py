@@ -404,6 +404,7 @@ def test_sdist_installs_code_and_configs_where_a_job_finds_them(built_sdist):
                  "trainer/configs/demo.yaml", "trainer/configs/demo_large.yaml"):
         assert (target / path).is_file(), path
     assert not (target / "tests").exists()
+    assert not (target / "benchmarks").exists()  # checkout scripts, not an installed package
     # Every config the specs name is installed, and it resolves from a working directory
     # without configs/, through the fallback trainer.config has for installed packages.
     names = {parsed_args(pool).config for spec in SPECS

@@ -16,7 +16,7 @@ from explainability.faithfulness import (beats, bin_counts, curve_auc, history_f
                                          truth_at_k)
 from explainability.history_attributions import Case
 from explainability.pair_scorer import ITEM, USER, PairScorer, Word
-from tests.explainability.conftest import ITEM_TEXT, USER_TEXT, make_packer
+from tests.harness import ITEM_TEXT, USER_TEXT, make_packer
 
 TOL = 1e-9
 

@@ -6,7 +6,7 @@ import pytest
 
 from explainability import lime_attributions as la
 from explainability.pair_scorer import PairScorer
-from tests.explainability.conftest import ITEM_TEXT, USER_TEXT, VOCABULARY, make_packer
+from tests.harness import ITEM_TEXT, USER_TEXT, VOCABULARY, make_packer
 
 
 class TokenWeightScorer(PairScorer):

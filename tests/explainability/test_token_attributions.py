@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from explainability import token_attributions as ta
 from explainability.pair_scorer import PairScorer
-from tests.explainability.conftest import ITEM_TEXT, USER_TEXT, WORDS, make_model, make_packer
+from tests.harness import ITEM_TEXT, USER_TEXT, WORDS, make_model, make_packer
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from explainability.two_tower_scorer import HISTORY_SEPARATOR_TEXT, TwoTowerScor
 from models.layers.item_text_tokenizer import ItemTextTokenizer
 from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
 from models.two_tower import TwoTowerRecommender
-from tests.explainability.conftest import VOCABULARY
+from tests.harness import VOCABULARY
 from trainer.data import input_pipeline
 from trainer.kinds.two_tower import TwoTowerFeatures
 

@@ -1,5 +1,8 @@
-"""One harness for every model: build, call, one fit step, .keras round-trip, SavedModel."""
+"""The cross-encoder and baselines beyond the model harness every kind runs through
+(tests/models/test_harness.py): padding, poolings, backbones, pretrained loading, a
+SavedModel read in a fresh process, the forward pass from embeddings."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -10,42 +13,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.baselines import MatrixFactorization, MostPopular
+from models.baselines import MostPopular
 from models.bert_recommender import BERTRecommender
 from models.layers.text_pair_packer import TextPairPacker
-from tests.conftest import BACKEND, MINILM_DIR, REPO, require_shared, tensorflow_only
+from tests.harness import MINILM_DIR, REPO, require_shared, tensorflow_only, tiny_text_packer
+from tests.harness import tiny_bert as harness_tiny_bert
 from trainer import kinds
 from trainer.serving import export
 from trainer.data import input_pipeline
 
 VOCAB = input_pipeline.RESERVED_TOKENS + [f"w{i}" for i in range(95)]  # ~100 tokens
 BATCH = 6
-
-
-def tiny_bert(**kwargs):
-    return BERTRecommender.from_sizes(vocabulary_size=len(VOCAB), num_layers=1, num_heads=2,
-                                      hidden_dim=16, intermediate_dim=32,
-                                      max_sequence_length=16, **kwargs)
-
-
-def tiny_popularity():
-    model = MostPopular(num_items=10)
-    model.set_counts(np.array([1, 1, 1, 2, 3]), np.array([1, 1, 0, 1, 0]))
-    return model
-
-
-MODELS = {
-    "bert": tiny_bert,
-    "bert_pre_ln_first": lambda: tiny_bert(normalize_first=True, pooling="first"),
-    "bert_mean": lambda: tiny_bert(pooling="mean"),
-    "mf": lambda: MatrixFactorization(num_users=8, num_items=10, embedding_dim=4),
-    "popularity": tiny_popularity,
-}
+tiny_bert = functools.partial(harness_tiny_bert, len(VOCAB))
 
 
 def make_packer():
-    tokenizer = input_pipeline.make_tokenizer(vocabulary=VOCAB)
-    return TextPairPacker(tokenizer, sequence_length=16, item_max_tokens=6)
+    return tiny_text_packer(VOCAB, sequence_length=16, item_max_tokens=6)
 
 
 def batch(packer):
@@ -57,51 +40,6 @@ def batch(packer):
     features.update(packer(tf.constant(user), tf.constant(item)))
     labels = tf.constant([1, 0, 1, 0, 0, 1], tf.float32)
     return features, labels, user, item
-
-
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_model_harness(name, tmp_path):
-    packer = make_packer()
-    features, labels, user, item = batch(packer)
-    model = MODELS[name]()
-    logits = model(features)
-    assert logits.shape == (BATCH,)
-
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    before = [w.numpy().copy() for w in model.trainable_weights]
-    model.fit(features, labels, epochs=1, batch_size=BATCH, verbose=0)
-    after = [w.numpy() for w in model.trainable_weights]
-    if name == "popularity":
-        assert not model.trainable_weights
-    else:
-        assert all(not np.allclose(a, b) for a, b in zip(before, after) if a.size > 1) or \
-            any(not np.allclose(a, b) for a, b in zip(before, after))
-
-    expected = model.predict(features, verbose=0)
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    reloaded = keras.models.load_model(path)
-    np.testing.assert_allclose(reloaded.predict(features, verbose=0), expected, atol=1e-6)
-    if BACKEND != "tensorflow":
-        return  # a JAX run exports from a TensorFlow process (tests/trainer/test_backends.py)
-
-    export_dir = str(tmp_path / "export")
-    is_text = name.startswith("bert")
-    kind = kinds.kind_class("cross_encoder" if is_text else name)()
-    export.export_saved_model(model, export_dir, kind, packer if is_text else None)
-    serve = export.load_serving_fn(export_dir)
-    if is_text:
-        out = serve(user_text=tf.constant(user), item_text=tf.constant(item))
-        tokens = export.load_serving_fn(export_dir, "serve_tokens")(
-            token_ids=features["token_ids"], segment_ids=features["segment_ids"])
-        np.testing.assert_allclose(tokens["logit"].numpy(), expected, atol=1e-5)
-    else:
-        out = serve(user_index=features["user_index"], item_index=features["item_index"])
-    np.testing.assert_allclose(out["logit"].numpy(), expected, atol=1e-5)
-    np.testing.assert_allclose(out["click_probability"].numpy(),
-                               1 / (1 + np.exp(-expected)), atol=1e-5)
-    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
 def test_bert_logits_ignore_padding():
@@ -137,7 +75,8 @@ def test_pre_ln_backbone_is_a_drop_in_for_bert_backbone():
 
 
 def test_popularity_orders_by_training_clicks():
-    model = tiny_popularity()
+    model = MostPopular(num_items=10)
+    model.set_counts(np.array([1, 1, 1, 2, 3]), np.array([1, 1, 0, 1, 0]))
     scores = np.asarray(model({"item_index": tf.constant([1, 2, 3, 0])}))
     # item 1 clicked twice, item 2 once, item 3 never, unknown (0) never.
     assert scores[0] > scores[1] > scores[2] == scores[3]

@@ -12,91 +12,16 @@ import pytest
 import tensorflow as tf
 
 from models.layers.item_text_tokenizer import ItemTextTokenizer
-from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
 from models.two_tower import TwoTowerRecommender
-from tests.conftest import BACKEND, REPO, tensorflow_only
+from tests.harness import (HISTORY, ITEM_TOKENS, REPO, TWO_TOWER_VOCAB,
+                            TWO_TOWER_WORDS, make_catalogue, make_features, model_inputs,
+                            raw_batch, tensorflow_only, tiny_two_tower)
 from trainer import kinds
 from trainer.serving import export
 from trainer.data import input_pipeline
 from trainer.kinds.two_tower import TwoTowerFeatures
 from trainer.evaluation import metrics
 from trainer.data.canonical import Catalogue, Example, Item
-
-WORDS = [f"w{i}" for i in range(60)]
-VOCAB = input_pipeline.RESERVED_TOKENS + WORDS
-ITEM_TOKENS = 6
-HISTORY = 3
-
-
-def make_catalogue(num_items=12, seed=0):
-    rng = np.random.default_rng(seed)
-    catalogue = Catalogue()
-    for i in range(num_items):
-        words = rng.choice(len(WORDS), 2, replace=False)
-        catalogue[f"i{i:02d}"] = Item(f"i{i:02d}", {"title": " ".join(WORDS[w] for w in words)})
-    return catalogue
-
-
-def make_features(catalogue, trained_items):
-    tokenizer = ItemTextTokenizer(input_pipeline.make_tokenizer(vocabulary=VOCAB), ITEM_TOKENS)
-    ids = input_pipeline.IdVocabulary(users={}, items={k: i + 1 for i, k in
-                                                       enumerate(sorted(catalogue))},
-                                      trained_items=frozenset(trained_items))
-    return TwoTowerFeatures.build(tokenizer, catalogue, ids, ["title"], HISTORY)
-
-
-def tiny_model(features, item_ids=True, text=True, loss="bce", hidden=16, user_layers=1):
-    encoder = PreLNBertBackbone(vocabulary_size=len(VOCAB), num_layers=1, num_heads=2,
-                                hidden_dim=hidden, intermediate_dim=2 * hidden,
-                                max_sequence_length=ITEM_TOKENS) if text else None
-    return TwoTowerRecommender(encoder, num_items=len(features.item_ids) - 1 if item_ids else 0,
-                               max_history=HISTORY, embedding_dim=0 if text else hidden,
-                               dropout=0.0, loss=loss, user_layers=user_layers)
-
-
-def raw_batch(catalogue):
-    ids = sorted(catalogue)
-    history_ids = [[ids[0], ids[1], ""], [ids[2], "", ""], ["", "", ""], [ids[3], ids[4],
-                                                                          ids[5]]]
-    item_id = [ids[6], ids[7], ids[8], "unknown-id"]
-    text = lambda i: catalogue[i].title if i in catalogue else ""  # noqa: E731
-    return {"query": tf.constant(["w1 w2", "", "w3", ""]),
-            "history_text": tf.constant([[text(i) for i in row] for row in history_ids]),
-            "history_ids": tf.constant(history_ids),
-            "item_text": tf.constant([text(i) for i in item_id[:3]] + ["w5 w6"]),
-            "item_id": tf.constant(item_id)}
-
-
-def model_inputs(features, raw):
-    return features.from_text(raw["query"], raw["history_text"], raw["item_text"],
-                              history_ids=raw["history_ids"], item_ids=raw["item_id"])
-
-
-@pytest.mark.parametrize("variant", ["text", "hybrid", "ids_only"])
-def test_harness_fit_round_trip_and_export(variant, tmp_path):
-    catalogue = make_catalogue()
-    features = make_features(catalogue, sorted(catalogue)[:9])
-    model = tiny_model(features, item_ids=variant != "text", text=variant != "ids_only")
-    x = model_inputs(features, raw_batch(catalogue))
-    assert model(x).shape == (4,)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    before = [w.numpy().copy() for w in model.trainable_weights]
-    model.fit(x, tf.constant([1.0, 0.0, 1.0, 0.0]), epochs=1, batch_size=4, verbose=0)
-    assert any(not np.allclose(a, w.numpy()) for a, w in zip(before, model.trainable_weights))
-
-    expected = model.predict(x, verbose=0)
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0), expected,
-                               atol=1e-6)
-    if BACKEND != "tensorflow":
-        return  # a JAX run exports from a TensorFlow process (tests/trainer/test_backends.py)
-    export_dir = str(tmp_path / "export")
-    export.export_saved_model(model, export_dir, kinds.kind_class("two_tower")(), features)
-    out = export.load_serving_fn(export_dir)(**raw_batch(catalogue))
-    np.testing.assert_allclose(out["logit"].numpy(), expected, atol=1e-5)
-
 
 def test_pipeline_features_match_serving_features():
     """tf.data gathers pre-tokenized catalogue rows; the SavedModel tokenizes raw strings:
@@ -125,7 +50,7 @@ def test_pipeline_features_match_serving_features():
 def test_cold_start_items_are_scored_from_text_alone():
     catalogue = make_catalogue()
     features = make_features(catalogue, sorted(catalogue)[:8])  # i08 is a cold item
-    model = tiny_model(features)
+    model = tiny_two_tower(features)
     x = model_inputs(features, raw_batch(catalogue))
     before = np.asarray(model(x))
     # Perturb every id embedding and bias: only rows with a trained id may move.
@@ -149,7 +74,7 @@ def test_distinct_item_encoding_matches_encoding_every_slot():
     of encoding every history/candidate slot (the batch repeats items and padding)."""
     catalogue = make_catalogue()
     features = make_features(catalogue, sorted(catalogue)[:9])
-    model = tiny_model(features)
+    model = tiny_two_tower(features)
     raw = raw_batch(catalogue)
     x = model_inputs(features, {k: tf.concat([v, v], axis=0) for k, v in raw.items()})
 
@@ -178,7 +103,7 @@ def test_distinct_item_encoding_matches_encoding_every_slot():
 def test_first_user_pooling_reads_the_first_present_part():
     catalogue = make_catalogue()
     features = make_features(catalogue, sorted(catalogue)[:9])
-    model = tiny_model(features)
+    model = tiny_two_tower(features)
     model.user_pooling = "first"
     state = model.user_state(model_inputs(features, raw_batch(catalogue)))
     mask = np.asarray(state["interest_mask"])
@@ -198,7 +123,7 @@ def test_first_user_pooling_reads_the_first_present_part():
 def test_in_batch_softmax_matches_hand_computation():
     catalogue = make_catalogue()
     features = make_features(catalogue, sorted(catalogue))
-    model = tiny_model(features, text=False, loss="softmax", hidden=4)
+    model = tiny_two_tower(features, text=False, loss="softmax", hidden=4)
     x = {"item_index": tf.constant([1, 2, 1]), "history_index": tf.constant([[3, 0, 0]] * 3)}
     model(x)
     model.set_item_counts(np.array([1, 1, 1, 2]))
@@ -223,7 +148,7 @@ def test_in_batch_softmax_matches_hand_computation():
 def test_savedmodel_signatures_match_in_a_fresh_process(tmp_path):
     catalogue = make_catalogue()
     features = make_features(catalogue, sorted(catalogue)[:9])
-    model = tiny_model(features)
+    model = tiny_two_tower(features)
     raw = raw_batch(catalogue)
     x = model_inputs(features, raw)
     expected = {"logit": model(x).numpy().tolist(),
@@ -285,8 +210,9 @@ def test_learns_planted_word_overlap_rule():
     rng = np.random.default_rng(3)
     catalogue = Catalogue()
     for i in range(120):
-        words = rng.choice(len(WORDS), 2, replace=False)
-        catalogue[f"i{i:03d}"] = Item(f"i{i:03d}", {"title": " ".join(WORDS[w] for w in words)})
+        words = rng.choice(len(TWO_TOWER_WORDS), 2, replace=False)
+        title = " ".join(TWO_TOWER_WORDS[w] for w in words)
+        catalogue[f"i{i:03d}"] = Item(f"i{i:03d}", {"title": title})
     words_of = {k: set(v.title.split()) for k, v in catalogue.items()}
     ids = sorted(catalogue)
 
@@ -308,13 +234,14 @@ def test_learns_planted_word_overlap_rule():
     train, test = impressions(700, 0), impressions(150, 10_000)
     vocab_ids = input_pipeline.IdVocabulary.build(train, catalogue)
     features = TwoTowerFeatures.build(
-        ItemTextTokenizer(input_pipeline.make_tokenizer(vocabulary=VOCAB), ITEM_TOKENS),
+        ItemTextTokenizer(input_pipeline.make_tokenizer(vocabulary=TWO_TOWER_VOCAB),
+                          ITEM_TOKENS),
         catalogue, vocab_ids, ["title"], HISTORY)
     tables = {name: input_pipeline.make_pair_table(ex, catalogue, ["title"], HISTORY,
                                                    vocab_ids)
               for name, ex in (("train", train), ("test", test))}
     keras.utils.set_random_seed(0)
-    model = tiny_model(features, item_ids=False, hidden=32, user_layers=0)
+    model = tiny_two_tower(features, item_ids=False, hidden=32, user_layers=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-2),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True))
     data = input_pipeline.make_dataset(tables["train"], 32, packer=features, training=True,

@@ -23,7 +23,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-from tests.conftest import MICRO_OVERRIDES, REPO  # noqa: E402  (after the skips)
+from tests.harness import MICRO_OVERRIDES, REPO  # noqa: E402  (after the skips)
 from tests.trainer.data.test_movielens import (  # noqa: E402
     make_movies, make_ratings, write_csv_variant)
 

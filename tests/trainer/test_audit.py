@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.harness import REPO
 from trainer.responsible import audit_lib
 from trainer import task
 from trainer.errors import UserInputError
@@ -119,14 +119,14 @@ def test_bad_audit_input_is_refused_before_writing(trained_run, kwargs, message)
 
 
 def test_a_split_without_impressions_is_refused(fair_run, monkeypatch):
-    from trainer.training import train_lib
-    real = train_lib.prepare_data
+    from trainer import runs
+    real = runs.Run.prepared
 
-    def without_test(cfg, model_dir):
-        prepared = real(cfg, model_dir)
+    def without_test(run):
+        prepared = real(run)
         prepared.tables["test"] = prepared.tables["test"].subset(np.zeros(0, dtype=np.int64))
         return prepared
-    monkeypatch.setattr(train_lib, "prepare_data", without_test)
+    monkeypatch.setattr(runs.Run, "prepared", without_test)
     with pytest.raises(UserInputError, match="no test impressions"):
         audit_lib.audit(fair_run)
 

@@ -12,8 +12,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.conftest import BACKEND, MICRO_OVERRIDES, REPO
-from trainer import backend, config as config_lib
+from tests.harness import BACKEND, MICRO_OVERRIDES, REPO
+from trainer import backend, config as config_lib, runs
 from trainer.errors import ConfigError, UserInputError
 
 TINY = os.path.join(REPO, "configs", "tiny.yaml")
@@ -111,6 +111,7 @@ def test_a_jax_run_trains_evaluates_and_exports_in_process(tmp_path):
 
     from trainer.serving import export
     from trainer.training import train_lib
+    from trainer.evaluation import scoring
     cfg = config_lib.load_config(TINY, MICRO_OVERRIDES + [
         "train.epochs=2", "model.kind=cross_encoder", "model.pooling=first"])
     model_dir = str(tmp_path / "run")
@@ -122,8 +123,8 @@ def test_a_jax_run_trains_evaluates_and_exports_in_process(tmp_path):
     prepared = train_lib.prepare_data(cfg, model_dir)
     table = prepared.tables["validation"]
     model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
-    logits = train_lib.predict_logits(
-        model, table, train_lib.load_run_packer(cfg, model_dir, prepared), 64)
+    logits = scoring.predict_logits(
+        model, table, runs.open_run(model_dir).featurizer, 64)
     served = export.predict_texts(os.path.join(model_dir, "export"),
                                   list(table.user_text[:16]), list(table.item_text[:16]))
     np.testing.assert_allclose(served["logit"].numpy(), logits[:16], atol=1e-4)
@@ -136,6 +137,7 @@ JAX_RUNS = textwrap.dedent("""
     import numpy as np
     from trainer import config as config_lib
     from trainer.training import train_lib
+    from trainer.evaluation import scoring
     out = sys.argv[1]
     for name, extra in json.loads(sys.argv[2]).items():
         cfg = config_lib.load_config({tiny!r}, {micro!r} + extra)
@@ -143,9 +145,9 @@ JAX_RUNS = textwrap.dedent("""
         results = train_lib.train(cfg, model_dir)
         import keras
         prepared = train_lib.prepare_data(cfg, model_dir)
-        packer = train_lib.load_run_packer(cfg, model_dir, prepared)
+        packer = runs.open_run(model_dir).featurizer
         model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
-        logits = train_lib.predict_logits(model, prepared.tables["validation"], packer, 64)
+        logits = scoring.predict_logits(model, prepared.tables["validation"], packer, 64)
         np.save(os.path.join(model_dir, "jax_logits.npy"), logits)
         print(name, results["train"]["backend"], results["train"]["replicas"])
     # Model parallelism lays the attention heads out across the two devices.
@@ -191,23 +193,24 @@ def test_jax_runs_serve_what_they_learned(tmp_path):
 
     from trainer.serving import export
     from trainer.training import train_lib
+    from trainer.evaluation import scoring
     for name in runs:
         model_dir = str(tmp_path / name)
         jax_logits = np.load(os.path.join(model_dir, "jax_logits.npy"))
-        cfg = train_lib.load_run_config(model_dir)
+        cfg = runs.read_config(model_dir)
         assert cfg.runtime.backend == "jax"
         prepared = train_lib.prepare_data(cfg, model_dir)
-        packer = train_lib.load_run_packer(cfg, model_dir, prepared)
+        packer = runs.open_run(model_dir).featurizer
         table = prepared.tables["validation"]
         model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
-        np.testing.assert_allclose(train_lib.predict_logits(model, table, packer, 64),
+        np.testing.assert_allclose(scoring.predict_logits(model, table, packer, 64),
                                    jax_logits, atol=1e-4)
         with open(os.path.join(model_dir, "metrics.json")) as f:
             assert json.load(f)["train"]["backend"] == "jax"
         assert os.path.isdir(os.path.join(model_dir, "export_tokens"))
     # The served raw-string signature is the JAX model.
     cross = str(tmp_path / "cross_model_parallel")
-    table = train_lib.prepare_data(train_lib.load_run_config(cross), cross).tables["validation"]
+    table = train_lib.prepare_data(runs.read_config(cross), cross).tables["validation"]
     served = export.predict_texts(os.path.join(cross, "export"),
                                   list(table.user_text[:32]), list(table.item_text[:32]))
     np.testing.assert_allclose(served["logit"].numpy(),

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from tests.conftest import REPO
+from tests.harness import REPO
 from trainer import config as config_lib
-from trainer import kinds
+from trainer import kind_registry, kinds
 from trainer.errors import ConfigError
 from trainer.kinds.base import ModelKind
 
@@ -124,7 +124,7 @@ def test_a_kind_registered_outside_the_package_is_a_config_choice():
         with pytest.raises(ValueError, match="already registered"):
             kinds.register("test_only_kind")(type("Other", (ModelKind,), {}))
     finally:
-        kinds._CLASSES.pop("test_only_kind")  # pylint: disable=protected-access
+        kind_registry._CLASSES.pop("test_only_kind")  # pylint: disable=protected-access
 
 
 def test_unknown_kind_names_the_key_and_the_choices():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from trainer import config as config_lib
+from trainer import runs
 from trainer.kinds.item_index import ItemIndex
 from trainer.serving import retrieval
 from trainer.errors import ConfigError, UserInputError
@@ -71,9 +72,9 @@ def test_candidate_logits_equal_pairwise_prediction_and_the_catalogue_matrix(
     from trainer.training import train_lib
 
     model_dir, _ = trained_two_tower_run
-    cfg = train_lib.load_run_config(model_dir)
+    cfg = runs.read_config(model_dir)
     prepared = train_lib.prepare_data(cfg, model_dir)
-    featurizer = train_lib.load_run_packer(cfg, model_dir, prepared)
+    featurizer = runs.open_run(model_dir).featurizer
     model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
     kind = kinds.for_config(cfg)
     users = prepared.tables["test"].subset(np.arange(3))
@@ -98,7 +99,7 @@ def pipeline(trained_two_tower_run, trained_run, tmp_path_factory):
 
 def test_retrieve_rerank_reorders_the_retrieved_items_by_the_rerankers_logits(pipeline):
     from trainer.serving import recommend_lib
-    from trainer.training import train_lib
+    from trainer.evaluation import scoring
 
     cfg = config_lib.load_pipeline(pipeline)
     two_stage = recommend_lib.RetrieveRerank(cfg)
@@ -120,7 +121,7 @@ def test_retrieve_rerank_reorders_the_retrieved_items_by_the_rerankers_logits(pi
     table.item_text = two_stage.item_text[table.item_index]
     titles = [two_stage.catalogue[item].title for item in history[::-1]]
     assert all(title in rows.user_text[0] for title in titles)
-    direct = train_lib.predict_logits(two_stage.model, table, two_stage.featurizer, 8)
+    direct = scoring.predict_logits(two_stage.model, table, two_stage.featurizer, 8)
     np.testing.assert_allclose(direct, [r["rerank_logit"] for r in top[0]], atol=1e-5)
     # The best of all retrieved items under the reranker comes first.
     every = two_stage.recommend(["a query"], [history], k=8)[0]
@@ -135,22 +136,27 @@ def test_retrieve_rerank_reorders_the_retrieved_items_by_the_rerankers_logits(pi
         two_stage.recommend([""], [[]], k=9)
 
 
-def test_a_reranker_missing_retrievable_items_is_refused(pipeline, monkeypatch):
+def test_a_reranker_missing_retrievable_items_is_refused(pipeline, trained_run, tmp_path):
+    """A reranker trained on a catalogue without one of the items the retriever returns
+    (its run copied with that item taken out, and its manifest rewritten)."""
+    import json
+    import shutil
+
+    from trainer import runs
     from trainer.serving import recommend_lib
 
-    real = recommend_lib.prepare_data
-    calls = []
-
-    def drop_one_item(cfg, model_dir):
-        prepared = real(cfg, model_dir)
-        calls.append(model_dir)
-        if len(calls) == 2:  # the reranker's data (the retriever loads first)
-            prepared.ids.items.pop(sorted(prepared.ids.items)[0])
-        return prepared
-
-    monkeypatch.setattr(recommend_lib, "prepare_data", drop_one_item)
+    rerank_dir = str(tmp_path / "reranker")
+    shutil.copytree(trained_run[1], rerank_dir)
+    path = os.path.join(rerank_dir, runs.CATALOGUE)
+    with open(path) as f:
+        catalogue = json.load(f)
+    catalogue.pop(sorted(catalogue)[0])
+    with open(path, "w") as f:
+        json.dump(catalogue, f)
+    runs.write_manifest(rerank_dir)
     with pytest.raises(UserInputError, match="lacks 1 of the"):
-        recommend_lib.RetrieveRerank(config_lib.load_pipeline(pipeline))
+        recommend_lib.RetrieveRerank(config_lib.load_pipeline(
+            pipeline, [f"rerank.model_dir={rerank_dir}"]))
 
 
 def test_recommend_command_with_a_pipeline(pipeline, trained_two_tower_run, capsys):

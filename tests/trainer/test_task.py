@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests.conftest import REPO
+from tests.harness import REPO
 from trainer import task
 
 TINY = os.path.join(REPO, "configs", "tiny.yaml")
@@ -45,7 +45,7 @@ def test_predict_needs_a_finished_run_and_matching_counts(tmp_path, capsys):
     assert "as many --item_text" in capsys.readouterr().err
     assert task.main(["predict", "--model_dir", str(tmp_path), "--user_text", "a",
                       "--item_text", "b"]) == 2
-    assert "no SavedModel" in capsys.readouterr().err
+    assert "config.yaml: not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         task.main(["predict", "--model_dir", str(tmp_path)])  # argparse: missing args
 

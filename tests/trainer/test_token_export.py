@@ -12,10 +12,9 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from tests.conftest import REPO
-from trainer import kinds
+from tests.harness import REPO
+from trainer import kinds, runs
 from trainer.serving import export
-from trainer.training import train_lib
 
 _PROBE = r"""
 import json, sys
@@ -60,7 +59,7 @@ def test_cross_encoder_token_export_matches_the_raw_export(trained_run, tmp_path
     with open(os.path.join(tokens_dir, "vocab.txt")) as f:
         assert len(f.read().splitlines()) == contract["vocabulary_size"]
 
-    packer = train_lib.load_run_packer(cfg, model_dir)
+    packer = runs.open_run(model_dir).featurizer
     raw = {"user_text": ["a wireless laptop ; red shoes", "garden chair"],
            "item_text": ["carbon laptop", "blue umbrella"]}
     expected = export.load_serving_fn(os.path.join(model_dir, "export"))(
@@ -86,9 +85,8 @@ def test_cross_encoder_token_export_matches_the_raw_export(trained_run, tmp_path
 def test_two_tower_token_export_scores_and_retrieves_like_the_raw_export(
         trained_two_tower_run, tmp_path):
     model_dir, _ = trained_two_tower_run
-    cfg = train_lib.load_run_config(model_dir)
-    prepared = train_lib.prepare_data(cfg, model_dir)
-    packer = train_lib.load_run_packer(cfg, model_dir, prepared)
+    run = runs.open_run(model_dir)
+    cfg, packer = run.cfg, run.featurizer
     tokens_dir = os.path.join(model_dir, "export_tokens")
     assert _contract(tokens_dir)["interaction"] == "two_tower"
 

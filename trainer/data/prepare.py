@@ -329,7 +329,7 @@ def prepare(cfg: config_lib.ExperimentConfig, out_dir: str) -> dict:
 
 @dataclasses.dataclass
 class Prepared:
-    """A prepared directory read back: what ``train_lib.PreparedData`` is built from."""
+    """A prepared directory read back: what ``trainer.data.prepared.PreparedData`` is built from."""
 
     manifest: dict
     catalogue: canonical.Catalogue

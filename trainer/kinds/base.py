@@ -33,7 +33,7 @@ from trainer.kinds import endpoints
 
 
 class ModelKind:
-    """One model family's answers; subclasses register with ``@trainer.kinds.register``."""
+    """One model family's answers; subclasses register with ``@trainer.kind_registry.register``."""
 
     name = ""  # set by @register
     #: one line the benchmarks print beside the kind's rows
@@ -84,6 +84,22 @@ class ModelKind:
         """What ``input_pipeline.make_dataset(packer=...)`` and the export feed the model
         with (None: the id columns alone)."""
         return None
+
+    def learns_vocabulary(self, cfg) -> bool:
+        """Whether a run learns a WordPiece vocabulary from its catalogue (a text kind from
+        random init; a pretrained checkpoint brings its own)."""
+        return self.uses_text and not cfg.model.pretrained
+
+    def featurizer_state(self, featurizer) -> dict | None:
+        """What :meth:`load_featurizer` needs beyond the config and the vocabulary, as
+        JSON-able values (saved with the run as ``featurizer.json``); None: nothing."""
+        return None
+
+    def load_featurizer(self, cfg, vocabulary, state: dict | None):
+        """A finished run's featurizer from its config, its vocabulary (the run's
+        ``vocab.txt``; None for a pretrained or id-only kind) and
+        :meth:`featurizer_state`, without reading the data again."""
+        return self.featurizer(cfg, vocabulary, None, None)
 
     def build(self, cfg, featurizer, ids: input_pipeline.IdVocabulary,
               train_table) -> keras.Model:
@@ -194,6 +210,13 @@ class ModelKind:
             input_signature=[tf.TensorSpec([None], tf.int32, name="user_index"),
                              tf.TensorSpec([None], tf.int32, name="item_index")])
 
+    def serving_request(self, featurizer, table) -> dict:
+        """The ``serving_default`` inputs of ``export/`` for the rows of ``table`` (a
+        ``PairTable``): what a client sends to score those pairs (id models: the id
+        indices)."""
+        return {"user_index": tf.constant(table.user_index, tf.int32),
+                "item_index": tf.constant(table.item_index, tf.int32)}
+
     def add_token_endpoints(self, archive: keras.export.ExportArchive, model: keras.Model,
                             featurizer, item_index=None):
         """The token-id signatures of ``export_tokens/``: returns ``(tokenizer, contract)``,
@@ -206,10 +229,10 @@ class ModelKind:
 
 
 def separate_tower_kinds() -> list:
-    from trainer import kinds
+    from trainer import kind_registry as kinds
     return [n for n in kinds.names() if kinds.kind_class(n).separate_towers]
 
 
 def text_kinds() -> list:
-    from trainer import kinds
+    from trainer import kind_registry as kinds
     return [n for n in kinds.names() if kinds.kind_class(n).uses_text]

@@ -14,7 +14,8 @@ from models.bert_recommender import BERTRecommender
 from models.layers.text_pair_packer import TextPairPacker, special_token_ids
 from trainer import backend
 from trainer.errors import ConfigError
-from trainer.kinds import endpoints, register
+from trainer.kind_registry import register
+from trainer.kinds import endpoints
 from trainer.kinds.base import ModelKind
 from trainer.kinds.text import text_backbone, tokenizer_of, user_side_composer
 
@@ -124,6 +125,10 @@ class CrossEncoder(ModelKind):
             "explain", explain,
             input_signature=[tf.TensorSpec([None], tf.string, name="user_text"),
                              tf.TensorSpec([None], tf.string, name="item_text")])
+
+    def serving_request(self, packer, table):
+        return {"user_text": tf.constant(table.user_text.astype(str)),
+                "item_text": tf.constant(table.item_text.astype(str))}
 
     def add_token_endpoints(self, archive, model, packer, item_index=None):
         def serve(token_ids, segment_ids):

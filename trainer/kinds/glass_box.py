@@ -11,7 +11,8 @@ import tensorflow as tf
 from models.glass_box import ITEM_FEATURES, GlassBoxRecommender
 from trainer.data.canonical import Catalogue
 from trainer.data.input_pipeline import IdVocabulary
-from trainer.kinds import endpoints, register
+from trainer.kind_registry import register
+from trainer.kinds import endpoints
 from trainer.kinds.base import ModelKind
 
 
@@ -133,6 +134,14 @@ class GlassBox(ModelKind):
         return GlassBoxFeatures.build(catalogue, ids, cfg.data.item_text_fields,
                                       cfg.data.max_history)
 
+    def featurizer_state(self, featurizer):
+        return {"words": featurizer.words, "item_ids": featurizer.item_ids,
+                "item_texts": featurizer.item_texts}
+
+    def load_featurizer(self, cfg, vocabulary, state):
+        return GlassBoxFeatures(state["words"], state["item_ids"], state["item_texts"],
+                                cfg.data.max_history)
+
     def build(self, cfg, featurizer, ids, train_table):
         return GlassBoxRecommender(len(featurizer.words) + 1, len(ids.items), l2=cfg.model.l2)
 
@@ -144,6 +153,13 @@ class GlassBox(ModelKind):
 
     def fit_counts(self, model, table):
         model.set_item_counts(table.positive_item_indices())
+
+    def serving_request(self, featurizer, table):
+        ids = np.asarray(featurizer.item_ids, dtype=object)
+        query = table.query if table.query is not None else np.full(len(table), "", object)
+        return {"query": tf.constant(np.asarray(query, dtype=object).astype(str)),
+                "history_ids": tf.constant(ids[table.history_index].astype(str)),
+                "item_id": tf.constant(ids[table.item_index].astype(str))}
 
     def add_serving_endpoints(self, archive, model, featurizer, item_index=None):
         _serving_endpoints(archive, model, featurizer)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.baselines import MatrixFactorization, MostPopular
-from trainer.kinds import register
+from trainer.kind_registry import register
 from trainer.kinds.base import ModelKind
 
 

@@ -20,7 +20,8 @@ from models.two_tower import TwoTowerRecommender
 from trainer.data.canonical import Catalogue
 from trainer.data.input_pipeline import IdVocabulary
 from trainer.errors import ConfigError
-from trainer.kinds import endpoints, register
+from trainer.kind_registry import register
+from trainer.kinds import endpoints
 from trainer.kinds.base import ModelKind
 from trainer.kinds.item_index import ItemIndex
 from trainer.kinds.text import text_backbone, tokenizer_of
@@ -182,6 +183,19 @@ class TwoTower(ModelKind):
         return TwoTowerFeatures.build(tokenizer, catalogue, ids, cfg.data.item_text_fields,
                                       cfg.data.max_history)
 
+    def featurizer_state(self, featurizer):
+        return {"item_ids": featurizer.item_ids, "item_texts": featurizer.item_texts,
+                "trained": [int(i) for i in np.flatnonzero(featurizer.trained_mask)]}
+
+    def load_featurizer(self, cfg, vocabulary, state):
+        tokenizer = None
+        if self.uses_text:
+            tokenizer = ItemTextTokenizer(tokenizer_of(cfg, vocabulary), cfg.data.item_max_tokens)
+        trained = np.zeros(len(state["item_ids"]), bool)
+        trained[np.asarray(state["trained"], np.int64)] = True
+        return TwoTowerFeatures(tokenizer, state["item_ids"], state["item_texts"], trained,
+                                cfg.data.max_history)
+
     def _item_ids(self, cfg) -> bool:
         return cfg.model.item_ids
 
@@ -280,6 +294,16 @@ class TwoTower(ModelKind):
 
     def add_serving_endpoints(self, archive, model, featurizer, item_index=None):
         _serving_endpoints(archive, model, featurizer, item_index)
+
+    def serving_request(self, featurizer, table):
+        ids = np.asarray(featurizer.item_ids, dtype=object)
+        texts = np.asarray(featurizer.item_texts, dtype=object)
+        query = table.query if table.query is not None else np.full(len(table), "", object)
+        return {"query": tf.constant(np.asarray(query, dtype=object).astype(str)),
+                "history_text": tf.constant(texts[table.history_index].astype(str)),
+                "history_ids": tf.constant(ids[table.history_index].astype(str)),
+                "item_text": tf.constant(texts[table.item_index].astype(str)),
+                "item_id": tf.constant(ids[table.item_index].astype(str))}
 
     def add_token_endpoints(self, archive, model, featurizer, item_index=None):
         if featurizer.tokenizer is None:

@@ -36,16 +36,14 @@ from __future__ import annotations
 
 import os
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from models.baselines import MostPopular
 from trainer.responsible import audit_report, fairness
 from trainer.evaluation import metrics
-from trainer import kinds
-from trainer.training import train_lib
-from trainer.errors import RunDirError, UserInputError
+from trainer import kinds, runs
+from trainer.evaluation import scoring
+from trainer.errors import UserInputError
 
 
 MERIT_SOURCES = ("auto", "true", "clicks", "predicted")
@@ -343,7 +341,8 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
           candidates: int = 100, sweep: bool = False) -> dict:
     """Audits a finished run (see the module docstring) and writes ``<model_dir>/audit/``.
     Returns the audit (what ``audit.json`` holds)."""
-    cfg = train_lib.load_run_config(model_dir)
+    run = runs.open_run(model_dir)
+    cfg = run.cfg
     compare = list(compare or [])
     if k < 1:
         raise AuditError(f"--k {k}: must be at least 1")
@@ -351,7 +350,22 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
         raise AuditError(f"--k {k} is larger than --candidates {candidates}")
     if bootstrap < 0:
         raise AuditError(f"--bootstrap {bootstrap}: must be >= 0")
-    prepared = train_lib.prepare_data(cfg, model_dir)
+    # name -> finished run, all opened (and checked) before the data is read
+    audited = {os.path.basename(os.path.normpath(model_dir)) or "model": run}
+    for other in compare:
+        other_run = runs.open_run(other)
+        if other_run.cfg.data != cfg.data:
+            raise AuditError(f"--compare {other}: trained on other data than {model_dir} "
+                             "(its data config differs); audit runs of the same data")
+        audited[os.path.basename(os.path.normpath(other)) or other] = other_run
+    for path, kind in ((r.model_dir, r.kind) for r in audited.values()):
+        if catalogue and not kind.scores_catalogue_from_item_vectors:
+            cheap = [n for n in kinds.names()
+                     if kinds.kind_class(n).scores_catalogue_from_item_vectors]
+            raise AuditError(f"--catalogue: {path} is a {kind.name} run, which would score "
+                             "every (user, item) pair; audit it on the impressions (without "
+                             f"--catalogue) or audit a run of model.kind={' / '.join(cheap)}")
+    prepared = run.prepared()
     if split not in prepared.tables or not len(prepared.tables[split]):
         raise AuditError(f"--split {split}: the run's data has no {split} impressions; "
                          "audit a split that has some (validation or test)")
@@ -364,24 +378,6 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
         known = sorted({key for ex in examples[:1000] for key in ex.extras})
         raise AuditError(f"--user_column {user_column!r} is not a column of the {split} "
                          f"impressions (extra columns: {', '.join(known) or 'none'})")
-    # name -> (run directory, its config)
-    runs = {os.path.basename(os.path.normpath(model_dir)) or "model": (model_dir, cfg)}
-    for other in compare:
-        other_cfg = train_lib.load_run_config(other)
-        if other_cfg.data != cfg.data:
-            raise AuditError(f"--compare {other}: trained on other data than {model_dir} "
-                             "(its data config differs); audit runs of the same data")
-        runs[os.path.basename(os.path.normpath(other)) or other] = (other, other_cfg)
-    for path, run_cfg in runs.values():
-        if not tf.io.gfile.exists(os.path.join(path, "model.keras")):
-            raise RunDirError(f"{path}/model.keras: not found; the run did not finish training")
-        kind = kinds.for_config(run_cfg)
-        if catalogue and not kind.scores_catalogue_from_item_vectors:
-            cheap = [n for n in kinds.names()
-                     if kinds.kind_class(n).scores_catalogue_from_item_vectors]
-            raise AuditError(f"--catalogue: {path} is a {kind.name} run, which would score "
-                             "every (user, item) pair; audit it on the impressions (without "
-                             f"--catalogue) or audit a run of model.kind={' / '.join(cheap)}")
 
     train_table = prepared.tables["train"]
     num_items = len(prepared.ids.items)
@@ -401,7 +397,7 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
                 for members in rows_of]
     if catalogue:
         results, lists = _audit_catalogue_scorers(
-            runs, prepared, table, examples, rows_of, log_popularity, relevant, candidates,
+            audited, prepared, table, examples, rows_of, log_popularity, relevant, candidates,
             item_counts=item_counts, tail=tail, item_group=group_index,
             group_names=group_names, k=k, bootstrap=bootstrap, seed=seed,
             user_groups={name: (index[[m[0] for m in rows_of]], names)
@@ -410,7 +406,7 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
         relevance = None
     else:
         results, lists = _audit_impression_scorers(
-            runs, prepared, table, examples, rows_of, impression_of, log_popularity,
+            audited, prepared, table, examples, rows_of, impression_of, log_popularity,
             relevance, merit_source, item_counts=item_counts, tail=tail,
             item_group=group_index, group_names=group_names, k=k, user_groups=user_groups,
             bootstrap=bootstrap, seed=seed)
@@ -428,7 +424,7 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
                           "and Gini cannot tell scorers apart (exposure still can, through "
                           "rank); use a smaller --k or --catalogue")
     if sweep:
-        name = next(iter(runs))
+        name = next(iter(audited))
         ranking, scores = lists[name]
         report["sweep"] = {"scorer": name, "points": rerank_sweep(
             ranking, scores, relevant, item_counts, tail, group_index, len(group_names), k,
@@ -442,20 +438,13 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
     return report
 
 
-def _load_run(path: str, run_cfg, prepared) -> tuple:
-    """``(model, featurizer)`` of a finished run."""
-    model = keras.models.load_model(os.path.join(path, "model.keras"))
-    return model, train_lib.load_run_packer(run_cfg, path, prepared)
-
-
-def _audit_impression_scorers(runs, prepared, table, examples, rows_of, impression_of,
+def _audit_impression_scorers(audited, prepared, table, examples, rows_of, impression_of,
                               log_popularity, relevance, merit_source, **common) -> tuple:
     """Impressions mode: every scorer ranks each impression's candidates."""
     scorers = {"popularity": log_popularity[table.item_index]}
-    for name, (path, run_cfg) in runs.items():
-        model, packer = _load_run(path, run_cfg, prepared)
-        scorers[name] = train_lib.predict_logits(model, table, packer,
-                                                 run_cfg.train.eval_batch_size)
+    for name, run in audited.items():
+        scorers[name] = scoring.predict_logits(run.model, table, run.featurizer,
+                                                 run.cfg.train.eval_batch_size)
     results, lists = {}, {}
     for name, logits in scorers.items():
         logits = np.asarray(logits, np.float64)
@@ -470,11 +459,11 @@ def _audit_impression_scorers(runs, prepared, table, examples, rows_of, impressi
     return results, lists
 
 
-def _audit_catalogue_scorers(runs, prepared, table, examples, rows_of, log_popularity,
+def _audit_catalogue_scorers(audited, prepared, table, examples, rows_of, log_popularity,
                              relevant, candidates, **common) -> tuple:
     """Catalogue mode: every scorer ranks the whole catalogue for each listed user."""
     ids = prepared.ids
-    _, run_cfg = next(iter(runs.values()))
+    run_cfg = next(iter(audited.values())).cfg
     item_text = ids.item_texts(prepared.catalogue, run_cfg.data.item_text_fields)
     first_rows = [members[0] for members in rows_of]
     histories = [[ids.items[h] for h in examples[row].history if h in ids.items]
@@ -483,11 +472,10 @@ def _audit_catalogue_scorers(runs, prepared, table, examples, rows_of, log_popul
     lists = {"popularity": catalogue_lists(
         None, None, None, table, examples, rows_of, ids, item_text, candidates, 0,
         logits=np.tile(log_popularity, (len(rows_of), 1)))}
-    for name, (path, run_cfg) in runs.items():
-        model, packer = _load_run(path, run_cfg, prepared)
-        lists[name] = catalogue_lists(kinds.for_config(run_cfg), model, packer, table,
+    for name, run in audited.items():
+        lists[name] = catalogue_lists(run.kind, run.model, run.featurizer, table,
                                       examples, rows_of, ids, item_text, candidates,
-                                      run_cfg.train.eval_batch_size)
+                                      run.cfg.train.eval_batch_size)
     results = {name: audit_catalogue(ranking, relevant=relevant, profile=profile, **common)
                for name, (ranking, _) in lists.items()}
     return results, lists

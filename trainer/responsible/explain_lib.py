@@ -27,30 +27,25 @@ from explainability import explainer as explainer_lib
 from explainability.history_attributions import Case
 from explainability.pair_scorer import PairScorer
 from explainability.report import render_report
-from trainer import backend, kinds
+from trainer import backend, runs
 from trainer.kinds.base import text_kinds
 from trainer.kinds.text import user_side_composer
 from trainer.io import atomic_directory, atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError, UserInputError
 from trainer.progress import Progress
-from trainer.training.train_lib import load_run_config, load_run_packer, prepare_data
 
 SELECTIONS = ("top", "random")
 
 
-def load_text_run(model_dir: str, prepared=None):
-    """``(cfg, model, featurizer)`` of a finished run of a text model (a cross-encoder or a
-    two-tower model); the two-tower featurizer needs the run's ``prepared`` data."""
-    cfg = load_run_config(model_dir)
-    if not kinds.for_config(cfg).uses_text:
+def open_text_run(model_dir: str) -> runs.Run:
+    """The finished run at ``model_dir`` (trainer/runs.py), refused unless its kind reads
+    text (a cross-encoder or a two-tower model)."""
+    run = runs.open_run(model_dir)
+    if not run.kind.uses_text:
         raise UserInputError(f"{model_dir}: explain needs a text model (model.kind="
                              f"{' / '.join(text_kinds())}); this run trained model.kind="
-                             f"{cfg.model.kind}, which reads no words to explain")
-    model_path = os.path.join(model_dir, "model.keras")
-    if not tf.io.gfile.exists(model_path):
-        raise RunDirError(f"{model_path}: not found; the run did not finish training")
-    return (cfg, keras.models.load_model(model_path),
-            load_run_packer(cfg, model_dir, prepared))
+                             f"{run.cfg.model.kind}, which reads no words to explain")
+    return run
 
 
 def make_compose(max_history: int):
@@ -139,12 +134,12 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
             require_shap()
         except ImportError as err:
             raise UserInputError(f"--methods shap: {err}") from None
-    cfg = load_run_config(model_dir)
-    prepared = prepare_data(cfg, model_dir)
-    cfg, model, featurizer = load_text_run(model_dir, prepared)
+    run = open_text_run(model_dir)
+    prepared = run.prepared()
+    cfg = run.cfg
     if split not in prepared.splits or not prepared.splits[split]:
         raise DataError(f"the {split} split of {model_dir} is empty; choose another --split")
-    scorer, compose = kinds.for_config(cfg).explanation_scorer(cfg, model, featurizer)
+    scorer, compose = run.kind.explanation_scorer(cfg, run.model, run.featurizer)
     explainer = explainer_lib.Explainer(scorer, compose, options)
     cases = select_cases(prepared.splits[split], prepared.catalogue, cfg, scorer,
                          num_examples, select, seed, compose)

@@ -14,31 +14,20 @@ top k of ``rerank logit + rerank.retrieval_weight * retrieval logit`` come back.
 
 from __future__ import annotations
 
-import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer.data import input_pipeline
-from trainer import kinds
-from trainer.kinds.item_index import ItemIndex
+from trainer import kinds, runs
 from trainer.serving import retrieval
 from trainer.data.canonical import Example
-from trainer.errors import RunDirError, UserInputError
-from trainer.training.train_lib import load_run_config, load_run_packer, prepare_data
+from trainer.errors import UserInputError
 
 # What `recommend --explain` computes for each item: word attributions, and the history
 # items' leave-one-out and Shapley values (which also guide the verified counterfactual).
 EXPLAIN_METHODS = ("integrated_gradients", "leave_one_out", "shapley")
-
-
-def _load_run_model(model_dir: str) -> keras.Model:
-    model_path = os.path.join(model_dir, "model.keras")
-    if not tf.io.gfile.exists(model_path):
-        raise RunDirError(f"{model_path}: not found; the run did not finish training")
-    return keras.models.load_model(model_path)
 
 
 def _sigmoid(z) -> np.ndarray:
@@ -53,19 +42,15 @@ class Recommender:
     """
 
     def __init__(self, model_dir: str):
-        cfg = load_run_config(model_dir)
-        kind = kinds.for_config(cfg)
-        if not kind.retrieves:
+        self.run = run = runs.open_run(model_dir)
+        if not run.kind.retrieves:
             raise UserInputError(
                 f"{model_dir}: recommend needs a run with an item index (model.kind="
                 f"{' / '.join(n for n in kinds.names() if kinds.kind_class(n).retrieves)}); "
-                f"this run trained model.kind={kind.name}: rerank with it through "
+                f"this run trained model.kind={run.kind.name}: rerank with it through "
                 "--pipeline instead")
-        self.index = ItemIndex.load(model_dir)
-        self.model = _load_run_model(model_dir)
-        prepared = prepare_data(cfg, model_dir)
-        self.cfg, self.catalogue = cfg, prepared.catalogue
-        self.featurizer = load_run_packer(cfg, model_dir, prepared)
+        self.cfg, self.index, self.model = run.cfg, run.item_index, run.model
+        self.featurizer = run.featurizer
         self.position = {item: i for i, item in enumerate(self.index.item_ids)}
 
     def retrieve(self, queries: list, histories: list, k: int,
@@ -101,7 +86,7 @@ class Recommender:
 
     def explain(self, query: str, history: list, item_ids: list, **options) -> list:
         """One explanation record per recommended item (:func:`explain_items`)."""
-        return explain_items(self.cfg, self.model, self.featurizer, self.catalogue, query,
+        return explain_items(self.cfg, self.model, self.featurizer, self.run.catalogue, query,
                              history, item_ids, **options)
 
     def recommend(self, queries: list, histories: list, k: int = 10,
@@ -130,22 +115,19 @@ class RetrieveRerank:
         self.pipeline = pipeline
         self.retriever = Recommender(pipeline.retrieve.model_dir)
         rerank_dir = pipeline.rerank.model_dir
-        cfg = load_run_config(rerank_dir)
-        self.model = _load_run_model(rerank_dir)
-        prepared = prepare_data(cfg, rerank_dir)
+        run = runs.open_run(rerank_dir)
         missing = [item for item in self.retriever.index.item_ids
-                   if item not in prepared.ids.items]
+                   if item not in run.catalogue]
         if missing:
             raise UserInputError(
                 f"rerank.model_dir {rerank_dir}: its catalogue lacks {len(missing)} of the "
                 f"{len(self.retriever.index)} items the retriever "
                 f"({pipeline.retrieve.model_dir}) can return, e.g. {missing[:3]}; train both "
                 "stages on the same data")
-        self.cfg, self.ids, self.catalogue = cfg, prepared.ids, prepared.catalogue
-        self.kind = kinds.for_config(cfg)
-        self.featurizer = load_run_packer(cfg, rerank_dir, prepared)
-        self.item_text = np.asarray(prepared.ids.item_texts(prepared.catalogue,
-                                                            cfg.data.item_text_fields),
+        self.cfg, self.ids, self.catalogue = run.cfg, run.item_ids, run.catalogue
+        self.kind, self.model, self.featurizer = run.kind, run.model, run.featurizer
+        self.item_text = np.asarray(self.ids.item_texts(self.catalogue,
+                                                        self.cfg.data.item_text_fields),
                                     dtype=object)
 
     def explain(self, query: str, history: list, item_ids: list, **options) -> list:

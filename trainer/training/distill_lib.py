@@ -34,10 +34,11 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer import backend, kinds
+from trainer import backend, kinds, runs
 from trainer.evaluation import fidelity, metrics
 from trainer.data import input_pipeline
 from trainer.training import train_lib
+from trainer.evaluation import scoring
 from trainer.io import atomic_directory, read_npy, write_json, write_npy
 from trainer.errors import ConfigError, RunDirError
 
@@ -45,17 +46,13 @@ TEACHER_LOGITS_DIR = "teacher_logits"
 REPORT_SPLITS = ("validation", "test")
 
 
-def load_teacher(teacher_dir: str) -> tuple:
-    """``(config, model)`` of a finished run, or a RunDirError saying what is missing."""
-    if not tf.io.gfile.exists(os.path.join(teacher_dir, "config.yaml")):
+def load_teacher(teacher_dir: str) -> runs.Run:
+    """The finished teacher run (trainer/runs.py), or a RunDirError saying what is missing
+    or damaged."""
+    if not tf.io.gfile.exists(os.path.join(teacher_dir, runs.CONFIG)):
         raise RunDirError(f"{teacher_dir}: not a run (no config.yaml); --teacher_dir must be "
                           "a directory written by `train`")
-    cfg = train_lib.load_run_config(teacher_dir)
-    path = os.path.join(teacher_dir, "model.keras")
-    if not tf.io.gfile.exists(path):
-        raise RunDirError(f"{path}: not found; --teacher_dir must be a run that finished "
-                          "training")
-    return cfg, path
+    return runs.open_run(teacher_dir)
 
 
 def check_student(cfg: config_lib.ExperimentConfig, teacher_cfg: config_lib.ExperimentConfig,
@@ -85,21 +82,18 @@ class TeacherTargets:
     """The ``train_table_hook`` of a distillation run: the training table plus unlabelled
     catalogue pairs, with the teacher's logit on every row (computed once, cached)."""
 
-    def __init__(self, cfg: config_lib.ExperimentConfig, teacher_dir: str,
-                 teacher_cfg: config_lib.ExperimentConfig, teacher_path: str):
+    def __init__(self, cfg: config_lib.ExperimentConfig, teacher: runs.Run):
         self.cfg = cfg
-        self.teacher_dir = teacher_dir
-        self.teacher_cfg = teacher_cfg
-        self.teacher_path = teacher_path
+        self.teacher = teacher
+        self.teacher_dir = teacher.model_dir
+        self.teacher_cfg = teacher.cfg
+        self.teacher_path = os.path.join(teacher.model_dir, runs.MODEL)
         self.prepared = None
         self.logits = None  # split -> teacher logits, train = the augmented table's rows
-        self._teacher = None
 
     def teacher_model(self) -> keras.Model:
         """The teacher's ``model.keras``, loaded once (not at all when the cache serves)."""
-        if self._teacher is None:
-            self._teacher = keras.models.load_model(self.teacher_path)
-        return self._teacher
+        return self.teacher.model
 
     def augmented_train_table(self, prepared):
         """Training rows + ``unlabelled_per_example`` uniform catalogue pairs per row, each
@@ -149,9 +143,9 @@ class TeacherTargets:
                     return {name: read_npy(os.path.join(path, f"{name}.npy"))
                             for name in tables}
         teacher = self.teacher_model()
-        packer = train_lib.load_run_packer(self.teacher_cfg, self.teacher_dir, self.prepared)
+        packer = self.teacher.featurizer
         batch = self.teacher_cfg.train.eval_batch_size
-        logits = {name: train_lib.predict_logits(teacher, table, packer, batch)
+        logits = {name: scoring.predict_logits(teacher, table, packer, batch)
                   for name, table in tables.items()}
         with atomic_directory(path) as tmp:
             for name, values in logits.items():
@@ -247,13 +241,13 @@ def _label_metrics(table, logits) -> dict:
 
 
 def distill_report(cfg, teacher_dir: str, model_dir: str, targets: TeacherTargets,
-                   student: keras.Model) -> dict:
-    """Fidelity and cost of the student at ``model_dir`` against its teacher."""
+                   student_run: runs.Run) -> dict:
+    """Fidelity and cost of the student run at ``model_dir`` against its teacher."""
     prepared = targets.prepared
     teacher_cfg = targets.teacher_cfg
     teacher = targets.teacher_model()
-    teacher_packer = train_lib.load_run_packer(teacher_cfg, teacher_dir, prepared)
-    student_packer = train_lib.load_run_packer(cfg, model_dir, prepared)
+    teacher_packer = targets.teacher.featurizer
+    student, student_packer = student_run.model, student_run.featurizer
     report = {"teacher_dir": teacher_dir, "model_dir": model_dir,
               "student_kind": kinds.for_config(cfg).name,
               "teacher_kind": kinds.for_config(teacher_cfg).name,
@@ -262,7 +256,7 @@ def distill_report(cfg, teacher_dir: str, model_dir: str, targets: TeacherTarget
         if name not in targets.logits:
             continue
         table = prepared.tables[name]
-        student_logits = train_lib.predict_logits(student, table, student_packer,
+        student_logits = scoring.predict_logits(student, table, student_packer,
                                                   cfg.train.eval_batch_size)
         teacher_logits = targets.logits[name]
         split = fidelity.fidelity_report(student_logits, teacher_logits, table.group)
@@ -370,18 +364,17 @@ def distill(cfg: config_lib.ExperimentConfig, teacher_dir: str, model_dir: str,
     """Trains the student of ``cfg`` on ``teacher_dir``'s logits into ``model_dir`` and
     writes ``distill_report.json``; returns the report. A glass-box student of a text
     teacher also gets :func:`glass_box_explanations` on ``explain_examples`` examples."""
-    teacher_cfg, teacher_path = load_teacher(teacher_dir)
-    check_student(cfg, teacher_cfg, teacher_dir, model_dir)
-    targets = TeacherTargets(cfg, teacher_dir, teacher_cfg, teacher_path)
+    teacher = load_teacher(teacher_dir)
+    check_student(cfg, teacher.cfg, teacher_dir, model_dir)
+    targets = TeacherTargets(cfg, teacher)
     results = train_lib.train(cfg, model_dir, strategy, train_table_hook=targets)
     if not results:  # a non-chief multi-worker process
         return {}
-    student = keras.models.load_model(os.path.join(model_dir, "model.keras"))
+    student = runs.open_run(model_dir)
     report = distill_report(cfg, teacher_dir, model_dir, targets, student)
-    if kinds.for_config(cfg).exact_contributions and \
-            kinds.for_config(targets.teacher_cfg).uses_text:
+    if student.kind.exact_contributions and teacher.kind.uses_text:
         report["explanations"] = glass_box_explanations(
-            student, train_lib.load_run_packer(cfg, model_dir, targets.prepared), teacher_dir,
+            student.model, student.featurizer, teacher_dir,
             num_examples=explain_examples, seed=cfg.train.seed)
     write_json(os.path.join(model_dir, "distill_report.json"), report)
     return report

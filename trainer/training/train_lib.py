@@ -1,20 +1,7 @@
 """The one training routine every model uses: data -> model -> fit -> evaluate -> export.
 
-``train(cfg, model_dir)`` leaves this output contract in ``model_dir``::
-
-    config.yaml       the resolved config (written before training starts)
-    data_info.json    counts and anything skipped by the data source
-    vocab.txt         the WordPiece vocabulary (text models)
-    tensorboard/      train/ and validation/ event files: loss, AUC, learning rate
-    checkpoints/      best.weights.h5 (best validation train.early_stopping_metric)
-    .lock             held (flock) while a run writes the directory (trainer/training/guards.py)
-    backup/           the resumable training state while training runs (trainer/training/resume.py):
-                      a killed job rerun with the same command ends with the same model
-    model.keras       the trained Keras model (loads with keras.models.load_model)
-    export/           SavedModel: raw strings in, click_probability out (trainer/serving/export.py)
-    export_tokens/    text models: the same model over token ids, no tf-text op in the graph
-    item_index/       two-tower runs: every catalogue item's vector (trainer/serving/retrieval.py)
-    metrics.json      {"validation": {...}, "test": {...}} from trainer/evaluation/metrics.py
+``train(cfg, model_dir)`` writes a run directory whose layout, and the one way to open it
+again, are trainer/runs.py's; the manifest it writes last marks the run finished.
 
 Everything that can reject the input (config, run directory, data files) runs before the
 first file is written into ``model_dir``.
@@ -29,21 +16,20 @@ import os
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 import yaml
 
 from trainer import config as config_lib
-from trainer.data import prepare as prepare_lib
-from trainer import backend, kinds
-from trainer.data import sources, input_pipeline
+from trainer.data import prepared as prepared_lib
+from trainer.data.prepared import PreparedData
+from trainer import backend, kinds, runs
+from trainer.data import input_pipeline
 from trainer.training import distribute, guards, optimization, privacy, resume
-from trainer.kinds.item_index import ItemIndex
 from trainer.serving import export
-from trainer.evaluation import metrics, run_reports
+from trainer.evaluation import run_reports, scoring
 from trainer.training.optimization import WarmupLinearDecay, make_optimizer  # noqa: F401  (API)
 from trainer.io import atomic_write_text, write_json
-from trainer.errors import DataError, RunDirError, UserInputError
+from trainer.errors import RunDirError, UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -76,100 +62,11 @@ def check_model_dir(model_dir: str, cfg: config_lib.ExperimentConfig) -> bool:
 # Data and model
 # ---------------------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class PreparedData:
-    """Everything the model-facing steps need, built from a SplitData."""
-
-    tables: dict  # split -> PairTable
-    splits: dict  # split -> [Example], row-aligned with the tables
-    info: dict
-    ids: input_pipeline.IdVocabulary
-    vocabulary: list | None  # learned WordPiece vocabulary (random-init text models)
-    catalogue: dict | None = None  # item id -> Item (explanations need titles)
-
-
 def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedData:
-    """Loads and validates the data, builds pair tables and (if needed) a vocabulary.
-
-    Writes nothing into ``model_dir`` except, for the synthetic source, the generated data
-    under ``data.data_dir`` (default ``<model_dir>/data``).
-    """
-    if cfg.data.tfrecord_dir:
-        return _prepared_from_tfrecords(cfg)
-    data = sources.load(cfg.data, os.path.join(model_dir, "data"))
-    ids = input_pipeline.IdVocabulary.build(data.splits["train"], data.catalogue)
-    if cfg.train.privacy.enabled:
-        # Which items training saw would leak through the id features' mask: all count.
-        ids = dataclasses.replace(ids, trained_items=frozenset(data.catalogue))
-    tables = {name: input_pipeline.make_pair_table(
-        examples, data.catalogue, cfg.data.item_text_fields, cfg.data.max_history, ids)
-        for name, examples in data.splits.items()}
-    for name in ("train", "validation"):
-        if len(tables[name]) == 0:
-            raise DataError(f"the {name} split is empty; check the data's split "
-                                     "column or data.validation_fraction")
-    info = dict(data.info)
-    info["warnings"] = check_labels(cfg, tables, info.get("impressions_file") or
-                                    f"data.source={cfg.data.source}")
-    vocabulary = None
-    if kinds.for_config(cfg).uses_text and not cfg.model.pretrained:
-        texts = [item.text(cfg.data.item_text_fields) for item in data.catalogue.values()]
-        if not cfg.train.privacy.enabled:  # private: the users' queries stay out
-            texts += sorted({ex.query for ex in data.splits["train"] if ex.query})
-        vocabulary = input_pipeline.learn_vocabulary(
-            texts, cfg.data.vocab_size, cfg.data.lowercase)
-    info["pairs"] = {name: len(t) for name, t in tables.items()}
-    return PreparedData(tables, data.splits, info, ids, vocabulary, data.catalogue)
-
-
-def _prepared_from_tfrecords(cfg: config_lib.ExperimentConfig) -> PreparedData:
-    """:class:`PreparedData` over ``data.tfrecord_dir`` (trainer/data/prepare.py; prepared now
-    if it holds nothing yet): the train split streams from its shards, the evaluation
-    splits are tables in memory."""
-    directory = cfg.data.tfrecord_dir
-    if prepare_lib.read_manifest(directory) is None:
-        prepare_lib.prepare(cfg, directory)
-    prepared = prepare_lib.load(cfg, directory)
-    tables = {"train": prepared.train}
-    for name in ("validation", "test"):
-        tables[name] = input_pipeline.make_pair_table(
-            prepared.splits[name], prepared.catalogue, cfg.data.item_text_fields,
-            cfg.data.max_history, prepared.ids)
-    info = {"source": prepared.manifest["source"], "tfrecord_dir": directory,
-            "examples": {k: v["examples"] for k, v in prepared.manifest["counts"].items()},
-            "items": prepared.manifest["items"]}
-    info["warnings"] = check_labels(cfg, tables, f"data.tfrecord_dir={directory}")
-    info["pairs"] = {name: len(t) for name, t in tables.items()}
-    vocabulary = None
-    if kinds.for_config(cfg).uses_text and not cfg.model.pretrained:
-        vocabulary = prepared.vocabulary
-    return PreparedData(tables, prepared.splits, info, prepared.ids, vocabulary,
-                        prepared.catalogue)
-
-
-def check_labels(cfg: config_lib.ExperimentConfig, tables: dict, source: str) -> list:
-    """Refuses a training split a click model cannot learn from (no click at all; or no
-    non-click under the BCE loss, whose only negatives are the logged ones); returns
-    warnings for evaluation splits with one label only (AUC is undefined there)."""
-    rows, positives = tables["train"].label_counts()
-    if not positives:
-        raise DataError(f"{source}: the train split has no positive label (label=1) in its "
-                        f"{rows} rows, so a model would learn a constant; check the "
-                        "label column (1 = click) and the split column")
-    if cfg.train.loss == "bce" and positives == rows:
-        raise DataError(f"{source}: the train split has no negative label (label=0) in its "
-                        f"{rows} rows, which train.loss=bce needs; add the non-clicked "
-                        "candidates of each impression, or set train.loss=softmax (in-batch "
-                        "negatives; two-tower models)")
-    warnings = []
-    for name in ("validation", "test"):
-        labels = tables[name].label
-        if len(labels) and len(np.unique(labels > 0.5)) == 1:
-            only = int(labels[0] > 0.5)
-            warnings.append(f"the {name} split has only label {only} ({len(labels)} rows): "
-                            "its AUC is undefined (reported as nan)")
-            log.warning("%s: %s", source, warnings[-1])
-    return warnings
+    """:func:`trainer.data.prepared.prepare_data`, learning a WordPiece vocabulary when the
+    config's kind reads text from random init."""
+    return prepared_lib.prepare_data(cfg, model_dir,
+                                     kinds.for_config(cfg).learns_vocabulary(cfg))
 
 
 def make_packer(cfg: config_lib.ExperimentConfig, vocabulary,
@@ -198,33 +95,6 @@ def build_model(cfg: config_lib.ExperimentConfig, packer, ids: input_pipeline.Id
 def dummy_batch(cfg: config_lib.ExperimentConfig, packer) -> dict:
     """A one-row batch that builds the model of ``cfg``."""
     return kinds.for_config(cfg).dummy_batch(packer)
-
-
-def predict_logits(model: keras.Model, table: input_pipeline.PairTable, packer,
-                   batch_size: int) -> np.ndarray:
-    """Logits for every row of ``table``, in order."""
-    if len(table) == 0:
-        return np.zeros([0], np.float32)
-    ds = input_pipeline.make_dataset(table, batch_size, packer=packer, with_labels=False)
-    return np.asarray(model.predict(ds, verbose=0), dtype=np.float32).reshape(-1)
-
-
-def predict_splits(model, tables: dict, packer, batch_size: int) -> dict:
-    """Logits for each non-empty evaluation split: ``{"validation": [...], "test": [...]}``."""
-    return {name: predict_logits(model, tables[name], packer, batch_size)
-            for name in ("validation", "test") if len(tables[name])}
-
-
-def evaluate_tables(model, tables: dict, packer, batch_size: int,
-                    split_logits: dict | None = None) -> dict:
-    """metrics.json content: trainer/evaluation/metrics.py on the validation and test splits (scored
-    now, or from ``split_logits`` as :func:`predict_splits` returns them)."""
-    if split_logits is None:
-        split_logits = predict_splits(model, tables, packer, batch_size)
-    return {name: metrics.evaluate_predictions(
-        tables[name].label, logits, tables[name].group,
-        true_probabilities=tables[name].true_probability)
-        for name, logits in split_logits.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -461,7 +331,11 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
                      train_table_hook) -> dict:
     chief = write_dir == model_dir
     tables = prepared.tables
+    kind = kinds.for_config(cfg)
     tf.io.gfile.makedirs(write_dir)
+    manifest = os.path.join(write_dir, runs.MANIFEST)
+    if tf.io.gfile.exists(manifest):  # rewritten from here on: no longer a finished run
+        tf.io.gfile.remove(manifest)
     if chief and not resuming:
         atomic_write_text(os.path.join(write_dir, "config.yaml"), config_lib.dump_yaml(cfg))
     if not chief:
@@ -473,6 +347,7 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
         atomic_write_text(vocab_path, "\n".join(vocabulary) + "\n")
         vocabulary = vocab_path
     packer = make_packer(cfg, vocabulary, prepared)
+    runs.write_inputs(write_dir, kind, packer, prepared.catalogue)
     if train_table_hook is not None:
         tables = {**tables, "train": train_table_hook(prepared, write_dir)}
 
@@ -485,9 +360,9 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
             return {}
         model = _single_device_copy(cfg, model, packer, prepared)
 
-    split_logits = predict_splits(model, tables, packer, cfg.train.eval_batch_size)
-    results = evaluate_tables(model, tables, packer, cfg.train.eval_batch_size, split_logits)
-    kind = kinds.for_config(cfg)
+    split_logits = scoring.predict_splits(model, tables, packer, cfg.train.eval_batch_size)
+    results = scoring.evaluate_tables(model, tables, packer, cfg.train.eval_batch_size,
+                                      split_logits)
     # A retrieving kind's item vectors, computed once: for retrieval (`recommend`, and the
     # export's `retrieve` signature, which bakes them in) and the projector.
     item_index = kind.item_index(model, packer, cfg.train.eval_batch_size)
@@ -506,7 +381,7 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
     staging = os.path.join(model_dir, f".staging-{os.getpid()}")
     try:
         tf.io.gfile.makedirs(staging)
-        model.save(os.path.join(staging, "model.keras"))
+        model.save(os.path.join(staging, runs.MODEL))
         if keras.backend.backend() == "tensorflow":
             write_exports(model, model_dir, kind, packer, item_index)
         else:
@@ -516,12 +391,13 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
                                        "--source_dir", staging])
         if item_index is not None:
             item_index.save(model_dir)
-        tf.io.gfile.rename(os.path.join(staging, "model.keras"),
-                           os.path.join(model_dir, "model.keras"), overwrite=True)
+        tf.io.gfile.rename(os.path.join(staging, runs.MODEL),
+                           os.path.join(model_dir, runs.MODEL), overwrite=True)
     finally:
         if tf.io.gfile.exists(staging):
             tf.io.gfile.rmtree(staging)
     write_json(os.path.join(model_dir, "metrics.json"), results)
+    runs.write_manifest(model_dir)  # last: the run is finished and its files are these
     resume.TrainingState(os.path.join(write_dir, "backup")).clear()  # the outputs are written
     return results
 
@@ -537,7 +413,8 @@ def write_exports(model: keras.Model, model_dir: str, kind, packer, item_index=N
 
 def export_run(model_dir: str, source_dir: str | None = None) -> list[str]:
     """Writes a run's served SavedModels from its ``model.keras`` (and ``item_index/``),
-    read from ``source_dir`` (default ``model_dir``); returns the directories written.
+    read from ``source_dir`` (a JAX run's staging directory, while training writes the
+    run) or from the finished run at ``model_dir``; returns the directories written.
     The ``export`` command.
 
     Runs under the TensorFlow backend whichever backend trained the model: the .keras
@@ -549,16 +426,16 @@ def export_run(model_dir: str, source_dir: str | None = None) -> list[str]:
         raise UserInputError("export writes TensorFlow SavedModels: run it with "
                              "KERAS_BACKEND=tensorflow (python -m trainer.task export "
                              f"--model_dir {model_dir})")
-    source_dir = source_dir or model_dir
-    cfg = load_run_config(model_dir)
-    model_path = os.path.join(source_dir, "model.keras")
-    if not tf.io.gfile.exists(model_path):
-        raise RunDirError(f"{model_path}: not found; the run did not finish training")
-    packer = load_run_packer(cfg, model_dir, prepare_data(cfg, model_dir))
-    model = keras.models.load_model(model_path)
-    kind = kinds.for_config(cfg)
-    item_index = ItemIndex.load(source_dir) if kind.retrieves else None
-    write_exports(model, model_dir, kind, packer, item_index)
+    run = runs.open_staged_run(model_dir, source_dir) if source_dir else \
+        runs.open_run(model_dir)
+
+    def write():
+        write_exports(run.model, model_dir, run.kind, run.featurizer, run.item_index)
+
+    if source_dir:
+        write()  # training writes the manifest once the run is complete
+    else:
+        runs.write_manifest_after(model_dir, write)
     return [os.path.join(model_dir, name) for name in ("export", "export_tokens")
             if tf.io.gfile.exists(os.path.join(model_dir, name))]
 
@@ -605,35 +482,12 @@ def _single_device_copy(cfg, model, packer, prepared: PreparedData) -> keras.Mod
 # Evaluate a finished run
 # ---------------------------------------------------------------------------------------
 
-def load_run_config(model_dir: str) -> config_lib.ExperimentConfig:
-    path = os.path.join(model_dir, "config.yaml")
-    if not tf.io.gfile.exists(path):
-        raise RunDirError(f"{path}: not found; --model_dir must be a directory written by "
-                          "`train`")
-    with tf.io.gfile.GFile(path) as f:
-        return config_lib.config_from_dict(yaml.safe_load(f.read()))
-
-
-def load_run_packer(cfg: config_lib.ExperimentConfig, model_dir: str,
-                    prepared: PreparedData | None = None):
-    """The featurizer of a finished run (its vocabulary; two-tower runs also need the
-    run's ``prepared`` data for the catalogue and id vocabulary)."""
-    vocabulary = None
-    if kinds.for_config(cfg).uses_text and not cfg.model.pretrained:
-        vocabulary = os.path.join(model_dir, "vocab.txt")
-    return make_packer(cfg, vocabulary, prepared)
-
-
 def evaluate(model_dir: str) -> dict:
-    """Re-evaluates a trained run on its validation and test splits."""
-    cfg = load_run_config(model_dir)
-    model_path = os.path.join(model_dir, "model.keras")
-    if not tf.io.gfile.exists(model_path):
-        raise RunDirError(f"{model_path}: not found; the run did not finish training")
-    prepared = prepare_data(cfg, model_dir)
-    model = keras.models.load_model(model_path)
-    return evaluate_tables(model, prepared.tables, load_run_packer(cfg, model_dir, prepared),
-                           cfg.train.eval_batch_size)
+    """Re-evaluates a finished run on its validation and test splits."""
+    run = runs.open_run(model_dir)
+    prepared = run.prepared()
+    return scoring.evaluate_tables(run.model, prepared.tables, run.featurizer,
+                           run.cfg.train.eval_batch_size)
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import MICRO_OVERRIDES, REPO
+from tests.harness import MICRO_OVERRIDES, REPO
 from trainer import config as config_lib
 from trainer.data import input_pipeline, prepare
 from trainer.training import train_lib

@@ -17,7 +17,7 @@ from explainability.pair_scorer import PairScorer
 from tests.explainability.test_report import parse
 from trainer.responsible import explain_lib
 from trainer.serving import export
-from trainer import task
+from trainer import runs, task
 from trainer.training import train_lib
 from trainer.errors import RunDirError
 
@@ -137,9 +137,9 @@ def test_runs_that_cannot_be_explained_are_refused(trained_run, tmp_path, capsys
 
     unfinished = str(tmp_path / "unfinished")
     shutil.copytree(source, unfinished)
-    os.remove(os.path.join(unfinished, "model.keras"))
+    os.remove(os.path.join(unfinished, "manifest.json"))  # training writes it last
     assert task.main(["explain", "--model_dir", unfinished]) == 2
-    assert "model.keras: not found" in capsys.readouterr().err
+    assert "did not finish training" in capsys.readouterr().err
 
     id_model = str(tmp_path / "mf")
     shutil.copytree(source, id_model)
@@ -149,6 +149,7 @@ def test_runs_that_cannot_be_explained_are_refused(trained_run, tmp_path, capsys
     raw["model"]["kind"] = "mf"
     with open(path, "w") as f:
         yaml.safe_dump(raw, f)
+    runs.write_manifest(id_model)  # an MF run, as far as its files tell
     assert task.main(["explain", "--model_dir", id_model]) == 2
     assert "explain needs a text model" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(id_model, "explanations"))
@@ -166,7 +167,7 @@ def test_saved_model_explain_signature_matches_eager_integrated_gradients(traine
                                atol=0.01 * np.abs(difference).max() + 1e-7)
 
     model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
-    scorer = PairScorer(model, train_lib.load_run_packer(cfg, model_dir))
+    scorer = PairScorer(model, runs.open_run(model_dir).featurizer)
     ids, segments = scorer.pack(users, items)
     eager = token_attributions.integrated_gradients(scorer, ids, segments, steps=32)
     np.testing.assert_allclose(attributions, eager["attributions"], atol=1e-5)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.models.test_two_tower import make_catalogue, make_features, model_inputs, raw_batch, \
-    tiny_model
+from tests.harness import make_catalogue, make_features, model_inputs, raw_batch, \
+    tiny_two_tower
 from trainer import kinds
 from trainer.kinds.item_index import ItemIndex
 from trainer.serving import retrieval
@@ -38,7 +38,7 @@ def test_k_beyond_the_unseen_items_is_refused():
 def test_item_index_round_trips_and_scores_like_the_model(tmp_path):
     catalogue = make_catalogue()
     features = make_features(catalogue, sorted(catalogue)[:9])
-    model = tiny_model(features)
+    model = tiny_two_tower(features)
     x = model_inputs(features, raw_batch(catalogue))
     index = kinds.kind_class("two_tower")().item_index(model, features, batch_size=5)
     assert len(index) == len(catalogue) and index.item_ids == sorted(catalogue)

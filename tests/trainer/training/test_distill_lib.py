@@ -10,7 +10,7 @@ import pytest
 
 from trainer import config as config_lib
 from trainer.training import distill_lib
-from trainer import task
+from trainer import runs, task
 from trainer.errors import ConfigError, RunDirError
 
 
@@ -41,7 +41,7 @@ def test_distill_command_writes_a_run_and_a_full_report(glass_box_student):
     for name in ("model.keras", "export", "metrics.json", "config.yaml",
                  "teacher_logits/train.npy", "teacher_logits/meta.json"):
         assert os.path.exists(os.path.join(model_dir, name)), name
-    assert report["student_kind"] == "glass_box" and report["teacher_kind"] == "bert/two_tower"
+    assert report["student_kind"] == "glass_box" and report["teacher_kind"] == "two_tower"
     test = report["splits"]["test"]
     for key in ("logit_pearson", "logit_spearman", "kendall_tau", "top1_agreement",
                 "top10_agreement"):
@@ -63,16 +63,18 @@ def test_distill_command_writes_a_run_and_a_full_report(glass_box_student):
 def test_teacher_logits_cover_train_rows_and_unlabelled_pairs(glass_box_student):
     teacher_dir, model_dir, _ = glass_box_student
     from trainer.training import train_lib
+    from trainer.evaluation import scoring
 
-    cfg = train_lib.load_run_config(teacher_dir)
+    teacher_run = runs.open_run(teacher_dir)
+    cfg = teacher_run.cfg
     prepared = train_lib.prepare_data(cfg, model_dir)
     logits = np.load(os.path.join(model_dir, "teacher_logits", "train.npy"))
     assert len(logits) == 3 * len(prepared.tables["train"])  # + 2 unlabelled per row
     # The cached logits of the logged rows are the teacher's own predictions.
     import keras
     teacher = keras.models.load_model(os.path.join(teacher_dir, "model.keras"))
-    packer = train_lib.load_run_packer(cfg, teacher_dir, prepared)
-    direct = train_lib.predict_logits(teacher, prepared.tables["train"], packer, 64)
+    packer = teacher_run.featurizer
+    direct = scoring.predict_logits(teacher, prepared.tables["train"], packer, 64)
     # Each logged row comes first, followed by its 2 drawn pairs (interleaved, so the
     # shuffle buffer mixes them).
     np.testing.assert_allclose(logits[0::3], direct, atol=1e-5)
@@ -83,8 +85,7 @@ def test_cached_teacher_logits_are_reused(glass_box_student, monkeypatch):
     from trainer.training import train_lib
 
     cfg = _student_config(teacher_dir, GLASS_BOX)
-    teacher_cfg, path = distill_lib.load_teacher(teacher_dir)
-    targets = distill_lib.TeacherTargets(cfg, teacher_dir, teacher_cfg, path)
+    targets = distill_lib.TeacherTargets(cfg, distill_lib.load_teacher(teacher_dir))
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher was loaded although its logits are cached")
@@ -123,7 +124,7 @@ def test_a_two_tower_student_distils(trained_two_tower_run, tmp_path):
     cfg = _student_config(teacher_dir, ["model.num_layers=0", "distill.alpha=0.2"])
     report = distill_lib.distill(cfg, teacher_dir, str(tmp_path / "student"),
                                  explain_examples=2)
-    assert report["student_kind"] == "bert/two_tower"
+    assert report["student_kind"] == "two_tower"
     assert report["student_cost"]["flops_per_example"] < \
         report["teacher_cost"]["flops_per_example"]
     assert "explanations" not in report
@@ -159,8 +160,7 @@ def test_per_user_centering_removes_each_user_states_mean_only(glass_box_student
 
     cfg = _student_config(teacher_dir, GLASS_BOX)
     cfg.distill.teacher_centering = "per_user"
-    teacher_cfg, path = distill_lib.load_teacher(teacher_dir)
-    targets = distill_lib.TeacherTargets(cfg, teacher_dir, teacher_cfg, path)
+    targets = distill_lib.TeacherTargets(cfg, distill_lib.load_teacher(teacher_dir))
     train = targets(train_lib.prepare_data(cfg, model_dir), model_dir)
     raw = np.load(os.path.join(model_dir, "teacher_logits", "train.npy"))
     states = targets.user_state

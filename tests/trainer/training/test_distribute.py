@@ -8,7 +8,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from tests.conftest import MICRO_OVERRIDES, REPO
+from tests.harness import MICRO_OVERRIDES, REPO
 from trainer.training import distribute
 from trainer.config import RuntimeConfig
 

@@ -10,7 +10,7 @@ import sys
 import keras
 import pytest
 
-from tests.conftest import REPO
+from tests.harness import REPO
 from trainer.training import guards, train_lib
 from trainer.errors import RunDirError
 

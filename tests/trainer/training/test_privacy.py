@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from tests.conftest import MICRO_OVERRIDES, REPO
+from tests.harness import MICRO_OVERRIDES, REPO
 from trainer import config as config_lib
 from trainer.training import privacy
 from trainer.errors import ConfigError

@@ -9,11 +9,14 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from tests.conftest import REPO
+from tests.harness import REPO
 from trainer import config as config_lib
+from trainer import runs
 from trainer.serving import export
 from trainer.data import input_pipeline
+from trainer.data import prepared as prepared_lib
 from trainer.training import train_lib
+from trainer.evaluation import scoring
 from trainer.data.canonical import DataError
 
 RANKING_KEYS = {"auc", "logloss", "group_auc", "mrr", "ndcg@5", "ndcg@10", "hr@10", "examples"}
@@ -68,8 +71,8 @@ def test_export_serves_the_trained_model(trained_run):
     prepared = train_lib.prepare_data(cfg, model_dir)
     table = prepared.tables["test"]
     model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
-    packer = train_lib.load_run_packer(cfg, model_dir)
-    logits = train_lib.predict_logits(model, table, packer, 16)
+    packer = runs.open_run(model_dir).featurizer
+    logits = scoring.predict_logits(model, table, packer, 16)
     serve = export.load_serving_fn(os.path.join(model_dir, "export"))
     out = serve(user_text=tf.constant(table.user_text.astype(str)),
                 item_text=tf.constant(table.item_text.astype(str)))
@@ -133,11 +136,11 @@ def test_an_evaluation_split_with_one_label_is_reported():
             item_index=np.zeros(len(labels), np.int32))
 
     cfg = config_lib.load_config(os.path.join(REPO, "configs", "tiny.yaml"))
-    warnings = train_lib.check_labels(cfg, {"train": table([1, 0]), "validation": table([1, 0]),
+    warnings = prepared_lib.check_labels(cfg, {"train": table([1, 0]), "validation": table([1, 0]),
                                             "test": table([0, 0, 0])}, "imp.csv")
     assert warnings == ["the test split has only label 0 (3 rows): its AUC is undefined "
                         "(reported as nan)"]
-    assert train_lib.check_labels(cfg, {"train": table([1, 0]), "validation": table([0, 1]),
+    assert prepared_lib.check_labels(cfg, {"train": table([1, 0]), "validation": table([0, 1]),
                                         "test": table([])}, "imp.csv") == []
 
 
@@ -206,7 +209,7 @@ def test_predict_command_uses_the_export(trained_run, capsys):
                       "--item_text", item]) == 0
     printed = float(capsys.readouterr().out.split("\t")[0])
     model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
-    logit = train_lib.predict_logits(model, table, train_lib.load_run_packer(cfg, model_dir),
+    logit = scoring.predict_logits(model, table, runs.open_run(model_dir).featurizer,
                                      16)[0]
     assert printed == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-4)
 
@@ -315,7 +318,7 @@ def test_early_stopping_follows_a_per_group_validation_metric(tmp_path, tiny_con
         assert len(history[key]) == fitted["epochs_run"] == 2, key
     # The logged value is the metric of the weights at that epoch: the model kept at the
     # end (best or last) scores one of the logged values.
-    scored = train_lib.evaluate_tables(model, prepared.tables, packer, 64)["validation"]
+    scored = scoring.evaluate_tables(model, prepared.tables, packer, 64)["validation"]
     assert min(abs(scored[metric] - v) for v in history[f"val_{metric}"]) < 1e-6
 
 

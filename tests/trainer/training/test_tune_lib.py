@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from tests.conftest import MICRO_OVERRIDES, REPO
+from tests.harness import MICRO_OVERRIDES, REPO
 from trainer import config as config_lib
 from trainer.training import tune_lib
 from trainer.errors import ConfigError

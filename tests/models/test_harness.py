@@ -1,0 +1,23 @@
+"""The one model harness (tests/harness.py) run for every registered kind: build through
+the registry, one fit step, get_config and .keras round trips, catalogue scoring, and the
+SavedModel signatures. A kind added to the registry is tested here without a new line."""
+
+import pytest
+
+from tests.harness import run_model_harness
+from trainer import kinds
+
+# Variants of a kind's settings that change its graph (poolings, backbones, ids).
+VARIANTS = {
+    "cross_encoder": [["model.pooling=mean"],
+                      ["model.normalize_first=true", "model.pooling=first"]],
+    "two_tower": [["model.item_ids=true", "model.user_layers=1"]],
+}
+CASES = [(name, []) for name in kinds.names()] + \
+    [(name, variant) for name, variants in VARIANTS.items() for variant in variants]
+
+
+@pytest.mark.parametrize("name, overrides", CASES,
+                         ids=[f"{n}{'-' + '-'.join(o) if o else ''}" for n, o in CASES])
+def test_every_registered_kind(name, overrides, tmp_path):
+    run_model_harness(name, tmp_path, *overrides)
