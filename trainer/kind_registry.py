@@ -33,6 +33,7 @@ BUILT_IN = {
     "two_tower": "trainer.kinds.two_tower",
     "cross_encoder": "trainer.kinds.cross_encoder",
     "glass_box": "trainer.kinds.glass_box",
+    "gru4rec": "trainer.kinds.gru4rec",
 }
 # The names of model.kind before the registry (kind: bert with model.interaction).
 LEGACY_BERT_INTERACTIONS = {"cross": "cross_encoder", "two_tower": "two_tower"}
