@@ -201,8 +201,10 @@ class Run:
 
     @functools.cached_property
     def model(self) -> keras.Model:
-        """The trained model (``model.keras``)."""
-        return keras.models.load_model(self._path(MODEL, source=True))
+        """The trained model (``model.keras``), without its training state: scoring,
+        explaining and exporting a finished run need no optimizer (whose learning-rate
+        schedule belongs to the training library)."""
+        return keras.models.load_model(self._path(MODEL, source=True), compile=False)
 
     @functools.cached_property
     def vocabulary(self) -> str | None:
