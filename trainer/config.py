@@ -224,7 +224,8 @@ class RuntimeConfig:
     devices: list = dataclasses.field(default_factory=list)  # mirrored/one_device device names
     logical_cpus: int = 0  # >1 splits the CPU into logical devices (tests, laptops)
     # JAX only: >1 splits each transformer layer's weights (heads, feed-forward, token
-    # embedding) across this many devices, data parallel across the rest (trainer/training/distribute.py
+    # embedding) across this many devices, data parallel across the rest
+    # (trainer/training/distribute.py
     # JaxStrategy); for backbones larger than one device's memory. 1 = data parallel only.
     model_parallel: int = 1
     # float32 | mixed_bfloat16 (TPUs, recent GPUs) | mixed_float16 (older GPUs); the click
@@ -473,7 +474,8 @@ def _migrate(raw: dict) -> dict:
         interaction = model.pop("interaction", "cross")
         if model.get("kind") in kinds.LEGACY_BERT_INTERACTIONS.values():
             raise ConfigError("config key 'model.interaction' was replaced by model.kind: "
-                              f"set model.kind={' or '.join(kinds.LEGACY_BERT_INTERACTIONS.values())}")
+                              "set model.kind="
+                              f"{' or '.join(kinds.LEGACY_BERT_INTERACTIONS.values())}")
         if model.get("kind", "bert") == "bert":
             if interaction not in kinds.LEGACY_BERT_INTERACTIONS:
                 raise ConfigError(f"config key 'model.interaction' must be one of "

@@ -60,6 +60,12 @@ def names() -> tuple:
     return tuple(dict.fromkeys([*BUILT_IN, *_CLASSES]))
 
 
+def names_with(capability: str) -> list:
+    """The registered kinds whose class sets ``capability`` (a ``ModelKind`` flag such as
+    ``retrieves`` or ``uses_text``): what an error names as the kinds that would do."""
+    return [name for name in names() if getattr(kind_class(name), capability)]
+
+
 def kind_class(name: str) -> type:
     """The registered class of kind ``name`` (its module imported on first use)."""
     if name not in _CLASSES and name in BUILT_IN:

@@ -2,4 +2,4 @@
 trainer/kind_registry.py, whose names this package hands on."""
 
 from trainer.kind_registry import (BUILT_IN, LEGACY_BERT_INTERACTIONS, for_config,  # noqa: F401
-                                   kind_class, names, register)
+                                   kind_class, names, names_with, register)

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from trainer.data import input_pipeline
 from trainer.errors import ConfigError
+from trainer.kind_registry import names_with
 from trainer.kinds import endpoints
 
 
@@ -68,7 +69,8 @@ class ModelKind:
             raise ConfigError(
                 f"config key 'train.loss': softmax (in-batch negatives) needs a model with "
                 f"separate user and item vectors (model.kind="
-                f"{' / '.join(separate_tower_kinds())}); model.kind={self.name} trains with "
+                f"{' / '.join(names_with('separate_towers'))}); model.kind={self.name} trains "
+                "with "
                 "bce")
         if cfg.train.privacy.enabled and self.counted:
             raise ConfigError(f"config key 'train.privacy.enabled': model.kind={self.name} "
@@ -193,7 +195,7 @@ class ModelKind:
         scorer edits and re-scores packed rows, ``compose(query, texts oldest first)``
         writes the user side it packs. Kinds without text have no words to explain."""
         raise ValueError(f"model.kind={self.name} reads no words to explain; explain a "
-                          f"text model (model.kind={' / '.join(text_kinds())})")
+                          f"text model (model.kind={' / '.join(names_with('uses_text'))})")
 
     # -- serving ------------------------------------------------------------------------
 
@@ -226,13 +228,3 @@ class ModelKind:
     def token_request(self, featurizer, **raw_inputs) -> dict:
         """The ``export_tokens`` inputs for the raw-string export's inputs."""
         raise ValueError(f"model.kind={self.name} has no token-id export")
-
-
-def separate_tower_kinds() -> list:
-    from trainer import kind_registry as kinds
-    return [n for n in kinds.names() if kinds.kind_class(n).separate_towers]
-
-
-def text_kinds() -> list:
-    from trainer import kind_registry as kinds
-    return [n for n in kinds.names() if kinds.kind_class(n).uses_text]

@@ -17,7 +17,7 @@ from trainer.errors import ConfigError
 from trainer.kind_registry import register
 from trainer.kinds import endpoints
 from trainer.kinds.base import ModelKind
-from trainer.kinds.text import text_backbone, tokenizer_of, user_side_composer
+from trainer.kinds.text import text_backbone, text_settings, tokenizer_of, user_side_composer
 
 
 @register("cross_encoder")
@@ -39,15 +39,7 @@ class CrossEncoder(ModelKind):
                               f"divisible by 'model.num_heads' ({m.num_heads})")
 
     def benchmark_settings(self, cfg):
-        m = cfg.model
-        settings = {}
-        if not m.pretrained:
-            settings.update(num_layers=m.num_layers, hidden_dim=m.hidden_dim,
-                            num_heads=m.num_heads, intermediate_dim=m.intermediate_dim,
-                            vocab_size=cfg.data.vocab_size)
-        settings.update(pooling=m.pooling, item_text_fields=list(cfg.data.item_text_fields),
-                        sequence_length=cfg.data.sequence_length)
-        return settings
+        return {**text_settings(cfg), "sequence_length": cfg.data.sequence_length}
 
     def featurizer(self, cfg, vocabulary, catalogue, ids):
         return TextPairPacker(tokenizer_of(cfg, vocabulary), cfg.data.sequence_length,

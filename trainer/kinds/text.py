@@ -31,6 +31,18 @@ def text_backbone(cfg, vocabulary_size: int):
                         max_sequence_length=m.max_sequence_length)
 
 
+def text_settings(cfg) -> dict:
+    """The text encoder's settings a benchmark row records (sizes only from random init)."""
+    m = cfg.model
+    settings = {}
+    if not m.pretrained:
+        settings.update(num_layers=m.num_layers, hidden_dim=m.hidden_dim,
+                        num_heads=m.num_heads, intermediate_dim=m.intermediate_dim,
+                        vocab_size=cfg.data.vocab_size)
+    settings.update(pooling=m.pooling, item_text_fields=list(cfg.data.item_text_fields))
+    return settings
+
+
 def user_side_composer(max_history: int):
     """``compose(query, titles oldest first)``: the cross-encoder's user side, as training
     wrote it (``input_pipeline.user_side_text``)."""

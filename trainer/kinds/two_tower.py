@@ -24,7 +24,7 @@ from trainer.kind_registry import register
 from trainer.kinds import endpoints
 from trainer.kinds.base import ModelKind
 from trainer.kinds.item_index import ItemIndex
-from trainer.kinds.text import text_backbone, tokenizer_of
+from trainer.kinds.text import text_backbone, text_settings, tokenizer_of
 
 
 class TwoTowerFeatures:
@@ -163,12 +163,7 @@ class TwoTower(ModelKind):
         m, t = cfg.model, cfg.train
         settings = {}
         if self.uses_text:
-            if not m.pretrained:
-                settings.update(num_layers=m.num_layers, hidden_dim=m.hidden_dim,
-                                num_heads=m.num_heads, intermediate_dim=m.intermediate_dim,
-                                vocab_size=cfg.data.vocab_size)
-            settings.update(pooling=m.pooling, item_text_fields=list(cfg.data.item_text_fields),
-                            item_max_tokens=cfg.data.item_max_tokens)
+            settings.update(text_settings(cfg), item_max_tokens=cfg.data.item_max_tokens)
         settings.update(loss=t.loss, item_ids=self._item_ids(cfg), user_layers=m.user_layers,
                         user_heads=m.user_heads, max_interest=m.max_interest,
                         max_history=cfg.data.max_history, dropout=m.dropout)

@@ -358,10 +358,9 @@ def audit(model_dir: str, split: str = "test", k: int = 10, compare: list | None
             raise AuditError(f"--compare {other}: trained on other data than {model_dir} "
                              "(its data config differs); audit runs of the same data")
         audited[os.path.basename(os.path.normpath(other)) or other] = other_run
+    cheap = kinds.names_with("scores_catalogue_from_item_vectors")
     for path, kind in ((r.model_dir, r.kind) for r in audited.values()):
         if catalogue and not kind.scores_catalogue_from_item_vectors:
-            cheap = [n for n in kinds.names()
-                     if kinds.kind_class(n).scores_catalogue_from_item_vectors]
             raise AuditError(f"--catalogue: {path} is a {kind.name} run, which would score "
                              "every (user, item) pair; audit it on the impressions (without "
                              f"--catalogue) or audit a run of model.kind={' / '.join(cheap)}")

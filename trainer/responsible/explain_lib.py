@@ -28,7 +28,7 @@ from explainability.history_attributions import Case
 from explainability.pair_scorer import PairScorer
 from explainability.report import render_report
 from trainer import backend, runs
-from trainer.kinds.base import text_kinds
+from trainer.kind_registry import names_with
 from trainer.kinds.text import user_side_composer
 from trainer.io import atomic_directory, atomic_write_text, write_json
 from trainer.errors import DataError, RunDirError, UserInputError
@@ -43,7 +43,7 @@ def open_text_run(model_dir: str) -> runs.Run:
     run = runs.open_run(model_dir)
     if not run.kind.uses_text:
         raise UserInputError(f"{model_dir}: explain needs a text model (model.kind="
-                             f"{' / '.join(text_kinds())}); this run trained model.kind="
+                             f"{' / '.join(names_with('uses_text'))}); this run trained model.kind="
                              f"{run.cfg.model.kind}, which reads no words to explain")
     return run
 

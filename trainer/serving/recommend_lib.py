@@ -46,7 +46,7 @@ class Recommender:
         if not run.kind.retrieves:
             raise UserInputError(
                 f"{model_dir}: recommend needs a run with an item index (model.kind="
-                f"{' / '.join(n for n in kinds.names() if kinds.kind_class(n).retrieves)}); "
+                f"{' / '.join(kinds.names_with('retrieves'))}); "
                 f"this run trained model.kind={run.kind.name}: rerank with it through "
                 "--pipeline instead")
         self.cfg, self.index, self.model = run.cfg, run.item_index, run.model
