@@ -136,6 +136,7 @@ JAX_RUNS = textwrap.dedent("""
     import json, os, sys
     import numpy as np
     from trainer import config as config_lib
+    from trainer import runs
     from trainer.training import train_lib
     from trainer.evaluation import scoring
     out = sys.argv[1]
@@ -174,14 +175,14 @@ def test_jax_runs_serve_what_they_learned(tmp_path):
     # The two-tower trains data parallel over the two devices; the cross-encoder as one
     # replica of a model split over them (a data-parallel cross-encoder run added 50 s of
     # CI and nothing the two-tower does not already cover).
-    runs = {"two_tower": ["model.item_ids=true"],
+    trained = {"two_tower": ["model.item_ids=true"],
             "cross_model_parallel": ["model.kind=cross_encoder", "model.pooling=first",
                                      "runtime.model_parallel=2"]}
-    runs = {name: extra + ["runtime.backend=jax", "runtime.logical_cpus=2"]
-            for name, extra in runs.items()}
+    trained = {name: extra + ["runtime.backend=jax", "runtime.logical_cpus=2"]
+            for name, extra in trained.items()}
     env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=REPO)
     script = JAX_RUNS.format(tiny=TINY, micro=MICRO_OVERRIDES)
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path), json.dumps(runs)],
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path), json.dumps(trained)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "two_tower jax 2" in done.stdout
@@ -194,7 +195,7 @@ def test_jax_runs_serve_what_they_learned(tmp_path):
     from trainer.serving import export
     from trainer.training import train_lib
     from trainer.evaluation import scoring
-    for name in runs:
+    for name in trained:
         model_dir = str(tmp_path / name)
         jax_logits = np.load(os.path.join(model_dir, "jax_logits.npy"))
         cfg = runs.read_config(model_dir)

@@ -26,6 +26,7 @@ import tensorflow as tf
 import yaml
 
 from trainer import config as config_lib
+from trainer import kinds
 from trainer.training import distribute, train_lib
 from trainer.io import atomic_write_text, write_json
 from trainer.errors import ConfigError
@@ -66,10 +67,13 @@ def define_space(hp: keras_tuner.HyperParameters, space: list[dict]) -> dict:
 
 
 def trial_config(cfg: config_lib.ExperimentConfig, values: dict) -> config_lib.ExperimentConfig:
-    """``cfg`` with the dotted ``values`` replaced, validated like any config."""
-    return config_lib.config_from_dict(config_lib.apply_overrides(
+    """``cfg`` with the dotted ``values`` replaced, validated like any config (its kind's
+    own checks included)."""
+    trial = config_lib.config_from_dict(config_lib.apply_overrides(
         config_lib.to_dict(cfg), [f"{key}={value!r}" if isinstance(value, str) else
                                   f"{key}={value}" for key, value in values.items()]))
+    kinds.for_config(trial)
+    return trial
 
 
 def check_space(cfg: config_lib.ExperimentConfig) -> list[dict]:

@@ -14,7 +14,7 @@ from tests.harness import REPO
 from trainer.training import guards, train_lib
 from trainer.errors import RunDirError
 
-_HOLD = ("import sys, time; from trainer import guards\n"
+_HOLD = ("import sys, time; from trainer.training import guards\n"
          "with guards.RunLock(sys.argv[1]):\n"
          "    print('held', flush=True); time.sleep(600)\n")
 

@@ -13,6 +13,7 @@ from scipy.stats import norm
 
 from tests.harness import MICRO_OVERRIDES, REPO
 from trainer import config as config_lib
+from trainer import kinds
 from trainer.training import privacy
 from trainer.errors import ConfigError
 
@@ -128,8 +129,8 @@ def test_poisson_sampler():
     (["train.privacy.enabled=true", "train.steps_per_execution=4"], "one step per call"),
 ])
 def test_configs_whose_accounting_would_not_hold_are_refused(overrides, message):
-    with pytest.raises(ConfigError, match=message):
-        config_lib.load_config(TINY, overrides)
+    with pytest.raises(ConfigError, match=message):  # the config's checks, then its kind's
+        kinds.for_config(config_lib.load_config(TINY, overrides))
 
 
 def test_the_per_example_step_needs_onednn_off(monkeypatch):
@@ -138,7 +139,8 @@ def test_the_per_example_step_needs_onednn_off(monkeypatch):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True), optimizer="sgd")
     with pytest.raises(ConfigError, match="TF_ENABLE_ONEDNN_OPTS=0"):
-        privacy.make_private(model, config_lib.PrivacyConfig(enabled=True), 8, 16)
+        privacy.make_private(model, kinds.kind_class("mf")(),
+                             config_lib.PrivacyConfig(enabled=True), 8, 16)
 
 
 def test_a_private_run_trains_and_reports_its_epsilon(tmp_path):
