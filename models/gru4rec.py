@@ -6,9 +6,12 @@ The item tower, the click head and the training losses are the two-tower model's
 id embedding, the logit is ``u . v(i) / sqrt(d) + item bias + global bias``, and the
 in-batch softmax (with logQ correction) or pointwise BCE train it. Only the user tower
 differs: instead of a transformer over the parts, a GRU reads the history items oldest to
-newest and ``u`` is its state after the most recent one, as in GRU4Rec and RecBole's
-GRU4Rec (embedding -> dropout -> GRU -> last position; cross-entropy over items here as
-there, not the paper's session-parallel BPR-max). The user state has one part, so there
+newest and ``u`` is a dense projection of its state after the most recent one, as in
+RecBole's GRU4Rec (embedding -> dropout -> GRU -> dense -> last position; cross-entropy
+over items here as there, not the paper's session-parallel BPR-max). The projection
+matters: a GRU state is tanh-bounded, so without it ``u . v / sqrt(d)`` can only grow
+through the item embeddings (measured on ml-latest-small: sampled nDCG@10 0.384, at the
+popularity baseline, stopping after 4 epochs). The user state has one part, so there
 is no multi-interest term.
 
 Because the user state does not depend on the candidate, the catalogue's item vectors are
@@ -55,11 +58,13 @@ class GRU4Rec(TwoTowerRecommender):
         # the newest item (the sequence is fed oldest first).
         self.grus = [keras.layers.GRU(embedding_dim, return_sequences=i < gru_layers - 1,
                                       name=f"gru_{i}") for i in range(gru_layers)]
+        self.output_projection = keras.layers.Dense(embedding_dim, name="gru_output")
 
     def user_state(self, inputs, training=False, history_vectors=None,
                    query_vector=None) -> dict:
-        """``{"user": [b, d], "interests": [b, 1, d], "interest_mask": [b, 1]}``: the GRU's
-        state after the most recent history item (zeros without history)."""
+        """``{"user": [b, d], "interests": [b, 1, d], "interest_mask": [b, 1]}``: the dense
+        projection of the GRU's state after the most recent history item (zeros without
+        history)."""
         history_index = ops.cast(inputs["history_index"], "int32")
         if history_vectors is None:
             history_vectors = self.item_vectors(None, history_index, training)
@@ -70,7 +75,7 @@ class GRU4Rec(TwoTowerRecommender):
         for gru in self.grus:
             x = gru(x, mask=mask, training=training)
         present = ops.any(ops.greater(history_index, 0), axis=1)
-        user = x * ops.expand_dims(ops.cast(present, x.dtype), -1)
+        user = self.output_projection(x) * ops.expand_dims(ops.cast(present, x.dtype), -1)
         return {"user": user, "interests": ops.expand_dims(user, 1),
                 "interest_mask": ops.cast(ops.expand_dims(present, 1), "int32")}
 

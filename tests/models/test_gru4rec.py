@@ -31,7 +31,7 @@ def test_user_state_is_the_gru_state_after_the_newest_item():
     m = model()
     state = m.user_state(batch([[5, 3, 7, 0]], [1]))  # most recent first: 5 is the newest
     oldest_first = m.item_vectors(None, np.array([[7, 3, 5]], np.int32))
-    expected = m.grus[0](oldest_first)  # no padding, no mask
+    expected = m.output_projection(m.grus[0](oldest_first))  # no padding, no mask
     np.testing.assert_allclose(np.asarray(state["user"]), np.asarray(expected), atol=1e-5)
     # The order matters (a bag of items would not see it) and padding does not.
     swapped = m.user_state(batch([[7, 3, 5, 0]], [1]))["user"]
