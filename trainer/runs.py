@@ -235,7 +235,7 @@ class Run:
                           for item_id, entry in raw.items()})
 
     @functools.cached_property
-    def item_ids(self) -> IdVocabulary:
+    def ids(self) -> IdVocabulary:
         """The catalogue's item indices (``IdVocabulary.items``; no users: a run serves
         users by their history, not their id)."""
         return IdVocabulary(users={}, items={item: i + 1
@@ -271,13 +271,18 @@ def open_staged_run(model_dir: str, source_dir: str) -> Run:
     return Run(model_dir, cfg, kinds.for_config(cfg), {}, source_dir=source_dir)
 
 
-def write_manifest_after(model_dir: str, write) -> None:
-    """Runs ``write()`` (which rewrites artefacts of a finished run, e.g. ``export``) with
-    the manifest removed meanwhile, then records the new manifest: a crash in between
+def mark_unfinished(model_dir: str) -> None:
+    """Removes the manifest before a run's artefacts are rewritten: a crash in between
     leaves a run that says it is unfinished rather than one whose manifest lies."""
     path = os.path.join(model_dir, MANIFEST)
     if tf.io.gfile.exists(path):
         tf.io.gfile.remove(path)
+
+
+def write_manifest_after(model_dir: str, write) -> None:
+    """Runs ``write()`` (which rewrites artefacts of a finished run, e.g. ``export``)
+    between :func:`mark_unfinished` and a new manifest."""
+    mark_unfinished(model_dir)
     write()
     write_manifest(model_dir)
 

@@ -69,7 +69,7 @@ def test_open_run_reads_nothing_of_the_data(trained_two_tower_run, monkeypatch):
     run = runs.open_run(trained_two_tower_run[0])
     assert run.kind.name == "two_tower" and run.item_index is not None
     assert len(run.featurizer.item_ids) == len(run.catalogue) + 1
-    assert run.model.name and run.item_ids.items  # everything a recommender needs
+    assert run.model.name and run.ids.items  # everything a recommender needs
 
 
 def test_the_saved_featurizer_equals_the_one_built_from_the_data(trained_two_tower_run):

@@ -14,7 +14,6 @@ top k of ``rerank logit + rerank.retrieval_weight * retrieval logit`` come back.
 
 from __future__ import annotations
 
-
 import numpy as np
 import tensorflow as tf
 
@@ -124,7 +123,7 @@ class RetrieveRerank:
                 f"{len(self.retriever.index)} items the retriever "
                 f"({pipeline.retrieve.model_dir}) can return, e.g. {missing[:3]}; train both "
                 "stages on the same data")
-        self.cfg, self.ids, self.catalogue = run.cfg, run.item_ids, run.catalogue
+        self.cfg, self.ids, self.catalogue = run.cfg, run.ids, run.catalogue
         self.kind, self.model, self.featurizer = run.kind, run.model, run.featurizer
         self.item_text = np.asarray(self.ids.item_texts(self.catalogue,
                                                         self.cfg.data.item_text_fields),

@@ -333,9 +333,7 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
     tables = prepared.tables
     kind = kinds.for_config(cfg)
     tf.io.gfile.makedirs(write_dir)
-    manifest = os.path.join(write_dir, runs.MANIFEST)
-    if tf.io.gfile.exists(manifest):  # rewritten from here on: no longer a finished run
-        tf.io.gfile.remove(manifest)
+    runs.mark_unfinished(write_dir)  # rewritten from here on
     if chief and not resuming:
         atomic_write_text(os.path.join(write_dir, "config.yaml"), config_lib.dump_yaml(cfg))
     if not chief:
