@@ -59,12 +59,20 @@ setup(
     # benchmarks/ is not installed: its scripts run from a checkout (python -m
     # benchmarks.quality ...), and a top-level "benchmarks" package would shadow, or be
     # shadowed by, any other distribution's.
-    packages=find_packages(include=["trainer", "trainer.*", "models", "models.*",
-                                    "explainability", "explainability.*"]) + ["trainer.configs"],
+    # models/ and explainability/ are imported as bert_recommender.models and
+    # bert_recommender.explainability (package_dir below; bert_recommender is a namespace
+    # with no files of its own): top-level "models" or "explainability" packages would
+    # shadow, or be shadowed by, any other distribution's. trainer/ keeps its top-level name,
+    # the one Vertex AI python-package jobs run (`python -m trainer.task`).
+    packages=find_packages(include=["trainer", "trainer.*"]) + ["trainer.configs"] + [
+        "bert_recommender." + name for name in find_packages(include=[
+            "models", "models.*", "explainability", "explainability.*"])],
     # The top-level configs/ are installed as trainer/configs/*.yaml so a cloud job that only
     # installs the sdist can still pass `--config configs/NAME.yaml` (trainer.config falls back
     # to trainer.config.PACKAGED_CONFIGS_DIR). Data only: configs/ has no __init__.py.
-    package_dir={"trainer.configs": "configs"},
+    package_dir={"trainer.configs": "configs",
+                 "bert_recommender.models": "models",
+                 "bert_recommender.explainability": "explainability"},
     package_data={"trainer.configs": ["*.yaml"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,

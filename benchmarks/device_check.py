@@ -224,8 +224,8 @@ def _load_model(directory: str, precision: str):
     weights are set once it is built (:func:`run_one`)."""
     import keras
 
-    import models.bert_recommender  # noqa: F401  (registers the classes)
-    import models.two_tower  # noqa: F401
+    import bert_recommender.models.bert_recommender  # noqa: F401  (registers the classes)
+    import bert_recommender.models.two_tower  # noqa: F401
     with open(os.path.join(directory, "model.json")) as f:
         text = f.read()
     for policy in ("mixed_bfloat16", "mixed_float16", "float32"):

@@ -17,6 +17,14 @@ OUT_DIR="${1:-${OUT:-runs/device_check}}"
 DATA="${DATA:-device_check_data}"
 PYTHON="${PYTHON:-python3}"
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+# The checkout is not pip-installed there: bert_recommender.models (setup.py's package_dir
+# name for models/) resolves through a link in a temporary folder.
+NAMESPACE_DIR="$(mktemp -d)"
+trap 'rm -rf "$NAMESPACE_DIR"' EXIT
+mkdir "$NAMESPACE_DIR/bert_recommender"
+ln -s "$PWD/models" "$NAMESPACE_DIR/bert_recommender/models"
+ln -s "$PWD/explainability" "$NAMESPACE_DIR/bert_recommender/explainability"
+export PYTHONPATH="$PWD:$NAMESPACE_DIR${PYTHONPATH:+:$PYTHONPATH}"
 if [ ! -d "$DATA" ]; then
   echo "error: $DATA not found; run 'python -m benchmarks.device_check prepare --out $DATA'" \
        "where TensorFlow is installed, and carry it" >&2

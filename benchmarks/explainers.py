@@ -29,8 +29,8 @@ import keras
 import tensorflow as tf
 
 from benchmarks.timing import median_seconds
-from explainability import explainer as explainer_lib
-from explainability import token_attributions
+from bert_recommender.explainability import explainer as explainer_lib
+from bert_recommender.explainability import token_attributions
 
 
 def measure_ig_cost(scorer, cases, compose, steps: int = 32, repeats: int = 20) -> dict:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         methods = list(explainer_lib.TOKEN_METHODS + explainer_lib.HISTORY_METHODS)
-        from explainability.shap_attributions import require_shap
+        from bert_recommender.explainability.shap_attributions import require_shap
         try:
             require_shap()
         except ImportError:

@@ -278,7 +278,7 @@ def measure_input_pipeline(table, vocabulary, batches: int = 200) -> float:
 
 def measure_explanation_cost(trainer: OursTrainer, repeats: int = 10) -> dict:
     """IG (32 steps) on one example vs ``train_on_batch`` on 32 examples, same model."""
-    from explainability.token_attributions import integrated_gradients_tensors
+    from bert_recommender.explainability.token_attributions import integrated_gradients_tensors
 
     batch = next(iter(trainer.dataset.unbatch().batch(32)))
     features, labels = batch

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from explainability.history_attributions import Case, ComposeUserText, subset_scores
-from explainability.pair_scorer import PairScorer
+from bert_recommender.explainability.history_attributions import Case, ComposeUserText, subset_scores
+from bert_recommender.explainability.pair_scorer import PairScorer
 
 
 def rank_of_first(scores: np.ndarray) -> int:

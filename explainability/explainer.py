@@ -13,11 +13,11 @@ import time
 
 import numpy as np
 
-from explainability import faithfulness, lime_attributions, sentences, token_attributions
-from explainability.counterfactual import find_counterfactual, rank_of_first
-from explainability.history_attributions import (Case, ComposeUserText, leave_one_out,
+from bert_recommender.explainability import faithfulness, lime_attributions, sentences, token_attributions
+from bert_recommender.explainability.counterfactual import find_counterfactual, rank_of_first
+from bert_recommender.explainability.history_attributions import (Case, ComposeUserText, leave_one_out,
                                                  sampled_shapley)
-from explainability.pair_scorer import PairScorer
+from bert_recommender.explainability.pair_scorer import PairScorer
 
 TOKEN_METHODS = ("integrated_gradients", "gradient_x_input", "attention_rollout", "occlusion",
                  "shap", "lime")
@@ -78,7 +78,7 @@ class Explainer:
         self.compose = compose
         self.options = options or ExplainOptions()
         if "shap" in self.options.methods:
-            from explainability.shap_attributions import require_shap
+            from bert_recommender.explainability.shap_attributions import require_shap
             require_shap()  # fail here, not after other methods have run
 
     def explain(self, case: Case, index: int = 0) -> tuple[dict, dict, dict]:
@@ -127,7 +127,7 @@ class Explainer:
                     scorer, token_ids, segment_ids, words, num_samples=opts.lime_samples,
                     seed=seed)
             else:
-                from explainability.shap_attributions import shap_word_attributions
+                from bert_recommender.explainability.shap_attributions import shap_word_attributions
                 values, _ = shap_word_attributions(scorer, token_ids, segment_ids, words,
                                                    max_evals=opts.shap_max_evals, seed=seed)
             seconds[method] = time.perf_counter() - started

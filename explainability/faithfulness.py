@@ -29,8 +29,8 @@ import math
 
 import numpy as np
 
-from explainability.history_attributions import Case, ComposeUserText, subset_scores
-from explainability.pair_scorer import PairScorer, Word
+from bert_recommender.explainability.history_attributions import Case, ComposeUserText, subset_scores
+from bert_recommender.explainability.pair_scorer import PairScorer, Word
 
 BINS = (0.01, 0.05, 0.10, 0.20, 0.50)
 CURVE_FRACTIONS = np.linspace(0.0, 1.0, 11)

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from explainability.pair_scorer import PairScorer
+from bert_recommender.explainability.pair_scorer import PairScorer
 
 # compose(query, titles oldest first) -> user side text; the run's own formatting
 # (trainer.data.input_pipeline.user_side_text with the run's max_history).

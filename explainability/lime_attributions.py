@@ -46,7 +46,7 @@ from typing import Callable
 
 import numpy as np
 
-from explainability.pair_scorer import PairScorer, Word
+from bert_recommender.explainability.pair_scorer import PairScorer, Word
 
 DEFAULT_KERNEL_WIDTH = 25.0  # lime.lime_text.LimeTextExplainer(kernel_width=25)
 DEFAULT_ALPHA = 1.0  # lime.lime_base.LimeBase: Ridge(alpha=1, fit_intercept=True)

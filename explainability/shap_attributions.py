@@ -1,7 +1,7 @@
 """SHAP word attributions with shap's Partition explainer and a Text masker over our words.
 
 ``shap`` is an optional extra (``pip install -e ".[explain]"``) and is imported lazily, so
-the rest of :mod:`explainability` works without it.
+the rest of :mod:`bert_recommender.explainability` works without it.
 
 How the pieces fit (shap 0.51):
 
@@ -47,7 +47,7 @@ import contextlib
 
 import numpy as np
 
-from explainability.pair_scorer import ITEM, USER, PairScorer, Word
+from bert_recommender.explainability.pair_scorer import ITEM, USER, PairScorer, Word
 
 PART_MARKER = ";"  # between the query and history titles (as in the user-side text)
 SEGMENT_MARKER = "[SEP]"  # between the user side and the item side

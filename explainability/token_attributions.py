@@ -30,7 +30,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from explainability.pair_scorer import PairScorer, Word
+from bert_recommender.explainability.pair_scorer import PairScorer, Word
 
 TARGETS = ("probability", "logit")
 BASELINES = ("pad", "mask")

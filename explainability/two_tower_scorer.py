@@ -1,7 +1,7 @@
 """Explaining a two-tower model with the same methods as the cross-encoder.
 
 Every method in this package edits one *packed row* (user side [SEP] item side, split into
-words) and re-scores it (:class:`~explainability.pair_scorer.PairScorer`). A two-tower model
+words) and re-scores it (:class:`~bert_recommender.explainability.pair_scorer.PairScorer`). A two-tower model
 reads separate texts instead: the query, each history item and the candidate, each encoded
 on its own by the shared item encoder. :class:`TwoTowerScorer` writes those texts into one
 row, so that words, erasure, sampling and gradients work unchanged, and turns the row back
@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from explainability.pair_scorer import PairScorer
+from bert_recommender.explainability.pair_scorer import PairScorer
 
 _EXTRA = 3  # [PAD], [CLS], [SEP] appended to each row's embeddings for the slot layout
 
@@ -92,7 +92,7 @@ class _SlotView:
 class SlotRowView:
     """Rows ``[ids of h_1..h_H, id of c | query slot | h_1 slot | ... | candidate slot]``
     (each slot the ``L`` token ids its ``ItemTextTokenizer`` gives) seen through the
-    model interface of :mod:`explainability.token_attributions`: what the SavedModel's
+    model interface of :mod:`bert_recommender.explainability.token_attributions`: what the SavedModel's
     ``explain`` signature differentiates. No slot layout to infer, so it runs in any graph.
     """
 

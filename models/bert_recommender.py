@@ -8,7 +8,7 @@ import keras
 import keras_hub
 from keras import ops
 
-from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
+from bert_recommender.models.layers.pre_ln_bert_backbone import PreLNBertBackbone
 
 # cls: BERT's pooler, tanh(dense([CLS])); first: the [CLS] vector itself; mean: the mean of
 # the non-padding token vectors.

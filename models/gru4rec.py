@@ -2,7 +2,7 @@
 scored against item embeddings.
 
 The item tower, the click head and the training losses are the two-tower model's
-(:class:`~models.two_tower.TwoTowerRecommender` over item ids alone): ``v(i)`` is the item's
+(:class:`~bert_recommender.models.two_tower.TwoTowerRecommender` over item ids alone): ``v(i)`` is the item's
 id embedding, the logit is ``u . v(i) / sqrt(d) + item bias + global bias``, and the
 in-batch softmax (with logQ correction) or pointwise BCE train it. Only the user tower
 differs: instead of a transformer over the parts, a GRU reads the history items oldest to
@@ -23,7 +23,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from models.two_tower import TwoTowerRecommender
+from bert_recommender.models.two_tower import TwoTowerRecommender
 
 
 @keras.saving.register_keras_serializable(package="bert_recommender")

@@ -38,7 +38,7 @@ import numpy as np
 from keras import ops
 from keras_hub.layers import TransformerEncoder
 
-from models.bert_recommender import POOLING, backbone_from_token_embeddings
+from bert_recommender.models.bert_recommender import POOLING, backbone_from_token_embeddings
 
 LOSSES = ("bce", "softmax")
 USER_POOLING = ("mean", "first")

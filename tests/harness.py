@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.layers.item_text_tokenizer import ItemTextTokenizer
-from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
-from models.two_tower import TwoTowerRecommender
+from bert_recommender.models.layers.item_text_tokenizer import ItemTextTokenizer
+from bert_recommender.models.layers.pre_ln_bert_backbone import PreLNBertBackbone
+from bert_recommender.models.two_tower import TwoTowerRecommender
 from trainer.data import input_pipeline
 from trainer.data.canonical import Catalogue, Item
 from trainer.data.input_pipeline import RESERVED_TOKENS
@@ -71,7 +71,7 @@ def tiny_tokenizer(vocabulary: list):
 
 def tiny_text_packer(vocabulary: list, sequence_length: int = 16, item_max_tokens: int = 6):
     """A ``TextPairPacker`` over ``vocabulary``."""
-    from models.layers.text_pair_packer import TextPairPacker
+    from bert_recommender.models.layers.text_pair_packer import TextPairPacker
 
     return TextPairPacker(tiny_tokenizer(vocabulary), sequence_length=sequence_length,
                           item_max_tokens=item_max_tokens)
@@ -80,7 +80,7 @@ def tiny_text_packer(vocabulary: list, sequence_length: int = 16, item_max_token
 def tiny_bert(vocabulary_size: int, max_sequence_length: int = 16, num_layers: int = 1,
               **kwargs):
     """A randomly initialised ``BERTRecommender`` of hidden size 16."""
-    from models.bert_recommender import BERTRecommender
+    from bert_recommender.models.bert_recommender import BERTRecommender
 
     return BERTRecommender.from_sizes(vocabulary_size=vocabulary_size, num_layers=num_layers,
                                       num_heads=2, hidden_dim=16, intermediate_dim=32,

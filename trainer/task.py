@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             out = os.path.join(args.model_dir, "audit")
             print(f"\noutputs:\n  {out}/report.html\n  {out}/audit.json")
         elif args.command == "explain":
-            from explainability.explainer import format_faithfulness_table
+            from bert_recommender.explainability.explainer import format_faithfulness_table
             from trainer.responsible import explain_lib
             summary = explain_lib.explain(
                 args.model_dir, num_examples=args.num_examples,

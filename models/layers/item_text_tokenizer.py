@@ -6,7 +6,7 @@ import keras
 import keras_hub
 import tensorflow as tf
 
-from models.layers.text_pair_packer import special_token_ids
+from bert_recommender.models.layers.text_pair_packer import special_token_ids
 
 
 @keras.saving.register_keras_serializable(package="bert_recommender")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from explainability.pair_scorer import PairScorer
+from bert_recommender.explainability.pair_scorer import PairScorer
 from tests.harness import make_model, make_packer
 
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from explainability import explainer as explainer_lib
-from explainability.history_attributions import Case
+from bert_recommender.explainability import explainer as explainer_lib
+from bert_recommender.explainability.history_attributions import Case
 
 COMPOSE = lambda query, titles: " ; ".join(([query] if query else []) + titles[::-1])  # noqa
 

@@ -10,12 +10,12 @@ import math
 import numpy as np
 import pytest
 
-from explainability import faithfulness
-from explainability.faithfulness import (beats, bin_counts, curve_auc, history_faithfulness,
+from bert_recommender.explainability import faithfulness
+from bert_recommender.explainability.faithfulness import (beats, bin_counts, curve_auc, history_faithfulness,
                                          mean_ci, order_by, summarize, token_faithfulness,
                                          truth_at_k)
-from explainability.history_attributions import Case
-from explainability.pair_scorer import ITEM, USER, PairScorer, Word
+from bert_recommender.explainability.history_attributions import Case
+from bert_recommender.explainability.pair_scorer import ITEM, USER, PairScorer, Word
 from tests.harness import ITEM_TEXT, USER_TEXT, make_packer
 
 TOL = 1e-9

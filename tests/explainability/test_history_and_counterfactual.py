@@ -11,8 +11,8 @@ import itertools
 import numpy as np
 import pytest
 
-from explainability.counterfactual import find_counterfactual, rank_of_first
-from explainability.history_attributions import (Case, exact_shapley, leave_one_out,
+from bert_recommender.explainability.counterfactual import find_counterfactual, rank_of_first
+from bert_recommender.explainability.history_attributions import (Case, exact_shapley, leave_one_out,
                                                  sampled_shapley, subset_scores)
 
 TOL = 1e-12

@@ -4,8 +4,8 @@ bad arguments, and agreement with the ``lime`` package (skipped when it is not i
 import numpy as np
 import pytest
 
-from explainability import lime_attributions as la
-from explainability.pair_scorer import PairScorer
+from bert_recommender.explainability import lime_attributions as la
+from bert_recommender.explainability.pair_scorer import PairScorer
 from tests.harness import ITEM_TEXT, USER_TEXT, VOCABULARY, make_packer
 
 

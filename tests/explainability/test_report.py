@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from explainability.report import render_report
+from bert_recommender.explainability.report import render_report
 
 PAYLOAD = "<script>alert(1)</script> \"double\" & 'single'"
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",

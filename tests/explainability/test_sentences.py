@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from explainability.sentences import explain_sentence, matched_words
+from bert_recommender.explainability.sentences import explain_sentence, matched_words
 
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 

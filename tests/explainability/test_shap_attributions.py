@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("shap")
 
-from explainability.pair_scorer import PairScorer  # noqa: E402
-from explainability.shap_attributions import shap_word_attributions  # noqa: E402
-from models.bert_recommender import BERTRecommender  # noqa: E402
-from models.layers.text_pair_packer import TextPairPacker  # noqa: E402
+from bert_recommender.explainability.pair_scorer import PairScorer  # noqa: E402
+from bert_recommender.explainability.shap_attributions import shap_word_attributions  # noqa: E402
+from bert_recommender.models.bert_recommender import BERTRecommender  # noqa: E402
+from bert_recommender.models.layers.text_pair_packer import TextPairPacker  # noqa: E402
 from trainer.data import input_pipeline  # noqa: E402
 
 VOCABULARY = (input_pipeline.RESERVED_TOKENS + [";"]

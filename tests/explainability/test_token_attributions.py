@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from explainability import token_attributions as ta
-from explainability.pair_scorer import PairScorer
+from bert_recommender.explainability import token_attributions as ta
+from bert_recommender.explainability.pair_scorer import PairScorer
 from tests.harness import ITEM_TEXT, USER_TEXT, WORDS, make_model, make_packer
 
 
@@ -151,7 +151,7 @@ def test_planted_signal_is_recovered(planted, method):
     scorer, positives = planted
     if method == "shap":
         pytest.importorskip("shap")
-        from explainability.shap_attributions import shap_word_attributions
+        from bert_recommender.explainability.shap_attributions import shap_word_attributions
     for user, item in positives:
         ids, segments = (a[0] for a in scorer.pack([user], [item]))
         words = scorer.words(ids, segments, has_query=False)

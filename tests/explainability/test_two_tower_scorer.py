@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from explainability import token_attributions
-from explainability.explainer import ExplainOptions, Explainer
-from explainability.history_attributions import Case, leave_one_out
-from explainability.two_tower_scorer import HISTORY_SEPARATOR_TEXT, TwoTowerScorer
-from models.layers.item_text_tokenizer import ItemTextTokenizer
-from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
-from models.two_tower import TwoTowerRecommender
+from bert_recommender.explainability import token_attributions
+from bert_recommender.explainability.explainer import ExplainOptions, Explainer
+from bert_recommender.explainability.history_attributions import Case, leave_one_out
+from bert_recommender.explainability.two_tower_scorer import HISTORY_SEPARATOR_TEXT, TwoTowerScorer
+from bert_recommender.models.layers.item_text_tokenizer import ItemTextTokenizer
+from bert_recommender.models.layers.pre_ln_bert_backbone import PreLNBertBackbone
+from bert_recommender.models.two_tower import TwoTowerRecommender
 from tests.harness import VOCABULARY
 from trainer.data import input_pipeline
 from trainer.kinds.two_tower import TwoTowerFeatures

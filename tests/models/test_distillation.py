@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from models.distillation import DistillationLoss, LabelledAUC
+from bert_recommender.models.distillation import DistillationLoss, LabelledAUC
 
 
 def _bce(target, logit):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.glass_box import ITEM_FEATURES, WORD_FEATURES, GlassBoxRecommender
+from bert_recommender.models.glass_box import ITEM_FEATURES, WORD_FEATURES, GlassBoxRecommender
 from trainer.kinds.glass_box import GlassBoxFeatures
 
 WORDS = ["acme", "blue", "camera", "laptop", "red", "wireless"]

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from models.gru4rec import GRU4Rec
+from bert_recommender.models.gru4rec import GRU4Rec
 from tests.harness import BACKEND, MICRO_OVERRIDES, REPO
 
 NUM_ITEMS, HISTORY, DIM = 12, 4, 8

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.baselines import MostPopular
-from models.bert_recommender import BERTRecommender
-from models.layers.text_pair_packer import TextPairPacker
+from bert_recommender.models.baselines import MostPopular
+from bert_recommender.models.bert_recommender import BERTRecommender
+from bert_recommender.models.layers.text_pair_packer import TextPairPacker
 from tests.harness import MINILM_DIR, REPO, require_shared, tensorflow_only, tiny_text_packer
 from tests.harness import tiny_bert as harness_tiny_bert
 from trainer import kinds
@@ -62,7 +62,7 @@ def test_pooling_choices_and_frozen_pooler():
 
 
 def test_pre_ln_backbone_is_a_drop_in_for_bert_backbone():
-    from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
+    from bert_recommender.models.layers.pre_ln_bert_backbone import PreLNBertBackbone
     model = tiny_bert(normalize_first=True)
     assert isinstance(model.backbone, PreLNBertBackbone)
     features = make_packer()(tf.constant(["w1 w2"]), tf.constant(["w3"]))

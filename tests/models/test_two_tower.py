@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.layers.item_text_tokenizer import ItemTextTokenizer
-from models.two_tower import TwoTowerRecommender
+from bert_recommender.models.layers.item_text_tokenizer import ItemTextTokenizer
+from bert_recommender.models.two_tower import TwoTowerRecommender
 from tests.harness import (HISTORY, ITEM_TOKENS, REPO, TWO_TOWER_VOCAB,
                             TWO_TOWER_WORDS, make_catalogue, make_features, model_inputs,
                             raw_batch, tensorflow_only, tiny_two_tower)

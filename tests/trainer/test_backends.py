@@ -153,7 +153,7 @@ JAX_RUNS = textwrap.dedent("""
         print(name, results["train"]["backend"], results["train"]["replicas"])
     # Model parallelism lays the attention heads out across the two devices.
     import jax
-    from models.bert_recommender import BERTRecommender
+    from bert_recommender.models.bert_recommender import BERTRecommender
     from trainer.training.distribute import JaxStrategy
     with JaxStrategy(jax.devices(), model_parallel=2).scope():
         model = BERTRecommender.from_sizes(vocabulary_size=100, num_layers=1, num_heads=2,

@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from explainability.pair_scorer import PairScorer
-from explainability.token_attributions import integrated_gradients_tensors
-from models.bert_recommender import BERTRecommender
-from models.layers.text_pair_packer import TextPairPacker, special_token_ids
+from bert_recommender.explainability.pair_scorer import PairScorer
+from bert_recommender.explainability.token_attributions import integrated_gradients_tensors
+from bert_recommender.models.bert_recommender import BERTRecommender
+from bert_recommender.models.layers.text_pair_packer import TextPairPacker, special_token_ids
 from trainer import backend
 from trainer.errors import ConfigError
 from trainer.kind_registry import register

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.glass_box import ITEM_FEATURES, GlassBoxRecommender
+from bert_recommender.models.glass_box import ITEM_FEATURES, GlassBoxRecommender
 from trainer.data.canonical import Catalogue
 from trainer.data.input_pipeline import IdVocabulary
 from trainer.kind_registry import register

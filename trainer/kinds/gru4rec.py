@@ -6,7 +6,7 @@ and state size."""
 
 from __future__ import annotations
 
-from models.gru4rec import GRU4Rec
+from bert_recommender.models.gru4rec import GRU4Rec
 from trainer.errors import ConfigError
 from trainer.kind_registry import register
 from trainer.kinds.base import ModelKind

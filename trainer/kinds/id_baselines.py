@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.baselines import MatrixFactorization, MostPopular
+from bert_recommender.models.baselines import MatrixFactorization, MostPopular
 from trainer.kind_registry import register
 from trainer.kinds.base import ModelKind
 

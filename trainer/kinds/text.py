@@ -6,8 +6,8 @@ import functools
 
 import keras_hub
 
-from models.bert_recommender import BERTRecommender
-from models.layers.pre_ln_bert_backbone import PreLNBertBackbone
+from bert_recommender.models.bert_recommender import BERTRecommender
+from bert_recommender.models.layers.pre_ln_bert_backbone import PreLNBertBackbone
 from trainer.data import input_pipeline
 
 

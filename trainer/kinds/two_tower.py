@@ -12,11 +12,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from explainability.token_attributions import integrated_gradients_tensors
-from explainability.two_tower_scorer import SlotRowView, TwoTowerScorer
-from models.layers.item_text_tokenizer import ItemTextTokenizer
-from models.layers.text_pair_packer import special_token_ids
-from models.two_tower import TwoTowerRecommender
+from bert_recommender.explainability.token_attributions import integrated_gradients_tensors
+from bert_recommender.explainability.two_tower_scorer import SlotRowView, TwoTowerScorer
+from bert_recommender.models.layers.item_text_tokenizer import ItemTextTokenizer
+from bert_recommender.models.layers.text_pair_packer import special_token_ids
+from bert_recommender.models.two_tower import TwoTowerRecommender
 from trainer.data.canonical import Catalogue
 from trainer.data.input_pipeline import IdVocabulary
 from trainer.errors import ConfigError
@@ -38,7 +38,7 @@ class TwoTowerFeatures:
     others, so unseen (cold-start) items are scored from their text alone.
 
     Args:
-      tokenizer: an :class:`models.layers.item_text_tokenizer.ItemTextTokenizer`, or None
+      tokenizer: an :class:`bert_recommender.models.layers.item_text_tokenizer.ItemTextTokenizer`, or None
         for an id-only model.
       item_ids: catalogue item ids, index-aligned with ``IdVocabulary.items`` (entry 0 is
         a placeholder for "no item").

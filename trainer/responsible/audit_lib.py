@@ -38,7 +38,7 @@ import os
 
 import numpy as np
 
-from models.baselines import MostPopular
+from bert_recommender.models.baselines import MostPopular
 from trainer.responsible import audit_report, fairness
 from trainer.evaluation import metrics
 from trainer import kinds, runs

@@ -1,7 +1,7 @@
 """``python -m trainer.task explain``: explain a trained run's recommendations.
 
 Loads the run (config, ``model.keras``, vocabulary, data), picks impressions from a split,
-explains one candidate of each with :mod:`explainability`, and writes::
+explains one candidate of each with :mod:`bert_recommender.explainability`, and writes::
 
     <model_dir>/explanations/
         report.html          one self-contained page: heatmaps, history bars, sentences
@@ -23,10 +23,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from explainability import explainer as explainer_lib
-from explainability.history_attributions import Case
-from explainability.pair_scorer import PairScorer
-from explainability.report import render_report
+from bert_recommender.explainability import explainer as explainer_lib
+from bert_recommender.explainability.history_attributions import Case
+from bert_recommender.explainability.pair_scorer import PairScorer
+from bert_recommender.explainability.report import render_report
 from trainer import backend, runs
 from trainer.kind_registry import names_with
 from trainer.kinds.text import user_side_composer
@@ -129,7 +129,7 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
     except ValueError as err:
         raise UserInputError(f"--methods: {err}") from None
     if "shap" in options.methods:
-        from explainability.shap_attributions import require_shap
+        from bert_recommender.explainability.shap_attributions import require_shap
         try:
             require_shap()
         except ImportError as err:

@@ -67,7 +67,7 @@ import json
 import keras
 import tensorflow as tf
 
-from models.layers.text_pair_packer import special_token_ids
+from bert_recommender.models.layers.text_pair_packer import special_token_ids
 from trainer.data.input_pipeline import USER_SIDE_SEPARATOR
 from trainer.io import atomic_directory
 

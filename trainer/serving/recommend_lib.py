@@ -181,7 +181,7 @@ def explain_items(cfg, model, featurizer, catalogue, query: str, history: list,
     items drove the score (leave-one-out and sampled Shapley), a counterfactual verified by
     re-scoring, and a sentence (explainability.explainer records). The recommended list is
     the impression: a rank is the item's rank among ``item_ids`` under this model."""
-    from explainability.explainer import ExplainOptions, Explainer
+    from bert_recommender.explainability.explainer import ExplainOptions, Explainer
     from trainer.responsible.explain_lib import make_case
 
     kind = kinds.for_config(cfg)

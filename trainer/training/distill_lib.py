@@ -305,9 +305,9 @@ def glass_box_explanations(student, featurizer, teacher_dir: str, num_examples: 
       student's contribution and the teacher's IG attribution of each candidate word both
       read (IG's word pieces joined into words), where at least 3 words are shared.
     """
-    from explainability import faithfulness
-    from explainability.explainer import TRUTH_K_TOKENS
-    from explainability.pair_scorer import ITEM
+    from bert_recommender.explainability import faithfulness
+    from bert_recommender.explainability.explainer import TRUTH_K_TOKENS
+    from bert_recommender.explainability.pair_scorer import ITEM
     from trainer.responsible import explain_lib
 
     records, summary, context = explain_lib.run_explanations(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import keras
 
-from models.distillation import DistillationLoss, LabelledAUC
+from bert_recommender.models.distillation import DistillationLoss, LabelledAUC
 from trainer import config as config_lib
 
 

@@ -139,7 +139,7 @@ def compile_model(cfg: config_lib.ExperimentConfig, model: keras.Model, packer,
     """Builds ``model`` on a dummy batch and compiles it (AdamW with warmup/decay, BCE on the
     logit, AUC) under ``strategy``, with ``train.jit_compile`` and
     ``train.steps_per_execution``. With ``distillation`` the loss is
-    ``models.distillation.DistillationLoss(distill.alpha, distill.temperature)`` and AUC
+    ``bert_recommender.models.distillation.DistillationLoss(distill.alpha, distill.temperature)`` and AUC
     reads the labelled rows of its ``[label, teacher_logit, labelled]`` targets."""
     with strategy.scope():
         model(dummy_batch(cfg, packer))  # build the weights before compile/restore

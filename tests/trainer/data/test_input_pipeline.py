@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.layers.text_pair_packer import TextPairPacker
+from bert_recommender.models.layers.text_pair_packer import TextPairPacker
 from trainer.data import input_pipeline
 from trainer.data.canonical import Catalogue, Example, Item
 

@@ -14,7 +14,7 @@ from tensorboard.plugins import projector
 from tensorboard.plugins.pr_curve import plugin_data_pb2
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 
-from models.baselines import MatrixFactorization, MostPopular
+from bert_recommender.models.baselines import MatrixFactorization, MostPopular
 from tests.harness import WORDS, make_model, make_packer
 from trainer import kinds
 from trainer.data.input_pipeline import IdVocabulary

@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from explainability import token_attributions
-from explainability.pair_scorer import PairScorer
+from bert_recommender.explainability import token_attributions
+from bert_recommender.explainability.pair_scorer import PairScorer
 from tests.explainability.test_report import parse
 from trainer.responsible import explain_lib
 from trainer.serving import export

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from models import two_tower  # noqa: F401  (load_model needs the registered classes)
+from bert_recommender.models import two_tower  # noqa: F401  (load_model needs the registered classes)
 from tests.harness import REPO
 from trainer.data import input_pipeline  # noqa: F401
 from trainer.training import resume
