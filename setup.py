@@ -30,10 +30,11 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    # Tests execute the notebooks (nbclient + an ipykernel), build the sdist (build) and
-    # feed the readers generated files (hypothesis).
-    "dev": ["pytest>=8.0", "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
-            "build==1.6.1", "hypothesis==6.170.15"],
+    # Tests execute the notebooks (nbclient + an ipykernel), build the sdist (build), feed
+    # the readers generated files (hypothesis) and run on every core (pytest-xdist: much of
+    # a tiny model's step is single-threaded Python and graph tracing).
+    "dev": ["pytest>=8.0", "pytest-xdist==3.8.0", "nbclient==0.11.0", "nbformat==5.11.1",
+            "ipykernel==7.4.0", "build==1.6.1", "hypothesis==6.170.15"],
     "tfds": ["tensorflow-datasets==4.9.10"],
     "tune": ["keras-tuner==1.4.8"],
     "explain": ["shap==0.51.0"],
