@@ -24,7 +24,8 @@ demo: install
 
 # Everything under TensorFlow, then the model tests and a short training run under JAX
 # (the same models on the second engine; trainer/backend.py). TEST_WORKERS pytest-xdist
-# processes share the tests a file at a time (a file's module fixtures are built once);
+# processes share the tests a file at a time (a file's module fixtures are built once),
+# the longest files first (tests/conftest.py);
 # much of a tiny model's time is single-threaded Python and graph tracing, so two
 # workers keep two cores busy. Each worker holds its own TensorFlow (about 2 GiB).
 test: install
@@ -32,7 +33,7 @@ test: install
 	KERAS_BACKEND=jax $(PY) -m pytest $(JAX_TESTS) -q $(XDIST)
 
 TEST_WORKERS ?= 2
-XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
+XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder,)
 JAX_TESTS ?= tests/models tests/trainer/test_backends.py
 
 clean-demo:

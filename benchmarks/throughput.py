@@ -471,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=4000)
     parser.add_argument("--scaling_examples", type=int, default=2048,
                         help="1x of the scaling test (0 skips it)")
+    parser.add_argument("--scaling_factors", default="1,2,4",
+                        help="data factors of the scaling test, each in its own process")
     parser.add_argument("--serving_sizes", default="tiny,small")
     parser.add_argument("--scaling_only", action="store_true",
                         help="run only the scaling test (rows, serving etc. stay empty)")
@@ -535,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "fastest_training_examples_per_s": fastest,
                                     "ratio_to_fastest_training": pipeline_rate / fastest}
     if args.scaling_examples:
-        result["scaling"] = measure_scaling(table, vocabulary, args.scaling_examples)
+        factors = tuple(int(f) for f in args.scaling_factors.split(",") if f.strip())
+        result["scaling"] = measure_scaling(table, vocabulary, args.scaling_examples, factors)
     result["machine"]["load_average_after"] = os.getloadavg()
     print("\n" + format_table(result))
     os.makedirs(args.out, exist_ok=True)

@@ -13,6 +13,27 @@ if REPO not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+# The test files that take longest, heaviest first (from `pytest --durations=0` on a 2-core
+# machine). `make test` hands whole files to its pytest-xdist workers in collection order
+# (--dist loadfile --no-loadscope-reorder): starting with these, no worker is left alone
+# with a long file at the end. A stale list only changes that order, never what runs.
+HEAVIEST_FIRST = (
+    "tests/trainer/training/test_resume.py", "tests/notebooks/test_notebooks.py",
+    "tests/models/test_harness.py", "tests/trainer/training/test_train_lib.py",
+    "tests/trainer/test_backends.py", "tests/trainer/training/test_tune_lib.py",
+    "tests/benchmarks/test_throughput.py", "tests/benchmarks/test_quality.py",
+    "tests/trainer/training/test_distribute.py", "tests/trainer/serving/test_retrieval.py",
+    "tests/trainer/training/test_distill_lib.py", "tests/trainer/training/test_guards.py",
+    "tests/trainer/training/test_privacy.py", "tests/trainer/test_runs.py",
+    "tests/models/test_two_tower.py", "tests/trainer/data/test_prepare.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
 def pytest_configure(config):
     # Deselect with `-m "not slow"`; they still run by default (and in CI).
     config.addinivalue_line("markers", "slow: loads a pretrained model or runs for 30 s+")

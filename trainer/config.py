@@ -209,6 +209,10 @@ class TrainConfig:
     seed: int = 42
     jit_compile: bool = False  # XLA-compile the train step
     steps_per_execution: int = 1  # train steps per tf.function call (TPUs, tiny models)
+    # Write the served SavedModels (export/, export_tokens/) at the end of training. Tracing
+    # their signatures takes about as long as a tiny run's training: sweeps and quick
+    # experiments can skip it and write them later with the `export` command.
+    export: bool = True
     privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
 
 

@@ -65,9 +65,11 @@ VOCABULARY = "vocab.txt"
 FEATURIZER = "featurizer.json"
 CATALOGUE = "catalogue.json"
 METRICS = "metrics.json"
+#: The served SavedModels: raw strings in, and (text kinds) token ids in.
+EXPORT_DIRS = ("export", "export_tokens")
 #: What the manifest covers: files, or directories whose files it lists one by one.
 ARTEFACTS = (CONFIG, "data_info.json", VOCABULARY, FEATURIZER, CATALOGUE, MODEL,
-             ITEM_INDEX_DIR, "export", "export_tokens", METRICS)
+             ITEM_INDEX_DIR, *EXPORT_DIRS, METRICS)
 _RETRAIN = ("retrain it (the same train command resumes or rewrites it), or copy the "
             "whole run directory again")
 

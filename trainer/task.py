@@ -347,7 +347,13 @@ def main(argv: list[str] | None = None) -> int:
             from trainer import runs
             from trainer.serving import export
             runs.verify(args.model_dir)  # a finished run whose export is whole
-            export_dir = os.path.join(args.model_dir, "export")
+            export_dir = os.path.join(args.model_dir, runs.EXPORT_DIRS[0])
+            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+            if not tf.io.gfile.exists(export_dir):
+                raise UserInputError(
+                    f"{export_dir} does not exist (the run was trained with "
+                    "train.export=false): write it with `python -m trainer.task export "
+                    f"--model_dir {args.model_dir}`, then predict again")
             out = export.predict_texts(export_dir, args.user_text, args.item_text)
             for user, item, p in zip(args.user_text, args.item_text,
                                      out["click_probability"].numpy()):

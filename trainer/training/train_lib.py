@@ -380,13 +380,18 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
     try:
         tf.io.gfile.makedirs(staging)
         model.save(os.path.join(staging, runs.MODEL))
-        if keras.backend.backend() == "tensorflow":
+        # Without train.export, `python -m trainer.task export` writes them later.
+        if cfg.train.export and keras.backend.backend() == "tensorflow":
             write_exports(model, model_dir, kind, packer, item_index)
-        else:
+        elif cfg.train.export:
             if item_index is not None:
                 item_index.save(staging)
             backend.run_in_tensorflow(["export", "--model_dir", model_dir,
                                        "--source_dir", staging])
+        else:  # an earlier run's served models must not outlive its model
+            for name in runs.EXPORT_DIRS:
+                if tf.io.gfile.exists(os.path.join(model_dir, name)):
+                    tf.io.gfile.rmtree(os.path.join(model_dir, name))
         if item_index is not None:
             item_index.save(model_dir)
         tf.io.gfile.rename(os.path.join(staging, runs.MODEL),
@@ -403,10 +408,9 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
 def write_exports(model: keras.Model, model_dir: str, kind, packer, item_index=None) -> None:
     """``export/`` and, for text models, ``export_tokens/`` (trainer/serving/export.py), each
     written atomically. TensorFlow backend only (see :func:`export_run`)."""
-    export.export_saved_model(model, os.path.join(model_dir, "export"), kind, packer,
-                              item_index)
-    export.export_token_saved_model(model, os.path.join(model_dir, "export_tokens"), kind,
-                                    packer, item_index)
+    raw_dir, token_dir = (os.path.join(model_dir, name) for name in runs.EXPORT_DIRS)
+    export.export_saved_model(model, raw_dir, kind, packer, item_index)
+    export.export_token_saved_model(model, token_dir, kind, packer, item_index)
 
 
 def export_run(model_dir: str, source_dir: str | None = None) -> list[str]:
@@ -434,7 +438,7 @@ def export_run(model_dir: str, source_dir: str | None = None) -> list[str]:
         write()  # training writes the manifest once the run is complete
     else:
         runs.write_manifest_after(model_dir, write)
-    return [os.path.join(model_dir, name) for name in ("export", "export_tokens")
+    return [os.path.join(model_dir, name) for name in runs.EXPORT_DIRS
             if tf.io.gfile.exists(os.path.join(model_dir, name))]
 
 

@@ -124,7 +124,7 @@ def test_the_benchmark_loaders_stream_into_the_same_tables(source, tmp_path):
 
 def test_train_streams_from_a_prepared_directory(prepared_dir, tmp_path):
     cfg = micro("data.examples_per_shard=50", f"data.tfrecord_dir={prepared_dir}",
-                "train.loss=softmax", "model.item_ids=true")
+                "train.loss=softmax", "model.item_ids=true", "train.export=false")
     results = train_lib.train(cfg, str(tmp_path / "run"))
     positives = prepare.read_manifest(prepared_dir)["counts"]["train"]["positives"]
     # The in-batch softmax streams the clicked rows alone.

@@ -99,7 +99,7 @@ def test_a_half_written_snapshot_is_ignored(tmp_path):
 
 RESUME_OVERRIDES = ["data.synthetic.num_users=120", "data.synthetic.num_items=60",
                     "train.epochs=5", "train.early_stopping_patience=10",
-                    "data.vocab_size=100"]
+                    "data.vocab_size=100", "train.export=false"]
 
 
 def _train_args(model_dir, extra=()):

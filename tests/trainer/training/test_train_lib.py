@@ -11,7 +11,7 @@ import yaml
 
 from tests.harness import REPO
 from trainer import config as config_lib
-from trainer import runs
+from trainer import runs, task
 from trainer.serving import export
 from trainer.data import input_pipeline
 from trainer.data import prepared as prepared_lib
@@ -159,10 +159,34 @@ def test_users_own_files_train(tmp_path, tiny_config):
     (tmp_path / "items.csv").write_text("\n".join(items) + "\n")
     (tmp_path / "impressions.csv").write_text("\n".join(rows) + "\n")
     cfg = tiny_config("data.source=files", f"data.data_dir={tmp_path}",
-                      "data.validation_fraction=0.2", "data.test_fraction=0.2")
+                      "data.validation_fraction=0.2", "data.test_fraction=0.2",
+                      "train.export=false")
     results = train_lib.train(cfg, str(tmp_path / "run"))
     assert "oracle_auc" not in results["test"]
     assert results["test"]["examples"] > 0
+
+
+def test_a_run_trained_without_export_is_finished_and_exported_later(tmp_path, tiny_config,
+                                                                     capsys):
+    """train.export=false: a finished, verified run with no served models (an earlier
+    run's are removed), `predict` says how to write them, and `export` does."""
+    model_dir = tmp_path / "run"
+    (model_dir / "export").mkdir(parents=True)
+    (model_dir / "export" / "saved_model.pb").write_text("an earlier run's")
+    train_lib.train(tiny_config("train.export=false"), str(model_dir))
+    assert not (model_dir / "export").exists() and not (model_dir / "export_tokens").exists()
+    runs.verify(str(model_dir))
+    predict = ["predict", "--model_dir", str(model_dir), "--user_text", "a b",
+               "--item_text", "c"]
+    capsys.readouterr()
+    assert task.main(predict) == 2
+    err = capsys.readouterr().err
+    assert "train.export=false" in err and f"export --model_dir {model_dir}" in err
+    assert task.main(["export", "--model_dir", str(model_dir)]) == 0
+    runs.verify(str(model_dir))
+    assert (model_dir / "export" / "saved_model.pb").is_file()
+    assert (model_dir / "export_tokens").is_dir()
+    assert task.main(predict) == 0
 
 
 @pytest.mark.parametrize("kind", ["mf", "popularity"])
@@ -290,7 +314,8 @@ def test_read_scalars_returns_every_epoch(trained_run):
 
 
 def test_profile_steps_trace_the_requested_steps(tmp_path, tiny_config):
-    cfg = tiny_config("runtime.profile_steps=[2, 3]", "train.steps_per_epoch=4")
+    cfg = tiny_config("runtime.profile_steps=[2, 3]", "train.steps_per_epoch=4",
+                      "train.export=false")
     train_lib.train(cfg, str(tmp_path / "run"))
     traces = [p for p in tf.io.gfile.glob(str(tmp_path / "run" / "tensorboard" / "train" /
                                               "plugins" / "profile" / "*" / "*"))
