@@ -75,6 +75,17 @@ class MovieLensConfig:
 
 
 @dataclasses.dataclass
+class SequencesConfig:
+    """Sequential-benchmark files (trainer/data/sequences.py): RecBole atomic files, as
+    UniSRec and its successors release the Amazon benchmarks."""
+
+    name: str = ""  # the files' prefix (<name>.train.inter, ...); "" = the only one there
+    negatives_per_positive: int = 4  # sampled per training target (pointwise losses)
+    eval_negatives: int = 99  # sampled per validation/test target (the sampled metrics)
+    seed: int = 13
+
+
+@dataclasses.dataclass
 class MindConfig:
     """MIND loading (trainer/data/mind.py)."""
 
@@ -92,7 +103,7 @@ class MindConfig:
 class DataConfig:
     """Where examples come from and how they are turned into text pairs and token ids."""
 
-    source: str = "synthetic"  # synthetic | files | movielens | mind
+    source: str = "synthetic"  # synthetic | files | movielens | mind | sequences
     data_dir: str = ""  # synthetic: where files are written ("" = <model_dir>/data)
     items_file: str = ""  # files: explicit paths (default: <data_dir>/items.{csv,jsonl})
     impressions_file: str = ""
@@ -117,6 +128,7 @@ class DataConfig:
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
     movielens: MovieLensConfig = dataclasses.field(default_factory=MovieLensConfig)
     mind: MindConfig = dataclasses.field(default_factory=MindConfig)
+    sequences: SequencesConfig = dataclasses.field(default_factory=SequencesConfig)
 
 
 @dataclasses.dataclass
@@ -299,7 +311,7 @@ class ExperimentConfig:
 
 
 _CHOICES = {
-    "data.source": ("synthetic", "files", "movielens", "mind"),
+    "data.source": ("synthetic", "files", "movielens", "mind", "sequences"),
     "data.synthetic.file_format": ("csv", "jsonl"),
     "data.movielens.variant": ("auto", "ml-100k", "ml-1m", "ml-latest-small", "ml-25m"),
     "data.movielens.negative_sampling": ("uniform", "popularity"),

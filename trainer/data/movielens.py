@@ -68,13 +68,13 @@ import dataclasses
 import math
 import os
 import re
-import zlib
 from typing import Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from trainer.config import MovieLensConfig
+from trainer.data import sampling
 from trainer.data.canonical import (Catalogue, DataError, Example, Item, SplitData,
                                         decoded_lines)
 
@@ -110,7 +110,6 @@ _RATINGS_HEADER = ["userId", "movieId", "rating", "timestamp"]
 _MOVIES_HEADER = ["movieId", "title", "genres"]
 _TAGS_HEADER = ["userId", "movieId", "tag", "timestamp"]
 
-_PURPOSE_EVAL, _PURPOSE_TRAIN, _PURPOSE_SUBSET = 1, 2, 3
 _YEAR_RE = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4}(?:\s*[-\u2013]\s*(?:\d{4})?)?)\)$")
 
 
@@ -508,7 +507,7 @@ def prepare(catalogue: Catalogue, users: np.ndarray, items: np.ndarray, ratings:
                        "impressions_total": total_train,
                        "impressions_kept": min(keep_impressions, total_train)}
         if keep_impressions < total_train:
-            rng = np.random.default_rng([cfg.seed % 2**63, _PURPOSE_SUBSET])
+            rng = np.random.default_rng([cfg.seed % 2**63, sampling.PURPOSE_SUBSET])
             selected = np.zeros(total_train, dtype=bool)
             selected[rng.choice(total_train, size=keep_impressions, replace=False)] = True
     info = {
@@ -533,55 +532,6 @@ def _check_cfg(cfg: MovieLensConfig) -> None:
     if cfg.negative_sampling not in ("uniform", "popularity"):
         raise DataError(f"data.movielens.negative_sampling must be 'uniform' or 'popularity', "
                         f"got {cfg.negative_sampling!r}")
-
-
-def _user_rng(seed: int, purpose: int, user_id: str, index: int = 0) -> np.random.Generator:
-    # SeedSequence takes non-negative ints only; the modulo keeps any int seed usable.
-    return np.random.default_rng([seed % 2**63, purpose, zlib.crc32(user_id.encode("utf-8")),
-                                  index])
-
-
-def _sample_negatives(rng: np.random.Generator, k: int, rated: set, n_items: int,
-                      cdf: np.ndarray | None) -> list:
-    """``k`` distinct item codes not in ``rated`` (fewer only if fewer exist)."""
-    if k <= 0:
-        return []
-    out: list = []
-    chosen: set = set()
-    for _ in range(20):  # rejection sampling: cheap when the user rated few of the items
-        need = k - len(out)
-        draws = (rng.integers(n_items, size=2 * need + 8) if cdf is None else
-                 np.searchsorted(cdf, rng.random(2 * need + 8) * cdf[-1], side="right"))
-        for code in draws.tolist():
-            if code not in rated and code not in chosen:
-                chosen.add(code)
-                out.append(code)
-                if len(out) == k:
-                    return out
-    # The user rated most of the (weighted) catalogue: draw exactly from what is left.
-    rest = np.array([c for c in range(n_items) if c not in rated and c not in chosen],
-                    dtype=np.int64)
-    if cdf is not None:
-        weights = np.diff(np.concatenate([[0.0], cdf]))[rest]
-        rest = rest[weights > 0]
-        weights = weights[weights > 0]
-    need = min(k - len(out), len(rest))
-    if need:
-        p = None if cdf is None else weights / weights.sum()
-        out.extend(rng.choice(rest, size=need, replace=False, p=p).tolist())
-    return out
-
-
-def _impression(rng, user_id, impression_id, history, positive, negatives, timestamp, split,
-                item_ids) -> list[Example]:
-    candidates = [item_ids[c] for c in negatives]
-    # A seeded position for the positive, so scorers that tie cannot favour it.
-    candidates.insert(int(rng.integers(len(candidates) + 1)), None)
-    return [Example(user_id=user_id, impression_id=impression_id, history=history,
-                    candidate=item_ids[positive] if c is None else c,
-                    label=1 if c is None else 0, timestamp=int(timestamp), split=split,
-                    extras={})
-            for c in candidates]
 
 
 def iter_examples(prep: _Prepared, cfg: MovieLensConfig) -> Iterator[Example]:
@@ -615,20 +565,23 @@ def iter_examples(prep: _Prepared, cfg: MovieLensConfig) -> Iterator[Example]:
             if not selected:
                 continue
             # One generator per impression: a subset keeps its impressions unchanged.
-            train_rng = _user_rng(cfg.seed, _PURPOSE_TRAIN, user_id, j)
-            negs = _sample_negatives(train_rng, cfg.negatives_per_positive, rated, n_items, cdf)
+            train_rng = sampling.user_rng(cfg.seed, sampling.PURPOSE_TRAIN, user_id, j)
+            negs = sampling.sample_negatives(train_rng, cfg.negatives_per_positive, rated,
+                                             n_items, cdf)
             shorts["train_impressions_short_of_negatives"] += len(negs) < \
                 cfg.negatives_per_positive
-            yield from _impression(train_rng, user_id, f"{user_id}-train-{j}", history(j),
-                                   positives[j], negs, stamps[j], "train", item_ids)
-        eval_rng = _user_rng(cfg.seed, _PURPOSE_EVAL, user_id)
+            yield from sampling.impression(train_rng, user_id, f"{user_id}-train-{j}",
+                                           history(j), positives[j], negs, stamps[j],
+                                           "train", item_ids)
+        eval_rng = sampling.user_rng(cfg.seed, sampling.PURPOSE_EVAL, user_id)
         for split, j in (("validation", n - 2), ("test", n - 1)):
             if j < 0:
                 continue
-            negs = _sample_negatives(eval_rng, cfg.eval_negatives, rated, n_items, None)
+            negs = sampling.sample_negatives(eval_rng, cfg.eval_negatives, rated, n_items, None)
             shorts["eval_impressions_short_of_negatives"] += len(negs) < cfg.eval_negatives
-            yield from _impression(eval_rng, user_id, f"{user_id}-{split}", history(j),
-                                   positives[j], negs, stamps[j], split, item_ids)
+            yield from sampling.impression(eval_rng, user_id, f"{user_id}-{split}",
+                                           history(j), positives[j], negs, stamps[j], split,
+                                           item_ids)
     prep.info.update(shorts)
     for key in ("train_impressions_short_of_negatives", "eval_impressions_short_of_negatives"):
         prep.info.setdefault(key, 0)

@@ -8,6 +8,8 @@
 * ``files`` -- a user's own ``items`` + ``impressions`` files (CSV or JSONL; see
   canonical.py and the README).
 * ``movielens`` / ``mind`` -- the public benchmarks (trainer/data/movielens.py, mind.py).
+* ``sequences`` -- sequential-recommendation benchmark files (RecBole atomic files, as
+  UniSRec releases the Amazon benchmarks: trainer/data/sequences.py).
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ def load(data_cfg: DataConfig, default_data_dir: str) -> SplitData:
     if data_cfg.source == "mind":
         from trainer.data import mind
         return mind.load(data_cfg.data_dir, data_cfg.mind)
+    if data_cfg.source == "sequences":
+        from trainer.data import sequences
+        return sequences.load(data_cfg.data_dir, data_cfg.sequences)
     raise DataError(f"unknown data.source {data_cfg.source!r}")
 
 
