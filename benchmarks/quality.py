@@ -692,7 +692,7 @@ def run(args, names: list, per_model: dict) -> dict:
         with strategy.scope():
             model = train_lib.build_model(cfg, packer, ids, model_tables["train"])
         fitted = train_lib.fit_model(cfg, model, model_tables, packer, strategy,
-                                     verbose=0 if args.quiet else 2)
+                                     verbose=0 if args.quiet else 2, item_text=item_text)
         train_seconds = time.time() - t0
         t0 = time.time()
         logits = scoring.predict_logits(model, model_tables["test"], packer,

@@ -154,6 +154,42 @@ class ValidationRanking(keras.callbacks.Callback):
                          "val_ndcg@10": scores["ndcg@10"]})
 
 
+class ValidationFullRanking(keras.callbacks.Callback):
+    """Ranks each validation positive against the whole catalogue after each epoch and adds
+    ``val_full_ndcg@10`` and ``val_full_hr@10`` to the epoch's logs (for early stopping on
+    ``train.early_stopping_metric: full_ndcg@10``, the sequential benchmarks' published
+    protocol: no item is excluded but the catalogue's "no item" column, as RecBole's
+    full-sort evaluation of sequential models masks only its padding id).
+
+    The logits come from the kind's ``catalogue_logits`` (one user state against the cached
+    item vectors). Place it before the callbacks that read the logs.
+
+    Args:
+      kind: the run's model kind (trainer/kinds/).
+      featurizer: the kind's featurizer.
+      user_rows: a ``PairTable`` with one row per validation positive (its user side is
+        read; ``item_index`` is the positive's catalogue column).
+      item_text: the N + 1 catalogue texts, index-aligned (entry 0 "").
+      batch_size: the scoring batch size.
+    """
+
+    def __init__(self, kind, featurizer, user_rows, item_text, batch_size: int):
+        super().__init__()
+        self.kind, self.featurizer, self.user_rows = kind, featurizer, user_rows
+        self.item_text, self.batch_size = item_text, batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        logits = self.kind.catalogue_logits(self.model, self.featurizer, self.user_rows,
+                                            self.item_text, self.batch_size)
+        exclude = np.zeros(logits.shape, dtype=bool)
+        exclude[:, 0] = True
+        ranked = metrics.full_ranking_metrics(logits, self.user_rows.item_index,
+                                              exclude=exclude, ks=(10,))
+        if logs is not None:
+            logs.update({"val_full_ndcg@10": float(np.mean(ranked["ndcg@10"])),
+                         "val_full_hr@10": float(np.mean(ranked["hr@10"]))})
+
+
 class ValidationCurves(keras.callbacks.Callback):
     """Writes a validation PR curve and probability histograms at the end of each epoch.
 

@@ -16,6 +16,7 @@ import os
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 import yaml
 
@@ -176,7 +177,7 @@ def make_train_dataset(cfg: config_lib.ExperimentConfig, table: input_pipeline.P
 def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict, packer,
               strategy: tf.distribute.Strategy, model_dir: str | None = None,
               verbose: int = 2, extra_callbacks: list = (), epochs: int | None = None,
-              initial_epoch: int = 0) -> dict:
+              initial_epoch: int = 0, item_text=None) -> dict:
     """Compiles ``model`` and fits it on ``tables["train"]``, validating on
     ``tables["validation"]``: the one fit routine every model goes through.
 
@@ -189,6 +190,9 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
     without it nothing is written (benchmarks compare several models in one process).
     ``extra_callbacks``, ``epochs`` (default ``train.epochs``; the learning-rate schedule
     always spans ``train.epochs``) and ``initial_epoch`` let a tuner drive the fit.
+    ``item_text`` (the catalogue texts, ``IdVocabulary.item_texts``) is needed by
+    ``train.early_stopping_metric: full_ndcg@10``, which ranks each validation positive
+    against the whole catalogue.
 
     With ``train.privacy.enabled`` the fit is DP-SGD (trainer/training/privacy.py): Poisson-sampled
     steps, per-example clipping and noise; the result then holds ``privacy``, the epsilon
@@ -247,6 +251,9 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
             ranking = run_reports.ValidationRanking(val_ds, tables["validation"].label,
                                                     tables["validation"].group)
             callbacks.insert(0, ranking)
+            if cfg.train.early_stopping_metric.startswith("full_"):
+                callbacks.insert(1, _full_ranking_callback(cfg, tables["validation"], packer,
+                                                           item_text))
             validation_data, curves_data = None, lambda _: ranking.last_logits
         # Per-epoch PR curve and score histograms. Not under a multi-worker strategy: its
         # predict is a collective over sharded data, so rows would not line up with labels.
@@ -269,6 +276,22 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
             cfg.train.privacy, len(train_rows), cfg.train.batch_size, max_batch,
             fitted["epochs_run"] * steps_per_epoch))
     return fitted
+
+
+def _full_ranking_callback(cfg, validation, packer, item_text):
+    """:class:`run_reports.ValidationFullRanking` over the validation positives."""
+    kind = kinds.for_config(cfg)
+    metric = cfg.train.early_stopping_metric
+    if not kind.scores_catalogue_from_item_vectors:
+        raise UserInputError(
+            f"train.early_stopping_metric={metric} ranks the whole catalogue each epoch, "
+            f"which model.kind={cfg.model.kind} can only do one (user, item) pair at a "
+            "time; use ndcg@10 (the sampled validation candidates)")
+    if item_text is None:
+        raise ValueError(f"fit_model: train.early_stopping_metric={metric} needs item_text")
+    positives = validation.subset(np.flatnonzero(validation.label > 0))
+    return run_reports.ValidationFullRanking(kind, packer, positives, item_text,
+                                             cfg.train.eval_batch_size)
 
 
 def _check_private(cfg: config_lib.ExperimentConfig, strategy, distilled: bool) -> None:
@@ -351,7 +374,9 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
 
     with strategy.scope():
         model = build_model(cfg, packer, prepared.ids, tables["train"])
-    fitted = fit_model(cfg, model, tables, packer, strategy, write_dir)
+    fitted = fit_model(cfg, model, tables, packer, strategy, write_dir,
+                       item_text=prepared.ids.item_texts(prepared.catalogue,
+                                                         cfg.data.item_text_fields))
     train_seconds = time.time() - started
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         if not chief:

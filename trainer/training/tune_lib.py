@@ -145,7 +145,9 @@ class RecommenderHyperModel(keras_tuner.HyperModel):
         prepared, packer = self.data_for(cfg)
         fitted = train_lib.fit_model(cfg, model, prepared.tables, packer, self.strategy,
                                      verbose=0, extra_callbacks=callbacks or [],
-                                     epochs=epochs, initial_epoch=initial_epoch)
+                                     epochs=epochs, initial_epoch=initial_epoch,
+                                     item_text=prepared.ids.item_texts(
+                                         prepared.catalogue, cfg.data.item_text_fields))
         history = fitted["history"]
         best = (max if cfg.tune.objective.endswith("auc") else min)(history[cfg.tune.objective])
         log.info("trial %s: %s=%.4f", hp.values, cfg.tune.objective, best)

@@ -18,6 +18,7 @@ from trainer.data import prepared as prepared_lib
 from trainer.training import train_lib
 from trainer.evaluation import scoring
 from trainer.data.canonical import DataError
+from trainer.errors import UserInputError
 
 RANKING_KEYS = {"auc", "logloss", "group_auc", "mrr", "ndcg@5", "ndcg@10", "hr@10", "examples"}
 
@@ -345,6 +346,41 @@ def test_early_stopping_follows_a_per_group_validation_metric(tmp_path, tiny_con
     # end (best or last) scores one of the logged values.
     scored = scoring.evaluate_tables(model, prepared.tables, packer, 64)["validation"]
     assert min(abs(scored[metric] - v) for v in history[f"val_{metric}"]) < 1e-6
+
+
+def test_early_stopping_can_follow_the_full_ranking_of_the_validation_positives(
+        tmp_path, tiny_config):
+    """full_ndcg@10: each validation positive against the whole catalogue, no item excluded
+    but column 0; the kept model scores one of the logged values."""
+    from trainer import kinds
+    from trainer.evaluation import metrics
+
+    cfg = tiny_config("model.kind=two_tower", "train.epochs=2",
+                      "train.early_stopping_metric=full_ndcg@10")
+    prepared = train_lib.prepare_data(cfg, str(tmp_path))
+    packer = train_lib.make_packer(cfg, prepared.vocabulary, prepared)
+    item_text = prepared.ids.item_texts(prepared.catalogue, cfg.data.item_text_fields)
+    model = train_lib.build_model(cfg, packer, prepared.ids, prepared.tables["train"])
+    fitted = train_lib.fit_model(cfg, model, prepared.tables, packer,
+                                 tf.distribute.get_strategy(), verbose=0, item_text=item_text)
+    logged = fitted["history"]["val_full_ndcg@10"]
+    assert len(logged) == len(fitted["history"]["val_ndcg@10"]) == fitted["epochs_run"] == 2
+    validation = prepared.tables["validation"]
+    positives = validation.subset(np.flatnonzero(validation.label > 0))
+    logits = kinds.for_config(cfg).catalogue_logits(model, packer, positives, item_text, 64)
+    exclude = np.zeros(logits.shape, dtype=bool)
+    exclude[:, 0] = True
+    ndcg = metrics.full_ranking_metrics(logits, positives.item_index, exclude=exclude)["ndcg@10"]
+    assert min(abs(ndcg.mean() - v) for v in logged) < 1e-6
+    assert 0.0 <= min(logged) and max(logged) <= 1.0
+
+    cross = tiny_config("model.kind=cross_encoder", "train.early_stopping_metric=full_ndcg@10")
+    cross_packer = train_lib.make_packer(cross, prepared.vocabulary, prepared)
+    cross_model = train_lib.build_model(cross, cross_packer, prepared.ids,
+                                        prepared.tables["train"])
+    with pytest.raises(UserInputError, match="ranks the whole catalogue each epoch"):
+        train_lib.fit_model(cross, cross_model, prepared.tables, cross_packer,
+                            tf.distribute.get_strategy(), verbose=0, item_text=item_text)
 
 
 def test_per_group_early_stopping_is_refused_under_multi_worker(tiny_config):
