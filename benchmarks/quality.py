@@ -1,6 +1,8 @@
-"""Ranking quality on MovieLens: popularity, MF, SASRec, two-tower and cross-encoder BERT,
-one protocol.
+"""Ranking quality on MovieLens and the sequential benchmarks: popularity, MF, SASRec,
+GRU4Rec, two-tower and cross-encoder BERT, one protocol.
 
+    python -m benchmarks.quality --dataset scientific --data_dir PATH/amazon-scientific \\
+        --out runs/quality_scientific --models popularity,sasrec,two_tower
     python -m benchmarks.quality --dataset movielens --data_dir ../shared/data/ml-latest-small \\
         --out runs/quality [--config configs/movielens.yaml] [--set train.epochs=2 ...] \\
         [--models popularity,mf,sasrec,two_tower,bert,bert_rerank] [--bootstrap 1000] \\
@@ -62,6 +64,18 @@ a seeded subset of those users): at ~20-30 pairs/s on 2 CPU cores a pretrained m
 minutes per user; otherwise its ``full_ranking`` holds ``skipped``.
 ``full_ranking.max_abs_logit_diff_vs_sampled`` checks the catalogue logits against the
 pairwise ``predict`` logits on the sampled candidates (it should be ~1e-6).
+
+The sequential benchmarks (``--dataset sequences``, any directory of RecBole atomic files:
+trainer/data/sequences.py; ``--dataset scientific``, the same with the Amazon Scientific
+files' prefix; default config configs/sequences.yaml) keep everything above but the split
+and the exclusions, which follow the published figures on those files: the split is the
+files' own (leave-one-out), and full ranking ranks each test target against every item,
+the user's history included (RecBole's full-sort evaluation of a sequential model masks
+only its padding id; UniSRec, VQ-Rec and MISSRec evaluate through it), with early stopping
+on that full ranking of the validation targets (``train.early_stopping_metric:
+full_ndcg@10``). Recall@k is HR@k (one target per user); full ranking reports k = 10, 50
+and 100. Where the files are ones with published figures (:data:`PUBLISHED`), those are
+printed beside the rows, labelled as published.
 
 Retrieve -> rerank (every cross-encoder row's ``retrieve_rerank``, with
 ``--rerank_candidates N``, default 100, 0 = off): the ``two_tower`` row retrieves each
@@ -126,11 +140,37 @@ FUSION_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 METRICS = ("hr@10", "ndcg@10", "mrr", "auc")
 # One held-out positive per user, so HR@k of full ranking is its recall@k: hr@100 is
 # the recall@100 a retrieval stage would pass on to a reranker.
-FULL_METRICS = ("hr@10", "ndcg@10", "mrr", "hr@100")
-FULL_KS = (10, 100)
+# @50 as the sequential benchmarks publish it (UniSRec, VQ-Rec: Recall and NDCG@10/50).
+FULL_METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr", "hr@100")
+FULL_KS = (10, 50, 100)
 KS = (10,)
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "movielens.yaml")
+_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# --dataset -> (data.source, default --config, data.sequences.name). "scientific" is the
+# Amazon "Industrial and Scientific" benchmark as UniSRec released it.
+DATASETS = {
+    "movielens": ("movielens", os.path.join(_CONFIGS, "movielens.yaml"), None),
+    "sequences": ("sequences", os.path.join(_CONFIGS, "sequences.yaml"), None),
+    "scientific": ("sequences", os.path.join(_CONFIGS, "sequences.yaml"), "Scientific"),
+}
+DEFAULT_CONFIG = DATASETS["movielens"][1]
+# Published full-ranking figures on the same files (leave-one-out as the files define,
+# every item ranked, no history masked, early stopping on validation NDCG@10), by the
+# files' name. Printed beside the rows, labelled as published; never computed here.
+PUBLISHED = {
+    "Scientific": [
+        # (model, what it reads, R@10, N@10, R@50, N@50, source)
+        ("SASRec", "ids", 0.1080, 0.0553, 0.2042, 0.0760, "UniSRec, KDD 2022, Table 2"),
+        ("FDSA", "ids + text", 0.0899, 0.0580, 0.1732, 0.0759, "UniSRec, KDD 2022, Table 2"),
+        ("UniSRec (inductive)", "text", 0.1188, 0.0641, 0.2394, 0.0903,
+         "UniSRec, KDD 2022, Table 2"),
+        ("UniSRec", "text + ids", 0.1235, 0.0634, 0.2473, 0.0904,
+         "UniSRec, KDD 2022, Table 2"),
+        ("VQ-Rec", "text (codes)", 0.1211, 0.0643, 0.2369, 0.0897,
+         "VQ-Rec, WWW 2023, Table 2"),
+        ("MISSRec", "text + images + ids", 0.1360, 0.0753, 0.2431, 0.0983,
+         "MISSRec, ACM MM 2023, repository README"),
+    ],
+}
 # Fine-tuning a pretrained backbone wants a small learning rate; one epoch keeps a CPU run short.
 PRETRAINED_OVERRIDES = ["train.epochs=1", "train.learning_rate=3e-5"]
 # What makes each row that model (applied after --set, before DEFAULT_SET_FOR / --set_for).
@@ -343,8 +383,8 @@ def format_table(rows: list) -> str:
 def format_full_table(rows: list) -> str:
     """Fixed-width text table of the rows' full-ranking metrics (``row["full_ranking"]``,
     or summaries with a ``model`` key)."""
-    head = (f"{'model':<16}{'hr@10':>8}{'ndcg@10 [95% CI]':>26}{'mrr':>8}{'hr@100':>8}"
-            f"{'users':>7}{'cands':>7}{'score_s':>9}")
+    head = (f"{'model':<16}{'hr@10':>8}{'ndcg@10 [95% CI]':>26}{'hr@50':>8}{'ndcg@50':>8}"
+            f"{'mrr':>8}{'hr@100':>8}{'users':>7}{'cands':>7}{'score_s':>9}")
     lines = [head, "-" * len(head)]
     for row in rows:
         full = row.get("full_ranking", row)
@@ -357,6 +397,8 @@ def format_full_table(rows: list) -> str:
         score_s = full.get("score_seconds")
         mark = "*" if full.get("users_subset") else ""
         lines.append(f"{row['model'] + mark:<16}{full['hr@10']:>8.4f}{ndcg:>26}"
+                     f"{full.get('hr@50', float('nan')):>8.4f}"
+                     f"{full.get('ndcg@50', float('nan')):>8.4f}"
                      f"{full['mrr']:>8.4f}{full.get('hr@100', float('nan')):>8.4f}"
                      f"{full['users_evaluated']:>7d}"
                      f"{'-' if cands is None else f'{cands:.0f}':>7}"
@@ -371,11 +413,18 @@ def format_full_table(rows: list) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="movielens", choices=["movielens"],
-                        help="benchmark dataset (sampled-negative protocol)")
-    parser.add_argument("--data_dir", required=True, help="unpacked MovieLens directory")
+    parser.add_argument("--dataset", default="movielens", choices=sorted(DATASETS),
+                        help="movielens (a GroupLens directory), sequences (a directory of "
+                             "sequential-benchmark files: RecBole atomic files) or "
+                             "scientific (sequences, the Amazon Scientific files)")
+    parser.add_argument("--data_dir", required=True,
+                        help="the unpacked MovieLens directory, or the directory of the "
+                             "sequential-benchmark files")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="base YAML config")
+    parser.add_argument("--config", default="",
+                        help="base YAML config (default: configs/movielens.yaml for "
+                             "movielens, configs/sequences.yaml for the sequential "
+                             "benchmarks)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="dotted override for every model, repeatable")
     parser.add_argument("--set_for", action="append", default=[], metavar="MODEL:KEY=VALUE",
@@ -495,9 +544,16 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table([{"model": name, **values} for name, values in
                                 row["comparison_on_subset"].items()]))
     protocol = result["protocol"]["full_ranking"]
-    print(f"\nfull ranking: the held-out item against every never-rated catalogue item "
+    against = ("every never-rated catalogue item" if result["protocol"]["dataset"] ==
+               "movielens" else "every catalogue item, history included")
+    print(f"\nfull ranking: the held-out item against {against} "
           f"({protocol['catalogue_items']} items; * = a user subset, compared below)")
     print(format_full_table(result["rows"]))
+    files = result["protocol"].get("files")
+    if files in PUBLISHED:
+        print(f"\n{files}: our rows beside the figures published on the same files "
+              "(same protocol; the published rows are quoted, not run here)")
+        print(format_published_table(files, result["rows"]))
     for row in result["rows"]:
         if "comparison_on_subset" in row["full_ranking"]:
             print(f"\nfull ranking on the {row['full_ranking']['users_evaluated']} users "
@@ -519,12 +575,34 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------
 
 def _config(args, overrides: list):
-    cfg = config_lib.load_config(args.config, list(args.overrides) + overrides)
+    source, default_config, name = DATASETS[args.dataset]
+    cfg = config_lib.load_config(args.config or default_config,
+                                 list(args.overrides) + overrides)
     # Set directly rather than as overrides: a path must not be parsed as YAML.
-    cfg.data.source = args.dataset
+    cfg.data.source = source
     cfg.data.data_dir = args.data_dir
+    if name:
+        cfg.data.sequences.name = name
     config_lib.validate(cfg)
     return cfg
+
+
+def _source_settings(cfg):
+    """The data source's own settings (``data.movielens`` or ``data.sequences``): each has
+    ``eval_negatives``, ``negatives_per_positive`` and ``seed``."""
+    return getattr(cfg.data, cfg.data.source)
+
+
+def _excluded_mask(cfg, ids, users) -> np.ndarray:
+    """bool ``[len(users), len(ids.items) + 1]``: the items full ranking leaves out of each
+    user's candidates. MovieLens: every item the user rated (:func:`_rated_mask`). The
+    sequential benchmarks: none but column 0 ("no item"), as their published figures do
+    (RecBole's full-sort evaluation of a sequential model masks only its padding id)."""
+    if cfg.data.source == "movielens":
+        return _rated_mask(cfg, ids, users)
+    mask = np.zeros([len(users), len(ids.items) + 1], dtype=bool)
+    mask[:, 0] = True
+    return mask
 
 
 def _impression_subset(table, max_examples: int, seed: int):
@@ -584,20 +662,23 @@ def run(args, names: list, per_model: dict) -> dict:
     # The same data preparation `train` uses (one id vocabulary, one WordPiece vocabulary).
     prepared = train_lib.prepare_data(base, args.out)
     tables = prepared.tables
+    source = _source_settings(base)
     if len(tables["test"]) == 0:
-        raise DataError("the test split is empty; check the data and "
-                        "data.movielens.min_positives")
+        raise DataError("the test split is empty; check the data"
+                        + (" and data.movielens.min_positives"
+                           if base.data.source == "movielens" else ""))
     user_of_group = {}
     for name in ("validation", "test"):
         users = [ex.user_id for ex in prepared.splits[name]]
         user_of_group[name] = dict(zip(tables[name].group.tolist(), users))
 
-    negatives = base.data.movielens.eval_negatives
+    negatives = source.eval_negatives
     scored = regular_groups(tables["test"].label, tables["test"].group, 1 + negatives)
     skipped_users = len(np.unique(tables["test"].group)) - len(scored)
     if not len(scored):
         raise DataError(f"no test impression has 1 positive + {negatives} negatives (users "
-                        "rated nearly every item?); lower data.movielens.eval_negatives")
+                        f"rated nearly every item?); lower data.{base.data.source}."
+                        "eval_negatives")
     test = tables["test"].subset(np.isin(tables["test"].group, scored))
     scored_users = np.array([user_of_group["test"][g] for g in scored.tolist()], dtype=object)
 
@@ -615,13 +696,15 @@ def run(args, names: list, per_model: dict) -> dict:
     user_rows = test.subset(positives)
     assert np.array_equal(user_rows.group, scored)
     ids = prepared.ids
-    rated = _rated_mask(base, ids, scored_users)
-    if not rated[np.arange(len(scored)), user_rows.item_index].all():
+    rated = _excluded_mask(base, ids, scored_users)
+    if base.data.source == "movielens" and \
+            not rated[np.arange(len(scored)), user_rows.item_index].all():
         raise DataError("a held-out test item is missing from its user's ratings; the "
                         "rated sets disagree with the split")
     catalogue = prepared.catalogue
     item_text = ids.item_texts(catalogue, base.data.item_text_fields)
-    candidates = (~rated).sum(axis=1)  # the never-rated items each positive competes with
+    # The items each positive competes with (the positive itself not counted).
+    candidates = (~rated).sum(axis=1) - ~rated[np.arange(len(scored)), user_rows.item_index]
 
     # Retrieve -> rerank: the validation users' held-out items choose the fusion weight.
     rerank_on = args.rerank_candidates > 0 and RETRIEVER in names and \
@@ -633,7 +716,7 @@ def run(args, names: list, per_model: dict) -> dict:
                                                  kind="stable")]
         val_rows = tables["validation"].subset(val_positives)
         val_users = [user_of_group["validation"][g] for g in val_rows.group.tolist()]
-        stage_users = {"validation": (val_rows, _rated_mask(base, ids, val_users)),
+        stage_users = {"validation": (val_rows, _excluded_mask(base, ids, val_users)),
                        "test": (user_rows, rated)}
     train_users = (np.array([ex.user_id for ex in prepared.splits["train"]], dtype=object)
                    if "bert_rerank" in names else None)
@@ -646,7 +729,7 @@ def run(args, names: list, per_model: dict) -> dict:
     del prepared
 
     strategy = distribute.make_strategy(base.runtime)
-    seed = base.data.movielens.seed
+    seed = source.seed
     all_rows = np.arange(len(scored))
     eval_subset = None  # row indices (into scored users) of the pretrained user subset
     if "bert_pretrained" in names and 0 < args.pretrained_eval_users < len(scored):
@@ -665,6 +748,11 @@ def run(args, names: list, per_model: dict) -> dict:
         if name == "bert_pretrained":
             cfg.model.pretrained = args.pretrained  # a path, so not a YAML override
         kind = kinds.for_config(cfg)
+        if cfg.train.early_stopping_metric.startswith("full_") and \
+                not kind.scores_catalogue_from_item_vectors:
+            # A pairwise kind cannot rank the catalogue every epoch: it stops on the
+            # sampled validation candidates (recorded in the row's settings).
+            cfg.train.early_stopping_metric = "ndcg@10"
         model_tables = {"train": tables["train"], "validation": tables["validation"],
                         "test": test}
         if name == "bert_rerank":
@@ -768,34 +856,47 @@ def run(args, names: list, per_model: dict) -> dict:
                 if np.isfinite(values["mrr"][subset]).all()}
 
     pairwise_run = any(row["full_ranking"].get("pairwise") for row in rows)
-    ml = base.data.movielens
+    movielens = base.data.source == "movielens"
     protocol = {
         "dataset": args.dataset, "data_dir": args.data_dir, "variant": info.get("variant"),
-        "config": args.config, "overrides": list(args.overrides),
-        "split": "leave-last-out chronological",
-        "positive_threshold": ml.positive_threshold, "min_positives": ml.min_positives,
+        "files": info.get("name"),
+        "config": args.config or DATASETS[args.dataset][1],
+        "overrides": list(args.overrides),
+        "split": ("leave-last-out chronological" if movielens else
+                  "the files' own (leave-one-out: last item test, the one before validation)"),
+        **({"positive_threshold": base.data.movielens.positive_threshold,
+            "min_positives": base.data.movielens.min_positives,
+            "train_negative_sampling": base.data.movielens.negative_sampling,
+            "max_train_examples": base.data.movielens.max_train_examples}
+           if movielens else {}),
         "users_evaluated": int(len(scored)), "users_skipped_short_impressions": skipped_users,
         "negatives_per_user": negatives, "candidates_per_user": negatives + 1,
-        "eval_negative_sampling": "uniform over items the user never rated, seeded",
-        "train_negatives_per_positive": ml.negatives_per_positive,
-        "train_negative_sampling": ml.negative_sampling,
+        "eval_negative_sampling": ("uniform over items the user never rated, seeded"
+                                   if movielens else
+                                   "uniform over items not in the user's rows, seeded"),
+        "train_negatives_per_positive": source.negatives_per_positive,
         "train_examples": len(tables["train"]),
-        "max_train_examples": ml.max_train_examples,
-        "seed": ml.seed, "train_seed": base.train.seed,
+        "seed": source.seed, "train_seed": base.train.seed,
         "bootstrap_samples": args.bootstrap, "bootstrap_seed": seed, "confidence": 0.95,
         "ks": list(KS),
         "ties": "a negative tied with the positive ranks above it (pessimistic)",
         "metrics": "mean over users of per-user HR@10, nDCG@10, MRR, AUC "
                    "(trainer.evaluation.metrics.sampled_ranking_metrics)",
         "full_ranking": {
-            "candidates": "the held-out positive and every catalogue item the user never "
-                          "rated (any rating, any split); no sampling",
-            "rated_from": "trainer.data.movielens.read_movielens + prepare",
+            "candidates": ("the held-out positive and every catalogue item the user never "
+                           "rated (any rating, any split); no sampling" if movielens else
+                           "every catalogue item, the user's history included (as the "
+                           "published figures: RecBole's full-sort evaluation of sequential "
+                           "models masks only its padding id); no sampling"),
+            "excluded_from": ("trainer.data.movielens.read_movielens + prepare" if movielens
+                              else "nothing"),
+            "ks": list(FULL_KS),
             "catalogue_items": len(ids.items),
             "candidates_per_user": _spread(candidates),
             "ties": "an item tied with the positive ranks above it (pessimistic)",
-            "metrics": "mean over users of per-user HR@10, nDCG@10, MRR "
-                       "(trainer.evaluation.metrics.full_ranking_metrics), same bootstrap",
+            "metrics": "mean over users of per-user HR@k, nDCG@k, MRR (HR@k = Recall@k with "
+                       "one held-out item; trainer.evaluation.metrics.full_ranking_metrics), "
+                       "same bootstrap",
             "logits": "ModelKind.catalogue_logits (trainer/kinds/)",
             "pairwise_users": int(len(pairwise_rows)) if pairwise_run else None,
             "pretrained_users": (int(len(full_rows_of["bert_pretrained"]))
@@ -814,8 +915,8 @@ def run(args, names: list, per_model: dict) -> dict:
     if retrieved:
         protocol["retrieve_rerank"] = {
             "retriever": RETRIEVER, "candidates": args.rerank_candidates,
-            "candidates_from": "the retriever's catalogue logits, items the user rated "
-                               "excluded (the held-out item kept), as in full ranking",
+            "candidates_from": "the retriever's catalogue logits, with full ranking's "
+                               "exclusions (the held-out item kept)",
             "rerankers": [name for name in names if name in RERANKERS],
             "metrics": "per-user HR@10 / nDCG@10 of the held-out item within the reranked "
                        "candidates (a held-out item that was not retrieved is a miss; ties "
@@ -918,7 +1019,7 @@ def _hard_negative_table(kind, model, packer, train, train_users, cfg, ids, item
     negatives = np.flatnonzero(np.isin(train.group, groups) & (train.label <= 0))
     negatives = negatives[np.argsort(train.group[negatives], kind="stable")]
     starts = np.searchsorted(train.group[negatives], train.group[negatives], side="left")
-    keep_uniform = max(0, cfg.data.movielens.negatives_per_positive - hard)
+    keep_uniform = max(0, _source_settings(cfg).negatives_per_positive - hard)
     uniform = negatives[np.arange(len(negatives)) - starts < keep_uniform]
     hard_rows = train.subset(np.repeat(positives, hard))
     hard_rows.item_index = drawn.reshape(-1)
@@ -976,6 +1077,26 @@ def _rerank_stage(kind, model, packer, retrieved: dict, item_text, batch_size: i
                 block[stage]["difference_vs_retrieval"][key] = {
                     "mean": float(diff.mean()), "ci95": [low, high]}
     return block
+
+
+def format_published_table(name: str, rows: list) -> str:
+    """Our rows' full-ranking Recall/NDCG@10/50 (95% CIs on the @10 figures) under the
+    figures published on the same files (:data:`PUBLISHED`), labelled as published."""
+    head = (f"{'model':<32}{'reads':<22}{'R@10':>8}{'N@10 [95% CI]':>25}{'R@50':>8}"
+            f"{'N@50':>8}  source")
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        full = row.get("full_ranking", {})
+        if "ndcg@10" not in full or full.get("users_subset"):
+            continue
+        low, high = full["ci95"]["ndcg@10"]
+        lines.append(f"{row['model']:<32}{'(this run)':<22}{full['hr@10']:>8.4f}"
+                     f"{full['ndcg@10']:>9.4f} [{low:.4f}, {high:.4f}]"
+                     f"{full['hr@50']:>8.4f}{full['ndcg@50']:>8.4f}  measured here")
+    for model, reads, r10, n10, r50, n50, source in PUBLISHED[name]:
+        lines.append(f"{model + ' (published)':<32}{reads:<22}{r10:>8.4f}{n10:>25.4f}"
+                     f"{r50:>8.4f}{n50:>8.4f}  {source}")
+    return "\n".join(lines)
 
 
 def format_rerank_table(rows: list) -> str:

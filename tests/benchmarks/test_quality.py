@@ -389,3 +389,69 @@ def test_movielens_config_trains_end_to_end(ml_dir, tmp_path):
     assert saved["test"]["examples"] == N_USERS * (NEGATIVES + 1)
     assert saved["test"]["groups"] == N_USERS
     assert results["train"]["epochs_run"] == 1
+
+
+# ------------------------------------------------------------- the sequential benchmarks
+
+SEQ_ITEMS, SEQ_USERS, SEQ_LENGTH, SEQ_NEGATIVES = 30, 12, 8, 5
+
+
+def write_sequence_fixture(directory, name="Scientific"):
+    """Sequential-benchmark files: user u bought items u, u+1, ..., (mod SEQ_ITEMS) in that
+    order; every prefix trains, the last item is the test target, the one before it the
+    validation target."""
+    rows = {"train": [], "valid": [], "test": []}
+    for user in range(SEQ_USERS):
+        seq = [(user + k) % SEQ_ITEMS for k in range(SEQ_LENGTH)]
+        for end in range(1, SEQ_LENGTH - 2):
+            rows["train"].append((user, seq[:end], seq[end]))
+        rows["valid"].append((user, seq[:-2], seq[-2]))
+        rows["test"].append((user, seq[:-1], seq[-1]))
+    os.makedirs(directory, exist_ok=True)
+    for split, split_rows in rows.items():
+        with open(os.path.join(directory, f"{name}.{split}.inter"), "w") as f:
+            f.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
+            f.writelines(f"{u}\t{' '.join(map(str, h))}\t{t}\n" for u, h, t in split_rows)
+    with open(os.path.join(directory, f"{name}.item2index"), "w") as f:
+        f.writelines(f"P{i:03d}\t{i}\n" for i in range(SEQ_ITEMS))
+    with open(os.path.join(directory, f"{name}.text"), "w") as f:
+        f.write("item_id:token\ttext:token_seq\n")
+        f.writelines(f"P{i:03d}\tpart {i} kit {i % 3}. tools. brand {i % 2}.\n"
+                     for i in range(SEQ_ITEMS))
+    return str(directory)
+
+
+def test_a_sequential_benchmark_ranks_everything_and_prints_the_published_rows(
+        tmp_path, capsys):
+    data_dir = write_sequence_fixture(tmp_path / "scientific")
+    argv = ["--dataset", "scientific", "--data_dir", data_dir, "--out", str(tmp_path / "out"),
+            "--models", "popularity,sasrec,two_tower", "--bootstrap", "100", "--quiet"]
+    for item in [f"data.sequences.eval_negatives={SEQ_NEGATIVES}", "data.vocab_size=100",
+                 "model.hidden_dim=16", "model.intermediate_dim=32", "model.user_layers=1",
+                 "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=64"]:
+        argv += ["--set", item]
+    assert quality.main(argv) == 0
+    with open(tmp_path / "out" / "quality.json") as f:
+        result = json.load(f)
+    protocol = result["protocol"]
+    assert protocol["files"] == "Scientific" and protocol["users_evaluated"] == SEQ_USERS
+    full = protocol["full_ranking"]
+    assert full["excluded_from"] == "nothing" and full["ks"] == [10, 50, 100]
+    # Nothing is excluded: every other catalogue item competes with the target.
+    assert full["candidates_per_user"] == {"min": SEQ_ITEMS - 1, "mean": SEQ_ITEMS - 1,
+                                           "max": SEQ_ITEMS - 1}
+    for row in result["rows"]:
+        ranked = row["full_ranking"]
+        for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50"):
+            low, high = ranked["ci95"][key]
+            assert 0.0 <= low <= ranked[key] <= high <= 1.0, (row["model"], key)
+        assert ranked["hr@50"] == 1.0  # 30 items: the target is always within 50
+        assert row["candidates_per_user"] == SEQ_NEGATIVES + 1
+    settings = {row["model"]: row["settings"] for row in result["rows"]}
+    for name in ("sasrec", "two_tower"):
+        assert settings[name]["early_stopping_metric"] == "full_ndcg@10"
+        assert 0.0 <= settings[name]["best_val_full_ndcg@10"] <= 1.0
+    out = capsys.readouterr().out
+    assert "against every catalogue item, history included" in out
+    assert "UniSRec (published)" in out and "MISSRec (published)" in out
+    assert "(this run)" in out
