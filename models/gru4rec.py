@@ -39,7 +39,7 @@ class GRU4Rec(TwoTowerRecommender):
       embedding_dim: d, the item embedding and GRU state size.
       gru_layers: stacked GRU layers (at least 1).
       dropout: dropout on the item embeddings fed to the GRU and on the id embeddings.
-      loss: ``softmax`` (in-batch negatives) or ``bce``.
+      loss: ``softmax`` (in-batch negatives), ``full_softmax`` (every item) or ``bce``.
       catalogue_size: items ``item_index`` can name, for the softmax's logQ correction.
     """
 

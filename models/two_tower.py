@@ -40,7 +40,8 @@ from keras_hub.layers import TransformerEncoder
 
 from bert_recommender.models.bert_recommender import POOLING, backbone_from_token_embeddings
 
-LOSSES = ("bce", "softmax")
+LOSSES = ("bce", "softmax", "full_softmax")
+SOFTMAX_LOSSES = ("softmax", "full_softmax")  # train on the positives alone
 USER_POOLING = ("mean", "first")
 # Softmax logit of a masked in-batch candidate: exp() underflows to 0 without inf arithmetic.
 _MASKED_LOGIT = -1e9
@@ -79,8 +80,10 @@ class TwoTowerRecommender(keras.Model):
         backend; turn off for XLA-compiled steps, which need static shapes).
       loss: ``bce`` (pointwise, compiled by the training library) or ``softmax``: a
         sampled softmax over the batch's candidates (in-batch negatives) with accidental
-        hits removed and logQ correction by :meth:`set_item_counts`; the training rows
-        must then be positives only.
+        hits removed and logQ correction by :meth:`set_item_counts`; or ``full_softmax``:
+        cross-entropy over every catalogue item (RecBole's ``CE`` for sequential models;
+        id-only models, whose every item vector is one embedding lookup). With either
+        softmax the training rows must be positives only.
     """
 
     def __init__(self, item_encoder=None, num_items: int = 0, max_history: int = 5,
@@ -96,6 +99,9 @@ class TwoTowerRecommender(keras.Model):
                              f"{user_pooling!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if loss == "full_softmax" and (item_encoder is not None or num_items <= 0):
+            raise ValueError("loss='full_softmax' scores every catalogue item at each step: "
+                             "it needs an id-only model (item_encoder=None, num_items > 0)")
         if item_encoder is None and num_items <= 0:
             raise ValueError("an id-only TwoTowerRecommender (item_encoder=None) needs "
                              "num_items > 0")
@@ -336,6 +342,8 @@ class TwoTowerRecommender(keras.Model):
         logit = self.score(state, item, item_index)
         if training and self.loss_kind == "softmax":
             self.add_loss(self._in_batch_softmax(state, item, item_index))
+        elif training and self.loss_kind == "full_softmax":
+            self.add_loss(self._full_softmax(state, item_index, training))
         return logit
 
     def score_matrix(self, user_state: dict, item_vectors, item_index):
@@ -401,6 +409,14 @@ class TwoTowerRecommender(keras.Model):
         return ops.mean(keras.losses.categorical_crossentropy(labels, logits,
                                                              from_logits=True))
 
+    def _full_softmax(self, user_state, item_index, training):
+        """Cross-entropy of each row's item against every catalogue item (ids 1..N)."""
+        every = ops.arange(1, self.num_items + 1, dtype="int32")
+        logits = self.score_matrix(user_state, self.item_vectors(None, every, training), every)
+        labels = ops.maximum(ops.cast(item_index, "int32") - 1, 0)
+        return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                    from_logits=True))
+
     def set_item_counts(self, item_index: np.ndarray) -> None:
         """Sets log q(item) from the training positives' id indices (in-batch negatives
         are drawn with each item's share of the positives)."""
@@ -412,8 +428,8 @@ class TwoTowerRecommender(keras.Model):
         self.log_sampling_probability.assign(np.log(probability).astype(np.float32))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if training and self.loss_kind == "softmax":
-            # The in-batch softmax added in call(); the compiled pointwise loss does not
+        if training and self.loss_kind in SOFTMAX_LOSSES:
+            # The softmax added in call(); the compiled pointwise loss does not
             # apply to positives-only rows. Validation (training=False) keeps it.
             return ops.sum([ops.cast(loss, "float32") for loss in self.losses])
         return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,

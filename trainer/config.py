@@ -207,7 +207,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     # bce: pointwise on the labelled rows | softmax (two_tower / sasrec): sampled softmax
     # over the batch's candidates on the positive rows, accidental hits removed, logQ
-    # corrected (for implicit feedback such as MovieLens)
+    # corrected (for implicit feedback such as MovieLens) | full_softmax (id-only kinds:
+    # sasrec, gru4rec): cross-entropy over every catalogue item, RecBole's CE
     loss: str = "bce"
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
@@ -317,7 +318,7 @@ _CHOICES = {
     "data.synthetic.file_format": ("csv", "jsonl"),
     "data.movielens.variant": ("auto", "ml-100k", "ml-1m", "ml-latest-small", "ml-25m"),
     "data.movielens.negative_sampling": ("uniform", "popularity"),
-    "train.loss": ("bce", "softmax"),
+    "train.loss": ("bce", "softmax", "full_softmax"),
     "train.early_stopping_metric": ("auc", "group_auc", "ndcg@10", "full_ndcg@10"),
     "model.pooling": ("cls", "first", "mean"),
     "model.user_pooling": ("mean", "first"),
@@ -586,6 +587,9 @@ def _validate_privacy(cfg: ExperimentConfig) -> None:
     if cfg.train.loss == "softmax":
         why = ("train.loss=softmax scores each row against the other rows of its batch, so "
                "one row's gradient is not its own and clipping it bounds nothing; use bce")
+    elif cfg.train.loss == "full_softmax":
+        why = ("train.loss=full_softmax is added by the model, not the compiled per-example "
+               "loss the private step clips; use bce")
     elif cfg.runtime.backend == "jax":
         why = "the per-example gradient step is written for TensorFlow; use runtime.backend=tensorflow"
     elif cfg.runtime.strategy in ("multi_worker", "mirrored", "tpu"):

@@ -12,6 +12,7 @@ VARIANTS = {
     "cross_encoder": [["model.pooling=mean"],
                       ["model.normalize_first=true", "model.pooling=first"]],
     "two_tower": [["model.item_ids=true", "model.user_layers=1"]],
+    "sasrec": [["train.loss=full_softmax"]],
 }
 CASES = [(name, []) for name in kinds.names()] + \
     [(name, variant) for name, variants in VARIANTS.items() for variant in variants]

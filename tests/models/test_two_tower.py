@@ -144,6 +144,31 @@ def test_in_batch_softmax_matches_hand_computation():
     np.testing.assert_allclose(float(got), np.mean(expected), rtol=1e-5)
 
 
+def test_full_softmax_is_cross_entropy_over_every_item_and_trains():
+    catalogue = make_catalogue()
+    features = make_features(catalogue, sorted(catalogue))
+    model = tiny_two_tower(features, text=False, loss="full_softmax", hidden=4)
+    x = {"item_index": tf.constant([1, 2, 1]), "history_index": tf.constant([[3, 0, 0]] * 3)}
+    model(x)
+    state = model.user_state(x)
+    every = np.arange(1, model.num_items + 1)
+    logits = np.asarray(model.score_matrix(state, model.item_vectors(None, every), every))
+    rows = np.arange(3)
+    targets = np.array([1, 2, 1]) - 1  # column j holds item id j + 1
+    expected = np.log(np.exp(logits).sum(1)) - logits[rows, targets]
+    got = model._full_softmax(state, x["item_index"], training=False)
+    np.testing.assert_allclose(float(got), expected.mean(), rtol=1e-5)
+
+    model.compile(optimizer=keras.optimizers.Adam(0.05))
+    data = tf.data.Dataset.from_tensors((x, tf.ones([3]))).repeat(30)
+    history = model.fit(data, epochs=1, verbose=0).history["loss"]
+    after = float(model._full_softmax(model.user_state(x), x["item_index"], training=False))
+    assert np.isfinite(history[-1]) and after < float(got)
+
+    with pytest.raises(ValueError, match="full_softmax.*id-only"):
+        tiny_two_tower(features, loss="full_softmax")
+
+
 @tensorflow_only
 def test_savedmodel_signatures_match_in_a_fresh_process(tmp_path):
     catalogue = make_catalogue()

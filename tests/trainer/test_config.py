@@ -93,6 +93,10 @@ def load_checked(path, overrides):
     (["train.loss=hinge"], "train.loss"),
     (["model.kind=cross_encoder", "train.loss=softmax"], "train.loss"),
     (["model.kind=mf", "train.loss=softmax"], "train.loss"),
+    (["model.kind=mf", "train.loss=full_softmax"], "train.loss"),
+    (["model.kind=two_tower", "train.loss=full_softmax"], "train.loss"),
+    (["model.kind=sasrec", "train.loss=full_softmax", "train.privacy.enabled=true"],
+     "train.privacy.enabled"),
     (["model.kind=two_tower", "model.user_layers=-1"], "model.user_layers"),
     (["model.kind=two_tower", "model.user_heads=3"], "model.user_heads"),
     (["model.kind=sasrec", "data.max_history=0"], "data.max_history"),
@@ -102,6 +106,12 @@ def load_checked(path, overrides):
 def test_kind_settings_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_checked(os.path.join(CONFIGS, "tiny.yaml"), overrides)
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "gru4rec"])
+def test_id_only_kinds_train_with_the_full_softmax(kind):
+    load_checked(os.path.join(CONFIGS, "tiny.yaml"),
+                 [f"model.kind={kind}", "train.loss=full_softmax"])
 
 
 def test_unknown_kind_lists_the_registered_ones():

@@ -65,13 +65,11 @@ class ModelKind:
     def check_config(self, cfg) -> None:
         """Raises ConfigError for settings this kind cannot train with (checked whenever
         the kind is looked up, before anything is written)."""
-        if cfg.train.loss == "softmax" and not self.separate_towers:
+        if cfg.train.loss in ("softmax", "full_softmax") and not self.separate_towers:
             raise ConfigError(
-                f"config key 'train.loss': softmax (in-batch negatives) needs a model with "
-                f"separate user and item vectors (model.kind="
-                f"{' / '.join(names_with('separate_towers'))}); model.kind={self.name} trains "
-                "with "
-                "bce")
+                f"config key 'train.loss': {cfg.train.loss} needs a model with separate user "
+                f"and item vectors (model.kind={' / '.join(names_with('separate_towers'))}); "
+                f"model.kind={self.name} trains with bce")
         if cfg.train.privacy.enabled and self.counted:
             raise ConfigError(f"config key 'train.privacy.enabled': model.kind={self.name} "
                               "is counted from the clicks, not trained by gradients")

@@ -158,6 +158,11 @@ class TwoTower(ModelKind):
         if d.max_history <= 0:
             raise ConfigError("config key 'data.max_history' must be > 0 for a two-tower "
                               "model: its user tower reads the history items")
+        if cfg.train.loss == "full_softmax" and self.uses_text:
+            raise ConfigError(f"config key 'train.loss': full_softmax scores every catalogue "
+                              f"item at each step, which model.kind={self.name} would encode "
+                              "from text each time; use it with an id-only kind (sasrec, "
+                              "gru4rec), or softmax (in-batch negatives)")
 
     def benchmark_settings(self, cfg):
         m, t = cfg.model, cfg.train
@@ -216,9 +221,9 @@ class TwoTower(ModelKind):
                 **featurizer.from_text(tf.constant(["a"]), history, tf.constant(["b"]))}
 
     def training_rows(self, cfg, table):
-        if cfg.train.loss == "softmax":
-            # In-batch negatives: every row is a positive; the other rows' candidates in
-            # the batch are its negatives.
+        if cfg.train.loss in ("softmax", "full_softmax"):
+            # Every row is a positive; its negatives are the other rows' candidates in the
+            # batch (softmax) or the whole catalogue (full_softmax).
             return table.positive_rows()
         return table
 
