@@ -55,6 +55,9 @@ class TextPairPacker(keras.layers.Layer):
             return self._pack_in_graph(user_text, item_text)
         return self._pack(user_text, item_text)
 
+    #: The table's text columns :meth:`features` reads.
+    text_columns = ("user_text", "item_text")
+
     def features(self, batch: dict) -> dict:
         """Model inputs from a batch of table columns (``user_text``, ``item_text``): the
         featurizer interface every model kind's featurizer shares."""

@@ -434,6 +434,10 @@ def _seeded_passes(data: tf.data.Dataset, seed: int, shuffle_buffer: int,
     return functools.reduce(lambda a, b: a.concatenate(b), shuffled)
 
 
+# A table's text columns: a featurizer names those it reads (``text_columns``).
+TEXT_COLUMNS = ("user_text", "item_text", "query", "user_id")
+
+
 def model_inputs(batch: dict, packer) -> tuple:
     """``(features, label)`` of a batch of table columns, inside tf.data: the id features,
     whatever the model kind's featurizer ``packer`` adds (see :func:`make_dataset`), and
@@ -489,6 +493,11 @@ def make_dataset(source, batch_size: int, packer=None, training: bool = False,
     if isinstance(source, PairTable):
         columns = source.columns()
         columns.pop("true_probability", None)
+        # Only the text columns the featurizer reads: a user text is the joined history,
+        # repeated on each of an impression's rows, and as one fixed-width array it can
+        # outgrow memory (the sequential benchmarks: 844k rows of up to 9k characters).
+        read = set(getattr(packer, "text_columns", TEXT_COLUMNS)) if packer else set()
+        columns = {k: v for k, v in columns.items() if k not in TEXT_COLUMNS or k in read}
         data = tf.data.Dataset.from_tensor_slices(
             {k: (v.astype(str) if v.dtype == object else v) for k, v in columns.items()})
     else:

@@ -90,6 +90,9 @@ class GlassBoxFeatures:
         words = self._lookup_words(query)[:, : self.max_query_words]
         return words.to_tensor(default_value=0, shape=[None, self.max_query_words])
 
+    #: The table's text columns :meth:`features` reads.
+    text_columns = ("query",)
+
     def features(self, batch: dict) -> dict:
         """Model inputs from a batch of table columns (``item_index``, ``history_index``,
         ``query``); runs inside tf.data."""

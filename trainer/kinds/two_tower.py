@@ -38,8 +38,9 @@ class TwoTowerFeatures:
     others, so unseen (cold-start) items are scored from their text alone.
 
     Args:
-      tokenizer: an :class:`bert_recommender.models.layers.item_text_tokenizer.ItemTextTokenizer`, or None
-        for an id-only model.
+      tokenizer: an
+        :class:`bert_recommender.models.layers.item_text_tokenizer.ItemTextTokenizer`, or
+        None for an id-only model.
       item_ids: catalogue item ids, index-aligned with ``IdVocabulary.items`` (entry 0 is
         a placeholder for "no item").
       item_texts: their texts (``Item.text(data.item_text_fields)``), aligned the same way.
@@ -70,6 +71,12 @@ class TwoTowerFeatures:
     def _id_features(self, index):
         trained = tf.gather(tf.constant(self.trained_mask), index)
         return tf.where(trained, index, tf.zeros_like(index))
+
+    @property
+    def text_columns(self) -> tuple:
+        """The table's text columns :meth:`features` reads (the input pipeline leaves the
+        others out of the dataset)."""
+        return ("query",) if self.tokenizer is not None else ()
 
     def features(self, batch: dict) -> dict:
         """Model inputs from a batch of table columns (``item_index``, ``history_index``,

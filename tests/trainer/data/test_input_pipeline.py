@@ -112,3 +112,32 @@ def test_cached_tokens_give_the_same_examples_reshuffled_each_epoch(tokenizer):
     epochs = [rows[i:i + 3] for i in range(0, 30, 3)]
     assert all(sorted(epoch) == expected for epoch in epochs)  # each epoch: every row once
     assert len({tuple(epoch) for epoch in epochs}) > 1  # in a new order across epochs
+
+
+class _RecordingFeaturizer:
+    """Reads the query only, and records which table columns reach it."""
+
+    text_columns = ("query",)
+
+    def __init__(self):
+        self.seen = set()
+
+    def features(self, batch):
+        self.seen |= set(batch)
+        return {"query_length": tf.strings.length(batch["query"])}
+
+
+def test_the_dataset_carries_only_the_text_columns_the_featurizer_reads():
+    table = input_pipeline.PairTable(
+        user_text=np.array(["a long joined history " * 50] * 3, dtype=object),
+        item_text=np.array(["x", "y", "z"], dtype=object),
+        label=np.array([1, 0, 0], np.float32), group=np.zeros(3, np.int64),
+        user_index=np.ones(3, np.int32), item_index=np.arange(3, dtype=np.int32),
+        query=np.array(["q", "", "qq"], dtype=object))
+    featurizer = _RecordingFeaturizer()
+    (features, labels), = input_pipeline.make_dataset(table, 3, packer=featurizer).take(1)
+    assert featurizer.seen == {"query", "label", "group", "user_index", "item_index"}
+    assert features["query_length"].numpy().tolist() == [1, 0, 2]
+    # Without a featurizer (id models) no text column is read at all.
+    (ids, _), = input_pipeline.make_dataset(table, 3).take(1)
+    assert set(ids) == {"user_index", "item_index"}
