@@ -145,8 +145,11 @@ def test_an_evaluation_split_with_one_label_is_reported():
                                         "test": table([])}, "imp.csv") == []
 
 
-def test_users_own_files_train(tmp_path, tiny_config):
-    """A user's own CSV files without a split column train end to end (hash split)."""
+def test_users_own_files_train_without_export_and_export_later(tmp_path, tiny_config,
+                                                               capsys):
+    """A user's own CSV files without a split column train end to end (hash split). With
+    train.export=false the run is finished and verified without served models (an
+    earlier run's are removed), `predict` says how to write them, and `export` does."""
     rng = np.random.default_rng(0)
     words = ["red", "blue", "laptop", "phone", "fast", "cheap", "light", "big"]
     items = ["item_id,title,categories"] + [
@@ -162,23 +165,17 @@ def test_users_own_files_train(tmp_path, tiny_config):
     cfg = tiny_config("data.source=files", f"data.data_dir={tmp_path}",
                       "data.validation_fraction=0.2", "data.test_fraction=0.2",
                       "train.export=false")
-    results = train_lib.train(cfg, str(tmp_path / "run"))
-    assert "oracle_auc" not in results["test"]
-    assert results["test"]["examples"] > 0
-
-
-def test_a_run_trained_without_export_is_finished_and_exported_later(tmp_path, tiny_config,
-                                                                     capsys):
-    """train.export=false: a finished, verified run with no served models (an earlier
-    run's are removed), `predict` says how to write them, and `export` does."""
     model_dir = tmp_path / "run"
     (model_dir / "export").mkdir(parents=True)
     (model_dir / "export" / "saved_model.pb").write_text("an earlier run's")
-    train_lib.train(tiny_config("train.export=false"), str(model_dir))
+    results = train_lib.train(cfg, str(model_dir))
+    assert "oracle_auc" not in results["test"]
+    assert results["test"]["examples"] > 0
+
     assert not (model_dir / "export").exists() and not (model_dir / "export_tokens").exists()
     runs.verify(str(model_dir))
-    predict = ["predict", "--model_dir", str(model_dir), "--user_text", "a b",
-               "--item_text", "c"]
+    predict = ["predict", "--model_dir", str(model_dir), "--user_text", "red laptop",
+               "--item_text", "blue phone"]
     capsys.readouterr()
     assert task.main(predict) == 2
     err = capsys.readouterr().err
