@@ -747,12 +747,12 @@ def run(args, names: list, per_model: dict) -> dict:
         cfg = _config(args, overrides + per_model[name])
         if name == "bert_pretrained":
             cfg.model.pretrained = args.pretrained  # a path, so not a YAML override
-        kind = kinds.for_config(cfg)
         if cfg.train.early_stopping_metric.startswith("full_") and \
-                not kind.scores_catalogue_from_item_vectors:
+                not kinds.kind_class(cfg.model.kind).scores_catalogue_from_item_vectors:
             # A pairwise kind cannot rank the catalogue every epoch: it stops on the
             # sampled validation candidates (recorded in the row's settings).
             cfg.train.early_stopping_metric = "ndcg@10"
+        kind = kinds.for_config(cfg)
         model_tables = {"train": tables["train"], "validation": tables["validation"],
                         "test": test}
         if name == "bert_rerank":

@@ -65,6 +65,13 @@ class ModelKind:
     def check_config(self, cfg) -> None:
         """Raises ConfigError for settings this kind cannot train with (checked whenever
         the kind is looked up, before anything is written)."""
+        if cfg.train.early_stopping_metric.startswith("full_") and \
+                not self.scores_catalogue_from_item_vectors:
+            raise ConfigError(
+                f"config key 'train.early_stopping_metric': "
+                f"{cfg.train.early_stopping_metric} ranks the whole catalogue each epoch, "
+                f"which model.kind={self.name} can only do one (user, item) pair at a time; "
+                "use ndcg@10 (the sampled validation candidates)")
         if cfg.train.loss in ("softmax", "full_softmax") and not self.separate_towers:
             raise ConfigError(
                 f"config key 'train.loss': {cfg.train.loss} needs a model with separate user "

@@ -140,8 +140,9 @@ def compile_model(cfg: config_lib.ExperimentConfig, model: keras.Model, packer,
     """Builds ``model`` on a dummy batch and compiles it (AdamW with warmup/decay, BCE on the
     logit, AUC) under ``strategy``, with ``train.jit_compile`` and
     ``train.steps_per_execution``. With ``distillation`` the loss is
-    ``bert_recommender.models.distillation.DistillationLoss(distill.alpha, distill.temperature)`` and AUC
-    reads the labelled rows of its ``[label, teacher_logit, labelled]`` targets."""
+    ``bert_recommender.models.distillation.DistillationLoss(distill.alpha,
+    distill.temperature)`` and AUC reads the labelled rows of its ``[label, teacher_logit,
+    labelled]`` targets."""
     with strategy.scope():
         model(dummy_batch(cfg, packer))  # build the weights before compile/restore
         optimization.compile_for_training(model, cfg, total_steps, distillation)
@@ -280,13 +281,8 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
 
 def _full_ranking_callback(cfg, validation, packer, item_text):
     """:class:`run_reports.ValidationFullRanking` over the validation positives."""
-    kind = kinds.for_config(cfg)
+    kind = kinds.for_config(cfg)  # its config check refuses kinds that score pair by pair
     metric = cfg.train.early_stopping_metric
-    if not kind.scores_catalogue_from_item_vectors:
-        raise UserInputError(
-            f"train.early_stopping_metric={metric} ranks the whole catalogue each epoch, "
-            f"which model.kind={cfg.model.kind} can only do one (user, item) pair at a "
-            "time; use ndcg@10 (the sampled validation candidates)")
     if item_text is None:
         raise ValueError(f"fit_model: train.early_stopping_metric={metric} needs item_text")
     positives = validation.subset(np.flatnonzero(validation.label > 0))
