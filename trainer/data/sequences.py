@@ -95,12 +95,14 @@ def _header(path: str, rows, wanted: tuple) -> tuple[dict, Iterator]:
     return {name: names.index(name) for name in wanted}, rows
 
 
-def _index(value: str, path: str, line: int, what: str, limit: int) -> int:
+def _index(value: str, path: str, line: int, what: str, limit: int | None) -> int:
+    """``value`` as an integer index in ``[0, limit)`` (any integer when ``limit`` is None:
+    users without a ``.user2index`` file are only labels)."""
     try:
         index = int(value)
     except ValueError:
         raise DataError(f"{path}:{line}: {what} {value!r} is not an integer index") from None
-    if not 0 <= index < limit:
+    if limit is not None and not 0 <= index < limit:
         raise DataError(f"{path}:{line}: {what} {index} is out of range: the index files "
                         f"define {limit} (0 to {limit - 1})")
     return index
@@ -167,15 +169,7 @@ def read_inter(path: str, n_items: int, n_users: int | None) -> list[tuple[int, 
         if len(cells) < width:
             raise DataError(f"{path}:{line_no}: expected {width} tab-separated fields, "
                             f"found {len(cells)}")
-        user_cell = cells[columns["user_id"]].strip()
-        if n_users is None:
-            try:
-                user = int(user_cell)
-            except ValueError:
-                raise DataError(f"{path}:{line_no}: user_id {user_cell!r} is not an integer "
-                                "index") from None
-        else:
-            user = _index(user_cell, path, line_no, "user_id", n_users)
+        user = _index(cells[columns["user_id"]].strip(), path, line_no, "user_id", n_users)
         history = tuple(_index(v, path, line_no, "item_id_list entry", n_items)
                         for v in cells[columns["item_id_list"]].split())
         target = _index(cells[columns["item_id"]].strip(), path, line_no, "item_id", n_items)

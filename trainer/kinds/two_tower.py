@@ -16,7 +16,7 @@ from bert_recommender.explainability.token_attributions import integrated_gradie
 from bert_recommender.explainability.two_tower_scorer import SlotRowView, TwoTowerScorer
 from bert_recommender.models.layers.item_text_tokenizer import ItemTextTokenizer
 from bert_recommender.models.layers.text_pair_packer import special_token_ids
-from bert_recommender.models.two_tower import TwoTowerRecommender
+from bert_recommender.models.two_tower import SOFTMAX_LOSSES, TwoTowerRecommender
 from trainer.data.canonical import Catalogue
 from trainer.data.input_pipeline import IdVocabulary
 from trainer.errors import ConfigError
@@ -228,7 +228,7 @@ class TwoTower(ModelKind):
                 **featurizer.from_text(tf.constant(["a"]), history, tf.constant(["b"]))}
 
     def training_rows(self, cfg, table):
-        if cfg.train.loss in ("softmax", "full_softmax"):
+        if cfg.train.loss in SOFTMAX_LOSSES:
             # Every row is a positive; its negatives are the other rows' candidates in the
             # batch (softmax) or the whole catalogue (full_softmax).
             return table.positive_rows()
