@@ -27,6 +27,15 @@ item bias (a hybrid of text and collaborative signal). Index 0 means "no id": it
 in training, padding and the query get neither, so a cold-start item is scored from its
 text alone. With ``item_encoder=None`` the model is id-only: a SASRec-style sequential
 recommender without text, the baseline that shows what text adds.
+
+With ``text_vectors_shape`` the item tower reads *frozen pretrained text vectors* instead
+of running an encoder: a table ``[T, D]`` of one vector per catalogue text, computed once by
+a pretrained checkpoint (models/pretrained_text.py) and held as a non-trainable weight,
+and a trainable :class:`~bert_recommender.models.layers.text_adapter.TextAdapter` to the
+item space (UniSRec's recipe). A step then costs what an id-only step costs plus the
+adapter, and the full softmax over the catalogue (``loss="full_softmax"``) is open to a
+text model. Texts outside the table (serving) arrive as ``extra_text_vectors`` computed by
+the same frozen encoder.
 """
 
 from __future__ import annotations
@@ -39,12 +48,17 @@ from keras import ops
 from keras_hub.layers import TransformerEncoder
 
 from bert_recommender.models.bert_recommender import POOLING, backbone_from_token_embeddings
+from bert_recommender.models.layers.text_adapter import TextAdapter
 
 LOSSES = ("bce", "softmax", "full_softmax")
 SOFTMAX_LOSSES = ("softmax", "full_softmax")  # train on the positives alone
 USER_POOLING = ("mean", "first")
 # Softmax logit of a masked in-batch candidate: exp() underflows to 0 without inf arithmetic.
 _MASKED_LOGIT = -1e9
+# Frozen text tables up to this many rows are adapted whole once per call and gathered
+# from (a training batch of 256 x 51 slots already reads more rows than that); larger
+# ones adapt only the rows a batch reads.
+_ADAPT_WHOLE_TABLE_ROWS = 16384
 
 
 @keras.saving.register_keras_serializable(package="bert_recommender")
@@ -60,9 +74,21 @@ class TwoTowerRecommender(keras.Model):
         history_index      [batch, H]      their id-embedding indices (0 = none / padding)
         query_token_ids    [batch, L]      the query (all [PAD] when there is none)
 
+    With frozen text vectors (``text_vectors_shape``) the token inputs are replaced by::
+
+        item_text_index     [batch]         the candidate's row of the text table (0 = none)
+        history_text_index  [batch, H]      the history items' rows (0 = padding)
+        extra_text_vectors  [m, D] float    optional: vectors of texts outside the table,
+                                            named by rows T..T+m-1 (serving)
+
     Args:
       item_encoder: a keras-hub ``BertBackbone`` / ``PreLNBertBackbone`` over item texts,
-        or None for an id-only model.
+        or None for an id-only model (or one over frozen text vectors).
+      text_vectors_shape: ``(T, D)``: read item texts as rows of a frozen table of
+        pretrained vectors (set with :meth:`set_text_vectors`; row 0 = no text) through a
+        trainable adapter, instead of an encoder. Needs ``embedding_dim``.
+      adapter / adapter_experts / adapter_dropout: the ``TextAdapter`` of the frozen
+        vectors (``linear``, ``whitening`` or ``moe``).
       num_items: size of the id vocabulary (ids 1..num_items); 0 turns ids off.
       max_history: H, the history items the user tower reads.
       embedding_dim: the item/user vector size; defaults to the encoder's hidden size.
@@ -82,15 +108,17 @@ class TwoTowerRecommender(keras.Model):
         sampled softmax over the batch's candidates (in-batch negatives) with accidental
         hits removed and logQ correction by :meth:`set_item_counts`; or ``full_softmax``:
         cross-entropy over every catalogue item (RecBole's ``CE`` for sequential models;
-        id-only models, whose every item vector is one embedding lookup). With either
-        softmax the training rows must be positives only.
+        id-only models and frozen text vectors, whose every item vector is cheap). With
+        either softmax the training rows must be positives only.
     """
 
     def __init__(self, item_encoder=None, num_items: int = 0, max_history: int = 5,
                  embedding_dim: int = 0, pooling: str = "mean", user_layers: int = 1,
                  user_heads: int = 2, user_intermediate_dim: int = 0, dropout: float = 0.1,
                  loss: str = "bce", max_interest: bool = True, catalogue_size: int = 0,
-                 deduplicate_items: bool = True, user_pooling: str = "mean", **kwargs):
+                 deduplicate_items: bool = True, user_pooling: str = "mean",
+                 text_vectors_shape=None, adapter: str = "linear", adapter_experts: int = 8,
+                 adapter_dropout: float = 0.2, **kwargs):
         super().__init__(**kwargs)
         if pooling not in POOLING:
             raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
@@ -99,10 +127,16 @@ class TwoTowerRecommender(keras.Model):
                              f"{user_pooling!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        if loss == "full_softmax" and (item_encoder is not None or num_items <= 0):
+        frozen = text_vectors_shape is not None
+        if frozen and item_encoder is not None:
+            raise ValueError("give an item_encoder or text_vectors_shape, not both")
+        if loss == "full_softmax" and (item_encoder is not None
+                                       or max(num_items, catalogue_size) <= 0):
             raise ValueError("loss='full_softmax' scores every catalogue item at each step: "
-                             "it needs an id-only model (item_encoder=None, num_items > 0)")
-        if item_encoder is None and num_items <= 0:
+                             "it needs item vectors that cost a lookup (an id-only model, "
+                             "or frozen text vectors) and a catalogue (num_items or "
+                             "catalogue_size > 0)")
+        if item_encoder is None and not frozen and num_items <= 0:
             raise ValueError("an id-only TwoTowerRecommender (item_encoder=None) needs "
                              "num_items > 0")
         self.item_encoder = item_encoder
@@ -120,9 +154,20 @@ class TwoTowerRecommender(keras.Model):
         hidden = item_encoder.hidden_dim if item_encoder is not None else embedding_dim
         self.embedding_dim = embedding_dim or hidden
         if not self.embedding_dim:
-            raise ValueError("an id-only TwoTowerRecommender needs embedding_dim > 0")
+            raise ValueError("a TwoTowerRecommender without an item_encoder needs "
+                             "embedding_dim > 0")
         self.user_intermediate_dim = user_intermediate_dim or 2 * self.embedding_dim
         d = self.embedding_dim
+        self.text_vectors_shape = tuple(int(n) for n in text_vectors_shape) if frozen else None
+        self.adapter, self.adapter_experts = adapter, adapter_experts
+        self.adapter_dropout = adapter_dropout
+        self.text_adapter = None
+        if frozen:
+            self.text_table = self.add_weight(shape=self.text_vectors_shape,
+                                              initializer="zeros", trainable=False,
+                                              name="text_table")
+            self.text_adapter = TextAdapter(d, adapter, adapter_experts, adapter_dropout,
+                                            name="text_adapter")
         self.item_projection = None
         if item_encoder is not None:
             if pooling != "cls":
@@ -143,6 +188,12 @@ class TwoTowerRecommender(keras.Model):
             self.log_sampling_probability = self.add_weight(
                 shape=(self.catalogue_size + 1,), initializer="zeros", trainable=False,
                 name="log_sampling_probability")
+        if loss == "full_softmax" and num_items > 0:
+            # 1 for the items training saw (set_trained_items): the others keep no id
+            # embedding in the full softmax, as the features give them none elsewhere.
+            self.trained_items = self.add_weight(
+                shape=(self.catalogue_size + 1,), initializer="ones", trainable=False,
+                name="trained_items")
         # user_layers=0: the parts are matched as they come out of the item tower; > 0 adds a
         # SASRec-style transformer with position embeddings over them. On the planted-rule
         # test (tests/models) a 1-layer transformer lowered group AUC from 0.97 to 0.88: on
@@ -162,13 +213,79 @@ class TwoTowerRecommender(keras.Model):
 
     # -- towers ------------------------------------------------------------------------
 
-    def item_vectors(self, token_ids, item_index, training=False):
-        """``v(i)`` for items given as token rows ``[n, L]`` and id indices ``[n]``
-        (any leading shape works: ``[b, h, L]`` and ``[b, h]`` give ``[b, h, d]``)."""
-        vectors = None
+    @property
+    def reads_text(self) -> bool:
+        """Whether item vectors have a text part (an encoder or frozen text vectors)."""
+        return self.item_encoder is not None or self.text_adapter is not None
+
+    @property
+    def text_input_names(self) -> tuple:
+        """The input names of the candidate's and the history items' texts: token rows
+        for an encoder, text-table rows for frozen text vectors (``()``: no text)."""
+        if self.text_adapter is not None:
+            return ("item_text_index", "history_text_index")
+        return ("item_token_ids", "history_token_ids") if self.item_encoder is not None else ()
+
+    def set_text_vectors(self, vectors) -> None:
+        """Fills the frozen text table ``[T, D]`` (row 0, "no text", is zeroed)."""
+        vectors = np.asarray(vectors, np.float32)
+        if self.text_vectors_shape is None or vectors.shape != self.text_vectors_shape:
+            raise ValueError(f"text vectors of shape {vectors.shape}; the model was built for "
+                             f"{self.text_vectors_shape}")
+        vectors = vectors.copy()
+        vectors[0] = 0.0
+        self.text_table.assign(vectors)
+
+    def item_vectors(self, texts, item_index, training=False, extra_text_vectors=None):
+        """``v(i)`` for items given as texts and id indices ``[n]``: token rows ``[n, L]``
+        for an encoder, text-table rows ``[n]`` for frozen text vectors (``extra_text_vectors``
+        holds those of rows past the table), None without text. Any leading shape works:
+        ``[b, h, L]`` and ``[b, h]`` give ``[b, h, d]``."""
+        return self._with_ids(self._text_vectors(texts, training, extra_text_vectors),
+                              item_index, training)
+
+    def candidate_vectors(self, inputs, training=False):
+        """``v(i)`` of the candidates of a batch of model inputs ``[b, d]``."""
+        text = inputs.get(self.text_input_names[0]) if self.reads_text else None
+        return self.item_vectors(text, inputs["item_index"], training,
+                                 inputs.get("extra_text_vectors"))
+
+    def _text_vectors(self, texts, training, extra_text_vectors=None, adapted=None):
+        """The text part of item vectors (None for an id-only model)."""
         if self.item_encoder is not None:
-            vectors = self._encode_text(token_ids, training)
-        return self._with_ids(vectors, item_index, training)
+            return self._encode_text(texts, training)
+        if self.text_adapter is None:
+            return None
+        rows = ops.cast(texts, "int32")
+        if adapted is None:
+            adapted = self._adapted_table(training, extra_text_vectors)
+        if adapted is not None:
+            vectors = ops.take(adapted, rows, axis=0)
+        else:
+            vectors = self.text_adapter(ops.take(self._text_table(extra_text_vectors), rows,
+                                                 axis=0), training=training)
+        present = ops.expand_dims(ops.cast(ops.greater(rows, 0), vectors.dtype), -1)
+        return vectors * present
+
+    def _text_table(self, extra_text_vectors=None):
+        table = ops.convert_to_tensor(self.text_table)
+        if extra_text_vectors is None:
+            return table
+        return ops.concatenate([table, ops.cast(extra_text_vectors, table.dtype)], axis=0)
+
+    def _adapted_table(self, training, extra_text_vectors=None):
+        """The adapter's output for every row of the text table (and the extra rows), or
+        None when the table is too large to adapt whole (see ``_ADAPT_WHOLE_TABLE_ROWS``)."""
+        if self.text_vectors_shape[0] > _ADAPT_WHOLE_TABLE_ROWS:
+            return None
+        return self.text_adapter(self._text_table(extra_text_vectors), training=training)
+
+    def _text_present(self, texts):
+        """``[...]`` bool: which texts are present (token rows with a non-[PAD] id, or
+        text-table rows > 0)."""
+        if self.text_adapter is not None:
+            return ops.greater(ops.cast(texts, "int32"), 0)
+        return ops.any(ops.not_equal(texts, 0), -1)
 
     def _with_ids(self, text_vectors, item_index, training):
         """Adds the id embedding of each known id (index > 0) to its text vector (None:
@@ -280,18 +397,19 @@ class TwoTowerRecommender(keras.Model):
         vectors (:meth:`score_matrix`).
         """
         history_index = ops.cast(inputs["history_index"], "int32")
-        history_tokens = inputs.get("history_token_ids")
+        history_texts = inputs.get(self.text_input_names[1]) if self.reads_text else None
         query_tokens = inputs.get("query_token_ids")
         if history_vectors is None:
-            history_vectors = self.item_vectors(history_tokens, history_index, training)
+            history_vectors = self.item_vectors(history_texts, history_index, training,
+                                                inputs.get("extra_text_vectors"))
         present = ops.greater(history_index, 0)
-        if history_tokens is not None:
-            present = ops.logical_or(present, ops.any(ops.not_equal(history_tokens, 0), -1))
+        if history_texts is not None:
+            present = ops.logical_or(present, self._text_present(history_texts))
         if self.item_encoder is not None and query_tokens is not None:
             query = (self._encode_text(query_tokens, training) if query_vector is None
                      else query_vector)
             query_present = ops.any(ops.not_equal(query_tokens, 0), axis=-1)
-        else:  # id-only: no text, so no query
+        else:  # no text encoder (ids, frozen text vectors): no query
             query = ops.zeros_like(history_vectors[:, 0, :])
             query_present = ops.zeros_like(present[:, 0])
         sequence = ops.concatenate([ops.expand_dims(query, 1),
@@ -336,14 +454,26 @@ class TwoTowerRecommender(keras.Model):
                                                             self.embedding_dim))
             item = vectors[split:]
         else:
-            history_vectors = self.item_vectors(None, history_index, training)
-            item = self.item_vectors(None, item_index, training)
+            # Frozen text vectors: the adapter runs once per call over the whole table
+            # (or the rows read), shared by the history, the candidates and the softmax.
+            extra = inputs.get("extra_text_vectors")
+            adapted = self._adapted_table(training, extra) if self.text_adapter else None
+            text = self.text_input_names
+
+            def vectors_of(name, index):
+                texts = self._text_vectors(inputs[name], training, extra, adapted) \
+                    if text else None
+                return self._with_ids(texts, index, training)
+
+            history_vectors = vectors_of(text[1] if text else None, history_index)
+            item = vectors_of(text[0] if text else None, item_index)
         state = self.user_state(inputs, training, history_vectors=history_vectors)
         logit = self.score(state, item, item_index)
         if training and self.loss_kind == "softmax":
             self.add_loss(self._in_batch_softmax(state, item, item_index))
         elif training and self.loss_kind == "full_softmax":
-            self.add_loss(self._full_softmax(state, item_index, training))
+            self.add_loss(self._full_softmax(state, item_index, training,
+                                             adapted if self.text_adapter else None))
         return logit
 
     def score_matrix(self, user_state: dict, item_vectors, item_index):
@@ -409,13 +539,27 @@ class TwoTowerRecommender(keras.Model):
         return ops.mean(keras.losses.categorical_crossentropy(labels, logits,
                                                              from_logits=True))
 
-    def _full_softmax(self, user_state, item_index, training):
-        """Cross-entropy of each row's item against every catalogue item (ids 1..N)."""
-        every = ops.arange(1, self.num_items + 1, dtype="int32")
-        logits = self.score_matrix(user_state, self.item_vectors(None, every, training), every)
+    def _full_softmax(self, user_state, item_index, training, adapted=None):
+        """Cross-entropy of each row's item against every catalogue item (1..N): their
+        id embeddings and, with frozen text vectors, text-table rows 1..N (the kind
+        lays the catalogue's texts out first). Items training never saw keep only their
+        text, as at evaluation (``set_trained_items``)."""
+        every = ops.arange(1, self.catalogue_size + 1, dtype="int32")
+        ids = every
+        if self.num_items > 0:
+            ids = every * ops.cast(ops.take(self.trained_items, every), "int32")
+        texts = (self._text_vectors(every, training, adapted=adapted)
+                 if self.text_adapter is not None else None)
+        logits = self.score_matrix(user_state, self._with_ids(texts, ids, training), ids)
         labels = ops.maximum(ops.cast(item_index, "int32") - 1, 0)
         return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits,
                                                                     from_logits=True))
+
+    def set_trained_items(self, mask) -> None:
+        """Marks the catalogue items (index 1..catalogue_size; ``[catalogue_size + 1]``
+        bools) that training saw; only those keep their id embedding in the full softmax."""
+        if hasattr(self, "trained_items"):
+            self.trained_items.assign(np.asarray(mask, np.float32)[:self.catalogue_size + 1])
 
     def set_item_counts(self, item_index: np.ndarray) -> None:
         """Sets log q(item) from the training positives' id indices (in-batch negatives
@@ -450,7 +594,10 @@ class TwoTowerRecommender(keras.Model):
             "user_intermediate_dim": self.user_intermediate_dim, "dropout": self.dropout,
             "loss": self.loss_kind, "max_interest": self.max_interest,
             "catalogue_size": self.catalogue_size,
-            "deduplicate_items": self.deduplicate_items, "user_pooling": self.user_pooling})
+            "deduplicate_items": self.deduplicate_items, "user_pooling": self.user_pooling,
+            "text_vectors_shape": self.text_vectors_shape, "adapter": self.adapter,
+            "adapter_experts": self.adapter_experts,
+            "adapter_dropout": self.adapter_dropout})
         return config
 
     @classmethod

@@ -7,8 +7,12 @@ Tests import from here; ``conftest.py`` only defines fixtures.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import functools
 import os
+import shutil
+import tempfile
 
 import keras_hub
 import numpy as np
@@ -183,6 +187,22 @@ TINY_MODEL = ["model.hidden_dim=16", "model.intermediate_dim=32", "model.num_lay
               "model.max_sequence_length=24", "model.dropout=0.0", "model.head_dropout=0.0"]
 
 
+def required_overrides(name: str) -> list:
+    """Settings kind ``name`` cannot be built without (a pretrained checkpoint: the tiny
+    random one of :func:`tiny_checkpoint`)."""
+    if name != "frozen_two_tower":
+        return []
+    return [f"model.pretrained={tiny_checkpoint()}", "model.normalize_first=false"]
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_checkpoint() -> str:
+    """One :func:`write_tiny_checkpoint` per test process (removed when it exits)."""
+    directory = tempfile.mkdtemp(prefix="tiny_checkpoint_")
+    atexit.register(shutil.rmtree, directory, True)
+    return write_tiny_checkpoint(os.path.join(directory, "ckpt"))
+
+
 @dataclasses.dataclass
 class TinyKind:
     """A registered kind built through the registry on micro synthetic data."""
@@ -201,7 +221,8 @@ def build_tiny_kind(name: str, data_dir: str, *overrides) -> TinyKind:
     from trainer.training import train_lib
 
     loss = "softmax" if kinds.kind_class(name).separate_towers else "bce"
-    cfg = tiny_config(f"model.kind={name}", f"train.loss={loss}", *TINY_MODEL, *overrides)
+    cfg = tiny_config(f"model.kind={name}", f"train.loss={loss}", *TINY_MODEL,
+                      *required_overrides(name), *overrides)
     kind = kinds.for_config(cfg)
     prepared = train_lib.prepare_data(cfg, data_dir)
     featurizer = train_lib.make_packer(cfg, prepared.vocabulary, prepared)
@@ -284,3 +305,47 @@ def run_model_harness(name: str, tmp_path, *overrides, saved_model: bool = True)
         np.testing.assert_allclose(served["logit"].numpy(), logits, atol=1e-4)
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     return tiny
+
+
+# ------------------------------------------------------------- sequential benchmark files
+
+SEQ_ITEMS, SEQ_USERS, SEQ_LENGTH = 30, 12, 8
+
+
+def write_sequence_fixture(directory, name="Scientific"):
+    """Sequential-benchmark files: user u bought items u, u+1, ..., (mod SEQ_ITEMS) in that
+    order; every prefix trains, the last item is the test target, the one before it the
+    validation target."""
+    rows = {"train": [], "valid": [], "test": []}
+    for user in range(SEQ_USERS):
+        seq = [(user + k) % SEQ_ITEMS for k in range(SEQ_LENGTH)]
+        for end in range(1, SEQ_LENGTH - 2):
+            rows["train"].append((user, seq[:end], seq[end]))
+        rows["valid"].append((user, seq[:-2], seq[-2]))
+        rows["test"].append((user, seq[:-1], seq[-1]))
+    os.makedirs(directory, exist_ok=True)
+    for split, split_rows in rows.items():
+        with open(os.path.join(directory, f"{name}.{split}.inter"), "w") as f:
+            f.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
+            f.writelines(f"{u}\t{' '.join(map(str, h))}\t{t}\n" for u, h, t in split_rows)
+    with open(os.path.join(directory, f"{name}.item2index"), "w") as f:
+        f.writelines(f"P{i:03d}\t{i}\n" for i in range(SEQ_ITEMS))
+    with open(os.path.join(directory, f"{name}.text"), "w") as f:
+        f.write("item_id:token\ttext:token_seq\n")
+        f.writelines(f"P{i:03d}\tpart {i} kit {i % 3}. tools. brand {i % 2}.\n"
+                     for i in range(SEQ_ITEMS))
+    return str(directory)
+
+
+def write_tiny_checkpoint(directory, hidden_dim=16, num_layers=1) -> str:
+    """A tiny random BERT saved as a keras-hub preset directory (config.json, weights,
+    tokenizer vocabulary): what the pretrained paths load in tests, offline."""
+    words = sorted({w for i in range(SEQ_ITEMS)
+                    for w in f"part {i} kit {i % 3} tools brand {i % 2}".split()} | {"."})
+    tokenizer = keras_hub.tokenizers.BertTokenizer(vocabulary=RESERVED_TOKENS + words)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=tokenizer.vocabulary_size(), num_layers=num_layers, num_heads=2,
+        hidden_dim=hidden_dim, intermediate_dim=2 * hidden_dim, max_sequence_length=64)
+    backbone.save_to_preset(str(directory))
+    tokenizer.save_to_preset(str(directory))
+    return str(directory)

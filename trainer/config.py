@@ -139,7 +139,9 @@ class ModelConfig:
     ``cross_encoder``, ``glass_box``, ``mf``, ``popularity``, and any kind registered
     with ``trainer.kinds.register``). ``two_tower`` has one shared item encoder for the
     candidate, the history items and the query, then a user transformer
-    (models/two_tower.py); ``sasrec`` is that model without text (item ids only), the
+    (models/two_tower.py); ``frozen_two_tower`` is that model over frozen pretrained text
+    vectors of the catalogue (``pretrained`` encodes them once) through a trainable
+    ``adapter``; ``sasrec`` is that model without text (item ids only), the
     baseline that shows what text adds; ``cross_encoder`` is one encoder over "user side
     [SEP] item", the reranker and teacher; ``glass_box`` is a logistic regression over
     named word/item features (models/glass_box.py; ``l2`` is its per-word weight
@@ -164,6 +166,12 @@ class ModelConfig:
     # two_tower / sasrec: add the best match between the candidate and any single part of
     # the user side (query, each history item) to the pooled dot product (multi-interest)
     max_interest: bool = True
+    # frozen_two_tower: the trainable adapter from the frozen pretrained text vectors to
+    # the item space (models/layers/text_adapter.py): linear | whitening | moe (UniSRec's
+    # mixture of whitening experts); its experts (moe) and its input dropout
+    adapter: str = "linear"
+    adapter_experts: int = 8
+    adapter_dropout: float = 0.2
     num_layers: int = 2
     num_heads: int = 2
     hidden_dim: int = 64
@@ -322,6 +330,7 @@ _CHOICES = {
     "train.early_stopping_metric": ("auc", "group_auc", "ndcg@10", "full_ndcg@10"),
     "model.pooling": ("cls", "first", "mean"),
     "model.user_pooling": ("mean", "first"),
+    "model.adapter": ("linear", "whitening", "moe"),
     "runtime.strategy": ("auto", "tpu", "multi_worker", "mirrored", "one_device", "default"),
     "runtime.precision": ("float32", "mixed_bfloat16", "mixed_float16"),
     "runtime.backend": ("auto", "tensorflow", "jax"),

@@ -31,6 +31,7 @@ BUILT_IN = {
     "mf": "trainer.kinds.id_baselines",
     "sasrec": "trainer.kinds.two_tower",
     "two_tower": "trainer.kinds.two_tower",
+    "frozen_two_tower": "trainer.kinds.frozen_two_tower",
     "cross_encoder": "trainer.kinds.cross_encoder",
     "glass_box": "trainer.kinds.glass_box",
     "gru4rec": "trainer.kinds.gru4rec",

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from benchmarks import quality
-from tests.harness import MINILM_DIR, REPO, require_shared
+from tests.harness import (MINILM_DIR, REPO, SEQ_ITEMS, SEQ_USERS, require_shared,
+                           write_sequence_fixture)
 from tests.trainer.data.test_movielens import make_movies, make_ratings, write_csv_variant
 from trainer import config as config_lib
 from trainer.data import input_pipeline
@@ -393,32 +394,7 @@ def test_movielens_config_trains_end_to_end(ml_dir, tmp_path):
 
 # ------------------------------------------------------------- the sequential benchmarks
 
-SEQ_ITEMS, SEQ_USERS, SEQ_LENGTH, SEQ_NEGATIVES = 30, 12, 8, 5
-
-
-def write_sequence_fixture(directory, name="Scientific"):
-    """Sequential-benchmark files: user u bought items u, u+1, ..., (mod SEQ_ITEMS) in that
-    order; every prefix trains, the last item is the test target, the one before it the
-    validation target."""
-    rows = {"train": [], "valid": [], "test": []}
-    for user in range(SEQ_USERS):
-        seq = [(user + k) % SEQ_ITEMS for k in range(SEQ_LENGTH)]
-        for end in range(1, SEQ_LENGTH - 2):
-            rows["train"].append((user, seq[:end], seq[end]))
-        rows["valid"].append((user, seq[:-2], seq[-2]))
-        rows["test"].append((user, seq[:-1], seq[-1]))
-    os.makedirs(directory, exist_ok=True)
-    for split, split_rows in rows.items():
-        with open(os.path.join(directory, f"{name}.{split}.inter"), "w") as f:
-            f.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
-            f.writelines(f"{u}\t{' '.join(map(str, h))}\t{t}\n" for u, h, t in split_rows)
-    with open(os.path.join(directory, f"{name}.item2index"), "w") as f:
-        f.writelines(f"P{i:03d}\t{i}\n" for i in range(SEQ_ITEMS))
-    with open(os.path.join(directory, f"{name}.text"), "w") as f:
-        f.write("item_id:token\ttext:token_seq\n")
-        f.writelines(f"P{i:03d}\tpart {i} kit {i % 3}. tools. brand {i % 2}.\n"
-                     for i in range(SEQ_ITEMS))
-    return str(directory)
+SEQ_NEGATIVES = 5
 
 
 def test_a_sequential_benchmark_ranks_everything_and_prints_the_published_rows(

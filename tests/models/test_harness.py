@@ -13,6 +13,7 @@ VARIANTS = {
                       ["model.normalize_first=true", "model.pooling=first"]],
     "two_tower": [["model.item_ids=true", "model.user_layers=1"]],
     "sasrec": [["train.loss=full_softmax"]],
+    "frozen_two_tower": [["train.loss=full_softmax", "model.item_ids=true", "model.adapter=moe"]],
 }
 CASES = [(name, []) for name in kinds.names()] + \
     [(name, variant) for name, variants in VARIANTS.items() for variant in variants]

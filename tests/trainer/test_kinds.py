@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.harness import REPO
+from tests.harness import REPO, required_overrides
 from trainer import config as config_lib
 from trainer import kind_registry, kinds
 from trainer.errors import ConfigError
@@ -108,7 +108,8 @@ def test_every_registered_kind_keeps_the_contract(name):
     if cls.benchmark_overrides is not None:
         assert all("=" in o for o in cls.benchmark_overrides)
     loss = "softmax" if cls.separate_towers else "bce"
-    cfg = config_lib.load_config(TINY, [f"model.kind={name}", f"train.loss={loss}"])
+    cfg = config_lib.load_config(TINY, [f"model.kind={name}", f"train.loss={loss}",
+                                        *required_overrides(name)])
     assert isinstance(kinds.for_config(cfg), cls)
 
 

@@ -87,9 +87,12 @@ class ModelKind:
 
     # -- data and model -----------------------------------------------------------------
 
-    def featurizer(self, cfg, vocabulary, catalogue, ids: input_pipeline.IdVocabulary):
+    def featurizer(self, cfg, vocabulary, catalogue, ids: input_pipeline.IdVocabulary,
+                   cache_dir: str | None = None):
         """What ``input_pipeline.make_dataset(packer=...)`` and the export feed the model
-        with (None: the id columns alone)."""
+        with (None: the id columns alone). ``cache_dir`` (the run directory, or a
+        benchmark's output) is where a kind may cache what it computes once from the
+        catalogue (frozen text vectors)."""
         return None
 
     def learns_vocabulary(self, cfg) -> bool:

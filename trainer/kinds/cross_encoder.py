@@ -41,7 +41,7 @@ class CrossEncoder(ModelKind):
     def benchmark_settings(self, cfg):
         return {**text_settings(cfg), "sequence_length": cfg.data.sequence_length}
 
-    def featurizer(self, cfg, vocabulary, catalogue, ids):
+    def featurizer(self, cfg, vocabulary, catalogue, ids, cache_dir=None):
         return TextPairPacker(tokenizer_of(cfg, vocabulary), cfg.data.sequence_length,
                               cfg.data.item_max_tokens)
 

@@ -133,7 +133,7 @@ class GlassBox(ModelKind):
     benchmark_overrides = None  # a distillation student, not a quality row
     exact_contributions = True
 
-    def featurizer(self, cfg, vocabulary, catalogue, ids):
+    def featurizer(self, cfg, vocabulary, catalogue, ids, cache_dir=None):
         return GlassBoxFeatures.build(catalogue, ids, cfg.data.item_text_fields,
                                       cfg.data.max_history)
 

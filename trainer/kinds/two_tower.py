@@ -92,6 +92,15 @@ class TwoTowerFeatures:
             out["query_token_ids"] = self.tokenizer(batch["query"])
         return out
 
+    def track_for_serving(self, archive) -> dict:
+        """Tracks what :meth:`from_text` needs in a SavedModel (lookup tables, the
+        tokenizer) on ``archive``; returns the tables as ``from_text`` keyword arguments."""
+        index_table = self.index_table()
+        archive.track(index_table)
+        if self.tokenizer is not None:
+            archive.track(self.tokenizer)
+        return {"index_table": index_table}
+
     def index_table(self) -> "tf.lookup.StaticHashTable":
         """Item id string -> id-feature index (0 for unknown and untrained ids)."""
         index = np.arange(len(self.item_ids), dtype=np.int64) * self.trained_mask
@@ -183,7 +192,7 @@ class TwoTower(ModelKind):
             settings["embedding_dim"] = m.hidden_dim
         return settings
 
-    def featurizer(self, cfg, vocabulary, catalogue, ids):
+    def featurizer(self, cfg, vocabulary, catalogue, ids, cache_dir=None):
         tokenizer = None
         if self.uses_text:
             tokenizer = ItemTextTokenizer(tokenizer_of(cfg, vocabulary), cfg.data.item_max_tokens)
@@ -211,7 +220,7 @@ class TwoTower(ModelKind):
         encoder = None
         if self.uses_text:
             encoder = text_backbone(cfg, featurizer.tokenizer.tokenizer.vocabulary_size())
-        return TwoTowerRecommender(
+        model = TwoTowerRecommender(
             encoder, num_items=len(ids.items) if self._item_ids(cfg) else 0,
             max_history=cfg.data.max_history,
             embedding_dim=0 if encoder is not None else m.hidden_dim,
@@ -221,6 +230,8 @@ class TwoTower(ModelKind):
             max_interest=m.max_interest, catalogue_size=len(ids.items),
             # XLA (jit_compile, TPU) needs static shapes; distinct-item encoding has none.
             deduplicate_items=not cfg.train.jit_compile and cfg.runtime.strategy != "tpu")
+        model.set_trained_items(ids.trained_item_mask())
+        return model
 
     def dummy_batch(self, featurizer):
         history = tf.fill([1, featurizer.max_history], "")
@@ -359,8 +370,7 @@ def catalogue_item_vectors(model, featurizer, rows: np.ndarray, batch_size: int)
         features = _features(featurizer, chunk,
                              np.zeros([len(chunk), featurizer.max_history], np.int32),
                              [""] * len(chunk))
-        vectors.append(model.item_vectors(features.get("item_token_ids"),
-                                          features["item_index"]))
+        vectors.append(model.candidate_vectors(features))
         index.append(features["item_index"])
     return tf.concat(vectors, axis=0), tf.concat(index, axis=0)
 
@@ -368,14 +378,11 @@ def catalogue_item_vectors(model, featurizer, rows: np.ndarray, batch_size: int)
 def _serving_endpoints(archive: keras.export.ExportArchive, model, features,
                        item_index=None) -> None:
     """The two-tower signatures of trainer/serving/export.py's docstring."""
-    index_table = features.index_table()
-    archive.track(index_table)
-    if features.tokenizer is not None:
-        archive.track(features.tokenizer)
+    tables = features.track_for_serving(archive)
 
     def inputs(query, history_text, history_ids, item_text, item_id):
         return features.from_text(query, history_text, item_text, history_ids=history_ids,
-                                  item_ids=item_id, index_table=index_table)
+                                  item_ids=item_id, **tables)
 
     def serve(query, history_text, history_ids, item_text, item_id):
         return endpoints.outputs(model(inputs(query, history_text, history_ids, item_text, item_id),
@@ -394,7 +401,7 @@ def _serving_endpoints(archive: keras.export.ExportArchive, model, features,
     def item_embedding(item_text, item_id):
         x = inputs(tf.fill(tf.shape(item_text), ""), tf.fill([tf.shape(item_text)[0], 1], ""),
                    tf.fill([tf.shape(item_text)[0], 1], ""), item_text, item_id)
-        vectors = model.item_vectors(x.get("item_token_ids"), x["item_index"], training=False)
+        vectors = model.candidate_vectors(x, training=False)
         bias = model.item_biases(x["item_index"]) + tf.cast(model.global_bias, tf.float32)
         return {"item_embedding": tf.cast(vectors, tf.float32), "item_bias": bias}
 

@@ -71,15 +71,16 @@ def prepare_data(cfg: config_lib.ExperimentConfig, model_dir: str) -> PreparedDa
 
 
 def make_packer(cfg: config_lib.ExperimentConfig, vocabulary,
-                prepared: PreparedData | None = None):
+                prepared: PreparedData | None = None, cache_dir: str | None = None):
     """The model kind's featurizer (trainer/kinds/): the in-graph tokenizer +
     packer of a cross-encoder, the item-token table and tokenizer of a two-tower model,
     None for id-based models. Two-tower featurizers need ``prepared`` (the catalogue and
-    the id vocabulary)."""
+    the id vocabulary); ``cache_dir`` keeps what a featurizer computes once (a frozen
+    two-tower's text vectors: the run directory, or a benchmark's output)."""
     kind = kinds.for_config(cfg)
     catalogue, ids = (prepared.catalogue, prepared.ids) if prepared is not None else (None,
                                                                                         None)
-    return kind.featurizer(cfg, vocabulary, catalogue, ids)
+    return kind.featurizer(cfg, vocabulary, catalogue, ids, cache_dir=cache_dir)
 
 
 def build_model(cfg: config_lib.ExperimentConfig, packer, ids: input_pipeline.IdVocabulary,
@@ -363,7 +364,7 @@ def _train_and_write(cfg, model_dir, write_dir, strategy, resuming, started, pre
         vocab_path = os.path.join(write_dir, "vocab.txt")
         atomic_write_text(vocab_path, "\n".join(vocabulary) + "\n")
         vocabulary = vocab_path
-    packer = make_packer(cfg, vocabulary, prepared)
+    packer = make_packer(cfg, vocabulary, prepared, cache_dir=write_dir)
     runs.write_inputs(write_dir, kind, packer, prepared.catalogue)
     if train_table_hook is not None:
         tables = {**tables, "train": train_table_hook(prepared, write_dir)}

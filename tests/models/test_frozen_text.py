@@ -1,0 +1,150 @@
+"""The frozen-text item tower: adapters, the pretrained text encoder, and the two-tower
+model over a frozen table of text vectors."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bert_recommender.models.layers.text_adapter import TextAdapter
+from bert_recommender.models.pretrained_text import PretrainedTextEncoder
+from bert_recommender.models.two_tower import TwoTowerRecommender
+from tests.harness import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+def test_whitening_is_a_learned_centre_then_a_projection():
+    adapter = TextAdapter(3, "whitening", dropout=0.0)
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    adapter(x)
+    centre = np.random.default_rng(1).normal(size=(1, 5)).astype(np.float32)
+    adapter.centre.assign(centre)
+    expected = (x - centre[0]) @ adapter.kernel.numpy()[0]
+    np.testing.assert_allclose(adapter(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_mixture_starts_as_the_mean_of_its_experts_and_its_gate_learns():
+    adapter = TextAdapter(3, "moe", experts=4, dropout=0.0)
+    x = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+    out = adapter(x)
+    kernel, centre = adapter.kernel.numpy(), adapter.centre.numpy()
+    each = np.stack([(x - centre[e]) @ kernel[e] for e in range(4)], axis=1)
+    np.testing.assert_allclose(out, each.mean(axis=1), rtol=1e-5, atol=1e-5)
+    gate = np.zeros((5, 4), np.float32)
+    gate[:, 2] = 50.0  # one expert takes (almost) every input with a positive sum
+    adapter.gate.assign(gate)
+    positive = x.sum(axis=1) > 0.5
+    np.testing.assert_allclose(np.asarray(adapter(x))[positive], each[positive, 2],
+                               rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["linear", "whitening", "moe"])
+def test_every_adapter_round_trips_its_config(kind):
+    adapter = TextAdapter(7, kind, experts=3, dropout=0.1)
+    again = TextAdapter.from_config(adapter.get_config())
+    assert (again.kind, again.output_dim, again.experts) == (kind, 7, 3 if kind == "moe" else 1)
+    assert again(np.zeros((2, 4), np.float32)).shape == (2, 7)
+
+
+def test_an_unknown_adapter_is_refused():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        TextAdapter(4, "mlp")
+
+
+def test_the_encoder_batches_by_length_without_changing_a_vector(checkpoint):
+    encoder = PretrainedTextEncoder.from_pretrained(checkpoint, max_tokens=12, pooling="mean")
+    texts = ["part 1 kit 1. tools. brand 1.", "", "kit", "part 2 kit 2 tools brand 0 part 3"]
+    batched = encoder.encode(texts, batch_size=2)
+    one_by_one = np.concatenate([np.asarray(encoder(tf.constant([t]))) for t in texts])
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-5)
+    assert batched.shape == (4, 16)
+    assert not batched[1].any()  # an empty text is no vector
+    assert np.abs(batched[[0, 2, 3]]).sum(axis=1).min() > 0
+    assert not encoder.backbone.trainable
+
+
+def _frozen_model(loss="softmax", num_items=0, rows=6, dim=8):
+    model = TwoTowerRecommender(None, num_items=num_items, max_history=3, embedding_dim=8,
+                                user_layers=1, loss=loss, catalogue_size=rows - 1,
+                                text_vectors_shape=(rows, dim), adapter="moe",
+                                adapter_experts=2, adapter_dropout=0.0)
+    table = np.random.default_rng(0).normal(size=(rows, dim)).astype(np.float32)
+    model.set_text_vectors(table)
+    return model, table
+
+
+def _frozen_inputs():
+    return {"item_index": np.array([1, 0], np.int32),
+            "history_index": np.array([[2, 3, 0], [4, 0, 0]], np.int32),
+            "item_text_index": np.array([1, 5], np.int32),
+            "history_text_index": np.array([[2, 3, 0], [4, 0, 0]], np.int32)}
+
+
+def test_frozen_item_vectors_are_the_adapted_table_rows():
+    model, table = _frozen_model()
+    x = _frozen_inputs()
+    model(x)
+    assert not np.asarray(model.text_table)[0].any()  # row 0 is "no text"
+    vectors = np.asarray(model.item_vectors(np.array([3, 0]), np.array([0, 0])))
+    np.testing.assert_allclose(vectors[0], np.asarray(model.text_adapter(table[3:4]))[0],
+                               rtol=1e-5, atol=1e-5)
+    assert not vectors[1].any()
+    # The text table trains nothing; the adapter does.
+    trainable = {w.path for w in model.trainable_weights}
+    assert not any("text_table" in p for p in trainable)
+    assert any("text_adapter" in p for p in trainable)
+
+
+def test_a_text_outside_the_table_is_scored_from_its_extra_vector():
+    model, table = _frozen_model()
+    x = _frozen_inputs()
+    inside = np.asarray(model(x))
+    # The same texts, the candidates' vectors given as extra rows 6 and 7 instead.
+    extra = {**x, "item_text_index": np.array([6, 7], np.int32),
+             "extra_text_vectors": table[[1, 5]]}
+    np.testing.assert_allclose(np.asarray(model(extra)), inside, rtol=1e-5, atol=1e-5)
+    state = model.user_state(extra)
+    np.testing.assert_allclose(np.asarray(model.score(state, model.candidate_vectors(extra),
+                                                      extra["item_index"])),
+                               inside, rtol=1e-5, atol=1e-5)
+
+
+def test_the_full_softmax_runs_over_frozen_text_vectors_and_skips_untrained_ids():
+    model, _ = _frozen_model(loss="full_softmax", num_items=5)
+    model.set_trained_items(np.array([0, 1, 1, 1, 1, 0], bool))
+    x = _frozen_inputs()
+    x["item_index"] = np.array([1, 2], np.int32)
+    model(x)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    before = model.item_id_embedding.embeddings.numpy().copy()
+    loss = model.train_on_batch(x, np.ones(2, np.float32))
+    after = model.item_id_embedding.embeddings.numpy()
+    # Cross-entropy over 5 items starts near log(5), whatever the pointwise loss says.
+    assert 0.5 * np.log(5) < float(np.ravel(loss)[0]) < 2 * np.log(5)
+    assert not np.allclose(before[1], after[1])
+    np.testing.assert_array_equal(before[5], after[5])  # item 5: never trained, no id
+
+
+def test_the_frozen_model_reloads_with_its_table(tmp_path):
+    model, _ = _frozen_model(num_items=5)
+    x = _frozen_inputs()
+    expected = np.asarray(model(x))
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    np.testing.assert_allclose(np.asarray(again(x)), expected, rtol=1e-5, atol=1e-5)
+    assert again.text_vectors_shape == (6, 8) and again.adapter == "moe"
+
+
+def test_frozen_text_vectors_and_an_encoder_are_exclusive():
+    with pytest.raises(ValueError, match="not both"):
+        TwoTowerRecommender(keras.layers.Dense(2), embedding_dim=8,
+                            text_vectors_shape=(3, 4))
+    model, _ = _frozen_model()
+    with pytest.raises(ValueError, match="built for"):
+        model.set_text_vectors(np.zeros((2, 8)))

@@ -1,0 +1,151 @@
+"""``model.kind: frozen_two_tower``: the catalogue encoded once by a (tiny, random,
+written-here) pretrained checkpoint, cached with a fingerprint, trained through the one
+training library on sequential-benchmark files, and served from raw strings, catalogue
+texts from the cache and other texts through the frozen encoder in the SavedModel."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.harness import REPO, tensorflow_only, write_sequence_fixture, write_tiny_checkpoint
+from trainer import config as config_lib
+from trainer import runs
+from trainer.errors import ConfigError
+from trainer.kinds import text_vectors
+from trainer.serving import export
+from trainer.training import train_lib
+
+TEXTS = ["part 1 kit 1. tools.", "brand 0 kit 2", "", "part 7"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def test_the_vectors_are_cached_under_their_fingerprint(checkpoint, tmp_path):
+    vectors, info = text_vectors.cached_text_vectors(TEXTS, checkpoint, 12, "mean",
+                                                     cache_dir=str(tmp_path))
+    assert vectors.shape == (4, 16) and not info["reused"] and os.path.exists(info["path"])
+    again, info2 = text_vectors.cached_text_vectors(TEXTS, checkpoint, 12, "mean",
+                                                    cache_dir=str(tmp_path))
+    assert info2["reused"] and info2["encode_seconds"] == 0.0
+    np.testing.assert_array_equal(again, vectors)
+    # Other texts, another token limit or pooling: another key, encoded again.
+    for texts, tokens, pooling in [(TEXTS[::-1], 12, "mean"), (TEXTS, 4, "mean"),
+                                   (TEXTS, 12, "first")]:
+        _, other = text_vectors.cached_text_vectors(texts, checkpoint, tokens, pooling,
+                                                    cache_dir=str(tmp_path))
+        assert not other["reused"] and other["fingerprint"] != info["fingerprint"]
+    assert len(os.listdir(tmp_path / text_vectors.CACHE_DIR)) == 4
+
+
+def test_a_changed_checkpoint_changes_the_fingerprint(checkpoint, tmp_path):
+    before = text_vectors.fingerprint(checkpoint, TEXTS, 12, "mean")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in os.listdir(checkpoint):
+        if os.path.isfile(os.path.join(checkpoint, name)):
+            with open(os.path.join(checkpoint, name), "rb") as src:
+                (copy / name).write_bytes(src.read())
+    assert text_vectors.fingerprint(str(copy), TEXTS, 12, "mean") == before
+    with open(copy / "config.json", "a") as f:
+        f.write(" ")
+    assert text_vectors.fingerprint(str(copy), TEXTS, 12, "mean") != before
+
+
+def test_a_damaged_or_foreign_cache_file_is_encoded_again(checkpoint, tmp_path):
+    vectors, info = text_vectors.cached_text_vectors(TEXTS, checkpoint, 12, "mean",
+                                                     cache_dir=str(tmp_path))
+    with open(info["path"], "wb") as f:
+        f.write(b"not an npz")
+    again, info2 = text_vectors.cached_text_vectors(TEXTS, checkpoint, 12, "mean",
+                                                    cache_dir=str(tmp_path))
+    assert not info2["reused"]
+    np.testing.assert_allclose(again, vectors, atol=1e-6)
+    np.savez(info["path"], vectors=np.zeros((4, 16), np.float32), fingerprint=np.array("x"))
+    _, info3 = text_vectors.cached_text_vectors(TEXTS, checkpoint, 12, "mean",
+                                                cache_dir=str(tmp_path))
+    assert not info3["reused"]
+
+
+def _config(data_dir, checkpoint, *overrides):
+    return config_lib.load_config(os.path.join(REPO, "configs", "sequences.yaml"), [
+        f"data.data_dir={data_dir}", "model.kind=frozen_two_tower",
+        f"model.pretrained={checkpoint}", "model.pooling=mean", "model.hidden_dim=16",
+        "model.intermediate_dim=32", "model.user_layers=1", "model.item_ids=true",
+        "model.adapter=moe", "model.adapter_experts=2", "train.loss=full_softmax",
+        "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=64",
+        "data.item_max_tokens=12", "data.sequences.eval_negatives=5", *overrides])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, checkpoint):
+    base = tmp_path_factory.mktemp("frozen")
+    data_dir = write_sequence_fixture(base / "data")
+    cfg = _config(data_dir, checkpoint)
+    run_dir = str(base / "run")
+    return cfg, run_dir, train_lib.train(cfg, run_dir)
+
+
+def test_a_run_caches_the_vectors_its_model_reads(trained):
+    cfg, run_dir, metrics = trained
+    assert metrics["train"]["epochs_run"] == 2
+    assert np.isfinite(metrics["test"]["ndcg@10"])
+    cached = os.listdir(os.path.join(run_dir, text_vectors.CACHE_DIR))
+    assert len(cached) == 1
+    with np.load(os.path.join(run_dir, text_vectors.CACHE_DIR, cached[0])) as data:
+        vectors = data["vectors"]
+    run = runs.open_run(run_dir)
+    table = np.asarray(run.model.text_table)
+    assert table.shape == (len(vectors) + 1, 16) and not table[0].any()
+    np.testing.assert_array_equal(table[1:], vectors)  # row i = catalogue item i
+    with open(os.path.join(run_dir, runs.FEATURIZER)) as f:
+        encoding = json.load(f)["encoding"]
+    assert encoding["fingerprint"].startswith(cached[0].split(".")[0])
+    assert encoding["reused"] is False and encoding["encode_seconds"] >= 0
+
+
+@tensorflow_only
+def test_the_export_reads_cached_vectors_and_encodes_new_texts(trained):
+    _, run_dir, _ = trained
+    run = runs.open_run(run_dir)
+    featurizer, model = run.featurizer, run.model
+    texts, ids = featurizer.item_texts, featurizer.item_ids
+    new_text = "part 3 kit 0. brand 1. tools. part 9"
+    raw = {"query": tf.constant(["", ""]),
+           "history_text": tf.constant([[texts[1], texts[2], ""], [texts[4], "", ""]]),
+           "history_ids": tf.constant([[ids[1], ids[2], ""], [ids[4], "", ""]]),
+           "item_text": tf.constant([texts[3], new_text]),
+           "item_id": tf.constant([ids[3], "a-new-item"])}
+    served = export.load_serving_fn(os.path.join(run_dir, "export"))(**raw)["logit"].numpy()
+    # In process: the catalogue candidate from its table row, the new one through the
+    # frozen encoder (an extra vector), with no id.
+    x = featurizer.from_text(raw["query"], raw["history_text"], raw["item_text"],
+                             history_ids=raw["history_ids"], item_ids=raw["item_id"])
+    assert x["item_text_index"].numpy()[0] == 3
+    assert x["item_text_index"].numpy()[1] == len(texts)  # the first row past the table
+    assert x["item_index"].numpy()[1] == 0
+    np.testing.assert_allclose(served, np.asarray(model(x)), atol=1e-4)
+    extra = np.asarray(x["extra_text_vectors"])
+    np.testing.assert_allclose(extra[0], featurizer.encoder.encode([new_text])[0], atol=1e-5)
+    # A request about catalogue texts alone needs no encoder pass (nor the checkpoint).
+    y = featurizer.from_text(raw["query"], raw["history_text"], tf.constant(texts[3:5]))
+    assert "extra_text_vectors" not in y
+
+
+def test_the_kind_refuses_what_it_cannot_train(tmp_path, checkpoint):
+    data_dir = write_sequence_fixture(tmp_path / "data")
+    for overrides, match in [(["model.pretrained=''"], "model.pretrained"),
+                             (["model.adapter=mlp"], "model.adapter"),
+                             (["model.adapter_experts=0"], "model.adapter_experts"),
+                             (["model.adapter_dropout=1.0"], "model.adapter_dropout"),
+                             (["model.hidden_dim=15"], "model.hidden_dim")]:
+        with pytest.raises(ConfigError, match=match):
+            train_lib.train(_config(data_dir, checkpoint, *overrides), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
