@@ -101,6 +101,12 @@ also carries ``comparison_on_subset``: every other model's metrics on exactly th
 which is the comparison to read. By default it trains for 1 epoch at learning rate 3e-5
 (``PRETRAINED_OVERRIDES``); change that with ``--set_for bert_pretrained:train.epochs=2``.
 
+``frozen_text`` and ``frozen_text_ids`` (only with ``--pretrained``): the two-tower model
+over the checkpoint's *frozen* vectors of the item texts (``model.kind: frozen_two_tower``),
+text alone and text + item ids. The texts are encoded once into ``--out/text_vectors/``
+(reused by both rows and by a later run on the same files); each row records
+``text_encoding_seconds`` beside its ``train_seconds``, and both are scored on all users.
+
 MF settings: ``DEFAULT_SET_FOR`` (below, with the measurements behind it) applies before
 any ``--set_for``, so ``--set_for mf:KEY=VALUE`` overrides it; a row's ``overrides`` lists
 both.
@@ -192,8 +198,16 @@ VARIANT_ROWS = {
     "bert_rerank": ["model.kind=cross_encoder", "model.pretrained=''", "model.pooling=cls"]
     + POINTWISE,
     "bert_pretrained": ["model.kind=cross_encoder"] + POINTWISE,
+    # The two-tower model over the --pretrained checkpoint's frozen vectors of the item
+    # texts (encoded once into --out/text_vectors, shared by both rows) through the
+    # adapter: text alone (items scored from their text, so cold-start items too), and
+    # text + item ids.
+    "frozen_text": ["model.kind=frozen_two_tower", "model.item_ids=false"],
+    "frozen_text_ids": ["model.kind=frozen_two_tower", "model.item_ids=true"],
 }
-DEFAULT_VARIANTS = ("bert", "bert_rerank")  # bert_pretrained joins them with --pretrained
+DEFAULT_VARIANTS = ("bert", "bert_rerank")  # the PRETRAINED_ROWS join them with --pretrained
+# Rows that read the --pretrained checkpoint.
+PRETRAINED_ROWS = ("bert_pretrained", "frozen_text", "frozen_text_ids")
 
 
 @functools.cache
@@ -434,8 +448,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated rows: one per registered model kind with a "
                              "quality row (trainer/kinds/) and the cross-encoder's "
                              f"{','.join(VARIANT_ROWS)} (default: every kind row and "
-                             f"{','.join(DEFAULT_VARIANTS)}, plus bert_pretrained with "
-                             "--pretrained)")
+                             f"{','.join(DEFAULT_VARIANTS)}, plus "
+                             f"{','.join(PRETRAINED_ROWS)} with --pretrained)")
     parser.add_argument("--bootstrap", type=int, default=1000,
                         help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--pretrained", default="",
@@ -476,15 +490,16 @@ class _Usage(Exception):
 
 def _models(args) -> list:
     names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else \
-        default_models() + (["bert_pretrained"] if args.pretrained else [])
+        default_models() + (list(PRETRAINED_ROWS) if args.pretrained else [])
     unknown = [m for m in names if m not in row_overrides()]
     if unknown:
         raise _Usage(f"--models: unknown model(s) {unknown}; choose from "
                      f"{','.join(row_overrides())}")
     if not names:
         raise _Usage("--models names no model")
-    if "bert_pretrained" in names and not args.pretrained:
-        raise _Usage("--models bert_pretrained needs --pretrained PATH")
+    needing = [name for name in names if name in PRETRAINED_ROWS]
+    if needing and not args.pretrained:
+        raise _Usage(f"--models {','.join(needing)} needs --pretrained PATH")
     names = list(dict.fromkeys(names))
     if "bert_rerank" in names and (RETRIEVER not in names or args.rerank_candidates <= 0
                                    or names.index(RETRIEVER) > names.index("bert_rerank")):
@@ -745,7 +760,7 @@ def run(args, names: list, per_model: dict) -> dict:
         if name == "bert_pretrained":
             overrides += PRETRAINED_OVERRIDES
         cfg = _config(args, overrides + per_model[name])
-        if name == "bert_pretrained":
+        if name in PRETRAINED_ROWS:
             cfg.model.pretrained = args.pretrained  # a path, so not a YAML override
         if cfg.train.early_stopping_metric.startswith("full_") and \
                 not kinds.kind_class(cfg.model.kind).scores_catalogue_from_item_vectors:
@@ -771,7 +786,7 @@ def run(args, names: list, per_model: dict) -> dict:
                 model_tables["validation"] = val.subset(
                     np.array([u in chosen for u in val_users], dtype=bool))
         packer = train_lib.make_packer(cfg, None if cfg.model.pretrained else vocabulary,
-                                       featurizer_data)
+                                       featurizer_data, cache_dir=args.out)
 
         print(f"\n== {name}: {len(model_tables['train'])} training examples, "
               f"{cfg.train.epochs} epoch(s) ==", flush=True)
@@ -832,6 +847,7 @@ def run(args, names: list, per_model: dict) -> dict:
         row.update({"settings": _settings(cfg, fitted, model_tables, model),
                     "overrides": (PRETRAINED_OVERRIDES if name == "bert_pretrained" else [])
                     + per_model[name]})
+        row["settings"].update(kind.featurizer_settings(packer))
         if name == "bert_pretrained":
             row["settings"]["pretrained"] = args.pretrained
             row["settings"]["eval_users_subset"] = eval_subset is not None

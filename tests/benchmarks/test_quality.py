@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks import quality
 from tests.harness import (MINILM_DIR, REPO, SEQ_ITEMS, SEQ_USERS, require_shared,
-                           write_sequence_fixture)
+                           tiny_checkpoint, write_sequence_fixture)
 from tests.trainer.data.test_movielens import make_movies, make_ratings, write_csv_variant
 from trainer import config as config_lib
 from trainer.data import input_pipeline
@@ -401,7 +401,8 @@ def test_a_sequential_benchmark_ranks_everything_and_prints_the_published_rows(
         tmp_path, capsys):
     data_dir = write_sequence_fixture(tmp_path / "scientific")
     argv = ["--dataset", "scientific", "--data_dir", data_dir, "--out", str(tmp_path / "out"),
-            "--models", "popularity,sasrec,two_tower", "--bootstrap", "100", "--quiet"]
+            "--models", "popularity,sasrec,two_tower,frozen_text,frozen_text_ids",
+            "--pretrained", tiny_checkpoint(), "--bootstrap", "100", "--quiet"]
     for item in [f"data.sequences.eval_negatives={SEQ_NEGATIVES}", "data.vocab_size=100",
                  "model.hidden_dim=16", "model.intermediate_dim=32", "model.user_layers=1",
                  "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=64"]:
@@ -424,9 +425,16 @@ def test_a_sequential_benchmark_ranks_everything_and_prints_the_published_rows(
         assert ranked["hr@50"] == 1.0  # 30 items: the target is always within 50
         assert row["candidates_per_user"] == SEQ_NEGATIVES + 1
     settings = {row["model"]: row["settings"] for row in result["rows"]}
-    for name in ("sasrec", "two_tower"):
+    for name in ("sasrec", "two_tower", "frozen_text", "frozen_text_ids"):
         assert settings[name]["early_stopping_metric"] == "full_ndcg@10"
         assert 0.0 <= settings[name]["best_val_full_ndcg@10"] <= 1.0
+    # The frozen rows share one encoding of the catalogue, cached in the output.
+    first, second = settings["frozen_text"], settings["frozen_text_ids"]
+    assert first["text_vectors_reused"] is False and first["text_encoding_seconds"] >= 0
+    assert second["text_vectors_reused"] is True and second["text_encoding_seconds"] == 0
+    assert first["text_vectors_fingerprint"] == second["text_vectors_fingerprint"]
+    assert first["pretrained"] == tiny_checkpoint()
+    assert len(os.listdir(tmp_path / "out" / "text_vectors")) == 1
     out = capsys.readouterr().out
     assert "against every catalogue item, history included" in out
     assert "UniSRec (published)" in out and "MISSRec (published)" in out

@@ -95,6 +95,11 @@ class ModelKind:
         catalogue (frozen text vectors)."""
         return None
 
+    def featurizer_settings(self, featurizer) -> dict:
+        """What building ``featurizer`` cost or chose that a benchmark row records (a
+        frozen two-tower's one-time text encoding); {} for most kinds."""
+        return {}
+
     def learns_vocabulary(self, cfg) -> bool:
         """Whether a run learns a WordPiece vocabulary from its catalogue (a text kind from
         random init; a pretrained checkpoint brings its own)."""

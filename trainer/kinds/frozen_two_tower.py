@@ -171,6 +171,12 @@ class FrozenTwoTower(TwoTower):
                                   cfg.data.item_max_tokens, cfg.model.pooling,
                                   text_vectors=table, encoding=encoding)
 
+    def featurizer_settings(self, featurizer):
+        encoding = featurizer.encoding
+        return {"text_encoding_seconds": encoding.get("encode_seconds"),
+                "text_vectors_reused": encoding.get("reused"),
+                "text_vectors_fingerprint": encoding.get("fingerprint")}
+
     def featurizer_state(self, featurizer):
         return {**super().featurizer_state(featurizer), "encoding": featurizer.encoding}
 
