@@ -6,6 +6,7 @@
     user tower   x_k   = [Transformer]([v(query), v(h_1), ..., v(h_H)] [+ positions])
                  u     = mean of the x_k present (or the first present, user_pooling)
     logit        = (u . v(c) [+ max_k x_k . v(c)]) / sqrt(d) + item_bias(c) + global_bias
+                   (similarity="cosine": cosines of the vectors, divided by a temperature)
 
 The max term (``max_interest``, on by default) treats each part of the user side as an
 interest and matches the candidate against the closest one, as multi-interest retrieval
@@ -53,6 +54,7 @@ from bert_recommender.models.layers.text_adapter import TextAdapter
 LOSSES = ("bce", "softmax", "full_softmax")
 SOFTMAX_LOSSES = ("softmax", "full_softmax")  # train on the positives alone
 USER_POOLING = ("mean", "first")
+SIMILARITIES = ("dot", "cosine")
 # Softmax logit of a masked in-batch candidate: exp() underflows to 0 without inf arithmetic.
 _MASKED_LOGIT = -1e9
 # Frozen text tables up to this many rows are adapted whole once per call and gathered
@@ -89,6 +91,9 @@ class TwoTowerRecommender(keras.Model):
         trainable adapter, instead of an encoder. Needs ``embedding_dim``.
       adapter / adapter_experts / adapter_dropout: the ``TextAdapter`` of the frozen
         vectors (``linear``, ``whitening`` or ``moe``).
+      similarity / temperature: ``dot`` (the logit's dot products scaled by
+        ``1 / sqrt(d)``) or ``cosine`` (of unit-length vectors, divided by
+        ``temperature``).
       num_items: size of the id vocabulary (ids 1..num_items); 0 turns ids off.
       max_history: H, the history items the user tower reads.
       embedding_dim: the item/user vector size; defaults to the encoder's hidden size.
@@ -118,7 +123,8 @@ class TwoTowerRecommender(keras.Model):
                  loss: str = "bce", max_interest: bool = True, catalogue_size: int = 0,
                  deduplicate_items: bool = True, user_pooling: str = "mean",
                  text_vectors_shape=None, adapter: str = "linear", adapter_experts: int = 8,
-                 adapter_dropout: float = 0.2, **kwargs):
+                 adapter_dropout: float = 0.2, similarity: str = "dot",
+                 temperature: float = 0.07, **kwargs):
         super().__init__(**kwargs)
         if pooling not in POOLING:
             raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
@@ -127,6 +133,10 @@ class TwoTowerRecommender(keras.Model):
                              f"{user_pooling!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         frozen = text_vectors_shape is not None
         if frozen and item_encoder is not None:
             raise ValueError("give an item_encoder or text_vectors_shape, not both")
@@ -150,6 +160,7 @@ class TwoTowerRecommender(keras.Model):
         self.max_interest = bool(max_interest)
         self.deduplicate_items = bool(deduplicate_items)
         self.user_pooling = user_pooling
+        self.similarity, self.temperature = similarity, float(temperature)
         self.catalogue_size = max(catalogue_size, num_items)
         hidden = item_encoder.hidden_dim if item_encoder is not None else embedding_dim
         self.embedding_dim = embedding_dim or hidden
@@ -480,13 +491,10 @@ class TwoTowerRecommender(keras.Model):
         """Logits of every user in ``user_state`` ``[b]`` against every item ``[n, d]``:
         ``[b, n]``. The candidate-independent user state and cacheable item vectors make
         this retrieval over a whole catalogue."""
-        scale = 1.0 / math.sqrt(self.embedding_dim)
-        items = ops.cast(item_vectors, "float32")
-        logits = ops.matmul(ops.cast(user_state["user"], "float32"),
-                            ops.transpose(items)) * scale
+        user, interests, items, scale = self._matched(user_state, item_vectors)
+        logits = ops.matmul(user, ops.transpose(items)) * scale
         if self.max_interest:
-            per_interest = ops.einsum("bkd,nd->bkn", ops.cast(user_state["interests"],
-                                                              "float32"), items) * scale
+            per_interest = ops.einsum("bkd,nd->bkn", interests, items) * scale
             present = ops.expand_dims(ops.cast(user_state["interest_mask"], "bool"), -1)
             best = ops.max(ops.where(present, per_interest, _MASKED_LOGIT), axis=1)
             # A user with nothing present has no interest to match: 0, not -1e9.
@@ -497,17 +505,28 @@ class TwoTowerRecommender(keras.Model):
     def score(self, user_state: dict, item_vectors, item_index):
         """Logits of aligned users ``[b]`` and items ``[b, d]`` (``score_matrix``'s
         diagonal, computed without the ``[b, b]`` matrix)."""
-        scale = 1.0 / math.sqrt(self.embedding_dim)
-        items = ops.cast(item_vectors, "float32")
-        logits = ops.sum(ops.cast(user_state["user"], "float32") * items, axis=-1) * scale
+        user, interests, items, scale = self._matched(user_state, item_vectors)
+        logits = ops.sum(user * items, axis=-1) * scale
         if self.max_interest:
-            per_interest = ops.sum(ops.cast(user_state["interests"], "float32")
-                                   * ops.expand_dims(items, 1), axis=-1) * scale
+            per_interest = ops.sum(interests * ops.expand_dims(items, 1), axis=-1) * scale
             present = ops.cast(user_state["interest_mask"], "bool")
             best = ops.max(ops.where(present, per_interest, _MASKED_LOGIT), axis=1)
             logits = logits + ops.where(ops.any(present, axis=1), best, 0.0)
         # Cast: under a mixed policy Keras reads float32 variables in the compute dtype.
         return logits + self.item_biases(item_index) + ops.cast(self.global_bias, "float32")
+
+    def _matched(self, user_state: dict, item_vectors) -> tuple:
+        """``(user, interests, items, scale)`` as the logit compares them, in float32: as
+        they are with scale ``1 / sqrt(d)`` (``dot``), or unit-length with scale
+        ``1 / temperature`` (``cosine``, as UniSRec fine-tunes over frozen text vectors)."""
+        vectors = [ops.cast(v, "float32") for v in (user_state["user"],
+                                                    user_state["interests"], item_vectors)]
+        if self.similarity == "dot":
+            return (*vectors, 1.0 / math.sqrt(self.embedding_dim))
+        # An absent part (a zero vector) stays zero.
+        unit = [v * ops.rsqrt(ops.maximum(ops.sum(v * v, axis=-1, keepdims=True), 1e-12))
+                for v in vectors]
+        return (*unit, 1.0 / self.temperature)
 
     def item_biases(self, item_index):
         """The learned per-item bias (0 for id 0 and for id-less models), ``[n]``."""
@@ -597,7 +616,8 @@ class TwoTowerRecommender(keras.Model):
             "deduplicate_items": self.deduplicate_items, "user_pooling": self.user_pooling,
             "text_vectors_shape": self.text_vectors_shape, "adapter": self.adapter,
             "adapter_experts": self.adapter_experts,
-            "adapter_dropout": self.adapter_dropout})
+            "adapter_dropout": self.adapter_dropout, "similarity": self.similarity,
+            "temperature": self.temperature})
         return config
 
     @classmethod

@@ -169,6 +169,11 @@ class ModelConfig:
     # frozen_two_tower: the trainable adapter from the frozen pretrained text vectors to
     # the item space (models/layers/text_adapter.py): linear | whitening | moe (UniSRec's
     # mixture of whitening experts); its experts (moe) and its input dropout
+    # two_tower / sasrec / frozen_two_tower: how the logit compares the user and item
+    # vectors: dot (dot products / sqrt(d)) | cosine (cosines / temperature, UniSRec's
+    # fine-tuning)
+    similarity: str = "dot"
+    temperature: float = 0.07
     adapter: str = "linear"
     adapter_experts: int = 8
     adapter_dropout: float = 0.2
@@ -331,6 +336,7 @@ _CHOICES = {
     "model.pooling": ("cls", "first", "mean"),
     "model.user_pooling": ("mean", "first"),
     "model.adapter": ("linear", "whitening", "moe"),
+    "model.similarity": ("dot", "cosine"),
     "runtime.strategy": ("auto", "tpu", "multi_worker", "mirrored", "one_device", "default"),
     "runtime.precision": ("float32", "mixed_bfloat16", "mixed_float16"),
     "runtime.backend": ("auto", "tensorflow", "jax"),

@@ -148,3 +148,25 @@ def test_frozen_text_vectors_and_an_encoder_are_exclusive():
     model, _ = _frozen_model()
     with pytest.raises(ValueError, match="built for"):
         model.set_text_vectors(np.zeros((2, 8)))
+
+
+def test_cosine_similarity_compares_unit_vectors_over_a_temperature():
+    model = TwoTowerRecommender(None, num_items=5, max_history=3, embedding_dim=8,
+                                user_layers=1, max_interest=True, similarity="cosine",
+                                temperature=0.1, dropout=0.0)
+    x = {"item_index": np.array([1, 2], np.int32),
+         "history_index": np.array([[2, 3, 0], [4, 0, 0]], np.int32)}
+    logits = np.asarray(model(x))
+    state = model.user_state(x)
+    items = np.asarray(model.candidate_vectors(x))
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    user, interests = np.asarray(state["user"]), np.asarray(state["interests"])
+    mask = np.asarray(state["interest_mask"]).astype(bool)
+    for row in range(2):
+        cosines = unit(interests[row][mask[row]]) @ unit(items[row])
+        expected = (unit(user[row]) @ unit(items[row]) + cosines.max()) / 0.1
+        assert logits[row] == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    matrix = np.asarray(model.score_matrix(state, items, x["item_index"]))
+    np.testing.assert_allclose(np.diag(matrix), logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="similarity"):
+        TwoTowerRecommender(None, num_items=5, embedding_dim=8, similarity="l2")

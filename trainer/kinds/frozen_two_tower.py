@@ -195,6 +195,7 @@ class FrozenTwoTower(TwoTower):
             None, num_items=len(ids.items) if m.item_ids else 0,
             max_history=cfg.data.max_history, embedding_dim=m.hidden_dim,
             user_layers=m.user_layers, user_heads=m.user_heads, user_pooling=m.user_pooling,
+            similarity=m.similarity, temperature=m.temperature,
             user_intermediate_dim=m.intermediate_dim, dropout=m.dropout, loss=cfg.train.loss,
             max_interest=m.max_interest, catalogue_size=len(ids.items),
             text_vectors_shape=table.shape, adapter=m.adapter,

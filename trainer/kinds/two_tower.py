@@ -166,6 +166,9 @@ class TwoTower(ModelKind):
         if m.user_layers < 0:
             raise ConfigError(f"config key 'model.user_layers' must be >= 0, got "
                               f"{m.user_layers}")
+        if m.temperature <= 0:
+            raise ConfigError(f"config key 'model.temperature' must be > 0, got "
+                              f"{m.temperature}")
         if m.user_heads <= 0:
             raise ConfigError(f"config key 'model.user_heads' must be > 0, got {m.user_heads}")
         if m.hidden_dim % m.user_heads and not m.pretrained:
@@ -187,7 +190,9 @@ class TwoTower(ModelKind):
             settings.update(text_settings(cfg), item_max_tokens=cfg.data.item_max_tokens)
         settings.update(loss=t.loss, item_ids=self._item_ids(cfg), user_layers=m.user_layers,
                         user_heads=m.user_heads, max_interest=m.max_interest,
-                        max_history=cfg.data.max_history, dropout=m.dropout)
+                        max_history=cfg.data.max_history, dropout=m.dropout,
+                        similarity=m.similarity,
+                        **({"temperature": m.temperature} if m.similarity == "cosine" else {}))
         if not self.uses_text:
             settings["embedding_dim"] = m.hidden_dim
         return settings
@@ -225,7 +230,7 @@ class TwoTower(ModelKind):
             max_history=cfg.data.max_history,
             embedding_dim=0 if encoder is not None else m.hidden_dim,
             pooling=m.pooling, user_layers=m.user_layers, user_heads=m.user_heads,
-            user_pooling=m.user_pooling,
+            user_pooling=m.user_pooling, similarity=m.similarity, temperature=m.temperature,
             user_intermediate_dim=m.intermediate_dim, dropout=m.dropout, loss=cfg.train.loss,
             max_interest=m.max_interest, catalogue_size=len(ids.items),
             # XLA (jit_compile, TPU) needs static shapes; distinct-item encoding has none.
