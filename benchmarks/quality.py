@@ -575,6 +575,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['model']} was ranked for:")
             print(format_full_table([{"model": name, **values} for name, values in
                                      row["full_ranking"]["comparison_on_subset"].items()]))
+    paired = [(row["model"], other, values["ndcg@10"]) for row in result["rows"]
+              for other, values in row["full_ranking"].get("paired_difference", {}).items()]
+    if paired:
+        print("\nfull-ranking nDCG@10, paired over the same users (row minus other, 95% CI):")
+        print("\n".join(f"  {row:<16} - {other:<16} {d['mean']:+.4f} "
+                         f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+                         for row, other, d in paired))
+    cold = result["protocol"].get("cold_start")
+    if cold:
+        print(f"\ncold start: the {cold['test_users']} test users whose target is one of the "
+              f"{cold['items_held_out']} items held out of training")
+        print(format_full_table([{"model": row["model"], **row["cold_start"]}
+                                 for row in result["rows"] if "cold_start" in row]))
     blocks = [row["retrieve_rerank"] for row in result["rows"] if "retrieve_rerank" in row]
     if blocks:
         print(f"\nretrieve -> rerank: {RETRIEVER}'s top {blocks[0]['candidates']} never-rated "
@@ -871,6 +884,10 @@ def run(args, names: list, per_model: dict) -> dict:
                 for name, values in per_user_full_all.items()
                 if np.isfinite(values["mrr"][subset]).all()}
 
+    _add_paired_differences(rows, per_user_full_all, len(scored), args.bootstrap, seed)
+    cold_start = _cold_start(rows, per_user_full_all, info, ids, user_rows, args.bootstrap,
+                             seed)
+
     pairwise_run = any(row["full_ranking"].get("pairwise") for row in rows)
     movielens = base.data.source == "movielens"
     protocol = {
@@ -954,11 +971,64 @@ def run(args, names: list, per_model: dict) -> dict:
             "bert_pretrained is scored on a seeded subset of users (its validation uses the "
             "same users); its row's comparison_on_subset gives every model on that subset"
             if eval_subset is not None else "bert_pretrained is scored on all users")
+    if cold_start:
+        protocol["cold_start"] = cold_start
     result = {"protocol": protocol, "rows": rows}
     write_json(os.path.join(args.out, "quality.json"), result, sort_keys=False)
     write_json(os.path.join(args.out, "data_info.json"), info)
     atomic_write_text(os.path.join(args.out, "config.yaml"), config_lib.dump_yaml(base))
     return result
+
+
+# Paired differences and cold-start figures of the full ranking.
+PAIRED_METRICS = ("ndcg@10", "hr@10")
+COLD_START_METRICS = ("ndcg@10", "hr@10", "ndcg@50", "hr@50", "mrr")
+
+
+def _add_paired_differences(rows: list, per_user_full: dict, users: int, bootstrap: int,
+                            seed: int) -> None:
+    """Each row ranked for every user gets ``full_ranking.paired_difference``: for every
+    other such row, the mean per-user difference (this row minus that one) of
+    ``PAIRED_METRICS`` with a paired bootstrap 95% interval over users (the same users,
+    so user-to-user spread cancels); an interval above 0 says this row ranks better."""
+    complete = [row["model"] for row in rows if row["model"] in per_user_full
+                and np.isfinite(per_user_full[row["model"]]["mrr"]).sum() == users]
+    for row in rows:
+        if row["model"] not in complete:
+            continue
+        mine = per_user_full[row["model"]]
+        row["full_ranking"]["paired_difference"] = {
+            other: {key: _paired(mine[key] - per_user_full[other][key], bootstrap, seed)
+                    for key in PAIRED_METRICS}
+            for other in complete if other != row["model"]}
+
+
+def _paired(difference: np.ndarray, bootstrap: int, seed: int) -> dict:
+    low, high = metrics.bootstrap_ci(difference, num_samples=bootstrap, seed=seed)
+    return {"mean": float(difference.mean()), "ci95": [low, high]}
+
+
+def _cold_start(rows: list, per_user_full: dict, info: dict, ids, user_rows,
+                bootstrap: int, seed: int) -> dict | None:
+    """With items held out of training (``data.sequences.cold_start_items``): each row's
+    full-ranking ``COLD_START_METRICS`` on the test users whose target is one of them
+    (``row["cold_start"]``), and the protocol's note; None without held-out items."""
+    held_out = info.get("cold_start")
+    if not held_out:
+        return None
+    index = np.array([ids.items[item] for item in held_out["items"] if item in ids.items])
+    users = np.flatnonzero(np.isin(user_rows.item_index, index))
+    for row in rows:
+        values = per_user_full.get(row["model"])
+        if values is not None and len(users) and np.isfinite(values["mrr"][users]).all():
+            row["cold_start"] = summarize(values, users, bootstrap, seed, COLD_START_METRICS)
+    return {"items_held_out": len(held_out["items"]),
+            "share": info["settings"]["cold_start_items"],
+            "train_rows_dropped": held_out["train_rows_dropped"],
+            "history_entries_dropped": held_out["history_entries_dropped"],
+            "test_users": int(len(users)),
+            "users": "test users whose target is a held-out item (no training row holds it: "
+                     "not as target, in a history or as a negative); full ranking as above"}
 
 
 def _full_ranking(kind, model, packer, user_rows, full_rows, item_text, rated, logits,

@@ -199,9 +199,9 @@ class TwoTowerRecommender(keras.Model):
             self.log_sampling_probability = self.add_weight(
                 shape=(self.catalogue_size + 1,), initializer="zeros", trainable=False,
                 name="log_sampling_probability")
-        if loss == "full_softmax" and num_items > 0:
-            # 1 for the items training saw (set_trained_items): the others keep no id
-            # embedding in the full softmax, as the features give them none elsewhere.
+        if loss == "full_softmax" and self.catalogue_size > 0:
+            # 1 for the items training saw (set_trained_items): the others are left out of
+            # the full softmax (see _full_softmax).
             self.trained_items = self.add_weight(
                 shape=(self.catalogue_size + 1,), initializer="ones", trainable=False,
                 name="trained_items")
@@ -559,17 +559,21 @@ class TwoTowerRecommender(keras.Model):
                                                              from_logits=True))
 
     def _full_softmax(self, user_state, item_index, training, adapted=None):
-        """Cross-entropy of each row's item against every catalogue item (1..N): their
-        id embeddings and, with frozen text vectors, text-table rows 1..N (the kind
-        lays the catalogue's texts out first). Items training never saw keep only their
-        text, as at evaluation (``set_trained_items``)."""
+        """Cross-entropy of each row's item against every catalogue item training saw
+        (1..N, ``set_trained_items``): their id embeddings and, with frozen text vectors,
+        text-table rows 1..N (the kind lays the catalogue's texts out first).
+
+        Items training never saw (held out for cold start, or only in evaluation) are not
+        negatives here: a text model would otherwise learn to push their *texts* down
+        from the mere fact that no training row ever chose them, which is a leak of the
+        split, not a preference."""
         every = ops.arange(1, self.catalogue_size + 1, dtype="int32")
-        ids = every
-        if self.num_items > 0:
-            ids = every * ops.cast(ops.take(self.trained_items, every), "int32")
+        trained = ops.cast(ops.take(self.trained_items, every), "bool")
+        ids = every * ops.cast(trained, "int32")
         texts = (self._text_vectors(every, training, adapted=adapted)
                  if self.text_adapter is not None else None)
         logits = self.score_matrix(user_state, self._with_ids(texts, ids, training), ids)
+        logits = ops.where(ops.expand_dims(trained, 0), logits, _MASKED_LOGIT)
         labels = ops.maximum(ops.cast(item_index, "int32") - 1, 0)
         return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits,
                                                                     from_logits=True))

@@ -83,6 +83,10 @@ class SequencesConfig:
     negatives_per_positive: int = 4  # sampled per training target (pointwise losses)
     eval_negatives: int = 99  # sampled per validation/test target (the sampled metrics)
     seed: int = 13
+    # Cold start: a seeded share of the catalogue's items left out of every training row
+    # (as target, in histories and as a sampled negative); validation and test keep them,
+    # so the test users whose target is one of them measure cold-start ranking.
+    cold_start_items: float = 0.0
 
 
 @dataclasses.dataclass

@@ -405,7 +405,8 @@ def test_a_sequential_benchmark_ranks_everything_and_prints_the_published_rows(
             "--pretrained", tiny_checkpoint(), "--bootstrap", "100", "--quiet"]
     for item in [f"data.sequences.eval_negatives={SEQ_NEGATIVES}", "data.vocab_size=100",
                  "model.hidden_dim=16", "model.intermediate_dim=32", "model.user_layers=1",
-                 "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=64"]:
+                 "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=64",
+                 "data.sequences.cold_start_items=0.2"]:
         argv += ["--set", item]
     assert quality.main(argv) == 0
     with open(tmp_path / "out" / "quality.json") as f:
@@ -435,7 +436,27 @@ def test_a_sequential_benchmark_ranks_everything_and_prints_the_published_rows(
     assert first["text_vectors_fingerprint"] == second["text_vectors_fingerprint"]
     assert first["pretrained"] == tiny_checkpoint()
     assert len(os.listdir(tmp_path / "out" / "text_vectors")) == 1
+    # Paired differences between every two rows ranked for all users, both ways round.
+    names = [row["model"] for row in result["rows"]]
+    for row in result["rows"]:
+        paired = row["full_ranking"]["paired_difference"]
+        assert set(paired) == set(names) - {row["model"]}
+        for other, values in paired.items():
+            mirror = next(r for r in result["rows"] if r["model"] == other)
+            back = mirror["full_ranking"]["paired_difference"][row["model"]]["ndcg@10"]
+            assert values["ndcg@10"]["mean"] == pytest.approx(-back["mean"])
+            low, high = values["ndcg@10"]["ci95"]
+            assert low <= values["ndcg@10"]["mean"] <= high
+    # Cold start: 6 of the 30 items left out of training; the users whose test target is
+    # one of them are scored again, by every row.
+    cold = protocol["cold_start"]
+    assert cold["items_held_out"] == 6 and cold["train_rows_dropped"] > 0
+    assert 0 < cold["test_users"] < SEQ_USERS
+    for row in result["rows"]:
+        assert row["cold_start"]["users_evaluated"] == cold["test_users"]
+        assert 0.0 <= row["cold_start"]["ndcg@10"] <= 1.0
     out = capsys.readouterr().out
+    assert "cold start: the" in out and "paired over the same users" in out
     assert "against every catalogue item, history included" in out
     assert "UniSRec (published)" in out and "MISSRec (published)" in out
     assert "(this run)" in out

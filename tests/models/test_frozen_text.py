@@ -73,7 +73,7 @@ def _frozen_model(loss="softmax", num_items=0, rows=6, dim=8):
     model = TwoTowerRecommender(None, num_items=num_items, max_history=3, embedding_dim=8,
                                 user_layers=1, loss=loss, catalogue_size=rows - 1,
                                 text_vectors_shape=(rows, dim), adapter="moe",
-                                adapter_experts=2, adapter_dropout=0.0)
+                                adapter_experts=2, adapter_dropout=0.0, dropout=0.0)
     table = np.random.default_rng(0).normal(size=(rows, dim)).astype(np.float32)
     model.set_text_vectors(table)
     return model, table
@@ -129,6 +129,25 @@ def test_the_full_softmax_runs_over_frozen_text_vectors_and_skips_untrained_ids(
     assert 0.5 * np.log(5) < float(np.ravel(loss)[0]) < 2 * np.log(5)
     assert not np.allclose(before[1], after[1])
     np.testing.assert_array_equal(before[5], after[5])  # item 5: never trained, no id
+
+
+def test_items_training_never_saw_are_no_negatives_of_the_full_softmax():
+    model, table = _frozen_model(loss="full_softmax", num_items=5)
+    model.set_trained_items(np.array([0, 1, 1, 1, 1, 0], bool))
+    x = {**_frozen_inputs(), "item_index": np.array([1, 2], np.int32)}
+
+    def softmax_loss():
+        model(x, training=True)
+        return float(np.asarray(model.losses[-1]))
+
+    loss = softmax_loss()
+    moved = table.copy()
+    moved[5] *= -3.0  # the untrained item's text: no effect on the loss
+    model.set_text_vectors(moved)
+    assert softmax_loss() == pytest.approx(loss, rel=1e-6)
+    moved[4] *= -3.0  # a trained item's text: a negative, so it counts
+    model.set_text_vectors(moved)
+    assert softmax_loss() != pytest.approx(loss, rel=1e-6)
 
 
 def test_the_frozen_model_reloads_with_its_table(tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 from trainer.data.canonical import Example
 
 # What a generator is for (the ``purpose`` of :func:`user_rng`).
-PURPOSE_EVAL, PURPOSE_TRAIN, PURPOSE_SUBSET = 1, 2, 3
+PURPOSE_EVAL, PURPOSE_TRAIN, PURPOSE_SUBSET, PURPOSE_COLD_START = 1, 2, 3, 4
 
 
 def user_rng(seed: int, purpose: int, user_id: str, index: int = 0) -> np.random.Generator:

@@ -31,6 +31,12 @@ impression ``eval_negatives`` uniform ones (the sampled metrics); negatives are 
 item of the user's rows. The published full-ranking protocol ranks each target against
 every item and masks none of the user's history (RecBole's full-sort evaluation for
 sequential models masks only its padding id); ``benchmarks.quality`` does the same.
+
+Cold start (``data.sequences.cold_start_items``, a share such as 0.1): a seeded set of
+items is held out of training entirely (rows with such a target go, the items leave the
+other rows' histories, and no training negative is one of them); validation and test rows
+are kept as they are, so the test users whose target is held out measure ranking an item
+no training row ever showed. ``info["cold_start"]`` lists the items and what was dropped.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import collections
 import os
 from typing import Iterator
 
+import numpy as np
 import tensorflow as tf
 
 from trainer.config import SequencesConfig
@@ -183,6 +190,33 @@ def _check_cfg(cfg: SequencesConfig) -> None:
     if cfg.negatives_per_positive < 0 or cfg.eval_negatives < 0:
         raise DataError("data.sequences.negatives_per_positive and eval_negatives must be "
                         ">= 0")
+    if not 0.0 <= cfg.cold_start_items < 1.0:
+        raise DataError(f"data.sequences.cold_start_items must be in [0, 1), got "
+                        f"{cfg.cold_start_items}")
+
+
+def cold_start_items(num_items: int, cfg: SequencesConfig) -> set:
+    """The item indices held out of training: a seeded ``cfg.cold_start_items`` share of
+    the catalogue (its own random stream, so other seeded draws do not move)."""
+    count = int(round(cfg.cold_start_items * num_items))
+    if count == 0:
+        return set()
+    rng = np.random.default_rng([cfg.seed, sampling.PURPOSE_COLD_START])
+    return set(rng.choice(num_items, size=count, replace=False).tolist())
+
+
+def _hold_out(train_rows: list, cold: set) -> tuple[list, dict]:
+    """Training rows without the cold items: rows whose target is cold go, and cold items
+    leave the histories of the others (the model never sees them train)."""
+    kept, stripped = [], 0
+    for user, history, target in train_rows:
+        if target in cold:
+            continue
+        clean = tuple(i for i in history if i not in cold)
+        stripped += len(history) - len(clean)
+        kept.append((user, clean, target))
+    return kept, {"train_rows_dropped": len(train_rows) - len(kept),
+                  "history_entries_dropped": stripped}
 
 
 def load(data_dir: str, cfg: SequencesConfig) -> SplitData:
@@ -208,6 +242,8 @@ def load(data_dir: str, cfg: SequencesConfig) -> SplitData:
     catalogue = Catalogue()
     for item in item_ids:
         catalogue[item] = Item(item_id=item, fields={"title": texts.get(item, "")})
+    cold = cold_start_items(len(item_ids), cfg)
+    rows["train"], held_out = _hold_out(rows["train"], cold)
     user_items: dict = collections.defaultdict(set)
     for split_rows in rows.values():
         for user, history, target in split_rows:
@@ -231,8 +267,10 @@ def load(data_dir: str, cfg: SequencesConfig) -> SplitData:
             # Validation and test rows of a user draw from different generators.
             index = k if split == "train" else 2 * k + (split == "test")
             rng = sampling.user_rng(cfg.seed, purpose, user_id, index)
-            negatives = sampling.sample_negatives(rng, wanted, user_items[user],
-                                                  len(item_ids))
+            # A training negative is never a cold item either: training never sees them.
+            excluded = user_items[user] | cold if split == "train" and cold else \
+                user_items[user]
+            negatives = sampling.sample_negatives(rng, wanted, excluded, len(item_ids))
             shorts[split] += len(negatives) < wanted
             splits[split] += sampling.impression(
                 rng, user_id, impression_id, tuple(item_ids[i] for i in history), target,
@@ -248,6 +286,10 @@ def load(data_dir: str, cfg: SequencesConfig) -> SplitData:
         "impressions_short_of_negatives": {split: shorts[split] for split in SPLIT_FILES},
         "settings": {"negatives_per_positive": cfg.negatives_per_positive,
                      "eval_negatives": cfg.eval_negatives, "seed": cfg.seed,
-                     "full_ranking_masks_history": False},
+                     "full_ranking_masks_history": False,
+                     "cold_start_items": cfg.cold_start_items},
     }
+    if cold:
+        info["cold_start"] = {"items": sorted(item_ids[i] for i in cold), **held_out,
+                              "test_targets": sum(t in cold for _, _, t in rows["test"])}
     return SplitData(catalogue=catalogue, splits=splits, info=info)

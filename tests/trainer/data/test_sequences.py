@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tests.harness import TINY_CONFIG
+from tests.harness import SEQ_ITEMS, TINY_CONFIG, write_sequence_fixture
 from trainer import config as config_lib
 from trainer.config import SequencesConfig
 from trainer.data import sequences, sources
@@ -150,3 +150,35 @@ def test_the_prefix_must_be_unambiguous(tmp_path):
 def test_negative_counts_are_checked():
     with pytest.raises(DataError, match="data.sequences.negatives_per_positive"):
         sequences.load("unused", SequencesConfig(eval_negatives=-1))
+
+
+def test_cold_start_items_never_reach_a_training_row(tmp_path):
+    data_dir = write_sequence_fixture(tmp_path / "seq")
+    cfg = SequencesConfig(negatives_per_positive=3, eval_negatives=4, cold_start_items=0.2)
+    data = sequences.load(data_dir, cfg)
+    cold = set(data.info["cold_start"]["items"])
+    assert len(cold) == round(0.2 * SEQ_ITEMS)
+    for ex in data.splits["train"]:  # not a target, a negative, nor in a history
+        assert ex.candidate not in cold and not cold & set(ex.history)
+    plain = sequences.load(data_dir, SequencesConfig(negatives_per_positive=3,
+                                                     eval_negatives=4))
+    assert "cold_start" not in plain.info
+    # Validation and test keep every row; the dropped training rows are counted.
+    for split in ("validation", "test"):
+        assert len(data.splits[split]) == len(plain.splits[split])
+    dropped = data.info["cold_start"]["train_rows_dropped"]
+    positives = [ex for ex in plain.splits["train"] if ex.label == 1]
+    assert dropped == sum(ex.candidate in cold for ex in positives) > 0
+    assert data.info["cold_start"]["test_targets"] == sum(
+        ex.candidate in cold for ex in plain.splits["test"] if ex.label == 1)
+    # Seeded: the same seed holds out the same items, another seed others.
+    again = sequences.load(data_dir, cfg)
+    assert set(again.info["cold_start"]["items"]) == cold
+    other = sequences.load(data_dir, SequencesConfig(cold_start_items=0.2, seed=14))
+    assert set(other.info["cold_start"]["items"]) != cold
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0])
+def test_a_cold_start_share_outside_0_1_is_refused(tmp_path, share):
+    with pytest.raises(DataError, match="cold_start_items"):
+        sequences.load(write_fixture(tmp_path), SequencesConfig(cold_start_items=share))
