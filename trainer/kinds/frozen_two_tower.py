@@ -25,7 +25,6 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from bert_recommender.models.layers.text_adapter import ADAPTERS
 from bert_recommender.models.pretrained_text import PretrainedTextEncoder
 from bert_recommender.models.two_tower import TwoTowerRecommender
 from trainer.errors import ConfigError
@@ -139,9 +138,6 @@ class FrozenTwoTower(TwoTower):
                               "it to a local Hugging Face directory (config.json, "
                               "model.safetensors, vocab.txt), a keras-hub preset or an hf:// "
                               "handle")
-        if m.adapter not in ADAPTERS:
-            raise ConfigError(f"config key 'model.adapter' must be one of {ADAPTERS}, got "
-                              f"{m.adapter!r}")
         if m.adapter_experts <= 0:
             raise ConfigError(f"config key 'model.adapter_experts' must be > 0, got "
                               f"{m.adapter_experts}")
