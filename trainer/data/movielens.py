@@ -26,6 +26,11 @@ Conversion (identical for all three):
   "unknown" give ""), ``tags`` (the ``cfg.max_tags`` most applied user tags, ", "-joined,
   when the variant has tags and ``cfg.use_tags``). Items without a title are left out and
   counted in ``info["skipped"]``, as are ratings of movies missing from the movies file.
+* Tags and the split (``cfg.tags_until``, :func:`apply_tags`): with ``"train"`` (the
+  default) a tag application reaches the text only if it lies in its user's training
+  period -- at or before their last training positive, never on their own validation or
+  test movie -- so the text reads nothing the split holds out; ``"all"`` takes every
+  application. ``info["tags"]`` counts what was kept and what fell outside training time.
 * Implicit feedback: a rating >= ``cfg.positive_threshold`` is a positive. Each user's
   positives are sorted by (timestamp, item id); the last goes to test, the one before to
   validation, the rest to train (chronological leave-last-out). Users with fewer than
@@ -109,6 +114,9 @@ _LAYOUTS = {  # variant -> (required files, optional files)
 _RATINGS_HEADER = ["userId", "movieId", "rating", "timestamp"]
 _MOVIES_HEADER = ["movieId", "title", "genres"]
 _TAGS_HEADER = ["userId", "movieId", "tag", "timestamp"]
+
+# data.movielens.tags_until: which tag applications may reach the item text (apply_tags).
+TAGS_UNTIL = ("train", "all")
 
 _YEAR_RE = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4}(?:\s*[-\u2013]\s*(?:\d{4})?)?)\)$")
 
@@ -294,7 +302,7 @@ def _read_csv_variant(data_dir: str, skipped: collections.Counter, use_tags: boo
     tags = None
     tags_path = os.path.join(data_dir, "tags.csv")
     if use_tags and _exists(tags_path):
-        tags = {}
+        tags = TagLog()
         for line_no, row in _csv_rows(tags_path, _TAGS_HEADER):
             tag = " ".join(row[2].split())
             if not tag:
@@ -304,8 +312,44 @@ def _read_csv_variant(data_dir: str, skipped: collections.Counter, use_tags: boo
             if movie_id not in movies:
                 skipped["tags_unknown_item"] += 1
                 continue
-            tags.setdefault(movie_id, []).append(tag)
+            if not movies[movie_id]["title"]:
+                skipped["tags_item_without_title"] += 1
+                continue
+            tags.add(tags_path, line_no, row[0], movie_id, tag, row[3])
     return movies, buf.arrays(ratings_path), tags
+
+
+class TagLog:
+    """Tag applications (user, movie, tag, timestamp) as compact arrays, kept until the
+    split is known: which of them may reach the item text depends on it
+    (``cfg.tags_until``, :func:`apply_tags`). Distinct tag strings are stored once."""
+
+    def __init__(self):
+        self.user = array.array("q")
+        self.movie = array.array("q")
+        self.timestamp = array.array("q")
+        self.tag = array.array("i")  # index into self.names
+        self.names: list = []
+        self._index: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def add(self, path: str, line: int, user: str, movie_id: int, tag: str, ts: str) -> None:
+        try:
+            u, t = int(user), int(float(ts)) if "." in ts else int(ts)
+            # Range-checked here, so a bad row never leaves the arrays half-appended.
+            array.array("q", (u, t))
+        except (ValueError, OverflowError):
+            raise DataError(f"{path}:{line}: user id {user!r} and timestamp {ts!r} must be "
+                            "integers") from None
+        self.user.append(u)
+        self.timestamp.append(t)
+        self.movie.append(movie_id)
+        index = self._index.setdefault(tag, len(self.names))
+        if index == len(self.names):
+            self.names.append(tag)
+        self.tag.append(index)
 
 
 def _parse_id(text: str, path: str, line: int) -> int:
@@ -376,11 +420,15 @@ def resolve_data_dir(data_dir: str, variant: str = "auto") -> str:
 def read_movielens(data_dir: str, cfg: MovieLensConfig):
     """Parses a local MovieLens directory.
 
-    Returns ``(variant, data_dir, catalogue, ratings, untitled, skipped, has_tags)``:
+    Returns ``(variant, data_dir, catalogue, ratings, untitled, skipped, tags)``:
     ``ratings`` is ``(user, item, rating, timestamp)`` numpy arrays of raw MovieLens ids,
     ``untitled`` the ids of movies left out for lack of a title, ``skipped`` counts by
-    reason, ``data_dir`` the folder actually read.
+    reason, ``data_dir`` the folder actually read, ``tags`` a :class:`TagLog` (None when
+    the variant has no tags or ``cfg.use_tags`` is off). The catalogue's ``tags`` fields
+    are still empty: which applications may fill them depends on the split
+    (:func:`apply_tags`, after :func:`prepare`).
     """
+    _check_cfg(cfg)
     variant = cfg.variant
     if variant not in ("auto",) + VARIANTS:
         raise DataError(f"unknown MovieLens variant {variant!r}; use one of "
@@ -408,11 +456,9 @@ def read_movielens(data_dir: str, cfg: MovieLensConfig):
         if not fields["title"]:
             skipped["items_without_title"] += 1
             continue
-        if tags and movie_id in tags:
-            fields["tags"] = top_tags(tags[movie_id], cfg.max_tags)
         catalogue[str(movie_id)] = Item(str(movie_id), fields, provider="")
     untitled = np.array([m for m, f in movies.items() if not f["title"]], dtype=np.int64)
-    return variant, data_dir, catalogue, ratings, untitled, skipped, tags is not None
+    return variant, data_dir, catalogue, ratings, untitled, skipped, tags
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -532,6 +578,75 @@ def _check_cfg(cfg: MovieLensConfig) -> None:
     if cfg.negative_sampling not in ("uniform", "popularity"):
         raise DataError(f"data.movielens.negative_sampling must be 'uniform' or 'popularity', "
                         f"got {cfg.negative_sampling!r}")
+    if cfg.tags_until not in TAGS_UNTIL:
+        raise DataError(f"data.movielens.tags_until must be one of {TAGS_UNTIL}, got "
+                        f"{cfg.tags_until!r}")
+
+
+def _positive_rows(prep: _Prepared, code: int) -> np.ndarray:
+    """Rows of user ``code``'s positives in ``prep``, oldest first."""
+    start = prep.starts[code]
+    return np.flatnonzero(prep.positive[start:prep.ends[code]]) + start
+
+
+def _split_positions(n: int) -> tuple[range, list]:
+    """Chronological leave-last-out over a user's ``n`` positives (oldest first): the
+    training positions and the held-out ``(split, position)`` pairs (the last is test, the
+    one before validation)."""
+    held = [(split, j) for split, j in (("validation", n - 2), ("test", n - 1)) if j >= 0]
+    return range(max(n - 2, 0)), held
+
+
+def apply_tags(catalogue: Catalogue, tags: TagLog, prep: _Prepared,
+               cfg: MovieLensConfig) -> dict:
+    """Fills each item's ``tags`` field from the tag applications ``cfg.tags_until`` admits
+    (the ``cfg.max_tags`` most applied, :func:`top_tags`); returns ``info["tags"]``.
+
+    ``"train"`` keeps an application only if it falls in its user's *training* period, as
+    the split defines it for that user's ratings: at or before the user's last training
+    positive, and never on one of the user's own held-out (validation or test) movies.
+    A user with held-out positives but no training positive keeps no tags; a user with no
+    held-out interaction at all (dropped by ``min_positives``, or tagging without rating)
+    keeps all of theirs, since nothing of theirs is evaluated. So the item text is a pure
+    function of the training data plus such users' tags. ``"all"`` keeps every application
+    (tags read across the split; the counts of what ``"train"`` would drop are recorded
+    either way, under ``outside_training_time``).
+    """
+    cutoff, held = {}, {}  # evaluated user id -> last training time (None: none), held-out ids
+    for code in np.flatnonzero(prep.kept):
+        rows = _positive_rows(prep, code)
+        train_js, held_js = _split_positions(len(rows))
+        user_id = prep.user_ids[code]
+        held[user_id] = {prep.item_ids[prep.item[rows[j]]] for _, j in held_js}
+        cutoff[user_id] = int(prep.timestamp[rows[train_js[-1]]]) if len(train_js) else None
+    train_only = cfg.tags_until == "train"
+    outside: collections.Counter = collections.Counter()
+    admitted = collections.defaultdict(list)  # movie id -> its admitted tags, file order
+    unevaluated = 0
+    for user, movie, stamp, index in zip(tags.user, tags.movie, tags.timestamp, tags.tag):
+        user_id, movie_id = str(user), str(movie)
+        reason = None
+        if user_id not in held:
+            unevaluated += 1
+        elif movie_id in held[user_id]:
+            reason = "own_held_out_item"
+        elif cutoff[user_id] is None:
+            reason = "no_training_positive"
+        elif stamp > cutoff[user_id]:
+            reason = "after_last_training_positive"
+        if reason is not None:
+            outside[reason] += 1
+            if train_only:
+                continue
+        admitted[movie_id].append(tags.names[index])
+    for movie_id, names in admitted.items():
+        catalogue[movie_id].fields["tags"] = top_tags(names, cfg.max_tags)
+    kept = sum(map(len, admitted.values()))
+    return {"until": cfg.tags_until, "applications": len(tags), "kept": kept,
+            "dropped": len(tags) - kept,
+            "outside_training_time": {key: outside[key] for key in (
+                "own_held_out_item", "after_last_training_positive", "no_training_positive")},
+            "from_users_without_held_out": unevaluated}
 
 
 def iter_examples(prep: _Prepared, cfg: MovieLensConfig) -> Iterator[Example]:
@@ -547,10 +662,8 @@ def iter_examples(prep: _Prepared, cfg: MovieLensConfig) -> Iterator[Example]:
         if not prep.kept[code]:
             continue
         user_id = prep.user_ids[code]
-        start, end = prep.starts[code], prep.ends[code]
-        rows = slice(start, end)
-        rated = set(prep.item[rows].tolist())
-        pos_rows = np.flatnonzero(prep.positive[rows]) + start
+        rated = set(prep.item[prep.starts[code]:prep.ends[code]].tolist())
+        pos_rows = _positive_rows(prep, code)
         positives = prep.item[pos_rows].tolist()
         stamps = prep.timestamp[pos_rows].tolist()
         n = len(positives)
@@ -559,7 +672,8 @@ def iter_examples(prep: _Prepared, cfg: MovieLensConfig) -> Iterator[Example]:
         def history(j):
             return tuple(ids[max(0, j - HISTORY_CAP):j])
 
-        for j in range(max(n - 2, 0)):
+        train_js, held_js = _split_positions(n)
+        for j in train_js:
             selected = prep.train_selected is None or prep.train_selected[train_index]
             train_index += 1
             if not selected:
@@ -574,9 +688,7 @@ def iter_examples(prep: _Prepared, cfg: MovieLensConfig) -> Iterator[Example]:
                                            history(j), positives[j], negs, stamps[j],
                                            "train", item_ids)
         eval_rng = sampling.user_rng(cfg.seed, sampling.PURPOSE_EVAL, user_id)
-        for split, j in (("validation", n - 2), ("test", n - 1)):
-            if j < 0:
-                continue
+        for split, j in held_js:
             negs = sampling.sample_negatives(eval_rng, cfg.eval_negatives, rated, n_items, None)
             shorts["eval_impressions_short_of_negatives"] += len(negs) < cfg.eval_negatives
             yield from sampling.impression(eval_rng, user_id, f"{user_id}-{split}",
@@ -603,7 +715,7 @@ def build_split_data(catalogue: Catalogue, prep: _Prepared, cfg: MovieLensConfig
         "negatives_per_positive": cfg.negatives_per_positive,
         "negative_sampling": cfg.negative_sampling, "eval_negatives": cfg.eval_negatives,
         "eval_negative_sampling": "uniform", "seed": cfg.seed, "history_cap": HISTORY_CAP,
-        "max_tags": cfg.max_tags, "use_tags": cfg.use_tags}
+        "max_tags": cfg.max_tags, "use_tags": cfg.use_tags, "tags_until": cfg.tags_until}
     return SplitData(catalogue=catalogue, splits=splits, info=info)
 
 
@@ -638,14 +750,16 @@ def stream(data_dir: str, cfg: MovieLensConfig):
 
 
 def _read_and_prepare(data_dir: str, cfg: MovieLensConfig):
-    variant, data_dir, catalogue, ratings, untitled, skipped, has_tags = read_movielens(
+    variant, data_dir, catalogue, ratings, untitled, skipped, tags = read_movielens(
         data_dir, cfg)
     users, items, values, stamps = ratings
     prep = prepare(catalogue, users, items, values, stamps, cfg, skipped, untitled)
+    tag_info = apply_tags(catalogue, tags, prep, cfg) if tags is not None else None
     info = {"source": "files", "variant": variant, "data_dir": data_dir,
             "ratings_read": int(len(users)),
-            "tags_used": bool(has_tags and cfg.use_tags),
-            "items_with_tags": sum(1 for it in catalogue.values() if it.fields["tags"])}
+            "tags_used": tags is not None,
+            "items_with_tags": sum(1 for it in catalogue.values() if it.fields["tags"]),
+            "tags": tag_info}
     info["skipped"] = _skipped_dict(skipped)
     return catalogue, prep, info
 
@@ -735,7 +849,8 @@ def tfds_to_canonical(rating_batches: Iterable[dict], movie_records: Iterable[di
     prep = prepare(catalogue, users_a, items_a, np.concatenate(values), np.concatenate(stamps),
                    cfg, skipped, untitled_a)
     info = {"source": "tfds", "variant": variant, "ratings_read": int(len(users_a)),
-            "tags_used": False, "items_with_tags": 0, "skipped": _skipped_dict(skipped)}
+            "tags_used": False, "items_with_tags": 0, "tags": None,
+            "skipped": _skipped_dict(skipped)}
     return build_split_data(catalogue, prep, cfg, info)
 
 

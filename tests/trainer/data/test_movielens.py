@@ -55,8 +55,8 @@ def write_csv_variant(path, rows, movies, tags=()):
     with open(os.path.join(path, "tags.csv"), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\r\n")
         w.writerow(["userId", "movieId", "tag", "timestamp"])
-        for u, i, tag in tags:
-            w.writerow([u, i, tag, 1])
+        for u, i, tag, *ts in tags:  # (user, movie, tag[, timestamp]); timestamp 1 if absent
+            w.writerow([u, i, tag, ts[0] if ts else 1])
     return str(path)
 
 
@@ -187,6 +187,72 @@ def test_csv_variant_tags_quotes_and_no_genres(tmp_path):
     assert data.info["items_with_tags"] == 1
     no_tags = ml.load(path, cfg(use_tags=False))
     assert no_tags.catalogue["2"].fields["tags"] == ""
+
+
+def tag_fixture(path):
+    """Users 1 and 2 rate movies 1-5 and 6-10 positively at times 100..500 (train: the first
+    three, last training positive at 300; validation the 4th, test the 5th); user 3 has two
+    positives (dropped by min_positives=3, kept with validation + test but no training
+    positive at min_positives=2); user 4 only tags."""
+    rows = [(1, i, 5.0, 100 * i) for i in range(1, 6)]
+    rows += [(2, 5 + i, 5.0, 100 * i) for i in range(1, 6)]
+    rows += [(1, 20, 2.0, 350), (3, 11, 5.0, 100), (3, 12, 5.0, 200)]
+    tags = [(1, 6, "early", 250),             # user 1's training period: kept
+            (1, 7, "at cutoff", 300),         # at the last training positive: kept
+            (1, 6, "late", 301),              # after it (a low rating at 350 changes nothing)
+            (1, 5, "own test", 50),           # user 1's own test movie, even written early
+            (1, 4, "own validation", 450),    # user 1's own validation movie
+            (2, 5, "before test", 150),       # user 2's training period, user 1's test movie
+            (2, 5, "after test", 600),        # user 2 after their last training positive
+            (3, 6, "unevaluated", 10**9),     # user 3: no held-out interaction (min_pos 3)
+            (4, 7, "only tags", 10**9)]       # user 4: no ratings at all
+    return write_csv_variant(path, rows, make_movies(), tags)
+
+
+def tag_texts(data):
+    return {m: set(data.catalogue[m].fields["tags"].split(", ")) - {""}
+            for m in ("4", "5", "6", "7")}
+
+
+def test_tags_until_train_keeps_only_training_time_tags(tmp_path):
+    path = tag_fixture(tmp_path / "ml-latest-small")
+    train, every = ml.load(path, cfg()), ml.load(path, cfg(tags_until="all"))
+    assert MovieLensConfig().tags_until == "train"
+    assert tag_texts(train) == {"4": set(), "5": {"before test"},
+                                "6": {"early", "unevaluated"},
+                                "7": {"at cutoff", "only tags"}}
+    assert tag_texts(every) == {"4": {"own validation"},
+                                "5": {"own test", "before test", "after test"},
+                                "6": {"early", "late", "unevaluated"},
+                                "7": {"at cutoff", "only tags"}}
+    outside = {"own_held_out_item": 2, "after_last_training_positive": 2,
+               "no_training_positive": 0}
+    assert train.info["tags"] == {"until": "train", "applications": 9, "kept": 5,
+                                  "dropped": 4, "outside_training_time": outside,
+                                  "from_users_without_held_out": 2}
+    assert every.info["tags"] == {"until": "all", "applications": 9, "kept": 9,
+                                  "dropped": 0, "outside_training_time": outside,
+                                  "from_users_without_held_out": 2}
+    assert train.info["items_with_tags"] == 3 and every.info["items_with_tags"] == 4
+    assert train.info["settings"]["tags_until"] == "train"
+    assert train.splits == every.splits  # the rule changes item text, never the split
+    # User 3 kept with only held-out positives: no training period, so no tags of theirs.
+    two = ml.load(path, cfg(min_positives=2))
+    assert tag_texts(two)["6"] == {"early"}
+    assert two.info["tags"]["outside_training_time"]["no_training_positive"] == 1
+    assert two.info["tags"]["from_users_without_held_out"] == 1
+    _, _, stream_info = ml.stream(path, cfg())
+    assert stream_info["tags"] == train.info["tags"]
+
+
+def test_tags_until_and_tag_rows_are_checked(tmp_path):
+    with pytest.raises(DataError, match=r"tags_until must be one of.*'later'"):
+        ml.load(str(tmp_path / "not read"), cfg(tags_until="later"))
+    path = tag_fixture(tmp_path / "d")
+    with open(os.path.join(path, "tags.csv"), "a", encoding="utf-8") as f:
+        f.write("1,6,fine,yesterday\r\n")
+    with pytest.raises(DataError, match=r"tags\.csv:11: .*timestamp 'yesterday'"):
+        ml.load(path, cfg())
 
 
 def test_same_split_from_every_format(tmp_path, csv_data):
@@ -522,5 +588,13 @@ def test_real_ml_latest_small():
     assert info["variant"] == "ml-latest-small"
     assert info["users"]["kept"] > 500
     assert info["items"] == 9742 and info["ratings_read"] == 100836
+    # Tags written on the tagger's own held-out movie or after their last training
+    # positive stay out of the item text (tags_until: train).
+    assert info["tags"] == {"until": "train", "applications": 3683, "kept": 3441,
+                            "dropped": 242, "outside_training_time": {
+                                "own_held_out_item": 37, "after_last_training_positive": 205,
+                                "no_training_positive": 0},
+                            "from_users_without_held_out": 0}
+    assert info["items_with_tags"] == 1515
     for rows in impressions(data.splits["test"]).values():
         assert sum(e.label for e in rows) == 1 and len(rows) == 100
