@@ -344,6 +344,7 @@ _CHOICES = {
     "data.synthetic.file_format": ("csv", "jsonl"),
     "data.movielens.variant": ("auto", "ml-100k", "ml-1m", "ml-latest-small", "ml-25m"),
     "data.movielens.negative_sampling": ("uniform", "popularity"),
+    "data.movielens.tags_until": ("train", "all"),
     "train.loss": ("bce", "softmax", "full_softmax"),
     "train.early_stopping_metric": ("auc", "group_auc", "ndcg@10", "full_ndcg@10"),
     "model.pooling": ("cls", "first", "mean"),
