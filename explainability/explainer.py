@@ -30,16 +30,32 @@ OPT_IN_METHODS = ("shap", "lime")
 DEFAULT_METHODS = tuple(m for m in TOKEN_METHODS + HISTORY_METHODS if m not in OPT_IN_METHODS)
 TRUTH_K_TOKENS = 5
 TRUTH_K_HISTORY = 1
+# |f(x) - f(baseline)| under this (a tenth of a percentage point of click probability) is a
+# "near-zero difference": there, a 1 % relative completeness error is an absolute error
+# under 1e-5, where float32 round-off in the scores and in gradients summed over many
+# pieces, not the quadrature, may dominate, so the relative error can stay large at any
+# number of steps. Such examples are counted in the summary (with the absolute errors
+# beside), not hidden.
+NEAR_ZERO_DIFFERENCE = 1e-3
 
 
 @dataclasses.dataclass
 class ExplainOptions:
     """What to compute. ``methods`` name token and history methods (``TOKEN_METHODS``,
     ``HISTORY_METHODS``); ``shap`` needs the ``[explain]`` extra. ``lime_samples`` is the
-    size of LIME's neighbourhood per example (the input included)."""
+    size of LIME's neighbourhood per example (the input included).
+
+    Integrated gradients start at ``ig_steps`` quadrature steps and double them, per
+    example, while the completeness error is above ``ig_tolerance``, up to
+    ``ig_max_steps`` (:func:`token_attributions.integrated_gradients`); examples that do
+    not converge are reported as such. ``ig_max_steps = ig_steps`` keeps the steps fixed
+    (convergence is still reported); ``ig_tolerance=None`` keeps them fixed and reports no
+    convergence."""
 
     methods: tuple = DEFAULT_METHODS
     ig_steps: int = 32
+    ig_tolerance: float | None = token_attributions.DEFAULT_TOLERANCE
+    ig_max_steps: int = token_attributions.DEFAULT_MAX_STEPS
     ig_baseline: str = "pad"
     shapley_permutations: int = 32
     shap_max_evals: int = 256
@@ -57,6 +73,14 @@ class ExplainOptions:
         if "lime" in self.methods and (isinstance(self.lime_samples, bool) or not isinstance(
                 self.lime_samples, (int, np.integer)) or self.lime_samples < 2):
             raise ValueError(f"lime_samples must be an integer >= 2, got {self.lime_samples!r}")
+        if self.ig_steps < 1:
+            raise ValueError(f"ig_steps must be >= 1, got {self.ig_steps}")
+        if self.ig_tolerance is not None:
+            if not self.ig_tolerance > 0:
+                raise ValueError(f"ig_tolerance must be > 0 (or None), got {self.ig_tolerance!r}")
+            if self.ig_max_steps < self.ig_steps:
+                raise ValueError(f"ig_max_steps ({self.ig_max_steps}) must be at least "
+                                 f"ig_steps ({self.ig_steps})")
 
 
 def _rounded(values) -> list:
@@ -107,12 +131,18 @@ class Explainer:
             if method == "integrated_gradients":
                 ig = token_attributions.integrated_gradients(
                     scorer, token_ids, segment_ids, steps=opts.ig_steps,
-                    baseline=opts.ig_baseline)
+                    baseline=opts.ig_baseline, tolerance=opts.ig_tolerance,
+                    max_steps=opts.ig_max_steps)
                 values = token_attributions.to_words(ig["attributions"], words)
                 completeness[method] = {
                     "attribution_sum": float(ig["attributions"].sum()),
                     "score_difference": float(ig["score"] - ig["baseline_score"]),
-                    "relative_error": float(ig["completeness_error"])}
+                    "relative_error": float(ig["completeness_error"]),
+                    "absolute_error": float(ig["absolute_error"]),
+                    "steps": int(ig["steps"])}
+                if "converged" in ig:
+                    completeness[method].update(converged=bool(ig["converged"]),
+                                                tolerance=opts.ig_tolerance)
             elif method == "gradient_x_input":
                 values = token_attributions.to_words(token_attributions.gradient_x_input(
                     scorer, token_ids, segment_ids), words)
@@ -143,7 +173,13 @@ class Explainer:
             if method in seconds:
                 row["seconds_per_example"] = seconds[method]
             if method in completeness:
-                row["completeness_error"] = completeness[method]["relative_error"]
+                c = completeness[method]
+                row.update(completeness_error=c["relative_error"],
+                           completeness_absolute_error=c["absolute_error"],
+                           score_difference_abs=abs(c["score_difference"]),
+                           ig_steps=c["steps"])
+                if "converged" in c:
+                    row["ig_converged"] = float(c["converged"])
             token_rows[method] = row
 
         history_scores, history_rows, permutations = {}, {}, 0
@@ -226,9 +262,8 @@ def summarize_faithfulness(token_rows: list[dict], history_rows: list[dict],
                     for metric in faithfulness.HIGHER_IS_BETTER
                     if metric + "_ci" in values}
         if "integrated_gradients" in methods:
-            errors = [r.get("completeness_error") for r in methods["integrated_gradients"]]
-            summary["integrated_gradients"]["completeness_error_max"] = float(
-                np.nanmax(np.asarray(errors, dtype=np.float64)))
+            summary["integrated_gradients"].update(
+                _completeness_summary(methods["integrated_gradients"]))
         return summary
 
     return {"num_examples": len(token_rows), "bins": list(faithfulness.BINS),
@@ -236,8 +271,70 @@ def summarize_faithfulness(token_rows: list[dict], history_rows: list[dict],
             "methods": by_method(token_rows), "history_methods": by_method(history_rows)}
 
 
+def _completeness_summary(rows: list[dict]) -> dict:
+    """Integrated gradients' completeness over the examples: the worst relative and
+    absolute errors, the steps used, how many examples did not converge to the tolerance,
+    and how many have a near-zero |f(x) - f(baseline)| (:data:`NEAR_ZERO_DIFFERENCE`),
+    where the relative error says little (the worst relative error of the others is given
+    apart)."""
+
+    def values(key):
+        return np.asarray([r.get(key, np.nan) for r in rows], dtype=np.float64)
+
+    errors, differences = values("completeness_error"), values("score_difference_abs")
+    out = {"completeness_error_max": float(np.nanmax(errors))}
+    if np.isfinite(values("completeness_absolute_error")).any():
+        out["completeness_absolute_error_max"] = float(
+            np.nanmax(values("completeness_absolute_error")))
+    if np.isfinite(values("ig_steps")).any():
+        out["ig_steps_max"] = int(np.nanmax(values("ig_steps")))
+    converged = values("ig_converged")
+    if np.isfinite(converged).any():
+        out["ig_not_converged"] = int(np.sum(converged[np.isfinite(converged)] < 0.5))
+    if np.isfinite(differences).any():
+        near_zero = differences < NEAR_ZERO_DIFFERENCE
+        out["near_zero_difference"] = int(near_zero.sum())
+        out["near_zero_difference_threshold"] = NEAR_ZERO_DIFFERENCE
+        if near_zero.any() and not near_zero.all():
+            out["completeness_error_max_without_near_zero"] = float(
+                np.nanmax(errors[~near_zero]))
+    return out
+
+
+def completeness_line(summary: dict) -> str | None:
+    """One line on integrated gradients' completeness for the printed summary, or None
+    when the summary has no integrated gradients."""
+    ig = (summary.get("methods") or {}).get("integrated_gradients")
+    if not ig or "completeness_error" not in ig:
+        return None
+
+    def percent(value):
+        return f"{100 * value:.3g}%"
+
+    lo, hi = ig.get("completeness_error_ci", [float("nan")] * 2)
+    parts = [f"integrated gradients completeness error: mean "
+             f"{percent(ig['completeness_error'])} [{percent(lo)}, {percent(hi)}], max "
+             f"{percent(ig['completeness_error_max'])}"]
+    if "completeness_error_max_without_near_zero" in ig:
+        parts[0] += (f" ({percent(ig['completeness_error_max_without_near_zero'])} without "
+                     f"the near-zero differences)")
+    if "ig_steps" in ig:
+        parts.append(f"steps mean {ig['ig_steps']:.0f}, max {ig.get('ig_steps_max', '?')}")
+    if "ig_not_converged" in ig:
+        tolerance = summary.get("ig_tolerance")
+        under = f" under {tolerance:.0%}" if isinstance(tolerance, (int, float)) else ""
+        parts.append(f"{ig['ig_not_converged']} of {ig.get('examples', '?')} examples not "
+                     f"converged{under}")
+    if "near_zero_difference" in ig:
+        parts.append(f"{ig['near_zero_difference']} with |f(x) - f(baseline)| < "
+                     f"{ig['near_zero_difference_threshold']:g}")
+    if "completeness_absolute_error_max" in ig:
+        parts.append(f"max absolute error {ig['completeness_absolute_error_max']:.1e}")
+    return "; ".join(parts)
+
+
 TABLE_COLUMNS = ("comprehensiveness", "sufficiency", "aopc", "deletion_auc", "insertion_auc",
-                 f"truth_precision@{TRUTH_K_TOKENS}", "completeness_error",
+                 f"truth_precision@{TRUTH_K_TOKENS}", "completeness_error", "ig_steps",
                  "seconds_per_example")
 HISTORY_TABLE_COLUMNS = ("comprehensiveness", "deletion_auc", "insertion_auc",
                          f"truth_precision@{TRUTH_K_HISTORY}", "seconds_per_example")
@@ -247,6 +344,8 @@ def _cell(values: dict, key: str) -> str:
     value = values.get(key)
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "-"
+    if key == "ig_steps":
+        return f"{value:.1f}"
     if key + "_ci" in values and key not in ("seconds_per_example", "completeness_error"):
         lo, hi = values[key + "_ci"]
         return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
@@ -272,6 +371,8 @@ def format_faithfulness_table(summary: dict, markdown: bool = False) -> str:
             widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
             lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths))]
             lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        if key == "methods" and completeness_line(summary):
+            lines.append(("\n" if markdown else "") + completeness_line(summary))
         blocks.append(f"{title} ({summary.get('num_examples', '?')} examples)\n"
                       + "\n".join(lines))
     return "\n\n".join(blocks)

@@ -204,10 +204,17 @@ def _example(record, number):
               _counterfactual(record.get("counterfactual"))]
     for method, c in (record.get("completeness") or {}).items():
         c = c if isinstance(c, dict) else {}
-        parts.append(f'<p class="note">{_e(method)} completeness: attribution sum '
-                     f'{_fmt(c.get("attribution_sum"))}, score difference '
-                     f'{_fmt(c.get("score_difference"))}, relative error '
-                     f'{_fmt(c.get("relative_error"))}.</p>')
+        note = (f'{_e(method)} completeness: attribution sum '
+                f'{_fmt(c.get("attribution_sum"))}, score difference '
+                f'{_fmt(c.get("score_difference"))}, relative error '
+                f'{_fmt(c.get("relative_error"))}')
+        if "absolute_error" in c:
+            note += f', absolute error {_fmt(c.get("absolute_error"))}'
+        if "steps" in c:
+            note += f', {_fmt(c.get("steps"))} steps'
+        if c.get("converged") is False:  # said out loud: the error is above the tolerance
+            note += f' (not converged under {_fmt(c.get("tolerance"))})'
+        parts.append(f'<p class="note">{note}.</p>')
     return "".join(parts) + "</section>"
 
 

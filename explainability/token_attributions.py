@@ -10,7 +10,10 @@ sums a word's pieces):
   about one batched forward + backward pass. The path integral uses Gauss-Legendre
   quadrature (Captum's default), far more accurate than a Riemann sum at the same number of
   steps; completeness (sum of attributions vs f(x) - f(baseline)) is returned with the
-  attributions so the error is always reported.
+  attributions so the error is always reported. With ``tolerance=`` the number of steps is
+  chosen per example: rows whose completeness error is above the tolerance are recomputed
+  with twice the steps (all steps of a row still in one batch) up to ``max_steps``, and
+  each row reports the steps it used and whether it converged.
 * :func:`gradient_x_input`: the gradient at the input times the embedding.
 * :func:`attention_rollout` (Abnar & Zuidema, 2020): head-averaged attention with the
   residual (0.5 A + 0.5 I), multiplied through the layers; the row that feeds the pooled
@@ -34,18 +37,34 @@ from bert_recommender.explainability.pair_scorer import PairScorer, Word
 
 TARGETS = ("probability", "logit")
 BASELINES = ("pad", "mask")
+# The adaptive mode's defaults: the explainer promises a completeness error under 1%;
+# doubling from 32 reaches 512 in four retries, which bounds an example that never
+# converges to about 31x the cost of the first try (32 + 64 + ... + 512 = 992 steps).
+DEFAULT_TOLERANCE = 0.01
+DEFAULT_MAX_STEPS = 512
 
 
+@functools.lru_cache(maxsize=32)
 def quadrature(steps: int, rule: str = "gauss_legendre") -> tuple[np.ndarray, np.ndarray]:
-    """Interpolation points ``alpha`` in (0, 1) and their weights (summing to 1)."""
+    """Interpolation points ``alpha`` in (0, 1) and their weights (summing to 1), as
+    read-only arrays.
+
+    Cached: numpy finds the Gauss-Legendre nodes as the eigenvalues of a ``steps x steps``
+    matrix, which costs more than the integrated gradients themselves at a few hundred
+    steps (measured on 2 CPU cores: 0.3 s at 256 steps, 0.7 s at 512, against 0.34 s for
+    the 512-step gradients of the demo model)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if rule == "gauss_legendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)
-        return (nodes + 1.0) / 2.0, weights / 2.0
-    if rule == "riemann_middle":
-        return (np.arange(steps) + 0.5) / steps, np.full(steps, 1.0 / steps)
-    raise ValueError(f"unknown quadrature rule {rule!r}; use gauss_legendre or riemann_middle")
+        alphas, weights = (nodes + 1.0) / 2.0, weights / 2.0
+    elif rule == "riemann_middle":
+        alphas, weights = (np.arange(steps) + 0.5) / steps, np.full(steps, 1.0 / steps)
+    else:
+        raise ValueError(f"unknown quadrature rule {rule!r}; use gauss_legendre or "
+                         "riemann_middle")
+    alphas.flags.writeable = weights.flags.writeable = False  # shared by every caller
+    return alphas, weights
 
 
 def _target(logits, target):
@@ -121,26 +140,64 @@ def integrated_gradients_tensors(model, token_ids, segment_ids, special_ids, fil
 
 def integrated_gradients(scorer: PairScorer, token_ids: np.ndarray, segment_ids: np.ndarray,
                          steps: int = 32, baseline: str = "pad", target: str = "probability",
-                         rule: str = "gauss_legendre") -> dict:
+                         rule: str = "gauss_legendre", tolerance: float | None = None,
+                         max_steps: int = DEFAULT_MAX_STEPS) -> dict:
     """Integrated gradients for packed rows ``[B, L]`` (or one row ``[L]``).
 
     ``baseline`` replaces every word piece by the ``[PAD]`` or ``[MASK]`` embedding.
+
+    Steps: with ``tolerance=None`` (the default) every row uses exactly ``steps``. With a
+    ``tolerance`` (e.g. :data:`DEFAULT_TOLERANCE`, 1 %) the steps are adaptive, as
+    attribution libraries check their convergence delta: every row starts at ``steps``;
+    the rows whose ``completeness_error`` is still above ``tolerance`` are recomputed
+    together with twice the steps (capped at ``max_steps``) until they are under it or
+    ``max_steps`` has been tried. A row that never gets under it keeps its last (most
+    steps) result and is reported with ``converged`` False, never dropped.
+
     Returns a dict of numpy arrays: ``attributions`` and ``gradient_x_input`` (``[B, L]``),
-    ``score`` f(x) and ``baseline_score`` f(baseline) (``[B]``), and ``completeness_error``
-    = |sum(attributions) - (f(x) - f(baseline))| / |f(x) - f(baseline)| (``[B]``).
+    ``score`` f(x) and ``baseline_score`` f(baseline) (``[B]``), ``completeness_error``
+    = |sum(attributions) - (f(x) - f(baseline))| / |f(x) - f(baseline)|, the unscaled
+    ``absolute_error`` |sum(attributions) - (f(x) - f(baseline))| (the relative error of a
+    row whose score barely moves from the baseline is large even when this is tiny) and
+    ``steps``, the steps each row used (``[B]``); with a ``tolerance`` also ``converged``
+    (``[B]`` bool: ``completeness_error <= tolerance``).
     """
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    if tolerance is not None:
+        if not tolerance > 0:
+            raise ValueError(f"tolerance must be > 0 (or None for fixed steps), got {tolerance!r}")
+        if max_steps < steps:
+            raise ValueError(f"max_steps ({max_steps}) must be at least steps ({steps})")
     single = np.ndim(token_ids) == 1
-    out = integrated_gradients_tensors(
-        scorer.model, np.atleast_2d(token_ids), np.atleast_2d(segment_ids),
-        special_ids=(scorer.pad_id, scorer.cls_id, scorer.sep_id),
-        fill_id=scorer.pad_id if baseline == "pad" else scorer.mask_id, steps=steps,
-        target=target, rule=rule)
-    out = {k: v.numpy().astype(np.float64) for k, v in out.items()}
-    difference = out["score"] - out["baseline_score"]
-    out["completeness_error"] = (np.abs(out["attributions"].sum(-1) - difference)
-                                 / np.maximum(np.abs(difference), 1e-12))
+    token_ids, segment_ids = np.atleast_2d(token_ids), np.atleast_2d(segment_ids)
+
+    def run(rows: np.ndarray, row_steps: int) -> dict:
+        out = integrated_gradients_tensors(
+            scorer.model, token_ids[rows], segment_ids[rows],
+            special_ids=(scorer.pad_id, scorer.cls_id, scorer.sep_id),
+            fill_id=scorer.pad_id if baseline == "pad" else scorer.mask_id, steps=row_steps,
+            target=target, rule=rule)
+        out = {k: v.numpy().astype(np.float64) for k, v in out.items()}
+        difference = out["score"] - out["baseline_score"]
+        out["absolute_error"] = np.abs(out["attributions"].sum(-1) - difference)
+        out["completeness_error"] = out["absolute_error"] / np.maximum(np.abs(difference),
+                                                                       1e-12)
+        return out
+
+    rows = np.arange(len(token_ids))
+    out = run(rows, steps)
+    out["steps"] = np.full(len(rows), steps, dtype=np.int64)
+    if tolerance is not None:
+        pending, current = rows[out["completeness_error"] > tolerance], steps
+        while pending.size and current < max_steps:
+            current = min(2 * current, max_steps)
+            retry = run(pending, current)
+            for key, values in retry.items():
+                out[key][pending] = values
+            out["steps"][pending] = current
+            pending = pending[retry["completeness_error"] > tolerance]
+        out["converged"] = out["completeness_error"] <= tolerance
     return {k: v[0] for k, v in out.items()} if single else out
 
 

@@ -56,6 +56,16 @@ EXPLAIN_METHODS = ("integrated_gradients", "gradient_x_input", "attention_rollou
                    "leave_one_out", "shapley")
 
 
+def _tolerance(text: str) -> float | None:
+    """``--ig_tolerance``: a positive number, or ``none`` for fixed steps."""
+    if text.strip().lower() == "none":
+        return None
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 or 'none', got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.task", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,7 +178,15 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--select", default="top", choices=("top", "random"),
                          help="top: each impression's top-scored candidate (the "
                          "recommendation); random: any candidate")
-    explain.add_argument("--ig_steps", type=int, default=32)
+    explain.add_argument("--ig_steps", type=int, default=32,
+                         help="integrated gradients' quadrature steps to start from")
+    explain.add_argument("--ig_tolerance", type=_tolerance, default=0.01,
+                         help="per example, the steps double while the completeness error is "
+                              "above this (relative; 'none': fixed --ig_steps, no "
+                              "convergence reported)")
+    explain.add_argument("--ig_max_steps", type=int, default=512,
+                         help="the most steps an example may double to; set it to --ig_steps "
+                              "for fixed steps (convergence still reported)")
     explain.add_argument("--ig_baseline", default="pad", choices=("pad", "mask"),
                          help="integrated gradients' baseline: every word piece replaced by "
                          "the [PAD] or the [MASK] embedding")
@@ -307,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                 split=args.split, select=args.select, seed=args.seed,
                 ig_steps=args.ig_steps, ig_baseline=args.ig_baseline,
                 shapley_permutations=args.shapley_permutations,
-                lime_samples=args.lime_samples)
+                lime_samples=args.lime_samples, ig_tolerance=args.ig_tolerance,
+                ig_max_steps=args.ig_max_steps)
             print("\n" + format_faithfulness_table(summary))
             out = os.path.join(args.model_dir, "explanations")
             print(f"\noutputs:\n  {out}/report.html\n  {out}/explanations.jsonl\n"

@@ -79,3 +79,51 @@ def test_summary_compares_with_random_and_formats():
     assert "integrated_gradients" in table and "[" in table.splitlines()[2]
     markdown = explainer_lib.format_faithfulness_table(summary, markdown=True)
     assert "| method | comprehensiveness |" in markdown
+
+
+def test_explainer_doubles_steps_by_default_and_reports_convergence(sharp_scorer):
+    # Default options: start at ig_steps, double up to ig_max_steps while above 1 %.
+    adaptive = explainer_lib.Explainer(sharp_scorer, COMPOSE, explainer_lib.ExplainOptions(
+        methods=("integrated_gradients",), ig_steps=2))
+    record, rows, _ = adaptive.explain(_case(), index=3)
+    c = record["completeness"]["integrated_gradients"]
+    assert c["converged"] and c["steps"] > 2 and c["relative_error"] < 0.01
+    assert c["absolute_error"] == pytest.approx(abs(c["attribution_sum"]
+                                                    - c["score_difference"]))
+    assert rows["integrated_gradients"]["ig_steps"] == c["steps"]
+    # Capped below what the example needs: reported as not converged.
+    capped = explainer_lib.Explainer(sharp_scorer, COMPOSE, explainer_lib.ExplainOptions(
+        methods=("integrated_gradients",), ig_steps=2, ig_max_steps=4))
+    record, capped_rows, _ = capped.explain(_case(), index=3)
+    c = record["completeness"]["integrated_gradients"]
+    assert not c["converged"] and c["steps"] == 4 and c["relative_error"] > 0.01
+    summary = explainer_lib.summarize_faithfulness([rows, capped_rows], [])
+    summary["ig_tolerance"] = 0.01
+    ig = summary["methods"]["integrated_gradients"]
+    assert ig["ig_not_converged"] == 1 and ig["ig_steps_max"] == max(4, rows[
+        "integrated_gradients"]["ig_steps"])
+    assert ig["near_zero_difference"] == 0
+    assert "1 of 2 examples not converged under 1%" in \
+        explainer_lib.format_faithfulness_table(summary)
+    # ig_tolerance=None: the fixed steps of before, with no convergence claimed.
+    fixed = explainer_lib.Explainer(sharp_scorer, COMPOSE, explainer_lib.ExplainOptions(
+        methods=("integrated_gradients",), ig_steps=2, ig_tolerance=None))
+    c = fixed.explain(_case(), index=3)[0]["completeness"]["integrated_gradients"]
+    assert c["steps"] == 2 and "converged" not in c
+    with pytest.raises(ValueError, match="ig_max_steps"):
+        explainer_lib.ExplainOptions(ig_steps=64, ig_max_steps=32)
+
+
+def test_summary_counts_near_zero_differences():
+    rows = [{"integrated_gradients": {"completeness_error": error, "ig_steps": steps,
+                                      "ig_converged": float(error <= 0.01),
+                                      "completeness_absolute_error": error * difference,
+                                      "score_difference_abs": difference}}
+            for error, steps, difference in ((0.002, 32, 0.2), (0.004, 64, 0.1),
+                                             (0.3, 512, 1e-5))]
+    ig = explainer_lib.summarize_faithfulness(rows, [])["methods"]["integrated_gradients"]
+    assert ig["completeness_error_max"] == pytest.approx(0.3)
+    assert ig["near_zero_difference"] == 1
+    assert ig["completeness_error_max_without_near_zero"] == pytest.approx(0.004)
+    assert ig["completeness_absolute_error_max"] == pytest.approx(4e-4)
+    assert ig["ig_not_converged"] == 1 and ig["ig_steps_max"] == 512

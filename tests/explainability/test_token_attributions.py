@@ -65,6 +65,65 @@ def test_gauss_legendre_beats_a_riemann_sum(tiny_scorer, packed):
     assert weights.sum() == pytest.approx(1.0)
 
 
+SHARP_PAIRS = ([USER_TEXT, "acme camera", "globex vintage laptop"],
+               [ITEM_TEXT, "globex phone", "initech camera pro"])
+
+
+def test_adaptive_steps_reach_the_tolerance_where_fixed_few_steps_do_not(sharp_scorer):
+    ids, segments = sharp_scorer.pack(*SHARP_PAIRS)
+    fixed = ta.integrated_gradients(sharp_scorer, ids, segments, steps=2)
+    assert np.all(fixed["completeness_error"] > 0.02), fixed["completeness_error"]
+    adaptive = ta.integrated_gradients(sharp_scorer, ids, segments, steps=2, tolerance=0.01,
+                                       max_steps=64)
+    assert np.all(adaptive["converged"])
+    assert np.all(adaptive["completeness_error"] < 0.01), adaptive["completeness_error"]
+    # Only the rows that needed it doubled, each as far as it needed.
+    assert adaptive["steps"].tolist() == [8, 4, 4]
+    # Each row's result is that of a fixed run at the steps it used.
+    for row, steps in enumerate(adaptive["steps"]):
+        alone = ta.integrated_gradients(sharp_scorer, ids[row], segments[row], steps=int(steps))
+        np.testing.assert_allclose(adaptive["attributions"][row], alone["attributions"],
+                                   atol=1e-6)
+        assert adaptive["absolute_error"][row] == pytest.approx(alone["absolute_error"],
+                                                                abs=1e-6)
+
+
+def test_examples_that_do_not_converge_are_reported(sharp_scorer):
+    ids, segments = sharp_scorer.pack(*SHARP_PAIRS)
+    out = ta.integrated_gradients(sharp_scorer, ids, segments, steps=2, tolerance=0.01,
+                                  max_steps=4)
+    assert out["converged"].tolist() == [False, True, True]
+    assert out["steps"].tolist() == [4, 4, 4]
+    assert out["completeness_error"][0] > 0.01  # kept and reported, not hidden
+    assert np.all(np.isfinite(out["attributions"]))
+    difference = out["score"] - out["baseline_score"]
+    np.testing.assert_allclose(out["absolute_error"],
+                               np.abs(out["attributions"].sum(-1) - difference), atol=1e-9)
+    # One row in, scalars out, as in the fixed mode.
+    single = ta.integrated_gradients(sharp_scorer, ids[0], segments[0], steps=2,
+                                     tolerance=0.01, max_steps=4)
+    assert single["steps"] == 4 and not single["converged"]
+
+
+def test_explicit_steps_stay_fixed(sharp_scorer):
+    ids, segments = sharp_scorer.pack(*SHARP_PAIRS)
+    out = ta.integrated_gradients(sharp_scorer, ids, segments, steps=2)
+    assert "converged" not in out and out["steps"].tolist() == [2, 2, 2]
+    raw = ta.integrated_gradients_tensors(
+        sharp_scorer.model, ids, segments,
+        (sharp_scorer.pad_id, sharp_scorer.cls_id, sharp_scorer.sep_id),
+        sharp_scorer.pad_id, steps=2)
+    np.testing.assert_allclose(out["attributions"], raw["attributions"].numpy(), atol=1e-7)
+    # max_steps without a tolerance changes nothing.
+    capped = ta.integrated_gradients(sharp_scorer, ids, segments, steps=2, max_steps=64)
+    np.testing.assert_array_equal(capped["attributions"], out["attributions"])
+    with pytest.raises(ValueError, match="tolerance must be > 0"):
+        ta.integrated_gradients(sharp_scorer, ids, segments, tolerance=0.0)
+    with pytest.raises(ValueError, match="max_steps"):
+        ta.integrated_gradients(sharp_scorer, ids, segments, steps=32, tolerance=0.01,
+                                max_steps=16)
+
+
 def test_batched_rows_match_single_rows(tiny_scorer):
     ids, segments = tiny_scorer.pack([USER_TEXT, "acme camera"], [ITEM_TEXT, "globex phone"])
     batch = ta.integrated_gradients(tiny_scorer, ids, segments)

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from bert_recommender.explainability import explainer as explainer_lib
+from bert_recommender.explainability import token_attributions
 from bert_recommender.explainability.history_attributions import Case
 from bert_recommender.explainability.pair_scorer import PairScorer
 from bert_recommender.explainability.report import render_report
@@ -111,8 +112,15 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
                      split: str = "test", select: str = "top", seed: int = 0,
                      ig_steps: int = 32, shapley_permutations: int = 32,
                      progress: bool = True, ig_baseline: str = "pad",
-                     lime_samples: int = 256) -> tuple[list, dict, dict]:
+                     lime_samples: int = 256,
+                     ig_tolerance: float | None = token_attributions.DEFAULT_TOLERANCE,
+                     ig_max_steps: int = token_attributions.DEFAULT_MAX_STEPS,
+                     ) -> tuple[list, dict, dict]:
     """Explains ``num_examples`` recommendations of the run in ``model_dir``; writes nothing.
+
+    Integrated gradients start at ``ig_steps`` and double per example while the
+    completeness error is above ``ig_tolerance``, up to ``ig_max_steps``
+    (``ig_max_steps=ig_steps`` keeps them fixed; see ``ExplainOptions``).
 
     Returns ``(records, faithfulness summary, context)`` where ``context`` holds the loaded
     ``cfg``, ``scorer`` and ``cases`` (the benchmark times methods on them).
@@ -125,9 +133,11 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
         options = explainer_lib.ExplainOptions(
             methods=tuple(methods or explainer_lib.DEFAULT_METHODS), ig_steps=ig_steps,
             ig_baseline=ig_baseline, shapley_permutations=shapley_permutations,
-            lime_samples=lime_samples, seed=seed)
+            lime_samples=lime_samples, seed=seed, ig_tolerance=ig_tolerance,
+            ig_max_steps=ig_max_steps)
     except ValueError as err:
-        raise UserInputError(f"--methods: {err}") from None
+        flag = "--" + str(err).split()[0] if str(err).startswith("ig_") else "--methods"
+        raise UserInputError(f"{flag}: {err}") from None
     if "shap" in options.methods:
         from bert_recommender.explainability.shap_attributions import require_shap
         try:
@@ -159,7 +169,8 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
     summary = explainer_lib.summarize_faithfulness(token_rows, history_rows, seed=seed)
     summary.update({"split": split, "select": select, "seed": seed, "ig_steps": ig_steps,
                     "ig_baseline": ig_baseline, "shapley_permutations": shapley_permutations,
-                    "lime_samples": lime_samples})
+                    "lime_samples": lime_samples, "ig_tolerance": ig_tolerance,
+                    "ig_max_steps": ig_max_steps})
     not_applicable = {m: r for m, r in scorer.not_applicable.items() if m in options.methods}
     if not_applicable:
         summary["not_applicable"] = not_applicable
@@ -177,6 +188,8 @@ def explain(model_dir: str, **kwargs) -> dict:
     if keras.backend.backend() != "tensorflow":
         command = ["explain", "--model_dir", model_dir]
         for key, value in kwargs.items():
+            if key == "ig_tolerance" and value is None:
+                value = "none"  # fixed steps; dropping it would give the child's default
             if value is not None:
                 value = ",".join(value) if key == "methods" else value
                 command += [f"--{key}", str(value)]

@@ -114,12 +114,18 @@ def test_cli_prints_the_table(trained_run, tmp_path, capsys):
         saved = json.load(f)
     assert saved["ig_baseline"] == "mask" and saved["lime_samples"] == 64
     assert saved["methods"]["integrated_gradients"]["completeness_error"] < 0.01
+    # Adaptive steps by default, and the printed summary says how many did not converge.
+    assert saved["ig_tolerance"] == 0.01 and saved["ig_max_steps"] == 512
+    assert saved["methods"]["integrated_gradients"]["ig_not_converged"] == 0
+    assert "0 of 2 examples not converged under 1%" in printed
 
 
 @pytest.mark.parametrize("args, message", [
     (["--num_examples", "0"], "--num_examples must be at least 1"),
     (["--methods", "integrated_gradients,anchors"], "unknown explanation method"),
     (["--methods", "lime", "--lime_samples", "1"], "lime_samples must be an integer >= 2"),
+    (["--ig_steps", "64", "--ig_max_steps", "32"],
+     "--ig_max_steps: ig_max_steps (32) must be at least ig_steps (64)"),
 ])
 def test_bad_arguments_fail_before_writing(trained_run, tmp_path, capsys, args, message):
     _, source, _ = trained_run
