@@ -149,3 +149,25 @@ def test_the_kind_refuses_what_it_cannot_train(tmp_path, checkpoint):
         with pytest.raises(ConfigError, match=match):
             train_lib.train(_config(data_dir, checkpoint, *overrides), str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_recommend_retrieves_from_the_cached_item_vectors(trained):
+    from trainer.serving.recommend_lib import Recommender
+
+    _, run_dir, _ = trained
+    recommender = Recommender(run_dir)
+    ids = recommender.featurizer.item_ids
+    history = [ids[3], ids[2], ids[1]]
+    top = recommender.recommend([""], [history], k=5)[0]
+    assert len(top) == 5 and not {r["item_id"] for r in top} & set(history)
+    logits = [r["logit"] for r in top]
+    assert logits == sorted(logits, reverse=True)
+    # The same ranking as the model's own catalogue scores for that user.
+    texts = [recommender.featurizer.item_texts[recommender.position[i] + 1] for i in history]
+    x = recommender.featurizer.from_text(tf.constant([""]), tf.constant([texts]),
+                                         tf.constant([""]), history_ids=tf.constant([history]))
+    scores = np.asarray(recommender.model.score_matrix(
+        recommender.model.user_state(x), recommender.index.vectors,
+        recommender.index.id_index))[0]
+    assert top[0]["logit"] == pytest.approx(float(np.max(np.delete(
+        scores, [recommender.position[i] for i in history]))), abs=1e-4)
