@@ -268,11 +268,9 @@ class TwoTowerRecommender(keras.Model):
         if self.text_adapter is None:
             return None
         rows = ops.cast(texts, "int32")
-        if adapted is None:
-            adapted = self._adapted_table(training, extra_text_vectors)
-        if adapted is not None:
+        if adapted is not None:  # call(): the whole table, adapted once per step
             vectors = ops.take(adapted, rows, axis=0)
-        else:
+        else:  # catalogue scoring, serving: only the rows asked for
             vectors = self.text_adapter(ops.take(self._text_table(extra_text_vectors), rows,
                                                  axis=0), training=training)
         present = ops.expand_dims(ops.cast(ops.greater(rows, 0), vectors.dtype), -1)
@@ -286,7 +284,8 @@ class TwoTowerRecommender(keras.Model):
 
     def _adapted_table(self, training, extra_text_vectors=None):
         """The adapter's output for every row of the text table (and the extra rows), or
-        None when the table is too large to adapt whole (see ``_ADAPT_WHOLE_TABLE_ROWS``)."""
+        None when the table is too large to adapt whole (see ``_ADAPT_WHOLE_TABLE_ROWS``):
+        what a training step shares between its history, candidates and full softmax."""
         if self.text_vectors_shape[0] > _ADAPT_WHOLE_TABLE_ROWS:
             return None
         return self.text_adapter(self._text_table(extra_text_vectors), training=training)
@@ -451,6 +450,7 @@ class TwoTowerRecommender(keras.Model):
     def call(self, inputs, training=False):
         item_index = ops.cast(inputs["item_index"], "int32")
         history_index = ops.cast(inputs["history_index"], "int32")
+        adapted = None  # the frozen text table through the adapter, once per step
         if self.item_encoder is not None:
             # One encoder pass over the history and the candidate texts together.
             history_tokens = inputs["history_token_ids"]
@@ -465,26 +465,24 @@ class TwoTowerRecommender(keras.Model):
                                                             self.embedding_dim))
             item = vectors[split:]
         else:
-            # Frozen text vectors: the adapter runs once per call over the whole table
-            # (or the rows read), shared by the history, the candidates and the softmax.
+            # Ids alone (no text inputs: no text part), or frozen text vectors, whose
+            # adapter runs once per step over the whole table (or the rows read), shared by
+            # the history, the candidates and the full softmax.
             extra = inputs.get("extra_text_vectors")
-            adapted = self._adapted_table(training, extra) if self.text_adapter else None
-            text = self.text_input_names
-
-            def vectors_of(name, index):
-                texts = self._text_vectors(inputs[name], training, extra, adapted) \
-                    if text else None
-                return self._with_ids(texts, index, training)
-
-            history_vectors = vectors_of(text[1] if text else None, history_index)
-            item = vectors_of(text[0] if text else None, item_index)
+            if self.text_adapter is not None:
+                adapted = self._adapted_table(training, extra)
+            history_vectors = self._with_ids(self._text_vectors(
+                inputs.get("history_text_index"), training, extra, adapted), history_index,
+                training)
+            item = self._with_ids(self._text_vectors(
+                inputs.get("item_text_index"), training, extra, adapted), item_index,
+                training)
         state = self.user_state(inputs, training, history_vectors=history_vectors)
         logit = self.score(state, item, item_index)
         if training and self.loss_kind == "softmax":
             self.add_loss(self._in_batch_softmax(state, item, item_index))
         elif training and self.loss_kind == "full_softmax":
-            self.add_loss(self._full_softmax(state, item_index, training,
-                                             adapted if self.text_adapter else None))
+            self.add_loss(self._full_softmax(state, item_index, training, adapted))
         return logit
 
     def score_matrix(self, user_state: dict, item_vectors, item_index):
