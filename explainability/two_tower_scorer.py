@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from bert_recommender.explainability.pair_scorer import PairScorer
+from bert_recommender.models.bert_recommender import backbone_from_token_embeddings
 
 _EXTRA = 3  # [PAD], [CLS], [SEP] appended to each row's embeddings for the slot layout
 
@@ -137,6 +138,66 @@ class SlotRowView:
             item_index=token_ids[:, prefix - 1], training=training)
 
 
+class FrozenTextView:
+    """A frozen-text two-tower model (``model.kind: frozen_two_tower``) seen through the
+    encoder interface :class:`TwoTowerScorer` reads (``item_encoder``,
+    ``token_embeddings``, ``logit_from_slot_embeddings``).
+
+    The model scores items from a table of vectors that the frozen checkpoint computed
+    once; to explain words, this view recomputes the vectors of the texts in a row with
+    that checkpoint from its word-piece embeddings (``PretrainedTextEncoder.pool`` over
+    the backbone's output) and scores them with ``model.logit_from_text_vectors``. So
+    gradients run through the frozen encoder, the adapter and the user tower, and erasing
+    a word changes the vector the model reads, exactly as re-encoding the edited text
+    would. The query slot is not read (the model has no query). Empty slots (a short
+    history) are not encoded, and every slot is cut to the row batch's longest text: the
+    encoder masks padding, so neither changes a vector.
+
+    Args:
+      model: the ``TwoTowerRecommender`` holding the frozen text table.
+      encoder: the ``PretrainedTextEncoder`` that wrote the table (same checkpoint, token
+        limit and pooling).
+    """
+
+    def __init__(self, model, encoder):
+        self.model = model
+        self.encoder = encoder
+        self.item_encoder = encoder.backbone
+
+    def token_embeddings(self, token_ids):
+        return self.item_encoder.token_embedding(token_ids)
+
+    def logit_from_slot_embeddings(self, slot_embeddings, slot_token_ids, history_index,
+                                   item_index, training=False):
+        slot_token_ids = tf.cast(slot_token_ids, tf.int32)
+        batch, slots, length = (tf.shape(slot_token_ids)[0], tf.shape(slot_token_ids)[1],
+                                tf.shape(slot_token_ids)[2])
+        flat_ids = tf.reshape(slot_token_ids, [-1, length])
+        flat = tf.reshape(slot_embeddings, [-1, length, tf.shape(slot_embeddings)[-1]])
+        present = tf.reshape(tf.reduce_any(tf.not_equal(flat_ids, 0), axis=-1),
+                             [batch, slots])
+        present = tf.logical_and(present, tf.range(slots)[None] > 0)  # slot 0: no query
+        present = tf.reshape(present, [-1])
+        where = tf.where(present)
+        ids = tf.gather_nd(flat_ids, where)
+        width = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(ids != 0, tf.int32), 1)), 1)
+        ids = ids[:, :width]
+        embeddings = tf.gather_nd(flat, where)[:, :width]
+        sequence, _ = backbone_from_token_embeddings(
+            self.item_encoder, embeddings, tf.zeros_like(ids), tf.cast(ids != 0, tf.int32),
+            training=False)
+        vectors = self.encoder.pool(sequence, ids)
+        text = tf.reshape(tf.scatter_nd(where, vectors, [tf.shape(flat_ids)[0],
+                                                         tf.shape(vectors)[-1]]),
+                          [batch, slots, -1])
+        return self.model.logit_from_text_vectors(text[:, 1:], history_index, item_index,
+                                                  training)
+
+    @property
+    def trainable_variables(self):
+        return self.model.trainable_variables
+
+
 class TwoTowerScorer(PairScorer):
     """A :class:`PairScorer` for a ``TwoTowerRecommender`` (see the module docstring).
 
@@ -145,6 +206,8 @@ class TwoTowerScorer(PairScorer):
         words to explain).
       features: the run's ``TwoTowerFeatures`` (tokenizer, item ids, trained-id mask).
       batch_size: rows per forward pass.
+      tokenizer: the ``ItemTextTokenizer`` that writes each slot (default:
+        ``features.tokenizer``; a :class:`FrozenTextView` passes its checkpoint's).
     """
 
     query_slot_always = True
@@ -154,17 +217,18 @@ class TwoTowerScorer(PairScorer):
                                            "user side and the candidate: each text is "
                                            "encoded on its own"}
 
-    def __init__(self, model, features, batch_size: int = 256):
-        if getattr(model, "item_encoder", None) is None or features.tokenizer is None:
+    def __init__(self, model, features, batch_size: int = 256, tokenizer=None):
+        tokenizer = tokenizer if tokenizer is not None else features.tokenizer
+        if getattr(model, "item_encoder", None) is None or tokenizer is None:
             raise ValueError("an id-only two-tower model (model.kind=sasrec) reads no text: "
                              "there are no words to explain")
         self.features = features
         self.batch_size = batch_size
         self.packer = None
         self.max_history = features.max_history
-        self.item_length = features.tokenizer.sequence_length
+        self.item_length = tokenizer.sequence_length
         self.prefix_length = self.max_history + 1
-        self._set_tokenizer(features.tokenizer.tokenizer)
+        self._set_tokenizer(tokenizer.tokenizer)
         index = np.arange(len(features.item_ids)) * features.trained_mask
         self._index_of_id = dict(zip(features.item_ids[1:], index[1:].tolist()))
         self._id_of_text: dict = {}

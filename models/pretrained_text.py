@@ -57,13 +57,23 @@ class PretrainedTextEncoder:
         mask = ops.cast(ops.not_equal(token_ids, 0), "int32")
         out = self.backbone({"token_ids": token_ids, "segment_ids": ops.zeros_like(token_ids),
                              "padding_mask": mask}, training=False)
+        return self.pool(out["sequence_output"], token_ids, out["pooled_output"])
+
+    def pool(self, sequence_output, token_ids, pooled_output=None):
+        """The vectors ``[n, D]`` of the backbone's ``sequence_output`` ``[n, L, D]`` for
+        ``token_ids`` ``[n, L]``, pooled as ``pooling`` says (``cls`` applies the
+        checkpoint's pooler when ``pooled_output`` is not given). Explanations call it on
+        a sequence computed from word-piece embeddings."""
+        token_ids = ops.cast(token_ids, "int32")
         if self.pooling == "cls":
-            pooled = out["pooled_output"]
+            pooled = (pooled_output if pooled_output is not None
+                      else self.backbone.pooled_dense(sequence_output[:, 0, :]))
         elif self.pooling == "first":
-            pooled = out["sequence_output"][:, 0, :]
+            pooled = sequence_output[:, 0, :]
         else:
-            weights = ops.expand_dims(ops.cast(mask, out["sequence_output"].dtype), -1)
-            pooled = ops.sum(out["sequence_output"] * weights, axis=1) / ops.maximum(
+            mask = ops.cast(ops.not_equal(token_ids, 0), "int32")
+            weights = ops.expand_dims(ops.cast(mask, sequence_output.dtype), -1)
+            pooled = ops.sum(sequence_output * weights, axis=1) / ops.maximum(
                 ops.sum(weights, axis=1), 1.0)
         present = ops.cast(ops.any(ops.not_equal(token_ids, 0), axis=-1, keepdims=True),
                            pooled.dtype)

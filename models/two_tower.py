@@ -393,6 +393,29 @@ class TwoTowerRecommender(keras.Model):
                                 query_vector=text[:, 0])
         return self.score(state, vectors[:, -1], item_index)
 
+    def logit_from_text_vectors(self, text_vectors, history_index, item_index,
+                                training=False):
+        """The click logit of a frozen-text model from given text vectors instead of its
+        table's rows: ``text_vectors`` ``[b, H + 1, D]`` holds, per example, the H history
+        items' vectors (most recent first) and the candidate's (last); a zero vector is an
+        absent text, as table row 0 is. Explanations compute the vectors with the frozen
+        checkpoint from word-piece embeddings and differentiate through it. Equals
+        ``call`` on the table's own vectors up to float round-off (tests/models check it).
+        """
+        text_vectors = ops.convert_to_tensor(text_vectors)
+        present = ops.any(ops.not_equal(text_vectors, 0), axis=-1)
+        adapted = self.text_adapter(text_vectors, training=training)
+        adapted = adapted * ops.expand_dims(ops.cast(present, adapted.dtype), -1)
+        history_index = ops.cast(history_index, "int32")
+        item_index = ops.cast(item_index, "int32")
+        ids = ops.concatenate([history_index, ops.expand_dims(item_index, 1)], axis=1)
+        vectors = self._with_ids(adapted, ids, training)
+        # The history's presence, as text-table rows would say it (row > 0: a text).
+        inputs = {"history_index": history_index,
+                  "history_text_index": ops.cast(present[:, :-1], "int32")}
+        state = self.user_state(inputs, training, history_vectors=vectors[:, :-1])
+        return self.score(state, vectors[:, -1], item_index)
+
     def user_state(self, inputs, training=False, history_vectors=None,
                    query_vector=None) -> dict:
         """The user side of the score, for a batch of users::

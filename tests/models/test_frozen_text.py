@@ -101,6 +101,23 @@ def test_frozen_item_vectors_are_the_adapted_table_rows():
     assert any("text_adapter" in p for p in trainable)
 
 
+def test_the_logit_from_given_text_vectors_equals_the_table_path():
+    model, table = _frozen_model(num_items=5)
+    x = _frozen_inputs()
+    expected = np.asarray(model(x))
+    # History (most recent first) then the candidate, each as the raw vector of its row;
+    # row 0 (no text) is a zero vector.
+    rows = np.concatenate([x["history_text_index"], x["item_text_index"][:, None]], 1)
+    vectors = np.asarray(model.text_table)[rows]
+    got = np.asarray(model.logit_from_text_vectors(vectors, x["history_index"],
+                                                   x["item_index"]))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # A changed vector changes the logit (the path reads the vectors, not the table).
+    vectors[0, -1] += 1.0
+    assert not np.allclose(np.asarray(model.logit_from_text_vectors(
+        vectors, x["history_index"], x["item_index"]))[0], expected[0])
+
+
 def test_a_text_outside_the_table_is_scored_from_its_extra_vector():
     model, table = _frozen_model()
     x = _frozen_inputs()

@@ -171,3 +171,47 @@ def test_recommend_retrieves_from_the_cached_item_vectors(trained):
         recommender.index.id_index))[0]
     assert top[0]["logit"] == pytest.approx(float(np.max(np.delete(
         scores, [recommender.position[i] for i in history]))), abs=1e-4)
+
+
+def test_explanations_run_through_the_frozen_encoder(trained):
+    """Packed rows score what the model scores (catalogue texts from its table, the view
+    re-encoding them from word-piece embeddings), integrated gradients are complete
+    through the checkpoint, and ``explain`` writes its outputs for the run."""
+    from bert_recommender.explainability import token_attributions
+    from bert_recommender.explainability.history_attributions import Case
+    from trainer.responsible import explain_lib
+
+    cfg, run_dir, _ = trained
+    run = runs.open_run(run_dir)
+    featurizer, model = run.featurizer, run.model
+    texts, ids = featurizer.item_texts, featurizer.item_ids
+    scorer, compose = run.kind.explanation_scorer(cfg, model, featurizer)
+    case = Case(query="", history=[(ids[i], texts[i]) for i in (1, 2, 3)],
+                candidate_id=ids[5], candidate_text=texts[5], candidate_title=texts[5],
+                others=[(ids[6], texts[6])], history_texts=[texts[i] for i in (1, 2, 3)])
+    scorer.bind(case)
+    rows, segments = scorer.pack([case.user_text(compose)], [case.candidate_text])
+    recent = [3, 2, 1] + [0] * (featurizer.max_history - 3)
+    x = featurizer.from_text(tf.constant([""]), tf.constant([[texts[i] for i in recent]]),
+                             tf.constant([texts[5]]),
+                             history_ids=tf.constant([[ids[i] for i in recent]]),
+                             item_ids=tf.constant([ids[5]]))
+    want = float(np.asarray(model(x))[0])
+    np.testing.assert_allclose(scorer.logits(rows, segments)[0], want, atol=1e-4)
+    # Erasing words changes the vector the model reads (the text is re-encoded).
+    words = scorer.words(rows[0], segments[0], has_query=True)
+    erased = np.array([[w.segment == "item" for w in words]])
+    assert erased.any()
+    e_rows, e_segments = scorer.erase(rows[0], segments[0], words, erased)
+    assert abs(scorer.logits(e_rows, e_segments)[0] - want) > 1e-6
+    ig = token_attributions.integrated_gradients(scorer, rows[0], segments[0], steps=64)
+    assert ig["completeness_error"] < 0.02, ig["completeness_error"]
+    per_word = token_attributions.to_words(ig["attributions"], words)
+    assert np.abs([v for v, w in zip(per_word, words) if w.segment == "user"]).max() > 0
+
+    summary = explain_lib.explain(run_dir, num_examples=2, progress=False, methods=[
+        "integrated_gradients", "occlusion", "leave_one_out"])
+    assert sorted(os.listdir(os.path.join(run_dir, "explanations"))) == [
+        "explanations.jsonl", "faithfulness.json", "report.html"]
+    assert summary["methods"]["integrated_gradients"]["examples"] == 2
+    assert "leave_one_out" in summary["history_methods"]

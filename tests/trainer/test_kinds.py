@@ -100,7 +100,7 @@ def test_every_registered_kind_keeps_the_contract(name):
     cls = kinds.kind_class(name)
     assert issubclass(cls, ModelKind) and cls.name == name
     assert cls.description and "\n" not in cls.description
-    for flag in ("uses_text", "separate_towers", "scores_catalogue_from_item_vectors",
+    for flag in ("uses_text", "explains_words", "separate_towers", "scores_catalogue_from_item_vectors",
                  "retrieves", "counted", "exact_contributions"):
         assert isinstance(getattr(cls, flag), bool), flag
     assert not cls.retrieves or cls.separate_towers  # an item index needs an item tower

@@ -41,6 +41,9 @@ class ModelKind:
     description = ""
     #: reads text: needs a tokenizer (a vocabulary is learned for random init)
     uses_text = False
+    #: reads words ``explain`` can attribute to (a text model, or frozen text vectors
+    #: whose checkpoint re-encodes the edited words)
+    explains_words = False
     #: user and item vectors are separate: in-batch softmax training (train.loss=softmax)
     #: is possible and the user side needs a history (data.max_history > 0)
     separate_towers = False
@@ -208,7 +211,7 @@ class ModelKind:
         scorer edits and re-scores packed rows, ``compose(query, texts oldest first)``
         writes the user side it packs. Kinds without text have no words to explain."""
         raise ValueError(f"model.kind={self.name} reads no words to explain; explain a "
-                          f"text model (model.kind={' / '.join(names_with('uses_text'))})")
+                          f"text model (model.kind={' / '.join(names_with('explains_words'))})")
 
     # -- serving ------------------------------------------------------------------------
 

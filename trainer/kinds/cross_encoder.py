@@ -27,6 +27,7 @@ class CrossEncoder(ModelKind):
     description = ("cross-encoder: one BERT over 'user side [SEP] candidate', sigmoid "
                    "click head (reranker and teacher)")
     uses_text = True
+    explains_words = True
     # Its rows in benchmarks/quality.py are the variants named there (bert, bert_rerank,
     # bert_pretrained): no default row.
     benchmark_overrides = None

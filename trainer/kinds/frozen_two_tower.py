@@ -25,6 +25,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from bert_recommender.explainability.two_tower_scorer import FrozenTextView, TwoTowerScorer
 from bert_recommender.models.pretrained_text import PretrainedTextEncoder
 from bert_recommender.models.two_tower import TwoTowerRecommender
 from trainer.errors import ConfigError
@@ -125,7 +126,8 @@ class FrozenTwoTower(TwoTower):
 
     description = ("two-tower over frozen pretrained text vectors (encoded once, cached) "
                    "through a trainable adapter (+ item ids), user transformer")
-    uses_text = False  # no tokenizer of its own and no token-level explanation yet
+    uses_text = False  # no tokenizer of its own: the checkpoint's tokenizes
+    explains_words = True  # through the frozen checkpoint (FrozenTextView)
     # The checkpoint is the user's to name (benchmarks/quality.py --set_for).
     benchmark_overrides = None
 
@@ -214,8 +216,13 @@ class FrozenTwoTower(TwoTower):
         return super().training_rows(cfg, table)
 
     def explanation_scorer(self, cfg, model, featurizer):
-        raise ValueError("model.kind=frozen_two_tower: token attributions through the frozen "
-                         "encoder are not built yet; explain a two_tower run")
+        # Words are explained through the checkpoint that wrote the text table: the view
+        # re-encodes each packed row's texts from their word-piece embeddings.
+        encoder = featurizer.encoder
+        scorer = TwoTowerScorer(FrozenTextView(model, encoder), featurizer,
+                                batch_size=cfg.train.eval_batch_size,
+                                tokenizer=encoder.tokenizer)
+        return scorer, scorer.compose
 
     def add_token_endpoints(self, archive, model, featurizer, item_index=None):
         return None  # no tokenizer of its own: the raw-string export is the only one

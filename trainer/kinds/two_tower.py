@@ -152,6 +152,7 @@ class TwoTower(ModelKind):
     description = ("two-tower: shared item text encoder (+ item ids), user transformer over "
                    "the query and history, dot-product click head")
     uses_text = True
+    explains_words = True
     separate_towers = True
     scores_catalogue_from_item_vectors = True
     retrieves = True
@@ -349,6 +350,7 @@ class SequentialIds(TwoTower):
 
     description = "SASRec-style: the two-tower model over item ids alone (no text)"
     uses_text = False
+    explains_words = False
     benchmark_overrides = ()
 
     def _item_ids(self, cfg) -> bool:

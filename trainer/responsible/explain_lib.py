@@ -42,9 +42,9 @@ def open_text_run(model_dir: str) -> runs.Run:
     """The finished run at ``model_dir`` (trainer/runs.py), refused unless its kind reads
     text (a cross-encoder or a two-tower model)."""
     run = runs.open_run(model_dir)
-    if not run.kind.uses_text:
+    if not run.kind.explains_words:
         raise UserInputError(f"{model_dir}: explain needs a text model (model.kind="
-                             f"{' / '.join(names_with('uses_text'))}); this run trained model.kind="
+                             f"{' / '.join(names_with('explains_words'))}); this run trained model.kind="
                              f"{run.cfg.model.kind}, which reads no words to explain")
     return run
 
