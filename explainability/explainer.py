@@ -28,6 +28,9 @@ HISTORY_METHODS = ("leave_one_out", "shapley")
 # with the model's forward pass).
 OPT_IN_METHODS = ("shap", "lime")
 DEFAULT_METHODS = tuple(m for m in TOKEN_METHODS + HISTORY_METHODS if m not in OPT_IN_METHODS)
+#: how faithfulness.json names each ``PairScorer.target``
+EXPLAINED_QUANTITY = {"probability": "click probability",
+                      "logit": "logit (the ranking score of a softmax-trained model)"}
 TRUTH_K_TOKENS = 5
 TRUTH_K_HISTORY = 1
 # |f(x) - f(baseline)| under this (a tenth of a percentage point of click probability) is a
@@ -245,9 +248,11 @@ class Explainer:
 
 
 def summarize_faithfulness(token_rows: list[dict], history_rows: list[dict],
-                           seed: int = 0) -> dict:
+                           seed: int = 0, target: str = "probability") -> dict:
     """faithfulness.json: per method the mean and bootstrap 95 % interval of each metric,
-    and whether it beats the random attribution with non-overlapping intervals."""
+    and whether it beats the random attribution with non-overlapping intervals.
+    ``target``: the scorer's explained quantity (``PairScorer.target``)."""
+    explained_quantity = EXPLAINED_QUANTITY[target]
 
     def by_method(rows):
         methods = {}
@@ -267,7 +272,7 @@ def summarize_faithfulness(token_rows: list[dict], history_rows: list[dict],
         return summary
 
     return {"num_examples": len(token_rows), "bins": list(faithfulness.BINS),
-            "explained_quantity": "click probability",
+            "explained_quantity": explained_quantity,
             "methods": by_method(token_rows), "history_methods": by_method(history_rows)}
 
 

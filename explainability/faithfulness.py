@@ -106,7 +106,7 @@ def token_faithfulness(scorer: PairScorer, token_ids: np.ndarray, segment_ids: n
     if not words:
         return {}
     plan = _erasure_plan(order_by(attributions), len(words), bins)
-    scores = _score_plan(plan, lambda erased: scorer.probabilities(
+    scores = _score_plan(plan, lambda erased: scorer.scores(
         *scorer.erase(token_ids, segment_ids, words, erased)))
     return _metrics_from_scores(score, scores)
 

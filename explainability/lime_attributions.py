@@ -209,7 +209,7 @@ def lime_word_attributions(scorer: PairScorer, token_ids: np.ndarray, segment_id
     token_ids, segment_ids = np.asarray(token_ids), np.asarray(segment_ids)
 
     def click_probability(kept: np.ndarray) -> np.ndarray:
-        return scorer.probabilities(*scorer.erase(token_ids, segment_ids, words, ~kept))
+        return scorer.scores(*scorer.erase(token_ids, segment_ids, words, ~kept))
 
     fit = fit_lime(click_probability, len(words), num_samples=num_samples,
                kernel_width=kernel_width, alpha=alpha, seed=seed)

@@ -40,7 +40,8 @@ class Word:
 
 
 class PairScorer:
-    """Click probabilities of packed pairs under a :class:`BERTRecommender`.
+    """Scores (click probabilities, or logits: :attr:`target`) of packed pairs under a
+    :class:`BERTRecommender`.
 
     Args:
       model: a ``BERTRecommender`` (anything with ``token_embeddings`` and
@@ -55,6 +56,11 @@ class PairScorer:
     query_slot_always = False
     #: token methods that cannot apply to this scorer's model, with the reason
     not_applicable: dict = {}
+    #: the explained quantity, one of ``TARGETS``: ``probability`` (the sigmoid of the
+    #: logit: a click probability for a model trained pointwise) or ``logit`` (the ranking
+    #: score of a model trained with a softmax, whose sigmoid is no probability and
+    #: saturates: faithfulness curves on it would be flat)
+    target = "probability"
 
     def __init__(self, model, packer, batch_size: int = 256):
         self.model = model
@@ -160,8 +166,14 @@ class PairScorer:
         """Click probabilities (sigmoid of :meth:`logits`): the score that is explained."""
         return 1.0 / (1.0 + np.exp(-self.logits(token_ids, segment_ids).astype(np.float64)))
 
+    def scores(self, token_ids: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
+        """The explained quantity (:attr:`target`) of packed rows, float64."""
+        if self.target == "logit":
+            return self.logits(token_ids, segment_ids).astype(np.float64)
+        return self.probabilities(token_ids, segment_ids)
+
     def score_texts(self, user_texts, item_texts) -> np.ndarray:
-        """Click probabilities of raw text pairs."""
+        """The explained quantity (:attr:`target`) of raw text pairs."""
         if len(user_texts) == 0:
             return np.zeros([0])
-        return self.probabilities(*self.pack(user_texts, item_texts))
+        return self.scores(*self.pack(user_texts, item_texts))

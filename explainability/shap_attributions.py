@@ -107,7 +107,7 @@ def shap_word_attributions(scorer: PairScorer, token_ids: np.ndarray, segment_id
         erased = np.array([_erased_words(str(masked), kept_pieces, mask_token)
                            for masked in masked_texts], dtype=bool).reshape(-1, len(words))
         evaluations += len(erased)
-        return scorer.probabilities(*scorer.erase(token_ids, segment_ids, words, erased))
+        return scorer.scores(*scorer.erase(token_ids, segment_ids, words, erased))
 
     masker = _word_text_masker(shap, _WordTokenizer(text, offsets), mask_token,
                                _word_tree(words))

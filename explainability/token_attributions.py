@@ -22,8 +22,8 @@ sums a word's pieces):
 * :func:`occlusion`: leave one word out (erased, see :mod:`pair_scorer`) and re-score.
 * :func:`random_attributions`: the seeded baseline every faithfulness metric is compared to.
 
-The explained quantity is the click probability (the served score) unless
-``target="logit"``.
+The explained quantity is the scorer's ``target``: the click probability (the served score)
+of a pointwise model, the logit of a softmax-trained one (``PairScorer.target``).
 """
 
 from __future__ import annotations
@@ -139,12 +139,13 @@ def integrated_gradients_tensors(model, token_ids, segment_ids, special_ids, fil
 
 
 def integrated_gradients(scorer: PairScorer, token_ids: np.ndarray, segment_ids: np.ndarray,
-                         steps: int = 32, baseline: str = "pad", target: str = "probability",
+                         steps: int = 32, baseline: str = "pad", target: str | None = None,
                          rule: str = "gauss_legendre", tolerance: float | None = None,
                          max_steps: int = DEFAULT_MAX_STEPS) -> dict:
     """Integrated gradients for packed rows ``[B, L]`` (or one row ``[L]``).
 
-    ``baseline`` replaces every word piece by the ``[PAD]`` or ``[MASK]`` embedding.
+    ``baseline`` replaces every word piece by the ``[PAD]`` or ``[MASK]`` embedding;
+    ``target`` (default: the scorer's) is the explained quantity.
 
     Steps: with ``tolerance=None`` (the default) every row uses exactly ``steps``. With a
     ``tolerance`` (e.g. :data:`DEFAULT_TOLERANCE`, 1 %) the steps are adaptive, as
@@ -171,6 +172,7 @@ def integrated_gradients(scorer: PairScorer, token_ids: np.ndarray, segment_ids:
             raise ValueError(f"max_steps ({max_steps}) must be at least steps ({steps})")
     single = np.ndim(token_ids) == 1
     token_ids, segment_ids = np.atleast_2d(token_ids), np.atleast_2d(segment_ids)
+    target = target or scorer.target
 
     def run(rows: np.ndarray, row_steps: int) -> dict:
         out = integrated_gradients_tensors(
@@ -202,7 +204,7 @@ def integrated_gradients(scorer: PairScorer, token_ids: np.ndarray, segment_ids:
 
 
 def gradient_x_input(scorer: PairScorer, token_ids, segment_ids,
-                     target: str = "probability") -> np.ndarray:
+                     target: str | None = None) -> np.ndarray:
     """Gradient x input per token (one row ``[L]``)."""
     return integrated_gradients(scorer, token_ids, segment_ids, steps=1,
                                 target=target)["gradient_x_input"]
@@ -247,9 +249,9 @@ def occlusion(scorer: PairScorer, token_ids: np.ndarray, segment_ids: np.ndarray
     if not words:
         return np.zeros([0])
     if score is None:
-        score = float(scorer.probabilities(token_ids[None], segment_ids[None])[0])
+        score = float(scorer.scores(token_ids[None], segment_ids[None])[0])
     ids, segments = scorer.erase(token_ids, segment_ids, words, np.eye(len(words), dtype=bool))
-    return score - scorer.probabilities(ids, segments)
+    return score - scorer.scores(ids, segments)
 
 
 def random_attributions(num_words: int, seed: int) -> np.ndarray:

@@ -214,4 +214,12 @@ def test_explanations_run_through_the_frozen_encoder(trained):
     assert sorted(os.listdir(os.path.join(run_dir, "explanations"))) == [
         "explanations.jsonl", "faithfulness.json", "report.html"]
     assert summary["methods"]["integrated_gradients"]["examples"] == 2
+    # Trained with a softmax: the logit is explained (its sigmoid is no probability), and
+    # occlusion differences are logit differences.
+    assert scorer.target == "logit" and summary["explained_quantity"].startswith("logit")
+    occluded = token_attributions.occlusion(scorer, rows[0], segments[0], words)
+    e_rows, e_segments = scorer.erase(rows[0], segments[0], words,
+                                      np.eye(len(words), dtype=bool)[:1])
+    assert occluded[0] == pytest.approx(
+        want - scorer.logits(e_rows, e_segments)[0], abs=1e-4)
     assert "leave_one_out" in summary["history_methods"]

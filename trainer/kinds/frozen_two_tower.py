@@ -222,6 +222,7 @@ class FrozenTwoTower(TwoTower):
         scorer = TwoTowerScorer(FrozenTextView(model, encoder), featurizer,
                                 batch_size=cfg.train.eval_batch_size,
                                 tokenizer=encoder.tokenizer)
+        scorer.target = self.explained_target(cfg)
         return scorer, scorer.compose
 
     def add_token_endpoints(self, archive, model, featurizer, item_index=None):

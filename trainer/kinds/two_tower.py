@@ -271,7 +271,15 @@ class TwoTower(ModelKind):
         # One packed row per example, the texts the model encodes as slots; its user side
         # always keeps a query part (explainability/two_tower_scorer.py).
         scorer = TwoTowerScorer(model, featurizer, batch_size=cfg.train.eval_batch_size)
+        scorer.target = self.explained_target(cfg)
         return scorer, scorer.compose
+
+    @staticmethod
+    def explained_target(cfg) -> str:
+        """What explanations attribute: the logit of a model trained with a softmax (its
+        sigmoid is no click probability, and saturates for cosine logits over a small
+        temperature), the click probability of one trained pointwise (bce)."""
+        return "logit" if cfg.train.loss in SOFTMAX_LOSSES else "probability"
 
     def catalogue_logits(self, model, featurizer, user_rows, item_text, batch_size):
         """``score_matrix`` of each user batch's state against the whole catalogue's item

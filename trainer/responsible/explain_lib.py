@@ -166,7 +166,8 @@ def run_explanations(model_dir: str, num_examples: int = 20, methods: list | Non
         history_rows.append(history)
         if bar:
             bar.advance()
-    summary = explainer_lib.summarize_faithfulness(token_rows, history_rows, seed=seed)
+    summary = explainer_lib.summarize_faithfulness(token_rows, history_rows, seed=seed,
+                                                   target=scorer.target)
     summary.update({"split": split, "select": select, "seed": seed, "ig_steps": ig_steps,
                     "ig_baseline": ig_baseline, "shapley_permutations": shapley_permutations,
                     "lime_samples": lime_samples, "ig_tolerance": ig_tolerance,
