@@ -86,6 +86,12 @@ class _SlotView:
 
     def __call__(self, inputs, training=False):
         token_ids = tf.cast(inputs["token_ids"], tf.int32)
+        if hasattr(self.model, "logit_from_slot_ids"):  # scoring only: no embeddings to vary
+            s = self._scorer
+            slot_ids, _ = s.slot_layout(token_ids, inputs["segment_ids"])
+            return self.model.logit_from_slot_ids(
+                slot_ids, history_index=token_ids[:, :s.max_history],
+                item_index=token_ids[:, s.max_history], training=training)
         return self.logit_from_token_embeddings(self.token_embeddings(token_ids),
                                                 inputs["segment_ids"], token_ids, training)
 
@@ -149,9 +155,11 @@ class FrozenTextView:
     the backbone's output) and scores them with ``model.logit_from_text_vectors``. So
     gradients run through the frozen encoder, the adapter and the user tower, and erasing
     a word changes the vector the model reads, exactly as re-encoding the edited text
-    would. The query slot is not read (the model has no query). Empty slots (a short
-    history) are not encoded, and every slot is cut to the row batch's longest text: the
-    encoder masks padding, so neither changes a vector.
+    would. The query slot (slot 0) is not read: the model has no query, and
+    ``logit_from_text_vectors`` takes the history and candidate slots only. Empty slots
+    (a short history) are not encoded, and every slot is cut to the row batch's longest
+    text: the encoder masks padding, so neither changes a vector. Scoring without
+    gradients (:meth:`logit_from_slot_ids`) encodes each distinct text of a batch once.
 
     Args:
       model: the ``TwoTowerRecommender`` holding the frozen text table.
@@ -167,18 +175,30 @@ class FrozenTextView:
     def token_embeddings(self, token_ids):
         return self.item_encoder.token_embedding(token_ids)
 
-    def logit_from_slot_embeddings(self, slot_embeddings, slot_token_ids, history_index,
-                                   item_index, training=False):
+    def logit_from_slot_ids(self, slot_token_ids, history_index, item_index,
+                            training=False):
+        """The logit of rows given as slot token ids (scoring, no gradients): each
+        distinct text of the batch is encoded once. An erasure method's rows differ from
+        the original in one text or a few, so most of their texts repeat."""
+        slot_token_ids = tf.cast(slot_token_ids, tf.int32)
+        batch, slots = tf.shape(slot_token_ids)[0], tf.shape(slot_token_ids)[1]
+        flat_ids = tf.reshape(slot_token_ids, [batch * slots, -1])
+        unique, position = tf.raw_ops.UniqueV2(x=flat_ids, axis=tf.constant([0], tf.int64))
+        unique_embeddings = self.token_embeddings(unique)
+        vectors = self._slot_vectors(unique_embeddings[None], unique[None])[0]
+        text = tf.reshape(tf.gather(vectors, position), [batch, slots, -1])
+        return self.model.logit_from_text_vectors(text[:, 1:], history_index, item_index,
+                                                  training)
+
+    def _slot_vectors(self, slot_embeddings, slot_token_ids):
+        """The checkpoint's pooled vectors ``[b, slots, D]`` of every present slot (zero
+        for absent ones), from word-piece embeddings ``[b, slots, L, h]``."""
         slot_token_ids = tf.cast(slot_token_ids, tf.int32)
         batch, slots, length = (tf.shape(slot_token_ids)[0], tf.shape(slot_token_ids)[1],
                                 tf.shape(slot_token_ids)[2])
         flat_ids = tf.reshape(slot_token_ids, [-1, length])
         flat = tf.reshape(slot_embeddings, [-1, length, tf.shape(slot_embeddings)[-1]])
-        present = tf.reshape(tf.reduce_any(tf.not_equal(flat_ids, 0), axis=-1),
-                             [batch, slots])
-        present = tf.logical_and(present, tf.range(slots)[None] > 0)  # slot 0: no query
-        present = tf.reshape(present, [-1])
-        where = tf.where(present)
+        where = tf.where(tf.reduce_any(tf.not_equal(flat_ids, 0), axis=-1))
         ids = tf.gather_nd(flat_ids, where)
         width = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(ids != 0, tf.int32), 1)), 1)
         ids = ids[:, :width]
@@ -187,9 +207,13 @@ class FrozenTextView:
             self.item_encoder, embeddings, tf.zeros_like(ids), tf.cast(ids != 0, tf.int32),
             training=False)
         vectors = self.encoder.pool(sequence, ids)
-        text = tf.reshape(tf.scatter_nd(where, vectors, [tf.shape(flat_ids)[0],
+        return tf.reshape(tf.scatter_nd(where, vectors, [tf.shape(flat_ids)[0],
                                                          tf.shape(vectors)[-1]]),
                           [batch, slots, -1])
+
+    def logit_from_slot_embeddings(self, slot_embeddings, slot_token_ids, history_index,
+                                   item_index, training=False):
+        text = self._slot_vectors(slot_embeddings, slot_token_ids)
         return self.model.logit_from_text_vectors(text[:, 1:], history_index, item_index,
                                                   training)
 

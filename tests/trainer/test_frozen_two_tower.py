@@ -204,6 +204,14 @@ def test_explanations_run_through_the_frozen_encoder(trained):
     assert erased.any()
     e_rows, e_segments = scorer.erase(rows[0], segments[0], words, erased)
     assert abs(scorer.logits(e_rows, e_segments)[0] - want) > 1e-6
+    # Scoring encodes each distinct text once; the gradient path encodes every slot from
+    # its embeddings: the same logits.
+    both = np.concatenate([rows, e_rows]), np.concatenate([segments, e_segments])
+    view = scorer.model
+    from_embeddings = view.logit_from_token_embeddings(
+        view.token_embeddings(tf.constant(both[0])), tf.constant(both[1]),
+        tf.constant(both[0]))
+    np.testing.assert_allclose(scorer.logits(*both), np.asarray(from_embeddings), atol=1e-5)
     ig = token_attributions.integrated_gradients(scorer, rows[0], segments[0], steps=64)
     assert ig["completeness_error"] < 0.02, ig["completeness_error"]
     per_word = token_attributions.to_words(ig["attributions"], words)
