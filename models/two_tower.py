@@ -500,13 +500,36 @@ class TwoTowerRecommender(keras.Model):
             item = self._with_ids(self._text_vectors(
                 inputs.get("item_text_index"), training, extra, adapted), item_index,
                 training)
-        state = self.user_state(inputs, training, history_vectors=history_vectors)
+        if (not training and self.item_encoder is None and self.deduplicate_items
+                and keras.backend.backend() == "tensorflow"):
+            state = self._distinct_user_state(inputs, history_vectors)
+        else:
+            state = self.user_state(inputs, training, history_vectors=history_vectors)
         logit = self.score(state, item, item_index)
         if training and self.loss_kind == "softmax":
             self.add_loss(self._in_batch_softmax(state, item, item_index))
         elif training and self.loss_kind == "full_softmax":
             self.add_loss(self._full_softmax(state, item_index, training, adapted))
         return logit
+
+    def _distinct_user_state(self, inputs, history_vectors) -> dict:
+        """:meth:`user_state` at inference, computed once per distinct history of the
+        batch and gathered back to its rows. An evaluation impression repeats its user's
+        history for each of its candidates (20-100 rows per user), and the user
+        transformer is most of a scoring step of a model without a text encoder (ids,
+        frozen text vectors; an encoder's query would also have to match). Distinct rows
+        are found with TensorFlow's ``UniqueV2``, as in :meth:`_encode_unique_text`."""
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel  # TF backend only
+
+        names = ["history_index"] + ([self.text_input_names[1]] if self.reads_text else [])
+        names = [n for n in names if inputs.get(n) is not None]
+        keys = ops.concatenate([ops.cast(inputs[n], "int32") for n in names], axis=1)
+        unique, slot = tf.raw_ops.UniqueV2(x=keys, axis=tf.constant([0], tf.int64))
+        first = tf.math.unsorted_segment_min(tf.range(tf.shape(keys)[0]), slot,
+                                             tf.shape(unique)[0])
+        state = self.user_state({n: tf.gather(inputs[n], first) for n in names}, False,
+                                history_vectors=tf.gather(history_vectors, first))
+        return {k: tf.gather(v, slot) for k, v in state.items()}
 
     def score_matrix(self, user_state: dict, item_vectors, item_index):
         """Logits of every user in ``user_state`` ``[b]`` against every item ``[n, d]``:

@@ -206,3 +206,23 @@ def test_cosine_similarity_compares_unit_vectors_over_a_temperature():
     np.testing.assert_allclose(np.diag(matrix), logits, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="similarity"):
         TwoTowerRecommender(None, num_items=5, embedding_dim=8, similarity="l2")
+
+
+def test_inference_computes_each_distinct_history_once_with_the_same_logits():
+    """An impression repeats its user's history per candidate: scoring computes the user
+    state once per distinct history, with the logits of the row-by-row computation."""
+    model, _ = _frozen_model(num_items=5)
+    histories = np.array([[2, 3, 0], [2, 3, 0], [4, 0, 0], [2, 3, 0], [4, 1, 0]], np.int32)
+    x = {"item_index": np.array([1, 2, 3, 4, 5], np.int32), "history_index": histories,
+         "item_text_index": np.array([1, 2, 3, 4, 5], np.int32),
+         "history_text_index": histories.copy()}
+    x["history_text_index"][3, 1] = 0  # same ids, one text absent: another history
+    deduplicated = np.asarray(model(x, training=False))
+    model.deduplicate_items = False
+    np.testing.assert_allclose(deduplicated, np.asarray(model(x, training=False)),
+                               rtol=1e-5, atol=1e-5)
+    # In a compiled predict too (what evaluation and the validation pass run).
+    model.deduplicate_items = True
+    model.compile()
+    np.testing.assert_allclose(model.predict(x, batch_size=4, verbose=0).reshape(-1),
+                               deduplicated, rtol=1e-5, atol=1e-5)
