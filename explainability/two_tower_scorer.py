@@ -23,6 +23,9 @@ into the model's inputs when it scores::
   word include its effect through the user tower and the max-interest match.
 * Attention rollout does not apply: there is no attention between the user side and the
   candidate (each text is encoded alone), so it is reported as not applicable.
+* A frozen-text model (a table of vectors, no encoder) is read through
+  :class:`FrozenTextView`, which re-encodes the slots with the checkpoint that wrote the
+  table.
 
 The ids of a row's texts come from the case being explained (:meth:`TwoTowerScorer.bind`):
 the history items' and the impression's candidates' texts map to their ids.

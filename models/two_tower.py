@@ -107,7 +107,8 @@ class TwoTowerRecommender(keras.Model):
         softmax loss's logQ correction; defaults to ``num_items``. A text-only model has
         no id embeddings but still samples its in-batch negatives by item frequency.
       dropout: dropout in the user transformer and on the item id embeddings.
-      deduplicate_items: encode each distinct item text of a batch once (TensorFlow
+      deduplicate_items: encode each distinct item text of a batch once, and at inference
+        compute each distinct history's user state once (TensorFlow
         backend; turn off for XLA-compiled steps, which need static shapes).
       loss: ``bce`` (pointwise, compiled by the training library) or ``softmax``: a
         sampled softmax over the batch's candidates (in-batch negatives) with accidental
