@@ -198,8 +198,7 @@ class FrozenTwoTower(TwoTower):
             max_interest=m.max_interest, catalogue_size=len(ids.items),
             text_vectors_shape=table.shape, adapter=m.adapter,
             adapter_experts=m.adapter_experts, adapter_dropout=m.adapter_dropout,
-            # XLA (jit_compile, TPU) needs static shapes; distinct-history scoring has none.
-            deduplicate_items=not cfg.train.jit_compile and cfg.runtime.strategy != "tpu")
+            deduplicate_items=self.deduplicates(cfg))
         model.set_text_vectors(table)
         model.set_trained_items(ids.trained_item_mask())
         return model

@@ -234,8 +234,7 @@ class TwoTower(ModelKind):
             user_pooling=m.user_pooling, similarity=m.similarity, temperature=m.temperature,
             user_intermediate_dim=m.intermediate_dim, dropout=m.dropout, loss=cfg.train.loss,
             max_interest=m.max_interest, catalogue_size=len(ids.items),
-            # XLA (jit_compile, TPU) needs static shapes; distinct-item encoding has none.
-            deduplicate_items=not cfg.train.jit_compile and cfg.runtime.strategy != "tpu")
+            deduplicate_items=self.deduplicates(cfg))
         model.set_trained_items(ids.trained_item_mask())
         return model
 
@@ -273,6 +272,12 @@ class TwoTower(ModelKind):
         scorer = TwoTowerScorer(model, featurizer, batch_size=cfg.train.eval_batch_size)
         scorer.target = self.explained_target(cfg)
         return scorer, scorer.compose
+
+    @staticmethod
+    def deduplicates(cfg) -> bool:
+        """Whether the model finds repeated item texts and histories in a batch: not under
+        XLA (jit_compile, TPU), which needs static shapes, and UniqueV2 has none."""
+        return not cfg.train.jit_compile and cfg.runtime.strategy != "tpu"
 
     @staticmethod
     def explained_target(cfg) -> str:
