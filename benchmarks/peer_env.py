@@ -159,13 +159,15 @@ _CHECK_CODE = ("import json, torch, transformers; "
 
 
 def ensure_peer_env(path: str, python: str = sys.executable, log=print, *,
-                    requirements=None, timeout: float = INSTALL_TIMEOUT_S) -> str:
+                    requirements=None, timeout: float = INSTALL_TIMEOUT_S,
+                    check_code: str = _CHECK_CODE) -> str:
     """Make the peer's virtual environment at ``path`` if needed; return its python.
 
     Creates the environment with ``python -m venv`` if it has no python, installs
     ``requirements`` (``PEER_REQUIREMENTS``) with one quiet ``pip install`` (retrying with
-    ``torch==2.13.0`` if pip finds no ``+cpu`` build), checks that torch and transformers
-    import, and writes a marker with the pins. When the marker already lists the same pins the
+    ``torch==2.13.0`` if pip finds no ``+cpu`` build), checks that the peer imports (runs
+    ``check_code``, by default importing torch and transformers; its last output line, a JSON
+    object of versions, goes into the marker), and writes a marker with the pins. When the marker already lists the same pins the
     call does nothing. Every step is a subprocess with a timeout; a failed or timed-out step
     raises RuntimeError with the command and the tail of its output.
 
@@ -195,7 +197,7 @@ def ensure_peer_env(path: str, python: str = sys.executable, log=print, *,
             f"{TORCH_FALLBACK_REQUIREMENT}")
         _run(peer_install_command(venv_python, fallback), timeout, "installing the peer")
         installed = fallback
-    output = _run([venv_python, "-c", _CHECK_CODE], CHECK_TIMEOUT_S,
+    output = _run([venv_python, "-c", check_code], CHECK_TIMEOUT_S,
                   "checking the peer install")
     try:
         versions = json.loads(output.strip().splitlines()[-1])
