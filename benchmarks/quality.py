@@ -107,6 +107,14 @@ text alone and text + item ids. The texts are encoded once into ``--out/text_vec
 (reused by both rows and by a later run on the same files); each row records
 ``text_encoding_seconds`` beside its ``train_seconds``, and both are scored on all users.
 
+``recbole_sasrec`` and ``recbole_gru4rec`` (only when named in ``--models``): RecBole's
+SASRec and GRU4Rec (RecBole 1.2.1, its documented defaults, a learning-rate search on
+validation NDCG@10) in their own virtual environment (``--recbole_venv``, made on first
+use) and process, trained on this run's split written as RecBole benchmark files (the
+sequential benchmarks' files linked as they are); their catalogue scores for the test users
+come back through the same metric code, candidates, ties and bootstrap, and RecBole's own
+evaluator's figures sit beside them (``recbole_reported``). See benchmarks/recbole_peer.py.
+
 MF settings: ``DEFAULT_SET_FOR`` (below, with the measurements behind it) applies before
 any ``--set_for``, so ``--set_for mf:KEY=VALUE`` overrides it; a row's ``overrides`` lists
 both.
@@ -127,6 +135,7 @@ import time
 
 import numpy as np
 
+from benchmarks import recbole_peer
 from trainer import config as config_lib
 from trainer.evaluation import metrics
 from trainer.errors import DataError, UserInputError
@@ -446,8 +455,9 @@ def _parser() -> argparse.ArgumentParser:
                              "mf:train.learning_rate=1e-2; recorded in its row")
     parser.add_argument("--models", default="",
                         help="comma-separated rows: one per registered model kind with a "
-                             "quality row (trainer/kinds/) and the cross-encoder's "
-                             f"{','.join(VARIANT_ROWS)} (default: every kind row and "
+                             "quality row (trainer/kinds/), the cross-encoder's "
+                             f"{','.join(VARIANT_ROWS)} and RecBole's "
+                             f"{','.join(recbole_peer.ROWS)} (default: every kind row and "
                              f"{','.join(DEFAULT_VARIANTS)}, plus "
                              f"{','.join(PRETRAINED_ROWS)} with --pretrained)")
     parser.add_argument("--bootstrap", type=int, default=1000,
@@ -480,6 +490,18 @@ def _parser() -> argparse.ArgumentParser:
                              "two_tower row's top --rerank_candidates for that user state "
                              "(the rest of data.movielens.negatives_per_positive stay "
                              "uniform)")
+    parser.add_argument("--recbole_venv", default=recbole_peer.DEFAULT_VENV,
+                        help="recbole_* rows: RecBole's virtual environment (created there "
+                             "with its pinned requirements on first use)")
+    parser.add_argument("--recbole_learning_rates",
+                        default=",".join(f"{lr:g}" for lr in recbole_peer.LEARNING_RATES),
+                        help="recbole_* rows: learning rates searched (best validation "
+                             "NDCG@10 wins)")
+    parser.add_argument("--recbole_epochs", type=int, default=recbole_peer.EPOCHS,
+                        help="recbole_* rows: RecBole's epochs (early stopping after 10 "
+                             "without a better validation NDCG@10)")
+    parser.add_argument("--recbole_threads", type=int, default=0,
+                        help="recbole_* rows: torch threads (0 = torch's default)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch training lines")
     return parser
 
@@ -491,10 +513,10 @@ class _Usage(Exception):
 def _models(args) -> list:
     names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else \
         default_models() + (list(PRETRAINED_ROWS) if args.pretrained else [])
-    unknown = [m for m in names if m not in row_overrides()]
+    unknown = [m for m in names if m not in row_overrides() and m not in recbole_peer.ROWS]
     if unknown:
         raise _Usage(f"--models: unknown model(s) {unknown}; choose from "
-                     f"{','.join(row_overrides())}")
+                     f"{','.join([*row_overrides(), *recbole_peer.ROWS])}")
     if not names:
         raise _Usage("--models names no model")
     needing = [name for name in names if name in PRETRAINED_ROWS]
@@ -548,8 +570,9 @@ def main(argv: list[str] | None = None) -> int:
             raise _Usage("--rerank_candidates, --rerank_train_positives and "
                          "--rerank_hard_negatives must be >= 0")
         _check_pretrained(args.pretrained)
+        _check_recbole(args)
         result = run(args, names, per_model)
-    except (_Usage, UserInputError) as err:
+    except (_Usage, UserInputError, recbole_peer.RecBoleError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("\n" + format_table(result["rows"]))
@@ -594,8 +617,47 @@ def main(argv: list[str] | None = None) -> int:
               f"items per user (recall {blocks[0]['recall@candidates']:.3f}) reranked; the "
               "fusion weight is chosen on validation users")
         print(format_rerank_table(result["rows"]))
+    peers = [row for row in result["rows"] if "recbole_reported" in row]
+    if peers:
+        print("\nRecBole rows: our metrics on RecBole's scores beside RecBole's own evaluator "
+              "(its protocol: nothing masked, its tie order; ours_unmasked = our code under "
+              "that protocol)")
+        print(format_recbole_table(peers))
     print(f"\nwrote {os.path.join(args.out, 'quality.json')}")
     return 0
+
+
+def _check_recbole(args) -> None:
+    try:
+        rates = [float(v) for v in args.recbole_learning_rates.split(",") if v.strip()]
+    except ValueError:
+        rates = []
+    if not rates or any(not rate > 0 for rate in rates):
+        raise _Usage("--recbole_learning_rates needs comma-separated positive numbers")
+    if args.recbole_epochs < 1 or args.recbole_threads < 0:
+        raise _Usage("--recbole_epochs must be >= 1 and --recbole_threads >= 0")
+    args.recbole_learning_rates = ",".join(f"{rate:g}" for rate in rates)
+
+
+def format_recbole_table(rows: list) -> str:
+    """The RecBole rows' full-ranking figures three ways: ours (the benchmark's
+    exclusions), ours with nothing masked, and RecBole's own evaluator's."""
+    head = (f"{'model':<18}{'figures':<34}{'R@10':>8}{'N@10':>8}{'R@50':>8}{'N@50':>8}")
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        full, reported = row["full_ranking"], row["recbole_reported"]
+        test = reported["test"]
+        for label, values in (
+                ("ours (benchmark protocol)", (full["hr@10"], full["ndcg@10"],
+                                               full["hr@50"], full["ndcg@50"])),
+                ("ours, nothing masked", tuple(reported["ours_unmasked"][k] for k in
+                                               ("hr@10", "ndcg@10", "hr@50", "ndcg@50"))),
+                ("RecBole's evaluator", tuple(test.get(k, float("nan")) for k in
+                                              ("recall@10", "ndcg@10", "recall@50",
+                                               "ndcg@50")))):
+            lines.append(f"{row['model']:<18}{label:<34}"
+                         + "".join(f"{float(v):>8.4f}" for v in values))
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------
@@ -667,6 +729,50 @@ def _rated_mask(cfg, ids, users) -> np.ndarray:
     return mask
 
 
+def _write_recbole_split(args, base, prepared, scored_users, user_rows) -> dict:
+    """This run's split as RecBole benchmark files under ``--out/recbole/data`` (see
+    ``recbole_peer.write_split``): the sequential benchmarks' files linked as they are
+    (unless items are held out for cold start: then, as for any other source, our
+    prepared positives are written)."""
+    if not prepared.splits.get("train"):
+        raise UserInputError("the recbole_* rows write the training examples out; they are "
+                             "not in memory with data.tfrecord_dir")
+    info = prepared.info
+    linked = base.data.source == "sequences" and not info.get("cold_start")
+    directory = os.path.join(args.out, "recbole", "data")
+    split = recbole_peer.write_split(
+        directory, info.get("name") or base.data.source, prepared.splits,
+        prepared.ids.items, scored_users.tolist(), user_rows.item_index.tolist(),
+        sequences_dir=args.data_dir if linked else None,
+        max_history=recbole_peer.MAX_ITEM_LIST_LENGTH)
+    print(f"\n== RecBole's split ({split['mode']}): {split['rows']} rows in {directory} ==",
+          flush=True)
+    return split
+
+
+def _recbole_row(name, args, python, split, test, scored, user_rows, rated, seed) -> tuple:
+    """A recbole_* row: runs RecBole in its environment and scores its catalogue scores
+    with this benchmark's metric code; ``(row, per_user_sampled, per_user_full)``."""
+    print(f"\n== {name}: RecBole {recbole_peer.ROWS[name]} in {args.recbole_venv} ==",
+          flush=True)
+    directory = os.path.join(args.out, "recbole")
+    out_dir = os.path.join(directory, name)
+    rates = [float(v) for v in args.recbole_learning_rates.split(",")]
+    result = recbole_peer.run_peer(python, name, os.path.join(directory, "data"), out_dir,
+                                   learning_rates=rates, epochs=args.recbole_epochs,
+                                   threads=args.recbole_threads)
+    scores = recbole_peer.read_scores(out_dir, split)
+    row, per_user, per_user_full = recbole_peer.benchmark_row(
+        name, scores, result, positive=user_rows.item_index, exclude=rated, groups=scored,
+        sampled_items=test.item_index, sampled_labels=test.label, sampled_groups=test.group,
+        bootstrap=args.bootstrap, seed=seed)
+    print(f"   {name}: hr@10 {row['hr@10']:.4f}  ndcg@10 {row['ndcg@10']:.4f}  full-ranking "
+          f"ndcg@10 {row['full_ranking']['ndcg@10']:.4f} ({len(scored)} users)  lr "
+          f"{result['chosen_learning_rate']:g}  train {row['train_seconds']:.1f} s "
+          f"(search {result['seconds_total']:.0f} s)", flush=True)
+    return row, per_user, per_user_full
+
+
 def _seeded_rows(pool: np.ndarray, size: int, seed: list) -> np.ndarray:
     """A sorted seeded subset of ``size`` entries of ``pool`` (all of it for 0 or more)."""
     if size <= 0 or size >= len(pool):
@@ -686,6 +792,9 @@ def run(args, names: list, per_model: dict) -> dict:
     from trainer.io import atomic_write_text, write_json
 
     base = _config(args, [])
+    peer_rows = [name for name in names if name in recbole_peer.ROWS]
+    # Made (or found) before any data is read, so a failed install costs nothing else.
+    peer_python = recbole_peer.ensure_env(args.recbole_venv) if peer_rows else None
     started = time.time()
     # The same data preparation `train` uses (one id vocabulary, one WordPiece vocabulary).
     prepared = train_lib.prepare_data(base, args.out)
@@ -711,7 +820,8 @@ def run(args, names: list, per_model: dict) -> dict:
     scored_users = np.array([user_of_group["test"][g] for g in scored.tolist()], dtype=object)
 
     vocabulary = prepared.vocabulary
-    text_rows = [name for name in names if learns_vocabulary(name)]
+    text_rows = [name for name in names
+                 if name not in recbole_peer.ROWS and learns_vocabulary(name)]
     if text_rows and vocabulary is None:
         raise UserInputError(f"the {','.join(text_rows)} row(s) learn their vocabulary from "
                              "the base config: make it a random-init text kind (model.kind="
@@ -749,6 +859,8 @@ def run(args, names: list, per_model: dict) -> dict:
     train_users = (np.array([ex.user_id for ex in prepared.splits["train"]], dtype=object)
                    if "bert_rerank" in names else None)
 
+    peer_split = (_write_recbole_split(args, base, prepared, scored_users, user_rows)
+                  if peer_rows else None)
     data_seconds = time.time() - started
     info = prepared.info
     # What the featurizers need (two-tower kinds: the catalogue and ids); the examples go.
@@ -769,6 +881,12 @@ def run(args, names: list, per_model: dict) -> dict:
     per_user_all, per_user_full_all, full_rows_of, rows = {}, {}, {}, []
     retrieved, hard_train = {}, None
     for name in names:
+        if name in recbole_peer.ROWS:
+            row, per_user_all[name], per_user_full_all[name] = _recbole_row(
+                name, args, peer_python, peer_split, test, scored, user_rows, rated, seed)
+            full_rows_of[name] = all_rows
+            rows.append(row)
+            continue
         overrides = list(row_overrides()[name])
         if name == "bert_pretrained":
             overrides += PRETRAINED_OVERRIDES
@@ -973,6 +1091,19 @@ def run(args, names: list, per_model: dict) -> dict:
             if eval_subset is not None else "bert_pretrained is scored on all users")
     if cold_start:
         protocol["cold_start"] = cold_start
+    if peer_rows:
+        protocol["recbole"] = {
+            "rows": peer_rows, "venv": args.recbole_venv,
+            "requirements": list(recbole_peer.REQUIREMENTS),
+            "split": {key: peer_split[key] for key in (
+                "name", "mode", "files", "rows", "rows_without_history",
+                "histories_truncated", "test_users_without_history",
+                "max_item_list_length")},
+            "learning_rates": args.recbole_learning_rates,
+            "epochs": args.recbole_epochs,
+            "scores": "the chosen run's full_sort_predict for every scored test user and "
+                      "catalogue item, through the same full-ranking code as every row "
+                      "(the same exclusions, ties and bootstrap)"}
     result = {"protocol": protocol, "rows": rows}
     write_json(os.path.join(args.out, "quality.json"), result, sort_keys=False)
     write_json(os.path.join(args.out, "data_info.json"), info)
