@@ -156,6 +156,10 @@ def _read_inter(path: str) -> list:
 
 
 def _write_lines(path: str, header: str, lines) -> None:
+    if os.path.lexists(path):
+        # A link left by an earlier run points into the data directory: never write
+        # through it.
+        os.remove(path)
     with open(path, "w", encoding="utf-8") as f:
         f.write(header + "\n")
         f.writelines(lines)
@@ -363,7 +367,7 @@ def run_peer(python: str, row: str, data_dir: str, out_dir: str, log=print, *,
         if os.path.exists(os.path.join(out_dir, stale)):
             os.remove(os.path.join(out_dir, stale))
     deadline = None if timeout is None else time.monotonic() + timeout
-    with open(log_path, "w", encoding="utf-8") as out:
+    with open(log_path, "w", encoding="utf-8", buffering=1) as out:
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, text=True, bufsize=1,

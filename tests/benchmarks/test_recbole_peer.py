@@ -227,3 +227,17 @@ def test_recbole_flags_are_checked():
     args.recbole_learning_rates = "fast"
     with pytest.raises(quality._Usage):
         quality._check_recbole(args)
+
+
+def test_writing_over_a_linked_split_leaves_the_source_files_alone(tmp_path):
+    source = tmp_path / "files"
+    _write_sequence_files(source)
+    before = _read(source / "S.train.inter")
+    recbole_peer.write_split(str(tmp_path / "out"), "S", {}, COLUMNS, ["uy"], [1],
+                             sequences_dir=str(source))
+    # The same directory, now written from examples (as with cold-start items).
+    splits = {"train": [Ex("uy", ("a",), "b", 1)], "validation": [Ex("uy", ("a", "b"), "c", 1)],
+              "test": [Ex("uy", ("a", "b", "c"), "f", 1)]}
+    recbole_peer.write_split(str(tmp_path / "out"), "S", splits, COLUMNS, ["uy"], [6])
+    assert _read(source / "S.train.inter") == before
+    assert not os.path.islink(tmp_path / "out" / "S" / "S.train.inter")
