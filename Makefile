@@ -11,7 +11,7 @@ $(VENV)/.installed: setup.py Makefile
 	@test -n "$(PYTHON)" || { echo "error: no python3.11 found; run with PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,tfds,tune,explain,jax]"
+	$(PY) -m pip install --quiet -e ".[dev,tfds,tune,explain,jax,ann]"
 	touch $@
 
 install: $(VENV)/.installed

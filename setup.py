@@ -38,6 +38,9 @@ EXTRAS_REQUIRE = {
     "tfds": ["tensorflow-datasets==4.9.10"],
     "tune": ["keras-tuner==1.4.8"],
     "explain": ["shap==0.51.0"],
+    # The approximate item index of `recommend --approximate` and benchmarks/retrieve_latency
+    # (HNSW; installs and imports beside TensorFlow 2.21 and numpy 2.4).
+    "ann": ["faiss-cpu==1.15.1"],
     # TensorBoard's Profile tab, to view traces written with runtime.profile_steps.
     "profile": ["tensorboard-plugin-profile==2.24.2"],
     # The second engine: KERAS_BACKEND=jax / runtime.backend=jax (trainer/backend.py). 0.10.2

@@ -564,14 +564,54 @@ class TwoTowerRecommender(keras.Model):
         """``(user, interests, items, scale)`` as the logit compares them, in float32: as
         they are with scale ``1 / sqrt(d)`` (``dot``), or unit-length with scale
         ``1 / temperature`` (``cosine``, as UniSRec fine-tunes over frozen text vectors)."""
-        vectors = [ops.cast(v, "float32") for v in (user_state["user"],
-                                                    user_state["interests"], item_vectors)]
+        return (*(self._compared(v) for v in (user_state["user"], user_state["interests"],
+                                              item_vectors)), self._logit_scale())
+
+    def _compared(self, vectors):
+        """``vectors`` as the logit compares them: as they are (``dot``) or unit-length
+        (``cosine``; an absent part, a zero vector, stays zero), in float32."""
+        vectors = ops.cast(vectors, "float32")
         if self.similarity == "dot":
-            return (*vectors, 1.0 / math.sqrt(self.embedding_dim))
-        # An absent part (a zero vector) stays zero.
-        unit = [v * ops.rsqrt(ops.maximum(ops.sum(v * v, axis=-1, keepdims=True), 1e-12))
-                for v in vectors]
-        return (*unit, 1.0 / self.temperature)
+            return vectors
+        return vectors * ops.rsqrt(ops.maximum(ops.sum(vectors * vectors, axis=-1,
+                                                       keepdims=True), 1e-12))
+
+    def _logit_scale(self) -> float:
+        return (1.0 / math.sqrt(self.embedding_dim) if self.similarity == "dot"
+                else 1.0 / self.temperature)
+
+    def retrieval_vectors(self, item_vectors, item_index):
+        """The catalogue as one inner-product index, ``[n, d + 1]``: each item vector as
+        the logit compares it, times the logit's scale, then the item's bias.
+
+        With :meth:`retrieval_queries`, ``score_matrix(state, items, index) == max over
+        present k of queries[:, k] @ retrieval_vectors(items, index).T + global_bias``
+        (up to float rounding): the pooled match plus the best single interest is the
+        best of ``user + interest_k`` (the max moves out of the sum). So one matrix
+        product, or a maximum-inner-product index (trainer/serving/retrieval.py), ranks a
+        catalogue exactly as the model scores it."""
+        items = self._compared(item_vectors) * self._logit_scale()
+        return ops.concatenate(
+            [items, ops.expand_dims(self.item_biases(item_index), -1)], axis=-1)
+
+    def retrieval_queries(self, user_state: dict) -> tuple:
+        """``(queries [b, K, d + 1], present [b, K] bool)``: the inner-product queries of
+        each user against :meth:`retrieval_vectors` (the logit is the best present one,
+        plus ``global_bias``). Without ``max_interest``: one query, the user vector. With
+        it: ``user + interest_k`` for each part of the user state, then the user vector
+        alone, present only for a user with no part present (whose logit adds 0)."""
+        user = self._compared(user_state["user"])
+        ones = ops.ones_like(user[:, :1])
+        if not self.max_interest:
+            return (ops.expand_dims(ops.concatenate([user, ones], axis=-1), 1),
+                    ops.ones_like(ones, dtype="bool"))
+        interests = ops.expand_dims(user, 1) + self._compared(user_state["interests"])
+        present = ops.cast(user_state["interest_mask"], "bool")
+        queries = ops.concatenate([interests, ops.expand_dims(user, 1)], axis=1)
+        ones = ops.ones_like(queries[..., :1])
+        none_present = ops.logical_not(ops.any(present, axis=1, keepdims=True))
+        return (ops.concatenate([queries, ones], axis=-1),
+                ops.concatenate([present, none_present], axis=1))
 
     def item_biases(self, item_index):
         """The learned per-item bias (0 for id 0 and for id-less models), ``[n]``."""

@@ -131,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
                            "a sentence)")
     recommend.add_argument("--k", type=int, default=None,
                            help="items to return (default: 10, or the pipeline's k)")
+    recommend.add_argument("--approximate", action="store_true",
+                           help="--model_dir: candidates from an HNSW index (faiss-cpu, "
+                           "pip install -e '.[ann]'), rescored exactly; for large catalogues")
     audit = sub.add_parser("audit", help="popularity bias, item-group exposure against "
                            "merit and user-group gaps of a trained run, beside the "
                            "popularity baseline (trainer/responsible/audit_lib.py); writes audit/")
@@ -335,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             from trainer.serving import recommend_lib
             history = [h.strip() for h in args.history.split(",") if h.strip()]
             if args.pipeline:
+                if args.approximate:
+                    raise UserInputError("--approximate applies to --model_dir only")
                 pipeline = config_lib.load_pipeline(args.pipeline, args.overrides)
                 recommender = recommend_lib.RetrieveRerank(pipeline)
                 items = recommender.recommend([args.user_text], [history], k=args.k)[0]
@@ -347,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 if args.overrides:
                     raise UserInputError("--set applies to --pipeline only")
-                recommender = recommend_lib.Recommender(args.model_dir)
+                recommender = recommend_lib.Recommender(args.model_dir, args.approximate)
                 items = recommender.recommend([args.user_text], [history],
                                               k=10 if args.k is None else args.k)[0]
                 print("rank\titem_id\tclick_probability\tlogit")

@@ -4,6 +4,7 @@ writes the archive)."""
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 # Integrated-gradients steps of the served ``explain`` signatures.
@@ -17,12 +18,15 @@ def outputs(logits) -> dict:
 
 
 class _BakedItemIndex(tf.Module):
-    """A run's item index as SavedModel variables and tables, for ``retrieve``."""
+    """A run's item index as SavedModel variables and tables, for ``retrieve``: each
+    item's vector and bias as the model's logit compares them
+    (``model.retrieval_vectors``, ``[N, d + 1]``)."""
 
-    def __init__(self, item_index):
+    def __init__(self, item_index, model):
         super().__init__(name="item_index")
-        self.vectors = tf.Variable(item_index.vectors, trainable=False, name="vectors")
-        self.id_index = tf.Variable(item_index.id_index, trainable=False, name="id_index")
+        self.retrieval_vectors = tf.Variable(
+            np.asarray(model.retrieval_vectors(item_index.vectors, item_index.id_index),
+                       np.float32), trainable=False, name="retrieval_vectors")
         self.item_ids = tf.Variable(tf.constant(list(item_index.item_ids), tf.string),
                                     trainable=False, name="item_ids")
         # Item id -> position in the index (-1 for ids it does not hold), to drop seen items.
@@ -36,18 +40,32 @@ def add_retrieve_endpoint(archive, model, user_inputs, item_index,
                           user_signature: list) -> None:
     """``retrieve(*user_signature, k)``; ``user_inputs(query, history, history_ids)`` gives
     the model inputs of those users (with any placeholder candidate)."""
-    baked = _BakedItemIndex(item_index)
+    baked = _BakedItemIndex(item_index, model)
     archive.track(baked)
     size = len(item_index)
 
     def retrieve(query, history, history_ids, k):
         state = model.user_state(user_inputs(query, history, history_ids), training=False)
-        scores = tf.cast(model.score_matrix(state, baked.vectors, baked.id_index), tf.float32)
-        # Seen items: a [b, N] mask from the history's positions (-1 = not in the index,
-        # whose one-hot row is all zeros).
-        seen = tf.reduce_max(tf.one_hot(baked.position.lookup(history_ids), size,
-                                        dtype=tf.float32), axis=1)
-        scores = tf.where(seen > 0, tf.constant(-float("inf")), scores)
+        # The logit as a maximum of inner products (model.retrieval_queries): one [b, N]
+        # product per query slot, folded into a running maximum, so memory stays [b, N]
+        # where score_matrix would hold [b, parts, N] (7 GB at 256 users x 1M items).
+        queries, present = model.retrieval_queries(state)
+
+        def best_so_far(scores, slot):  # slot: one query per user, and whether present
+            slot_scores = tf.matmul(slot[0], baked.retrieval_vectors, transpose_b=True)
+            return tf.maximum(scores, tf.where(slot[1][:, None], slot_scores, -float("inf")))
+
+        # The history width is dynamic in the signature: a graph loop over the slots.
+        scores = tf.foldl(best_so_far, (tf.transpose(tf.cast(queries, tf.float32), [1, 0, 2]),
+                                        tf.transpose(present)),
+                          initializer=tf.fill([tf.shape(queries)[0], size], -float("inf")))
+        scores += tf.cast(model.global_bias, tf.float32)
+        # Seen items (positions in the index; -1 = not in it) are set to -inf in place.
+        seen = tf.cast(baked.position.lookup(history_ids), tf.int32)
+        where = tf.where(seen >= 0)
+        scores = tf.tensor_scatter_nd_update(
+            scores, tf.stack([tf.cast(where[:, 0], tf.int32), tf.gather_nd(seen, where)], 1),
+            tf.fill([tf.shape(where)[0]], -float("inf")))
         k = tf.convert_to_tensor(k, tf.int32)
         with tf.control_dependencies([
                 tf.debugging.assert_positive(k, message="retrieve: k must be >= 1"),

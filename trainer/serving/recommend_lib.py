@@ -3,8 +3,10 @@ two-tower run's saved item index (trainer/serving/retrieval.py), optionally rera
 
 A user is a query ("" for none) and a history of catalogue item ids, most recent first.
 The history's texts come from the run's catalogue; the user state is computed by the
-trained model and scored against every cached item vector with ``score_matrix``; items in
-the history are not recommended again.
+trained model and scored against every cached item vector as ``score_matrix`` scores it
+(one inner product per query, ``retrieval.catalogue_scores``), or, with ``approximate``,
+against the candidates an HNSW index proposes (``retrieval.ApproximateIndex``, rescored
+exactly); items in the history are not recommended again.
 
 :class:`RetrieveRerank` (``recommend --pipeline configs/retrieve_rerank.yaml``) is the
 two-stage recommender: the two-tower run retrieves the top ``retrieve.candidates`` items,
@@ -38,9 +40,11 @@ class Recommender:
 
     Args:
       model_dir: a finished two-tower run (``model.keras``, ``item_index/``).
+      approximate: propose candidates with an HNSW index (faiss-cpu, the ``ann`` extra)
+        instead of scoring the whole catalogue: for catalogues of ~10^5 items and more.
     """
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, approximate: bool = False):
         self.run = run = runs.open_run(model_dir)
         if not run.kind.retrieves:
             raise UserInputError(
@@ -51,6 +55,10 @@ class Recommender:
         self.cfg, self.index, self.model = run.cfg, run.item_index, run.model
         self.featurizer = run.featurizer
         self.position = {item: i for i, item in enumerate(self.index.item_ids)}
+        self.retrieval_vectors = np.asarray(
+            self.model.retrieval_vectors(self.index.vectors, self.index.id_index), np.float32)
+        self.approximate_index = (retrieval.ApproximateIndex(self.retrieval_vectors)
+                                  if approximate else None)
 
     def retrieve(self, queries: list, histories: list, k: int,
                  exclude_seen: bool = True) -> tuple:
@@ -79,9 +87,13 @@ class Recommender:
                                       history_ids=tf.constant(ids.astype(str)),
                                       item_ids=empty)
         state = self.model.user_state(x, training=False)
-        scores = np.asarray(self.model.score_matrix(state, self.index.vectors,
-                                                    self.index.id_index))
-        return retrieval.top_k(scores, k, exclude)
+        queries, present = (np.asarray(t) for t in self.model.retrieval_queries(state))
+        offset = float(self.model.global_bias)
+        if self.approximate_index is not None:
+            return self.approximate_index.search(queries, present, k, offset, exclude)
+        return retrieval.top_k(retrieval.catalogue_scores(queries, present,
+                                                          self.retrieval_vectors, offset),
+                               k, exclude)
 
     def explain(self, query: str, history: list, item_ids: list, **options) -> list:
         """One explanation record per recommended item (:func:`explain_items`)."""

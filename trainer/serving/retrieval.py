@@ -1,10 +1,15 @@
-"""Catalogue retrieval: top-k over a run's item index, and the fusion of two stages.
+"""Catalogue retrieval: top-k over a run's item index, exact or approximate, and the fusion
+of two stages.
 
 After a retrieving run trains, every catalogue item's vector is computed once from the item
 tower (``ModelKind.item_index``) and saved under ``<model_dir>/item_index/``
-(trainer/kinds/item_index.py). Retrieval scores a user's state against all of them with
-the model's own ``score_matrix`` and keeps the top k, excluding the items the user has
-already seen (:func:`top_k`; the ``recommend`` command is trainer/serving/recommend_lib.py).
+(trainer/kinds/item_index.py). The model's logit is a maximum of inner products
+(``TwoTowerRecommender.retrieval_vectors`` / ``retrieval_queries``: the best of ``user +
+interest_k`` against ``[item vector, item bias]``), so retrieval scores every item with one
+matrix product per query (:func:`catalogue_scores`) and keeps the top k, excluding the
+items the user has already seen (:func:`top_k`). For large catalogues
+:class:`ApproximateIndex` (faiss HNSW) proposes candidates for each query and rescores
+them exactly. The ``recommend`` command is trainer/serving/recommend_lib.py.
 
 keras-rs' ``BruteForceRetrieval`` is not used: it scores one query vector by one dot
 product per candidate, while this model's logit adds the best match over the user's parts
@@ -17,11 +22,14 @@ import numpy as np
 
 from trainer.errors import UserInputError
 
+
 def top_k(scores: np.ndarray, k: int, exclude=None) -> tuple:
     """The ``k`` best columns of each row of ``scores`` ``[b, N]``, best first:
     ``(positions [b, k], scores [b, k])``. ``exclude`` is one collection of column positions
     per row that may not be returned (seen items). Ties keep the lower position first."""
-    scores = np.asarray(scores, np.float64)
+    scores = np.asarray(scores)
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
     num = scores.shape[1]
     if not isinstance(k, (int, np.integer)) or k <= 0:
         raise UserInputError(f"k must be a positive integer, got {k!r}")
@@ -36,8 +44,107 @@ def top_k(scores: np.ndarray, k: int, exclude=None) -> tuple:
                                  f"{row} has not seen (catalogue of {num})")
     if k > num:
         raise UserInputError(f"k={k} exceeds the catalogue's {num} items")
-    order = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    if 4 * k >= num:
+        order = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+        return order, np.take_along_axis(masked, order, axis=1)
+    # A large catalogue: partition, then sort only each row's items at or above its k-th
+    # best score (all of them, so ties at the boundary keep the lower position first).
+    threshold = np.partition(masked, num - k, axis=1)[:, num - k]
+    order = np.empty((len(masked), k), np.int64)
+    for row, scores_row in enumerate(masked):
+        best = np.flatnonzero(scores_row >= threshold[row])
+        order[row] = best[np.argsort(-scores_row[best], kind="stable")[:k]]
     return order, np.take_along_axis(masked, order, axis=1)
+
+
+def catalogue_scores(queries: np.ndarray, present: np.ndarray, vectors: np.ndarray,
+                     offset: float = 0.0) -> np.ndarray:
+    """Every user's logit against every catalogue item, ``[b, N]`` float32: the best
+    present query's inner product (``queries [b, K, d']``, ``present [b, K]``, ``vectors
+    [N, d']``, as ``TwoTowerRecommender.retrieval_queries`` / ``retrieval_vectors`` give
+    them) plus ``offset`` (the model's global bias). Each query slot is one matrix product
+    over the users that have it, so absent parts cost nothing."""
+    queries = np.asarray(queries, np.float32)
+    present = np.asarray(present, bool)
+    vectors = np.asarray(vectors, np.float32)
+    scores = np.full((queries.shape[0], vectors.shape[0]), -np.inf, np.float32)
+    for slot in range(queries.shape[1]):
+        rows = np.flatnonzero(present[:, slot])
+        if len(rows) == len(scores):
+            np.maximum(scores, queries[:, slot] @ vectors.T, out=scores)
+        elif len(rows):
+            scores[rows] = np.maximum(scores[rows], queries[rows, slot] @ vectors.T)
+    return scores + np.float32(offset)
+
+
+class ApproximateIndex:
+    """An approximate maximum-inner-product index over a catalogue's retrieval vectors
+    (``[N, d']``, ``TwoTowerRecommender.retrieval_vectors``): faiss' HNSW graph proposes
+    ``candidates`` items for each present query of a user, and the union is rescored
+    exactly with the model's logit (the best query's inner product), so every returned
+    score is the model's and only the recall of the proposals is approximate.
+
+    HNSW searches by Euclidean distance; inner products become distances by the usual
+    augmentation (Bachrach et al., 2014): each item gets one more coordinate
+    ``sqrt(max_norm^2 - |x|^2)`` and each query a 0 there, so the nearest item is the one
+    of largest inner product. faiss-cpu is an optional dependency (``pip install -e
+    .[ann]``); it is imported only here.
+
+    Args:
+      vectors: ``[N, d']`` float32, the index's items in position order.
+      neighbours: HNSW's M (graph degree); ``ef_construction`` its build-time beam.
+      ef_search: the search beam (at least ``candidates``; raised to it when lower).
+      candidates: items proposed per query before the exact rescoring.
+    """
+
+    def __init__(self, vectors: np.ndarray, neighbours: int = 32, ef_construction: int = 80,
+                 ef_search: int = 128, candidates: int = 128):
+        try:
+            import faiss  # pylint: disable=import-outside-toplevel  # optional extra
+        except ImportError as error:
+            raise UserInputError("the approximate index needs faiss-cpu: pip install -e "
+                                 "'.[ann]' (or pip install faiss-cpu==1.15.1)") from error
+        self.vectors = np.ascontiguousarray(vectors, np.float32)
+        norms = np.sum(self.vectors.astype(np.float64) ** 2, axis=1)
+        extra = np.sqrt(np.maximum(norms.max() - norms, 0.0)).astype(np.float32)
+        self.index = faiss.IndexHNSWFlat(self.vectors.shape[1] + 1, neighbours)
+        self.index.hnsw.efConstruction = ef_construction
+        self.index.add(np.concatenate([self.vectors, extra[:, None]], axis=1))
+        self.candidates = candidates
+        self.ef_search = ef_search
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def search(self, queries: np.ndarray, present: np.ndarray, k: int, offset: float = 0.0,
+               exclude=None) -> tuple:
+        """``(positions [b, k], logits [b, k])`` as :func:`top_k` over
+        :func:`catalogue_scores` returns them, but over each user's proposed candidates
+        only (``exclude``: positions per user never returned, as in :func:`top_k`)."""
+        queries = np.asarray(queries, np.float32)
+        present = np.asarray(present, bool)
+        width = max(self.candidates, k + max((len(e) for e in exclude or []), default=0))
+        self.index.hnsw.efSearch = max(self.ef_search, width)
+        rows, slots = np.nonzero(present)
+        padded = np.concatenate([queries[rows, slots],
+                                 np.zeros((len(rows), 1), np.float32)], axis=1)
+        _, proposed = self.index.search(padded, width)
+        positions = np.empty((len(queries), k), np.int64)
+        logits = np.empty((len(queries), k), np.float32)
+        for user in range(len(queries)):
+            found = np.unique(proposed[rows == user])
+            found = found[found >= 0]
+            if exclude is not None and len(exclude[user]):
+                found = np.setdiff1d(found, np.asarray(list(exclude[user]), np.int64))
+            if len(found) < k:
+                raise UserInputError(f"the approximate index proposed {len(found)} unseen "
+                                     f"items for row {user}, fewer than k={k}: raise "
+                                     "candidates")
+            user_queries = queries[user, present[user]]
+            scores = (user_queries @ self.vectors[found].T).max(axis=0) + np.float32(offset)
+            order = np.argsort(-scores, kind="stable")[:k]
+            positions[user], logits[user] = found[order], scores[order]
+        return positions, logits
 
 
 def fuse_and_rank(candidates: np.ndarray, retrieval_logits: np.ndarray,

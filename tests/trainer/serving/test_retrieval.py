@@ -178,3 +178,65 @@ def test_exported_retrieve_matches_recommend_for_two_k_in_one_process(trained_tw
         with pytest.raises(tf.errors.InvalidArgumentError, match="k must be"):
             retrieve(query=tf.constant([""]), history_text=tf.constant([[""]]),
                      history_ids=tf.constant([[""]]), k=tf.constant(bad, tf.int32))
+
+
+def test_top_k_over_a_large_catalogue_equals_a_full_stable_sort():
+    # 4 * k < N takes the partition path; rounded scores make ties at the k-th place.
+    rng = np.random.default_rng(1)
+    scores = np.round(rng.normal(size=(6, 500)), 1).astype(np.float32)
+    exclude = [[], [3, 4], [], list(range(100)), [], []]
+    positions, top = retrieval.top_k(scores, 20, exclude=exclude)
+    for row in range(6):
+        allowed = [j for j in np.argsort(-scores[row], kind="stable") if j not in exclude[row]]
+        assert positions[row].tolist() == allowed[:20]
+        np.testing.assert_array_equal(top[row], scores[row, allowed[:20]])
+
+
+@pytest.mark.parametrize("similarity,max_interest", [("dot", True), ("cosine", True),
+                                                     ("dot", False)])
+def test_retrieval_vectors_and_queries_give_the_model_logits(similarity, max_interest):
+    catalogue = make_catalogue()
+    features = make_features(catalogue, sorted(catalogue)[:9])
+    model = tiny_two_tower(features)
+    model.similarity, model.max_interest = similarity, max_interest
+    x = model_inputs(features, raw_batch(catalogue))
+    model(x)  # builds the weights
+    model.item_bias.embeddings.assign(np.linspace(-1, 1, model.item_bias.embeddings.shape[0])
+                                      [:, None].astype(np.float32))
+    model.global_bias.assign(0.25)
+    index = kinds.kind_class("two_tower")().item_index(model, features, batch_size=5)
+    state = dict(model.user_state(x))
+    # A user with no part present (its logit adds no best match).
+    state["interest_mask"] = tf.concat([tf.zeros_like(state["interest_mask"][:1]),
+                                        state["interest_mask"][1:]], axis=0)
+    expected = np.asarray(model.score_matrix(state, index.vectors, index.id_index))
+    queries, present = (np.asarray(t) for t in model.retrieval_queries(state))
+    vectors = np.asarray(model.retrieval_vectors(index.vectors, index.id_index))
+    assert vectors.shape == (len(index), index.vectors.shape[1] + 1)
+    assert present.any(axis=1).all()  # every user, the one with no part too, has a query
+    scores = retrieval.catalogue_scores(queries, present, vectors, float(model.global_bias))
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_approximate_index_proposes_what_exact_retrieval_finds_and_scores_it_exactly():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(3000, 9)).astype(np.float32)
+    vectors[:, -1] = rng.normal(scale=0.5, size=3000)  # a bias column
+    queries = rng.normal(size=(5, 3, 9)).astype(np.float32)
+    queries[..., -1] = 1.0
+    present = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 1], [1, 1, 1], [0, 1, 0]], bool)
+    exclude = [[], [5, 6, 7], [], [], list(range(50))]
+    exact_positions, exact_logits = retrieval.top_k(
+        retrieval.catalogue_scores(queries, present, vectors, 0.5), 10, exclude)
+    index = retrieval.ApproximateIndex(vectors, candidates=64)
+    positions, logits = index.search(queries, present, 10, offset=0.5, exclude=exclude)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(positions, exact_positions)])
+    assert recall >= 0.9
+    for row in range(5):
+        assert not set(positions[row]) & set(exclude[row])
+        # Every returned logit is the exact one for its item.
+        exact = retrieval.catalogue_scores(queries[row:row + 1], present[row:row + 1],
+                                           vectors[positions[row]], 0.5)[0]
+        np.testing.assert_allclose(logits[row], exact, rtol=1e-6)
+    np.testing.assert_allclose(logits[:, 0], exact_logits[:, 0], rtol=1e-6)
