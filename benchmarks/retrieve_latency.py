@@ -1,16 +1,33 @@
-"""Latency of the exported ``retrieve`` signature, timed in a fresh process.
+"""Latency of catalogue retrieval: the exported ``retrieve`` signature in a fresh process, a
+numpy lower bound timed in the same process, and the approximate (HNSW) index.
 
-    python -m benchmarks.retrieve_latency --out /tmp/retrieve      # trains a 10k-item run
+    python -m benchmarks.retrieve_latency --out /tmp/retrieve                    # 10k items
+    python -m benchmarks.retrieve_latency --num_items 1000000 --out /tmp/r1m     # 1M items
     python -m benchmarks.retrieve_latency --model_dir RUN --out /tmp/retrieve
 
-Without ``--model_dir`` it first trains the demo's two-tower model (configs/demo.yaml)
-for one short epoch on a synthetic catalogue of ``--num_items`` (10,000) items: latency
-depends on the architecture and the index size, not on how well the model learned. Then a
-new Python process (``--probe``) loads ``RUN/export`` (tensorflow + tensorflow_text
-imports and the SavedModel load are timed apart) and calls ``retrieve`` on real users of
-the run's test split: batch-1 latency p50/p99 for each ``--k`` (all in the same process,
-so k changing per call is exercised), and batch-64 users/s. Writes
-``OUT/retrieve_latency.json`` and prints it.
+Without ``--model_dir`` it first trains the demo's two-tower model (configs/demo.yaml) for
+one short epoch on a synthetic catalogue of ``--train_items`` (10,000) items: latency
+depends on the architecture and the index size, not on how well the model learned.
+
+``--num_items`` larger than the run's catalogue grows its item index with synthetic items
+(:func:`synthetic_index`): vectors drawn from a Gaussian with the mean and covariance of the
+run's own item vectors, and id features (so item biases) drawn from the run's items, then
+exports the model with that index baked in. Users are real users of the run's test split.
+
+Then a new Python process (``--probe``) loads the SavedModel (imports and load timed apart)
+and, for each ``--k`` and each ``--batches`` size, times ``retrieve`` (p50/p99 of
+``--calls`` calls at batch 1, a tenth of them above) and, in the same process, the numpy
+lower bound of the same ranking: the users' logits against every item as one inner product
+per query (``retrieval.catalogue_scores``, the user tower already run) and
+``np.argpartition`` for the top k, sorted. ``retrieve`` also runs the user tower and drops
+seen items, so the bound is below it by construction.
+
+``--ann_sizes`` (needs faiss-cpu, the ``ann`` extra) builds ``retrieval.ApproximateIndex``
+over the first n items of the index for each n, and reports its build time, recall@k
+against the exact top k of the same users (seen items excluded on both sides), and its
+batch-1 latency p50/p99 (search and exact rescoring; the user tower not included).
+
+Writes ``OUT/retrieve_latency.json`` and prints it.
 """
 
 from __future__ import annotations
@@ -21,6 +38,8 @@ import os
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,9 +56,26 @@ def _train(out: str, num_items: int) -> str:
     return model_dir
 
 
-def _requests(model_dir: str, users: int = 64) -> dict:
-    """``retrieve`` inputs for the first ``users`` test users of the run (their query and
-    most recent history items, as training saw them)."""
+def synthetic_index(index, num_items: int, seed: int = 0):
+    """``index`` grown to ``num_items`` items: the real items first, then synthetic ones
+    (ids ``synthetic-<n>``) whose vectors are drawn from a Gaussian with the real vectors'
+    mean and covariance and whose id features (item biases) are those of real items drawn
+    at random. Structure like the model's own, without copying any item."""
+    from trainer.kinds.item_index import ItemIndex
+
+    rng = np.random.default_rng(seed)
+    extra = num_items - len(index)
+    real = index.vectors.astype(np.float64)
+    vectors = rng.multivariate_normal(real.mean(axis=0), np.cov(real, rowvar=False),
+                                      size=extra, method="cholesky")
+    return ItemIndex(list(index.item_ids) + [f"synthetic-{n}" for n in range(extra)],
+                     np.concatenate([index.vectors, vectors.astype(np.float32)]),
+                     np.concatenate([index.id_index, rng.choice(index.id_index, extra)]))
+
+
+def _requests(model_dir: str, users: int) -> dict:
+    """``retrieve`` inputs for ``users`` test users of the run (their query and most recent
+    history items, as training saw them; the split's users repeat when it has fewer)."""
     from trainer import runs
     from trainer.training.train_lib import prepare_data
 
@@ -47,7 +83,7 @@ def _requests(model_dir: str, users: int = 64) -> dict:
     prepared = prepare_data(cfg, model_dir)
     featurizer = runs.open_run(model_dir).featurizer
     table = prepared.tables["test"]
-    rows = list(range(min(users, len(table))))
+    rows = [r % len(table) for r in range(users)]
     history = table.history_index[rows]
     query = table.query if table.query is not None else [""] * len(table)
     return {"query": [str(query[r]) for r in rows],
@@ -55,8 +91,19 @@ def _requests(model_dir: str, users: int = 64) -> dict:
             "history_ids": [[featurizer.item_ids[i] for i in h] for h in history]}
 
 
-def _probe(export_dir: str, inputs_path: str, ks: list, calls: int) -> dict:
-    """Runs in the fresh process: load, then time ``retrieve``."""
+def numpy_bound(queries, present, vectors, k: int, offset: float) -> np.ndarray:
+    """The top ``k`` positions of each user, best first: one inner product per query
+    against every item, then ``argpartition`` and a sort of the k (the lower bound)."""
+    from trainer.serving.retrieval import catalogue_scores
+
+    scores = catalogue_scores(queries, present, vectors, offset)
+    top = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+    return np.take_along_axis(top, order, axis=1)
+
+
+def _probe(export_dir: str, inputs_dir: str, ks: list, batches: list, calls: int) -> dict:
+    """Runs in the fresh process: load, then time ``retrieve`` and the numpy bound."""
     started = time.perf_counter()
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the tokenizer ops of the graph)
@@ -65,32 +112,80 @@ def _probe(export_dir: str, inputs_path: str, ks: list, calls: int) -> dict:
     loaded = tf.saved_model.load(export_dir)
     load_seconds = time.perf_counter() - started - import_seconds
     retrieve = loaded.signatures["retrieve"]
-    with open(inputs_path) as f:
+    with open(os.path.join(inputs_dir, "requests.json")) as f:
         requests = json.load(f)
+    arrays = np.load(os.path.join(inputs_dir, "queries.npz"))
+    vectors = np.load(os.path.join(inputs_dir, "retrieval_vectors.npy"))
+    offset = float(arrays["offset"])
     tensors = {name: tf.constant(value) for name, value in requests.items()}
-    from benchmarks.timing import call_times, latency_summary
+    users = len(requests["query"])
+    from benchmarks.timing import call_times, quantile
+
+    def rows_of(n):  # successive calls read successive users
+        start = 0
+
+        def rows():
+            nonlocal start
+            first = start % (users - n + 1)
+            start += 1
+            return slice(first, first + n)
+        return rows
+
+    def timed(run_rows, n):
+        rows = rows_of(n)
+        times = call_times(lambda: run_rows(rows()), calls if n == 1 else max(3, calls // 10))
+        return {"p50_ms": 1000 * quantile(times, 0.5), "p99_ms": 1000 * quantile(times, 0.99),
+                "users_per_s": n / quantile(times, 0.5)}
 
     result = {"import_seconds": import_seconds, "load_seconds": load_seconds, "k": {}}
-    user = 0
-
-    def call(n, k):
-        n = min(n, len(requests["query"]))
-
-        def run():
-            nonlocal user
-            rows = slice(user % (len(requests["query"]) - n + 1), None)
-            user += 1
-            batch = {name: value[rows][:n] for name, value in tensors.items()}
-            return retrieve(k=tf.constant(k, tf.int32), **batch)["item_ids"].numpy()
-        return run
-
     for k in ks:
-        summary = latency_summary(call_times(call(64, k), max(5, calls // 10)),
-                                  call_times(call(1, k), calls))
-        result["k"][str(k)] = {"batch1_p50_ms": summary["batch1_p50_ms"],
-                               "batch1_p99_ms": summary["batch1_p99_ms"],
-                               "batch64_users_per_s": summary["batch64_examples_per_s"]}
+        per_k = result["k"][str(k)] = {}
+        for n in (b for b in batches if b <= users):
+            served = timed(lambda rows: retrieve(
+                k=tf.constant(k, tf.int32), **{name: value[rows] for name, value in
+                                                tensors.items()})["item_ids"].numpy(), n)
+            bound = timed(lambda rows: numpy_bound(arrays["queries"][rows],
+                                                   arrays["present"][rows], vectors, k,
+                                                   offset), n)
+            per_k[f"batch{n}"] = {"retrieve": served, "numpy_bound": bound,
+                                  "p50_ratio": served["p50_ms"] / bound["p50_ms"]}
     return result
+
+
+def approximate_figures(queries, present, vectors, seen, offset, sizes: list, k: int,
+                        calls: int, log=print) -> dict:
+    """Build time, recall@k against exact retrieval and batch-1 latency of
+    ``retrieval.ApproximateIndex`` over the first n items, for each n of ``sizes``."""
+    from benchmarks.timing import call_times, quantile
+    from trainer.serving import retrieval
+
+    figures = {}
+    for size in sizes:
+        items = vectors[:size]
+        exclude = [[p for p in s if p < size] for s in seen]
+        exact, _ = retrieval.top_k(retrieval.catalogue_scores(queries, present, items, offset),
+                                   k, exclude)
+        started = time.perf_counter()
+        index = retrieval.ApproximateIndex(items)
+        build_seconds = time.perf_counter() - started
+        found, _ = index.search(queries, present, k, offset, exclude)
+        recall = [len(set(a) & set(b)) / k for a, b in zip(found, exact)]
+        user = iter(range(10 ** 9))
+
+        def one():
+            u = next(user) % len(queries)
+            index.search(queries[u:u + 1], present[u:u + 1], k, offset, exclude[u:u + 1])
+        times = call_times(one, calls)
+        figures[str(size)] = {
+            "build_seconds": build_seconds, "recall_at_k": float(np.mean(recall)),
+            "min_user_recall_at_k": float(np.min(recall)), "k": k,
+            "batch1_p50_ms": 1000 * quantile(times, 0.5),
+            "batch1_p99_ms": 1000 * quantile(times, 0.99),
+            "settings": {"neighbours": index.neighbours,
+                         "ef_construction": index.ef_construction,
+                         "ef_search": index.ef_search, "candidates": index.candidates}}
+        log(f"approximate index over {size} items: {json.dumps(figures[str(size)])}")
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,31 +193,66 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--model_dir", default="",
                         help="a finished two-tower run; default: train one")
-    parser.add_argument("--num_items", type=int, default=10000)
+    parser.add_argument("--train_items", type=int, default=10000,
+                        help="the catalogue of the run trained without --model_dir")
+    parser.add_argument("--num_items", type=int, default=0,
+                        help="items in the timed index (default: the run's catalogue); "
+                        "more than the run has are synthetic")
     parser.add_argument("--k", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 256],
+                        help="users per retrieve call")
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--ann_sizes", type=int, nargs="*", default=[],
+                        help="index sizes for the approximate index (faiss-cpu)")
+    parser.add_argument("--ann_k", type=int, default=100)
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--inputs", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--export_dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.probe:
-        print(json.dumps(_probe(os.path.join(args.model_dir, "export"), args.inputs, args.k,
-                                args.calls)))
+        print(json.dumps(_probe(args.export_dir, args.out, args.k, args.batches, args.calls)))
         return 0
     os.makedirs(args.out, exist_ok=True)
-    model_dir = args.model_dir or _train(args.out, args.num_items)
-    inputs = os.path.join(args.out, "retrieve_requests.json")
-    with open(inputs, "w") as f:
-        json.dump(_requests(model_dir), f)
-    from trainer.kinds.item_index import ItemIndex
+    model_dir = args.model_dir or _train(args.out, args.train_items)
+    from trainer.serving import export, recommend_lib
 
-    index_items = len(ItemIndex.load(model_dir))
+    recommender = recommend_lib.Recommender(model_dir)
+    run, index = recommender.run, recommender.index
+    export_dir = os.path.join(model_dir, "export")
+    if args.num_items and args.num_items < len(index):
+        parser.error(f"--num_items {args.num_items} is below the run's {len(index)} items")
+    if args.num_items > len(index):
+        index = synthetic_index(index, args.num_items)
+        export_dir = os.path.join(args.out, "export")
+        started = time.perf_counter()
+        export.export_saved_model(run.model, export_dir, run.kind, run.featurizer, index)
+        print(f"exported {len(index)} items in {time.perf_counter() - started:.1f} s")
+    if any(size > len(index) for size in args.ann_sizes):
+        parser.error(f"--ann_sizes may not exceed the index's {len(index)} items")
+    requests = _requests(model_dir, max(args.batches))
+    queries, present, seen = recommender.user_queries(
+        requests["query"], [[i for i in h if i] for h in requests["history_ids"]])
+    vectors = np.asarray(run.model.retrieval_vectors(index.vectors, index.id_index), np.float32)
+    offset = float(run.model.global_bias)
+    with open(os.path.join(args.out, "requests.json"), "w") as f:
+        json.dump(requests, f)
+    np.savez(os.path.join(args.out, "queries.npz"), queries=queries, present=present,
+             offset=offset)
+    np.save(os.path.join(args.out, "retrieval_vectors.npy"), vectors)
     probe = subprocess.run(
         [sys.executable, "-m", "benchmarks.retrieve_latency", "--probe", "--out", args.out,
-         "--model_dir", model_dir, "--inputs", inputs, "--calls", str(args.calls),
-         "--k", *map(str, args.k)], cwd=REPO, check=True, capture_output=True, text=True)
-    result = {"model_dir": model_dir, "index_items": index_items,
+         "--export_dir", export_dir, "--calls", str(args.calls), "--k", *map(str, args.k),
+         "--batches", *map(str, args.batches)],
+        cwd=REPO, check=True, capture_output=True, text=True)
+    result = {"model_dir": model_dir, "export_dir": export_dir, "index_items": len(index),
+              "synthetic_items": len(index) - len(recommender.index),
+              "dimension": int(vectors.shape[1]), "users": len(queries),
+              "mean_queries_per_user": float(present.sum(axis=1).mean()),
               "fresh_process": json.loads(probe.stdout.strip().splitlines()[-1])}
+    if args.ann_sizes:
+        result["approximate"] = approximate_figures(queries, present, vectors, seen, offset,
+                                                    args.ann_sizes, args.ann_k, args.calls)
+    os.remove(os.path.join(args.out, "retrieval_vectors.npy"))  # 260 MB at 1M items
     with open(os.path.join(args.out, "retrieve_latency.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))

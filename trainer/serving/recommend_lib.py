@@ -67,12 +67,26 @@ class Recommender:
 
         ``histories`` holds catalogue item ids per user, most recent first; an id the
         catalogue does not hold is refused (naming it) before anything is scored."""
+        user_queries, present, exclude = self.user_queries(queries, histories)
+        exclude = exclude if exclude_seen else None
+        offset = float(self.model.global_bias)
+        if self.approximate_index is not None:
+            return self.approximate_index.search(user_queries, present, k, offset, exclude)
+        return retrieval.top_k(retrieval.catalogue_scores(user_queries, present,
+                                                          self.retrieval_vectors, offset),
+                               k, exclude)
+
+    def user_queries(self, queries: list, histories: list) -> tuple:
+        """``(queries [users, K, d + 1], present [users, K], seen)``: each user's
+        inner-product queries against ``self.retrieval_vectors``
+        (``TwoTowerRecommender.retrieval_queries``) and the index positions of their
+        history items. Arguments as :meth:`retrieve`."""
         if len(queries) != len(histories):
             raise UserInputError(f"{len(queries)} queries but {len(histories)} histories")
         width = max(1, max((len(h) for h in histories), default=1))
         texts = np.full([len(histories), width], "", dtype=object)
         ids = np.full([len(histories), width], "", dtype=object)
-        exclude = []
+        seen = []
         for row, history in enumerate(histories):
             for col, item in enumerate(history):
                 if item not in self.position:
@@ -80,20 +94,15 @@ class Recommender:
                                          f"catalogue ({len(self.index)} items)")
                 ids[row, col] = item
                 texts[row, col] = self.featurizer.item_texts[self.position[item] + 1]
-            exclude.append([self.position[item] for item in history] if exclude_seen else [])
+            seen.append([self.position[item] for item in history])
         empty = tf.fill([len(queries)], "")
         x = self.featurizer.from_text(tf.constant(list(queries), tf.string),
                                       tf.constant(texts.astype(str)), empty,
                                       history_ids=tf.constant(ids.astype(str)),
                                       item_ids=empty)
         state = self.model.user_state(x, training=False)
-        queries, present = (np.asarray(t) for t in self.model.retrieval_queries(state))
-        offset = float(self.model.global_bias)
-        if self.approximate_index is not None:
-            return self.approximate_index.search(queries, present, k, offset, exclude)
-        return retrieval.top_k(retrieval.catalogue_scores(queries, present,
-                                                          self.retrieval_vectors, offset),
-                               k, exclude)
+        user_queries, present = (np.asarray(t) for t in self.model.retrieval_queries(state))
+        return user_queries, present, seen
 
     def explain(self, query: str, history: list, item_ids: list, **options) -> list:
         """One explanation record per recommended item (:func:`explain_items`)."""

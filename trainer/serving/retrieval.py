@@ -97,8 +97,8 @@ class ApproximateIndex:
       candidates: items proposed per query before the exact rescoring.
     """
 
-    def __init__(self, vectors: np.ndarray, neighbours: int = 32, ef_construction: int = 80,
-                 ef_search: int = 128, candidates: int = 128):
+    def __init__(self, vectors: np.ndarray, neighbours: int = 32, ef_construction: int = 200,
+                 ef_search: int = 512, candidates: int = 128):
         try:
             import faiss  # pylint: disable=import-outside-toplevel  # optional extra
         except ImportError as error:
@@ -110,6 +110,7 @@ class ApproximateIndex:
         self.index = faiss.IndexHNSWFlat(self.vectors.shape[1] + 1, neighbours)
         self.index.hnsw.efConstruction = ef_construction
         self.index.add(np.concatenate([self.vectors, extra[:, None]], axis=1))
+        self.neighbours, self.ef_construction = neighbours, ef_construction
         self.candidates = candidates
         self.ef_search = ef_search
 
