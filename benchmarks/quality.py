@@ -925,6 +925,7 @@ def run(args, names: list, per_model: dict) -> dict:
         t0 = time.time()
         with strategy.scope():
             model = train_lib.build_model(cfg, packer, ids, model_tables["train"])
+        build_seconds = time.time() - t0
         fitted = train_lib.fit_model(cfg, model, model_tables, packer, strategy,
                                      verbose=0 if args.quiet else 2, item_text=item_text)
         train_seconds = time.time() - t0
@@ -975,6 +976,13 @@ def run(args, names: list, per_model: dict) -> dict:
         if retrieved and name in RERANKERS:
             row["retrieve_rerank"] = _rerank_stage(kind, model, packer, retrieved, item_text,
                                                    cfg.train.eval_batch_size, args, seed)
+        history = fitted["history"]
+        monitor = f"val_{cfg.train.early_stopping_metric}"
+        if history.get(monitor) and history.get("wall_seconds"):
+            row["time_to_quality"] = time_to_quality(
+                history["wall_seconds"], history[monitor], history["epoch_train_seconds"],
+                fitted["steps_per_epoch"] * cfg.train.batch_size, train_seconds,
+                offset=build_seconds, metric=monitor)
         row.update({"settings": _settings(cfg, fitted, model_tables, model),
                     "overrides": (PRETRAINED_OVERRIDES if name == "bert_pretrained" else [])
                     + per_model[name]})
@@ -1105,10 +1113,56 @@ def run(args, names: list, per_model: dict) -> dict:
                       "catalogue item, through the same full-ranking code as every row "
                       "(the same exclusions, ties and bootstrap)"}
     result = {"protocol": protocol, "rows": rows}
+    plot_time_to_quality(rows, os.path.join(args.out, "time_to_quality.png"))
     write_json(os.path.join(args.out, "quality.json"), result, sort_keys=False)
     write_json(os.path.join(args.out, "data_info.json"), info)
     atomic_write_text(os.path.join(args.out, "config.yaml"), config_lib.dump_yaml(base))
     return result
+
+
+def time_to_quality(wall_seconds, values, epoch_train_seconds, examples_per_epoch: int,
+                    total_seconds: float, offset: float = 0.0,
+                    metric: str = "val_full_ndcg@10") -> dict:
+    """A row's time to quality, from its per-epoch history: seconds from the row's start
+    (``offset``: building the model) to the end of its best validation epoch and in all,
+    median seconds per epoch (validation included) and of its training steps alone,
+    training examples per second, and the validation curve ``[[seconds, value], ...]``."""
+    wall = np.asarray(wall_seconds, np.float64) + offset
+    values = np.asarray(values, np.float64)
+    best = int(np.nanargmax(values))
+    train_epoch = float(np.median(epoch_train_seconds))
+    return {"metric": metric, "best_epoch": best + 1,
+            "seconds_to_best_epoch": round(float(wall[best]), 2),
+            "total_seconds": round(float(total_seconds), 2),
+            "seconds_per_epoch": round(float(np.median(np.diff(wall, prepend=offset))), 3),
+            "train_seconds_per_epoch": round(train_epoch, 3),
+            "train_examples_per_s": round(examples_per_epoch / train_epoch, 1),
+            "curve": [[round(float(t), 2), round(float(v), 5)] for t, v in zip(wall, values)]}
+
+
+def plot_time_to_quality(rows: list, path: str) -> str | None:
+    """``path``: every trained row's validation curve against wall-clock seconds (PNG);
+    None when no row has one."""
+    curves = [(row["model"], row["time_to_quality"]) for row in rows
+              if row.get("time_to_quality", {}).get("curve")]
+    if not curves:
+        return None
+    from trainer.evaluation.run_reports import new_figure, save_png
+
+    figure = new_figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    for name, ttq in curves:
+        seconds, values = zip(*ttq["curve"])
+        line, = axes.plot(seconds, values, marker=".", label=name)
+        best = ttq["best_epoch"] - 1
+        axes.plot([seconds[best]], [values[best]], marker="o", markersize=8,
+                  color=line.get_color(), fillstyle="none")
+    axes.set_xlabel("wall-clock seconds from the row's start (training + validation)")
+    axes.set_ylabel(", ".join(sorted({ttq["metric"] for _, ttq in curves})))
+    axes.set_title("time to quality (circle: the best validation epoch, kept)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return save_png(figure, path)
 
 
 # Paired differences and cold-start figures of the full ranking.

@@ -487,5 +487,12 @@ def benchmark_row(name: str, scores, result: dict, *, positive, exclude, groups,
                                                "best_epoch", "epochs_run")}
                    | {"seconds": run["seconds"]["total"]} for run in result["runs"]],
         "recbole_settings": result["settings"]}
+    seconds = chosen["seconds"]
+    if chosen.get("validation_curve"):
+        wall, values = zip(*chosen["validation_curve"])
+        train_epoch = seconds["per_epoch_train"]
+        row["time_to_quality"] = quality.time_to_quality(
+            wall, values, [train_epoch], chosen.get("train_rows", 0), seconds["total"],
+            metric="RecBole valid NDCG@10")
     row["overrides"] = []
     return row, per_user, per_user_full

@@ -43,6 +43,7 @@ A failure exits 1 after printing the traceback.
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -111,6 +112,7 @@ class _Timed:
 
     def __init__(self, trainer):
         self.train_seconds, self.valid_seconds, self.saved_epochs = [], [], []
+        self.valid_scores = []
         train_epoch, valid_epoch = trainer._train_epoch, trainer._valid_epoch
         save = trainer._save_checkpoint
 
@@ -124,7 +126,9 @@ class _Timed:
         def timed_valid(*args, **kwargs):
             t0 = time.perf_counter()
             try:
-                return valid_epoch(*args, **kwargs)
+                result = valid_epoch(*args, **kwargs)
+                self.valid_scores.append(float(result[0]))  # (valid_score, valid_result)
+                return result
             finally:
                 self.valid_seconds.append(time.perf_counter() - t0)
 
@@ -140,7 +144,11 @@ class _Timed:
                                               len(self.valid_seconds))
         epochs = [t + v for t, v in zip(self.train_seconds, valid)]
         best = self.saved_epochs[-1] if self.saved_epochs else len(epochs) - 1
+        elapsed = list(itertools.accumulate(epochs))
         return {"epochs_run": len(self.train_seconds), "best_epoch": best + 1,
+                # [seconds since training began, validation NDCG@10] after each epoch.
+                "validation_curve": [[round(t, 2), round(v, 5)] for t, v in
+                                     zip(elapsed, self.valid_scores)],
                 "seconds": {"total": round(total, 2),
                             "to_best_epoch": round(sum(epochs[:best + 1]), 2),
                             "per_epoch": round(sum(epochs) / max(len(epochs), 1), 3),
@@ -236,6 +244,7 @@ def run(args):
         fit_seconds = time.perf_counter() - t0
         test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
         entry = {"learning_rate": lr, "best_valid_ndcg@10": _number(best_valid),
+                 "train_rows": len(train_data.dataset),
                  "best_valid_result": {k: _number(v) for k, v in
                                        (best_valid_result or {}).items()},
                  "test_result": {k: _number(v) for k, v in test_result.items()},

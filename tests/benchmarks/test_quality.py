@@ -460,3 +460,27 @@ def test_a_sequential_benchmark_ranks_everything_and_prints_the_published_rows(
     assert "against every catalogue item, history included" in out
     assert "UniSRec (published)" in out and "MISSRec (published)" in out
     assert "(this run)" in out
+
+
+def test_trained_rows_report_time_to_quality_and_the_plot(quality_run):
+    out, result = quality_run
+    rows = {row["model"]: row for row in result["rows"]}
+    assert "time_to_quality" not in rows["popularity"]  # nothing trained
+    for name in ("mf", "sasrec", "two_tower"):
+        ttq = rows[name]["time_to_quality"]
+        assert ttq["metric"] == "val_" + rows[name]["settings"]["early_stopping_metric"]
+        assert len(ttq["curve"]) == rows[name]["settings"]["epochs_run"]
+        # Model building, then the epochs: inside the row's training time.
+        assert 0 < ttq["seconds_to_best_epoch"] <= ttq["total_seconds"]
+        assert ttq["total_seconds"] == rows[name]["train_seconds"]
+        assert 0 < ttq["train_seconds_per_epoch"] <= ttq["seconds_per_epoch"]
+        assert ttq["train_examples_per_s"] > 0
+    assert os.path.getsize(os.path.join(out, "time_to_quality.png")) > 1000
+
+
+def test_time_to_quality_by_hand():
+    ttq = quality.time_to_quality([10.0, 25.0, 35.0], [0.1, 0.3, 0.2], [8.0, 9.0, 7.0], 900,
+                                  40.0, offset=2.0)
+    assert ttq["best_epoch"] == 2 and ttq["seconds_to_best_epoch"] == 27.0
+    assert ttq["seconds_per_epoch"] == 10.0 and ttq["train_seconds_per_epoch"] == 8.0
+    assert ttq["train_examples_per_s"] == 112.5 and ttq["curve"][0] == [12.0, 0.1]

@@ -118,7 +118,9 @@ def _result():
               "test_result": {"recall@10": 1.0, "ndcg@10": 0.6, "recall@50": 1.0,
                               "ndcg@50": 0.6},
               "epochs_run": 12, "best_epoch": 2,
-              "seconds": {"total": 30.0, "to_best_epoch": 5.0, "per_epoch": 2.5},
+              "seconds": {"total": 30.0, "to_best_epoch": 5.0, "per_epoch": 2.5,
+                          "per_epoch_train": 2.0},
+              "train_rows": 100, "validation_curve": [[2.5, 0.3], [5.0, 0.5], [7.5, 0.4]],
               "score_seconds": 0.5, "recbole_test_rows": 3, "users_without_scores": [],
               "parameters": 1000}
     return {"model": "SASRec", "recbole": "1.2.1", "torch": "2.13.0+cpu", "threads": 2,
@@ -164,6 +166,10 @@ def test_scores_read_back_into_the_benchmarks_metrics(tmp_path):
     assert reported["ours_unmasked"]["ndcg@10"] == pytest.approx(
         (1 / math.log2(3) + 1 / math.log2(5) + 1 / math.log2(6)) / 3)
     assert row["settings"]["learning_rate"] == 0.001 and row["train_seconds"] == 30.0
+    ttq = row["time_to_quality"]  # from the runner's validation curve
+    assert (ttq["best_epoch"], ttq["seconds_to_best_epoch"]) == (2, 5.0)
+    assert ttq["seconds_per_epoch"] == 2.5 and ttq["train_examples_per_s"] == 50.0
+    assert ttq["curve"] == [[2.5, 0.3], [5.0, 0.5], [7.5, 0.4]]
     json.dumps(row)  # quality.json holds it
     with pytest.raises(recbole_peer.RecBoleError, match="shape"):
         recbole_peer.read_scores(str(tmp_path), {**split, "test_users": ["0"]})

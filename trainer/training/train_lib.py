@@ -103,6 +103,36 @@ def dummy_batch(cfg: config_lib.ExperimentConfig, packer) -> dict:
 # Train
 # ---------------------------------------------------------------------------------------
 
+class EpochClock(keras.callbacks.Callback):
+    """Writes ``epoch_train_seconds`` into each epoch's logs (so into the history and
+    TensorBoard): wall seconds of the epoch's training steps, up to its validation. Placed
+    first among the callbacks, so validation run in ``on_epoch_end`` callbacks (the ranking
+    metrics) is not counted; ``fit``'s own validation starts with ``on_test_begin``."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started, self.trained = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        self.trained = self.trained or time.perf_counter() - self.started
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_train_seconds"] = self.trained or time.perf_counter() - self.started
+
+
+class WallClock(keras.callbacks.Callback):
+    """Writes ``wall_seconds`` into each epoch's logs: seconds since ``fit`` began, the
+    epoch's validation included (placed after the validation callbacks), so a validation
+    metric can be drawn against the time it took to reach (time to quality)."""
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["wall_seconds"] = time.perf_counter() - self.started
+
+
 def _callbacks(cfg: config_lib.ExperimentConfig,
                model_dir: str | None) -> tuple[list, resume.TrainingState | None]:
     """The fit callbacks, in the order they must run, and the run's resumable state.
@@ -239,7 +269,7 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
                                           total_steps=epochs * steps_per_epoch)
         val_ds = input_pipeline.make_dataset(tables["validation"], cfg.train.eval_batch_size,
                                              packer=packer)
-        callbacks += list(extra_callbacks)
+        callbacks = [EpochClock(), WallClock()] + callbacks + list(extra_callbacks)
         multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         validation_data, curves_data = val_ds, val_ds
         if cfg.train.early_stopping_metric != "auc":
@@ -252,9 +282,10 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
             # early stopping and the checkpoint (fit's own pass would be a second).
             ranking = run_reports.ValidationRanking(val_ds, tables["validation"].label,
                                                     tables["validation"].group)
-            callbacks.insert(0, ranking)
+            # After the epoch clock, before the wall clock (which counts validation).
+            callbacks.insert(1, ranking)
             if cfg.train.early_stopping_metric.startswith("full_"):
-                callbacks.insert(1, _full_ranking_callback(cfg, tables["validation"], packer,
+                callbacks.insert(2, _full_ranking_callback(cfg, tables["validation"], packer,
                                                            item_text))
             validation_data, curves_data = None, lambda _: ranking.last_logits
         # Per-epoch PR curve and score histograms. Not under a multi-worker strategy: its
