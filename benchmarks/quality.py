@@ -45,6 +45,10 @@ Protocol (identical for every model, so the rows differ only in the model):
   (``trainer.evaluation.metrics.bootstrap_ci``, same seed for every row, so rows are resampled alike).
 * ``train_seconds`` covers build + fit (including validation each epoch); ``score_seconds``
   is ``predict`` over the scored test rows (including its first-call tracing).
+* ``time_to_quality`` (every trained row, RecBole's too): seconds from the row's start to
+  the end of its best validation epoch (the weights it keeps) and in all, median seconds
+  per epoch with and without validation, training examples/s, and the validation curve;
+  ``time_to_quality.png`` draws every row's curve against wall-clock seconds.
 
 Full ranking (every row's ``full_ranking``), because sampled metrics can reorder models
 (Krichene & Rendle, KDD 2020): each scored user's held-out positive is ranked against *every*
@@ -120,7 +124,8 @@ any ``--set_for``, so ``--set_for mf:KEY=VALUE`` overrides it; a row's ``overrid
 both.
 
 Outputs in ``--out``: ``quality.json`` ({"protocol": {...}, "rows": [...]}), ``data_info.json``
-(what the loader read and skipped) and ``config.yaml`` (the resolved base config).
+(what the loader read and skipped), ``config.yaml`` (the resolved base config) and
+``time_to_quality.png``.
 """
 
 from __future__ import annotations
@@ -502,6 +507,10 @@ def _parser() -> argparse.ArgumentParser:
                              "without a better validation NDCG@10)")
     parser.add_argument("--recbole_threads", type=int, default=0,
                         help="recbole_* rows: torch threads (0 = torch's default)")
+    parser.add_argument("--ensemble", action="append", default=[], metavar="A+B[+C]",
+                        help="a row that ranks by the mean of the named rows' per-user "
+                             "standardized catalogue logits (no weights fitted), repeatable; "
+                             "rows ranked for every user only")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch training lines")
     return parser
 
@@ -523,6 +532,12 @@ def _models(args) -> list:
     if needing and not args.pretrained:
         raise _Usage(f"--models {','.join(needing)} needs --pretrained PATH")
     names = list(dict.fromkeys(names))
+    for spec in args.ensemble:
+        members = spec.split("+")
+        if len(members) < 2 or len(set(members)) < len(members) or \
+                any(m not in names for m in members):
+            raise _Usage(f"--ensemble {spec!r}: name two or more distinct rows of --models "
+                         "joined by '+'")
     if "bert_rerank" in names and (RETRIEVER not in names or args.rerank_candidates <= 0
                                    or names.index(RETRIEVER) > names.index("bert_rerank")):
         raise _Usage(f"--models bert_rerank trains on the {RETRIEVER} row's retrieved items: "
@@ -750,9 +765,11 @@ def _write_recbole_split(args, base, prepared, scored_users, user_rows) -> dict:
     return split
 
 
-def _recbole_row(name, args, python, split, test, scored, user_rows, rated, seed) -> tuple:
+def _recbole_row(name, args, python, split, test, scored, user_rows, rated, seed,
+                 keep: dict | None = None) -> tuple:
     """A recbole_* row: runs RecBole in its environment and scores its catalogue scores
-    with this benchmark's metric code; ``(row, per_user_sampled, per_user_full)``."""
+    with this benchmark's metric code; ``(row, per_user_sampled, per_user_full)``
+    (``keep``, for an ensemble, gets the scores under ``name``)."""
     print(f"\n== {name}: RecBole {recbole_peer.ROWS[name]} in {args.recbole_venv} ==",
           flush=True)
     directory = os.path.join(args.out, "recbole")
@@ -762,6 +779,8 @@ def _recbole_row(name, args, python, split, test, scored, user_rows, rated, seed
                                    learning_rates=rates, epochs=args.recbole_epochs,
                                    threads=args.recbole_threads)
     scores = recbole_peer.read_scores(out_dir, split)
+    if keep is not None:
+        keep[name] = scores
     row, per_user, per_user_full = recbole_peer.benchmark_row(
         name, scores, result, positive=user_rows.item_index, exclude=rated, groups=scored,
         sampled_items=test.item_index, sampled_labels=test.label, sampled_groups=test.group,
@@ -880,10 +899,14 @@ def run(args, names: list, per_model: dict) -> dict:
                                  args.full_ranking_pairwise_users, [seed, 3])
     per_user_all, per_user_full_all, full_rows_of, rows = {}, {}, {}, []
     retrieved, hard_train = {}, None
+    # Catalogue logits of the rows an --ensemble combines, [users, items + 1].
+    ensembled = {m for spec in args.ensemble for m in spec.split("+")}
+    kept_logits = {}
     for name in names:
         if name in recbole_peer.ROWS:
             row, per_user_all[name], per_user_full_all[name] = _recbole_row(
-                name, args, peer_python, peer_split, test, scored, user_rows, rated, seed)
+                name, args, peer_python, peer_split, test, scored, user_rows, rated, seed,
+                kept_logits if name in ensembled else None)
             full_rows_of[name] = all_rows
             rows.append(row)
             continue
@@ -960,7 +983,13 @@ def run(args, names: list, per_model: dict) -> dict:
         else:
             row["full_ranking"] = _full_ranking(
                 kind, model, packer, user_rows, full_rows, item_text, rated, logits,
-                model_tables["test"], scored, cfg.train.eval_batch_size, pairwise, args, seed)
+                model_tables["test"], scored, cfg.train.eval_batch_size, pairwise, args, seed,
+                keep=name in ensembled)
+            if name in ensembled:
+                if len(full_rows) < len(scored):
+                    raise UserInputError(f"--ensemble: {name} is ranked on a subset of the "
+                                         "users; an ensemble combines rows ranked for all")
+                kept_logits[name] = row["full_ranking"].pop("catalogue_logits")
             ranked = row["full_ranking"].pop("per_user")
             per_user_full = {k: np.full(len(scored), np.nan) for k in FULL_METRICS}
             for key in FULL_METRICS:
@@ -1010,6 +1039,11 @@ def run(args, names: list, per_model: dict) -> dict:
                 for name, values in per_user_full_all.items()
                 if np.isfinite(values["mrr"][subset]).all()}
 
+    for spec in args.ensemble:
+        row, per_user_all[spec], per_user_full_all[spec] = _ensemble_row(
+            spec, kept_logits, rows, user_rows, rated, test, scored, args.bootstrap, seed)
+        full_rows_of[spec] = all_rows
+        rows.append(row)
     _add_paired_differences(rows, per_user_full_all, len(scored), args.bootstrap, seed)
     cold_start = _cold_start(rows, per_user_full_all, info, ids, user_rows, args.bootstrap,
                              seed)
@@ -1170,6 +1204,53 @@ PAIRED_METRICS = ("ndcg@10", "hr@10")
 COLD_START_METRICS = ("ndcg@10", "hr@10", "ndcg@50", "hr@50", "mrr")
 
 
+def standardized(scores: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """Each row of ``scores`` minus its mean over the columns ``exclude`` leaves, over their
+    standard deviation (excluded columns keep their place and are never ranked)."""
+    scores = np.asarray(scores, np.float64)
+    kept = ~np.asarray(exclude, bool)
+    count = np.maximum(kept.sum(axis=1, keepdims=True), 1)
+    mean = np.where(kept, scores, 0.0).sum(axis=1, keepdims=True) / count
+    spread = np.sqrt(np.where(kept, (scores - mean) ** 2, 0.0).sum(axis=1, keepdims=True)
+                     / count)
+    return (scores - mean) / np.maximum(spread, 1e-12)
+
+
+def _ensemble_row(spec: str, kept_logits: dict, rows: list, user_rows, rated, test, scored,
+                  bootstrap: int, seed: int) -> tuple:
+    """The ``--ensemble A+B`` row: every user ranks the catalogue by the mean of the
+    members' standardized logits (:func:`standardized`: per user, over the items it may
+    rank, so the members' different scales weigh alike; no weight is fitted, so nothing is
+    tuned on the test). Sampled metrics rank the same candidates as every row.
+    ``(row, per_user_sampled, per_user_full)``."""
+    members = spec.split("+")
+    combined = np.mean([standardized(kept_logits[m], rated) for m in members], axis=0)
+    full = metrics.full_ranking_metrics(combined, user_rows.item_index, exclude=rated,
+                                        ks=FULL_KS)
+    per_user_full = {key: full[key] for key in FULL_METRICS}
+    at = np.searchsorted(scored, test.group)
+    matrix, groups = user_matrix(combined[at, test.item_index], test.label, test.group)
+    assert np.array_equal(groups, scored)
+    per_user = metrics.sampled_ranking_metrics(matrix, positive_index=0, ks=KS)
+    per_user = {key: per_user[key] for key in METRICS}
+    users = np.arange(len(scored))
+    of = {row["model"]: row for row in rows}
+    row = {"model": spec, **summarize(per_user, users, bootstrap, seed),
+           "candidates_per_user": int(matrix.shape[1]),
+           "train_seconds": round(sum(of[m].get("train_seconds") or 0.0 for m in members), 2),
+           "score_seconds": round(sum(of[m].get("score_seconds") or 0.0 for m in members), 2),
+           "ensemble_of": members,
+           "full_ranking": {**summarize(per_user_full, users, bootstrap, seed, FULL_METRICS),
+                            "candidates_per_user": _spread(full["candidates"]),
+                            "pairwise": False, "users_subset": False,
+                            "combination": "mean of the members' per-user standardized "
+                                           "catalogue logits, equal weights"},
+           "settings": {"kind": "ensemble", "members": members}, "overrides": []}
+    print(f"   {spec}: hr@10 {row['hr@10']:.4f}  ndcg@10 {row['ndcg@10']:.4f}  full-ranking "
+          f"ndcg@10 {row['full_ranking']['ndcg@10']:.4f} ({len(scored)} users)", flush=True)
+    return row, per_user, per_user_full
+
+
 def _add_paired_differences(rows: list, per_user_full: dict, users: int, bootstrap: int,
                             seed: int) -> None:
     """Each row ranked for every user gets ``full_ranking.paired_difference``: for every
@@ -1217,8 +1298,10 @@ def _cold_start(rows: list, per_user_full: dict, info: dict, ids, user_rows,
 
 
 def _full_ranking(kind, model, packer, user_rows, full_rows, item_text, rated, logits,
-                  sampled, scored, batch_size: int, pairwise: bool, args, seed: int) -> dict:
-    """The row's full-ranking block (with ``per_user``: the per-user metric arrays)."""
+                  sampled, scored, batch_size: int, pairwise: bool, args, seed: int,
+                  keep: bool = False) -> dict:
+    """The row's full-ranking block (with ``per_user``: the per-user metric arrays, and
+    with ``keep``, ``catalogue_logits`` for an ensemble)."""
     t0 = time.time()
     catalogue_logits = kind.catalogue_logits(model, packer, user_rows.subset(full_rows),
                                              item_text, batch_size)
@@ -1237,7 +1320,7 @@ def _full_ranking(kind, model, packer, user_rows, full_rows, item_text, rated, l
             "pairwise": bool(pairwise),
             "users_subset": bool(len(full_rows) < len(scored)),
             "max_abs_logit_diff_vs_sampled": float(np.max(diff, initial=0.0)),
-            "per_user": per_user}
+            "per_user": per_user, **({"catalogue_logits": catalogue_logits} if keep else {})}
 
 
 def _retrieve_stage(kind, model, packer, item_text, stage_users: dict, n: int,

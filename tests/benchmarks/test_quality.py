@@ -62,7 +62,8 @@ def quality_run(ml_dir, tmp_path_factory):
                               "--set_for", "bert_rerank:train.steps_per_epoch=0",
                               "--set_for", "bert_rerank:train.batch_size=8",
                               "--rerank_train_positives", "20",
-                              "--full_ranking_pairwise_users", str(PAIRWISE_USERS))) == 0
+                              "--full_ranking_pairwise_users", str(PAIRWISE_USERS),
+                              "--ensemble", "sasrec+two_tower")) == 0
     with open(os.path.join(out, "quality.json")) as f:
         return out, json.load(f)
 
@@ -169,7 +170,7 @@ def test_set_for_extends_the_tuned_defaults():
 
 def test_quality_json_structure(quality_run):
     out, result = quality_run
-    assert [row["model"] for row in result["rows"]] == ROWS
+    assert [row["model"] for row in result["rows"]] == ROWS + ["sasrec+two_tower"]
     protocol = result["protocol"]
     assert protocol["split"] == "leave-last-out chronological"
     assert protocol["negatives_per_user"] == NEGATIVES
@@ -213,7 +214,7 @@ def test_rows_record_model_settings(quality_run):
     assert rows["sasrec"]["settings"]["kind"] == "sasrec"
     assert rows["sasrec"]["settings"]["epochs_run"] == 1
     train_examples = {row["settings"]["train_examples"] for name, row in rows.items()
-                      if name != "bert_rerank"}
+                      if name != "bert_rerank" and "ensemble_of" not in row}
     assert train_examples == {result["protocol"]["train_examples"]}
     # 20 positives, each with 2 retrieved negatives (the fixture's 2 negatives per positive
     # are all replaced: --rerank_hard_negatives 2)
@@ -484,3 +485,33 @@ def test_time_to_quality_by_hand():
     assert ttq["best_epoch"] == 2 and ttq["seconds_to_best_epoch"] == 27.0
     assert ttq["seconds_per_epoch"] == 10.0 and ttq["train_seconds_per_epoch"] == 8.0
     assert ttq["train_examples_per_s"] == 112.5 and ttq["curve"][0] == [12.0, 0.1]
+
+
+def test_an_ensemble_ranks_by_its_members_standardized_logits(quality_run):
+    _, result = quality_run
+    rows = {row["model"]: row for row in result["rows"]}
+    ensemble = rows["sasrec+two_tower"]
+    assert ensemble["ensemble_of"] == ["sasrec", "two_tower"]
+    assert ensemble["train_seconds"] == pytest.approx(
+        rows["sasrec"]["train_seconds"] + rows["two_tower"]["train_seconds"], abs=0.02)
+    full = ensemble["full_ranking"]
+    assert full["users_evaluated"] == rows["sasrec"]["full_ranking"]["users_evaluated"]
+    assert full["ci95"]["ndcg@10"][0] <= full["ndcg@10"] <= full["ci95"]["ndcg@10"][1]
+    assert set(full["paired_difference"]) >= {"sasrec", "two_tower"}
+    assert ensemble["candidates_per_user"] == NEGATIVES + 1
+
+
+def test_standardized_scores_by_hand():
+    scores = np.array([[1.0, 2.0, 3.0, 100.0], [5.0, 5.0, 5.0, 5.0]])
+    exclude = np.array([[False, False, False, True], [False, False, False, False]])
+    z = quality.standardized(scores, exclude)
+    spread = np.sqrt(2 / 3)
+    np.testing.assert_allclose(z[0, :3], [-1 / spread, 0.0, 1 / spread])
+    np.testing.assert_allclose(z[1], 0.0)  # a constant row does not divide by zero
+
+
+@pytest.mark.parametrize("spec", ["sasrec", "sasrec+sasrec", "sasrec+nope"])
+def test_bad_ensembles_exit_2(ml_dir, tmp_path, capsys, spec):
+    assert quality.main(_argv(ml_dir, tmp_path, "--models", "popularity,sasrec",
+                              "--ensemble", spec)) == 2
+    assert "--ensemble" in capsys.readouterr().err

@@ -84,11 +84,12 @@ class ApproximateIndex:
     exactly with the model's logit (the best query's inner product), so every returned
     score is the model's and only the recall of the proposals is approximate.
 
-    HNSW searches by Euclidean distance; inner products become distances by the usual
-    augmentation (Bachrach et al., 2014): each item gets one more coordinate
-    ``sqrt(max_norm^2 - |x|^2)`` and each query a 0 there, so the nearest item is the one
-    of largest inner product. faiss-cpu is an optional dependency (``pip install -e
-    .[ann]``); it is imported only here.
+    The graph is built on the inner product itself (faiss' ``METRIC_INNER_PRODUCT``).
+    Measured on 100,000 synthetic items (``benchmarks/retrieve_latency``): recall@100
+    0.995 at efSearch 512, against 0.970 for the usual reduction to a Euclidean search
+    (one more coordinate ``sqrt(max_norm^2 - |x|^2)`` per item) with the same settings.
+    faiss-cpu is an optional dependency
+    (``pip install -e .[ann]``); it is imported only here.
 
     Args:
       vectors: ``[N, d']`` float32, the index's items in position order.
@@ -105,11 +106,10 @@ class ApproximateIndex:
             raise UserInputError("the approximate index needs faiss-cpu: pip install -e "
                                  "'.[ann]' (or pip install faiss-cpu==1.15.1)") from error
         self.vectors = np.ascontiguousarray(vectors, np.float32)
-        norms = np.sum(self.vectors.astype(np.float64) ** 2, axis=1)
-        extra = np.sqrt(np.maximum(norms.max() - norms, 0.0)).astype(np.float32)
-        self.index = faiss.IndexHNSWFlat(self.vectors.shape[1] + 1, neighbours)
+        self.index = faiss.IndexHNSWFlat(self.vectors.shape[1], neighbours,
+                                         faiss.METRIC_INNER_PRODUCT)
         self.index.hnsw.efConstruction = ef_construction
-        self.index.add(np.concatenate([self.vectors, extra[:, None]], axis=1))
+        self.index.add(self.vectors)
         self.neighbours, self.ef_construction = neighbours, ef_construction
         self.candidates = candidates
         self.ef_search = ef_search
@@ -127,9 +127,7 @@ class ApproximateIndex:
         width = max(self.candidates, k + max((len(e) for e in exclude or []), default=0))
         self.index.hnsw.efSearch = max(self.ef_search, width)
         rows, slots = np.nonzero(present)
-        padded = np.concatenate([queries[rows, slots],
-                                 np.zeros((len(rows), 1), np.float32)], axis=1)
-        _, proposed = self.index.search(padded, width)
+        _, proposed = self.index.search(np.ascontiguousarray(queries[rows, slots]), width)
         positions = np.empty((len(queries), k), np.int64)
         logits = np.empty((len(queries), k), np.float32)
         for user in range(len(queries)):
