@@ -23,9 +23,10 @@ per query (``retrieval.catalogue_scores``, the user tower already run) and
 seen items, so the bound is below it by construction.
 
 ``--ann_sizes`` (needs faiss-cpu, the ``ann`` extra) builds ``retrieval.ApproximateIndex``
-over the first n items of the index for each n, and reports its build time, recall@k
-against the exact top k of the same users (seen items excluded on both sides), and its
-batch-1 latency p50/p99 (search and exact rescoring; the user tower not included).
+over the first n items of the index for each n, and reports its build time and, for each
+``--ann_ef`` search beam, recall@k against the exact top k of the same users (seen items
+excluded on both sides) and batch-1 latency p50/p99 (search and exact rescoring; the user
+tower not included).
 
 Writes ``OUT/retrieve_latency.json`` and prints it.
 """
@@ -153,9 +154,10 @@ def _probe(export_dir: str, inputs_dir: str, ks: list, batches: list, calls: int
 
 
 def approximate_figures(queries, present, vectors, seen, offset, sizes: list, k: int,
-                        calls: int, log=print) -> dict:
-    """Build time, recall@k against exact retrieval and batch-1 latency of
-    ``retrieval.ApproximateIndex`` over the first n items, for each n of ``sizes``."""
+                        calls: int, ef_search: list, log=print) -> dict:
+    """For each n of ``sizes``: ``retrieval.ApproximateIndex`` over the first n items, its
+    build time and, for each ``ef_search``, recall@k against exact retrieval (seen items
+    excluded on both sides) and batch-1 latency of search + exact rescoring."""
     from benchmarks.timing import call_times, quantile
     from trainer.serving import retrieval
 
@@ -167,24 +169,27 @@ def approximate_figures(queries, present, vectors, seen, offset, sizes: list, k:
                                    k, exclude)
         started = time.perf_counter()
         index = retrieval.ApproximateIndex(items)
-        build_seconds = time.perf_counter() - started
-        found, _ = index.search(queries, present, k, offset, exclude)
-        recall = [len(set(a) & set(b)) / k for a, b in zip(found, exact)]
-        user = iter(range(10 ** 9))
+        figures[str(size)] = per_size = {
+            "build_seconds": time.perf_counter() - started, "k": k,
+            "neighbours": index.neighbours, "ef_construction": index.ef_construction,
+            "candidates": index.candidates, "ef_search": {}}
+        for ef in ef_search:
+            index.ef_search = ef
+            found, _ = index.search(queries, present, k, offset, exclude)
+            recall = [len(set(a) & set(b)) / k for a, b in zip(found, exact)]
+            user = iter(range(10 ** 9))
 
-        def one():
-            u = next(user) % len(queries)
-            index.search(queries[u:u + 1], present[u:u + 1], k, offset, exclude[u:u + 1])
-        times = call_times(one, calls)
-        figures[str(size)] = {
-            "build_seconds": build_seconds, "recall_at_k": float(np.mean(recall)),
-            "min_user_recall_at_k": float(np.min(recall)), "k": k,
-            "batch1_p50_ms": 1000 * quantile(times, 0.5),
-            "batch1_p99_ms": 1000 * quantile(times, 0.99),
-            "settings": {"neighbours": index.neighbours,
-                         "ef_construction": index.ef_construction,
-                         "ef_search": index.ef_search, "candidates": index.candidates}}
-        log(f"approximate index over {size} items: {json.dumps(figures[str(size)])}")
+            def one():
+                u = next(user) % len(queries)
+                index.search(queries[u:u + 1], present[u:u + 1], k, offset, exclude[u:u + 1])
+            times = call_times(one, calls)
+            per_size["ef_search"][str(ef)] = {
+                "recall_at_k": float(np.mean(recall)),
+                "min_user_recall_at_k": float(np.min(recall)),
+                "batch1_p50_ms": 1000 * quantile(times, 0.5),
+                "batch1_p99_ms": 1000 * quantile(times, 0.99)}
+            log(f"approximate index over {size} items, efSearch {ef}: "
+                f"{json.dumps(per_size['ef_search'][str(ef)])}")
     return figures
 
 
@@ -205,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ann_sizes", type=int, nargs="*", default=[],
                         help="index sizes for the approximate index (faiss-cpu)")
     parser.add_argument("--ann_k", type=int, default=100)
+    parser.add_argument("--ann_ef", type=int, nargs="+", default=[256, 512, 1024],
+                        help="HNSW search beams measured (one build per size)")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--export_dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -251,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
               "fresh_process": json.loads(probe.stdout.strip().splitlines()[-1])}
     if args.ann_sizes:
         result["approximate"] = approximate_figures(queries, present, vectors, seen, offset,
-                                                    args.ann_sizes, args.ann_k, args.calls)
+                                                    args.ann_sizes, args.ann_k, args.calls,
+                                                    args.ann_ef)
     os.remove(os.path.join(args.out, "retrieval_vectors.npy"))  # 260 MB at 1M items
     with open(os.path.join(args.out, "retrieve_latency.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -48,15 +48,19 @@ def test_a_grown_synthetic_index_is_served_and_the_approximate_index_measured(
     assert retrieve_latency.main(["--out", out, "--model_dir", model_dir, "--calls", "3",
                                   "--k", "3", "--batches", "1", "2",
                                   "--num_items", str(real + 400),
-                                  "--ann_sizes", str(real + 400), "--ann_k", "5"]) == 0
+                                  "--ann_sizes", str(real + 400), "--ann_k", "5",
+                                  "--ann_ef", "16", "64"]) == 0
     with open(os.path.join(out, "retrieve_latency.json")) as f:
         result = json.load(f)
     assert result["index_items"] == real + 400 and result["synthetic_items"] == 400
     assert result["export_dir"] == os.path.join(out, "export")
     _check_probe(result["fresh_process"], [3], [1, 2])
     approximate = result["approximate"][str(real + 400)]
-    assert 0.8 <= approximate["recall_at_k"] <= 1.0 and approximate["k"] == 5
-    assert 0 < approximate["batch1_p50_ms"] <= approximate["batch1_p99_ms"]
+    assert approximate["k"] == 5 and approximate["build_seconds"] > 0
+    assert set(approximate["ef_search"]) == {"16", "64"}
+    for figures in approximate["ef_search"].values():
+        assert 0.8 <= figures["recall_at_k"] <= 1.0
+        assert 0 < figures["batch1_p50_ms"] <= figures["batch1_p99_ms"]
     assert not os.path.exists(os.path.join(out, "retrieval_vectors.npy"))
 
 

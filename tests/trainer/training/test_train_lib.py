@@ -338,6 +338,12 @@ def test_early_stopping_follows_a_per_group_validation_metric(tmp_path, tiny_con
     history = fitted["history"]
     for key in ("val_auc", "val_loss", "val_group_auc", "val_ndcg@10"):
         assert len(history[key]) == fitted["epochs_run"] == 2, key
+    # The clocks: seconds since fit began after each epoch's validation, and each epoch's
+    # training steps alone (the ranking validation runs after them).
+    wall = history["wall_seconds"]
+    assert len(wall) == 2 and 0 < wall[0] < wall[1]
+    assert 0 < history["epoch_train_seconds"][0] <= wall[0]
+    assert 0 < history["epoch_train_seconds"][1] <= wall[1] - wall[0]
     # The logged value is the metric of the weights at that epoch: the model kept at the
     # end (best or last) scores one of the logged values.
     scored = scoring.evaluate_tables(model, prepared.tables, packer, 64)["validation"]
