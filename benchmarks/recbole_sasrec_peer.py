@@ -44,12 +44,15 @@ protocol is written to a duplicate of the original stdout).
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
-import traceback
+
+# This script runs with `python -I` in another virtual environment: the protocol module
+# beside it is imported by path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peer_protocol  # noqa: E402
 
 NUM_BATCHES = 4  # distinct pre-generated batches, cycled
 WARMUP_STEPS = 3
@@ -210,74 +213,9 @@ class _Peer:
         self._tmp.cleanup()
 
 
-def _protocol_stream():
-    """A text stream on the original stdout; fd 1 (and sys.stdout) then go to stderr."""
-    try:
-        sys.stdout.flush()
-        fd = os.dup(1)
-        os.dup2(2, 1)
-        stream = os.fdopen(fd, "w", buffering=1)
-    except (OSError, ValueError, AttributeError):  # no real fd (e.g. an embedded interpreter)
-        stream = sys.stdout
-    sys.stdout = sys.stderr
-    return stream
-
-
-def _send(stream, obj):
-    stream.write(json.dumps(obj) + "\n")
-    stream.flush()
-
-
-def _parse_command(line):
-    parts = line.split()
-    if not parts:
-        return None, None
-    if parts[0] == "quit" and len(parts) == 1:
-        return "quit", None
-    if parts[0] == "window" and len(parts) == 2:
-        try:
-            steps = int(parts[1])
-        except ValueError:
-            steps = 0
-        if steps >= 1:
-            return "window", steps
-    raise ValueError(f"unknown command {line.strip()!r} (expected 'window K' with K >= 1 or "
-                     "'quit')")
-
-
 def main(argv=None):
-    out = _protocol_stream()
-    peer = None
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        peer = _Peer(args)
-        _send(out, peer.info)
-        for line in sys.stdin:
-            command, steps = _parse_command(line)
-            if command == "quit":
-                break
-            if command == "window":
-                _send(out, peer.window(steps))
-        return 0
-    except SystemExit as exc:
-        if exc.code in (0, None):  # --help
-            return 0
-        return _fail(out, exc)
-    except BaseException as exc:  # noqa: BLE001 -- every failure is reported on the protocol
-        return _fail(out, exc)
-    finally:
-        if peer is not None:
-            peer.close()
-
-
-def _fail(out, exc):
-    traceback.print_exception(exc, file=sys.stderr)
-    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    try:
-        _send(out, {"error": message})
-    except (OSError, ValueError):  # the reader has gone
-        pass
-    return 1
+    return peer_protocol.serve(lambda a: _Peer(parse_args(a)),
+                               sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -349,3 +349,20 @@ def write_tiny_checkpoint(directory, hidden_dim=16, num_layers=1) -> str:
     backbone.save_to_preset(str(directory))
     tokenizer.save_to_preset(str(directory))
     return str(directory)
+
+
+def top_level_imports(path: str) -> set:
+    """The top-level modules a script imports (absolute imports only: a relative one fails),
+    for the checks that a peer worker runs without this repository's packages."""
+    import ast
+
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: no relative imports"
+            modules.add(node.module.split(".")[0])
+    return modules

@@ -1,7 +1,6 @@
 """benchmarks.peer_env and benchmarks/torch_peer.py, offline: nothing is installed and torch is
 not needed (the worker protocol is driven through a fake worker script)."""
 
-import ast
 import json
 import os
 import subprocess
@@ -9,6 +8,8 @@ import sys
 import textwrap
 
 import pytest
+
+from tests.harness import top_level_imports
 
 from benchmarks import peer_env
 from benchmarks.peer_env import (PEER_REQUIREMENTS, PeerWorker, ensure_peer_env,
@@ -290,17 +291,12 @@ TORCH_PEER = os.path.join(os.path.dirname(peer_env.__file__), "torch_peer.py")
 
 
 def test_torch_peer_imports_only_torch_transformers_and_stdlib():
-    with open(TORCH_PEER) as f:
-        tree = ast.parse(f.read())
-    modules = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            modules.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "no relative imports"
-            modules.add(node.module.split(".")[0])
-    extra = modules - set(sys.stdlib_module_names) - {"torch", "transformers"}
+    # peer_protocol: the standard-library protocol module beside it, imported by path.
+    extra = top_level_imports(TORCH_PEER) - set(sys.stdlib_module_names) - {
+        "torch", "transformers", "peer_protocol"}
     assert not extra, extra
+    protocol = os.path.join(os.path.dirname(TORCH_PEER), "peer_protocol.py")
+    assert top_level_imports(protocol) <= set(sys.stdlib_module_names)
 
 
 def _run_torch_peer(args, stdin=""):

