@@ -154,7 +154,8 @@ def _probe(export_dir: str, inputs_dir: str, ks: list, batches: list, calls: int
 
 
 def approximate_figures(queries, present, vectors, seen, offset, sizes: list, k: int,
-                        calls: int, ef_search: list, log=print) -> dict:
+                        calls: int, ef_search: list, neighbours: int = 32,
+                        log=print) -> dict:
     """For each n of ``sizes``: ``retrieval.ApproximateIndex`` over the first n items, its
     build time and, for each ``ef_search``, recall@k against exact retrieval (seen items
     excluded on both sides) and batch-1 latency of search + exact rescoring."""
@@ -168,7 +169,7 @@ def approximate_figures(queries, present, vectors, seen, offset, sizes: list, k:
         exact, _ = retrieval.top_k(retrieval.catalogue_scores(queries, present, items, offset),
                                    k, exclude)
         started = time.perf_counter()
-        index = retrieval.ApproximateIndex(items)
+        index = retrieval.ApproximateIndex(items, neighbours=neighbours)
         figures[str(size)] = per_size = {
             "build_seconds": time.perf_counter() - started, "k": k,
             "neighbours": index.neighbours, "ef_construction": index.ef_construction,
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ann_k", type=int, default=100)
     parser.add_argument("--ann_ef", type=int, nargs="+", default=[256, 512, 1024],
                         help="HNSW search beams measured (one build per size)")
+    parser.add_argument("--ann_neighbours", type=int, default=32, help="HNSW's M")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--export_dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ann_sizes:
         result["approximate"] = approximate_figures(queries, present, vectors, seen, offset,
                                                     args.ann_sizes, args.ann_k, args.calls,
-                                                    args.ann_ef)
+                                                    args.ann_ef, args.ann_neighbours)
     os.remove(os.path.join(args.out, "retrieval_vectors.npy"))  # 260 MB at 1M items
     with open(os.path.join(args.out, "retrieve_latency.json"), "w") as f:
         json.dump(result, f, indent=2)
