@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 256],
                         help="users per retrieve call")
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--users", type=int, default=256,
+                        help="test users whose requests are timed and whose recall is averaged")
     parser.add_argument("--ann_sizes", type=int, nargs="*", default=[],
                         help="index sizes for the approximate index (faiss-cpu)")
     parser.add_argument("--ann_k", type=int, default=100)
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"exported {len(index)} items in {time.perf_counter() - started:.1f} s")
     if any(size > len(index) for size in args.ann_sizes):
         parser.error(f"--ann_sizes may not exceed the index's {len(index)} items")
-    requests = _requests(model_dir, max(args.batches))
+    # The same users for every measure: at least --users, whatever the batch sizes.
+    requests = _requests(model_dir, max(args.users, *args.batches))
     queries, present, seen = recommender.user_queries(
         requests["query"], [[i for i in h if i] for h in requests["history_ids"]])
     vectors = np.asarray(run.model.retrieval_vectors(index.vectors, index.id_index), np.float32)
