@@ -144,6 +144,10 @@ def _kill_during_epochs_2_to_4(args, model_dir, seed):
 
 
 def _assert_same_run(a, b):
+    # model.keras holds the compiled optimizer, whose schedule this import registers (run
+    # alone, no earlier test of this process has imported it).
+    from trainer.training import optimization  # noqa: F401
+
     wa = keras.models.load_model(a / "model.keras").get_weights()
     wb = keras.models.load_model(b / "model.keras").get_weights()
     for x, y in zip(wa, wb):
