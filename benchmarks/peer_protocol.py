@@ -14,10 +14,22 @@ Anything a library prints goes to stderr: file descriptor 1 is pointed at stderr
 and the protocol is written to a duplicate of the original stdout.
 """
 
+import argparse
 import json
 import os
 import sys
 import traceback
+
+
+class ArgumentError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """A worker's argument parser: usage errors go out on the protocol, not as exit 2."""
+
+    def error(self, message):
+        raise ArgumentError(message)
 
 
 def protocol_stream():

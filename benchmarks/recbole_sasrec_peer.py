@@ -43,7 +43,6 @@ library prints goes to stderr (file descriptor 1 is pointed at stderr at start; 
 protocol is written to a duplicate of the original stdout).
 """
 
-import argparse
 import os
 import sys
 import tempfile
@@ -64,17 +63,8 @@ REPORTED_KEYS = ("n_layers", "n_heads", "hidden_size", "inner_size", "hidden_dro
                  "weight_decay", "clip_grad_norm", "train_batch_size", "enable_amp")
 
 
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # report usage errors through the JSON protocol, not exit 2
-        raise _ArgumentError(message)
-
-
 def parse_args(argv):
-    p = _Parser(prog="recbole_sasrec_peer.py", description=__doc__.split("\n")[0])
+    p = peer_protocol.Parser(prog="recbole_sasrec_peer.py", description=__doc__.split("\n")[0])
     names = ("num_layers", "hidden", "heads", "intermediate", "vocab", "seq", "batch",
              "threads")
     for name in names:
@@ -83,9 +73,10 @@ def parse_args(argv):
     args = p.parse_args(argv)
     for name in names:
         if getattr(args, name) < 1:
-            raise _ArgumentError(f"--{name} must be >= 1, got {getattr(args, name)}")
+            raise peer_protocol.ArgumentError(
+                f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.hidden % args.heads:
-        raise _ArgumentError(f"--hidden ({args.hidden}) must be divisible by --heads "
+        raise peer_protocol.ArgumentError(f"--hidden ({args.hidden}) must be divisible by --heads "
                              f"({args.heads})")
     return args
 

@@ -32,7 +32,6 @@ Anything a library prints goes to stderr: file descriptor 1 is pointed at stderr
 the protocol is written to a duplicate of the original stdout.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -47,17 +46,8 @@ WARMUP_STEPS = 3
 IMPLS = ("torch",)  # eager PyTorch (transformers' default attention, SDPA)
 
 
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # report usage errors through the JSON protocol, not exit 2
-        raise _ArgumentError(message)
-
-
 def parse_args(argv):
-    p = _Parser(prog="torch_peer.py", description=__doc__.split("\n")[0])
+    p = peer_protocol.Parser(prog="torch_peer.py", description=__doc__.split("\n")[0])
     for name in ("num_layers", "hidden", "heads", "intermediate", "vocab", "seq", "batch",
                  "threads"):
         p.add_argument("--" + name, type=int, required=True)
@@ -67,9 +57,10 @@ def parse_args(argv):
     for name in ("num_layers", "hidden", "heads", "intermediate", "vocab", "seq", "batch",
                  "threads"):
         if getattr(args, name) < 1:
-            raise _ArgumentError(f"--{name} must be >= 1, got {getattr(args, name)}")
+            raise peer_protocol.ArgumentError(
+                f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.hidden % args.heads:
-        raise _ArgumentError(f"--hidden ({args.hidden}) must be divisible by --heads "
+        raise peer_protocol.ArgumentError(f"--hidden ({args.hidden}) must be divisible by --heads "
                              f"({args.heads})")
     return args
 
