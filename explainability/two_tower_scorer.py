@@ -194,8 +194,9 @@ class FrozenTextView:
                                                   training)
 
     def _slot_vectors(self, slot_embeddings, slot_token_ids):
-        """The checkpoint's pooled vectors ``[b, slots, D]`` of every present slot (zero
-        for absent ones), from word-piece embeddings ``[b, slots, L, h]``."""
+        """The checkpoint's features ``[b, slots, F]`` of every present slot (zero for
+        absent ones; pooled vectors, or the states below the model's trainable top
+        layers), from word-piece embeddings ``[b, slots, L, h]``."""
         slot_token_ids = tf.cast(slot_token_ids, tf.int32)
         batch, slots, length = (tf.shape(slot_token_ids)[0], tf.shape(slot_token_ids)[1],
                                 tf.shape(slot_token_ids)[2])
@@ -208,8 +209,8 @@ class FrozenTextView:
         embeddings = tf.gather_nd(flat, where)[:, :width]
         sequence, _ = backbone_from_token_embeddings(
             self.item_encoder, embeddings, tf.zeros_like(ids), tf.cast(ids != 0, tf.int32),
-            training=False)
-        vectors = self.encoder.pool(sequence, ids)
+            training=False, num_layers=self.encoder.frozen_layers)
+        vectors = self.encoder.features(sequence, ids)
         return tf.reshape(tf.scatter_nd(where, vectors, [tf.shape(flat_ids)[0],
                                                          tf.shape(vectors)[-1]]),
                           [batch, slots, -1])

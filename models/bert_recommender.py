@@ -16,19 +16,22 @@ POOLING = ("cls", "first", "mean")
 
 
 def backbone_from_token_embeddings(backbone, token_embeddings, segment_ids, padding_mask,
-                                   training=False, return_attention_scores=False):
+                                   training=False, return_attention_scores=False,
+                                   num_layers=None):
     """A keras-hub BERT backbone's ``sequence_output`` from word-piece embeddings instead
     of ids: its sub-layers in the order its functional graph runs them (token + position +
     segment embeddings -> LayerNorm -> dropout -> transformer layers). Attribution methods
     interpolate and differentiate the embeddings. Returns ``(sequence_output,
     attention_scores)``; the scores (per layer, ``[batch, heads, seq, seq]``) only with
-    ``return_attention_scores``, else an empty list."""
+    ``return_attention_scores``, else an empty list. ``num_layers`` stops after that many
+    transformer layers (default: all)."""
     x = backbone.embeddings_add((token_embeddings,
                                  backbone.position_embedding(token_embeddings),
                                  backbone.segment_embedding(segment_ids)))
     x = backbone.embeddings_dropout(backbone.embeddings_layer_norm(x), training=training)
     attention_scores = []
-    for layer in backbone.transformer_layers:
+    layers = backbone.transformer_layers
+    for layer in layers[:len(layers) if num_layers is None else num_layers]:
         if return_attention_scores:
             x, scores = layer(x, padding_mask=padding_mask, training=training,
                               return_attention_scores=True)

@@ -37,6 +37,13 @@ item space (UniSRec's recipe). A step then costs what an id-only step costs plus
 adapter, and the full softmax over the catalogue (``loss="full_softmax"``) is open to a
 text model. Texts outside the table (serving) arrive as ``extra_text_vectors`` computed by
 the same frozen encoder.
+
+With ``text_top_layers`` the table holds each text's word-piece states below the
+checkpoint's top layers instead (``[T, max_tokens * D]``), and a
+:class:`~bert_recommender.models.layers.text_adapter.TokenStatesAdapter` trains copies of
+those top layers before pooling and adapting: fine-tuning the top of the encoder with its
+lower layers computed once. A step then runs the top layers over every distinct text it
+reads (every catalogue text with ``loss="full_softmax"``).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ from keras import ops
 from keras_hub.layers import TransformerEncoder
 
 from bert_recommender.models.bert_recommender import POOLING, backbone_from_token_embeddings
-from bert_recommender.models.layers.text_adapter import TextAdapter
+from bert_recommender.models.layers.text_adapter import TextAdapter, TokenStatesAdapter
 
 LOSSES = ("bce", "softmax", "full_softmax")
 SOFTMAX_LOSSES = ("softmax", "full_softmax")  # train on the positives alone
@@ -91,6 +98,10 @@ class TwoTowerRecommender(keras.Model):
         trainable adapter, instead of an encoder. Needs ``embedding_dim``.
       adapter / adapter_experts / adapter_dropout: the ``TextAdapter`` of the frozen
         vectors (``linear``, ``whitening`` or ``moe``).
+      text_top_layers / text_tokens: the fine-tune-top-layers variant: the
+        ``TransformerEncoder`` configs of the checkpoint's top layers (trained here,
+        pooled as ``pooling`` says) over a table of word-piece states, ``text_tokens``
+        per text (``text_vectors_shape[1] = text_tokens * D``).
       similarity / temperature: ``dot`` (the logit's dot products scaled by
         ``1 / sqrt(d)``) or ``cosine`` (of unit-length vectors, divided by
         ``temperature``).
@@ -125,7 +136,8 @@ class TwoTowerRecommender(keras.Model):
                  deduplicate_items: bool = True, user_pooling: str = "mean",
                  text_vectors_shape=None, adapter: str = "linear", adapter_experts: int = 8,
                  adapter_dropout: float = 0.2, similarity: str = "dot",
-                 temperature: float = 0.07, **kwargs):
+                 temperature: float = 0.07, text_top_layers=None, text_tokens: int = 0,
+                 **kwargs):
         super().__init__(**kwargs)
         if pooling not in POOLING:
             raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
@@ -141,6 +153,10 @@ class TwoTowerRecommender(keras.Model):
         frozen = text_vectors_shape is not None
         if frozen and item_encoder is not None:
             raise ValueError("give an item_encoder or text_vectors_shape, not both")
+        if text_top_layers and (not frozen or text_tokens <= 0
+                                or text_vectors_shape[1] % text_tokens):
+            raise ValueError("text_top_layers read a table of word-piece states: give "
+                             "text_vectors_shape (T, text_tokens * D) and text_tokens > 0")
         if loss == "full_softmax" and (item_encoder is not None
                                        or max(num_items, catalogue_size) <= 0):
             raise ValueError("loss='full_softmax' scores every catalogue item at each step: "
@@ -178,8 +194,14 @@ class TwoTowerRecommender(keras.Model):
             self.text_table = self.add_weight(shape=self.text_vectors_shape,
                                               initializer="zeros", trainable=False,
                                               name="text_table")
-            self.text_adapter = TextAdapter(d, adapter, adapter_experts, adapter_dropout,
-                                            name="text_adapter")
+            self.text_adapter = (
+                TokenStatesAdapter(text_top_layers, text_tokens,
+                                   self.text_vectors_shape[1] // text_tokens, pooling, d,
+                                   adapter, adapter_experts, adapter_dropout,
+                                   name="text_adapter") if text_top_layers else
+                TextAdapter(d, adapter, adapter_experts, adapter_dropout, name="text_adapter"))
+        self.text_top_layers = [dict(c) for c in text_top_layers or []]
+        self.text_tokens = int(text_tokens) if self.text_top_layers else 0
         self.item_projection = None
         if item_encoder is not None:
             if pooling != "cls":
@@ -271,6 +293,17 @@ class TwoTowerRecommender(keras.Model):
         rows = ops.cast(texts, "int32")
         if adapted is not None:  # call(): the whole table, adapted once per step
             vectors = ops.take(adapted, rows, axis=0)
+        elif (self.text_top_layers and self.deduplicate_items
+              and keras.backend.backend() == "tensorflow"):
+            # Top layers over word-piece states: each distinct row once (a batch repeats
+            # popular items across its histories, as _encode_unique_text says).
+            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+            unique, slot = tf.unique(tf.reshape(rows, [-1]))
+            adapted_rows = self.text_adapter(ops.take(self._text_table(extra_text_vectors),
+                                                      unique, axis=0), training=training)
+            vectors = ops.reshape(ops.take(adapted_rows, slot, axis=0),
+                                  tuple(ops.shape(rows)) + (self.embedding_dim,))
         else:  # catalogue scoring, serving: only the rows asked for
             vectors = self.text_adapter(ops.take(self._text_table(extra_text_vectors), rows,
                                                  axis=0), training=training)
@@ -286,8 +319,11 @@ class TwoTowerRecommender(keras.Model):
     def _adapted_table(self, training, extra_text_vectors=None):
         """The adapter's output for every row of the text table (and the extra rows), or
         None when the table is too large to adapt whole (see ``_ADAPT_WHOLE_TABLE_ROWS``):
-        what a training step shares between its history, candidates and full softmax."""
-        if self.text_vectors_shape[0] > _ADAPT_WHOLE_TABLE_ROWS:
+        what a training step shares between its history, candidates and full softmax.
+        Trained top layers (``text_top_layers``) adapt the whole table only for a
+        training step's full softmax, which reads every row anyway."""
+        if self.text_vectors_shape[0] > _ADAPT_WHOLE_TABLE_ROWS or (
+                self.text_top_layers and not (training and self.loss_kind == "full_softmax")):
             return None
         return self.text_adapter(self._text_table(extra_text_vectors), training=training)
 
@@ -706,7 +742,8 @@ class TwoTowerRecommender(keras.Model):
             "text_vectors_shape": self.text_vectors_shape, "adapter": self.adapter,
             "adapter_experts": self.adapter_experts,
             "adapter_dropout": self.adapter_dropout, "similarity": self.similarity,
-            "temperature": self.temperature})
+            "temperature": self.temperature, "text_top_layers": [dict(c) for c in self.text_top_layers],
+            "text_tokens": self.text_tokens})
         return config
 
     @classmethod

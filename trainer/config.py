@@ -190,6 +190,10 @@ class ModelConfig:
     adapter: str = "linear"
     adapter_experts: int = 8
     adapter_dropout: float = 0.2
+    # frozen_two_tower: fine-tune the checkpoint's top k transformer layers (0: none, the
+    # pooled vectors are frozen); the states below them are computed once and cached, and
+    # each step runs the k layers over every text it reads (an accelerator's work)
+    text_trainable_layers: int = 0
     num_layers: int = 2
     num_heads: int = 2
     hidden_dim: int = 64

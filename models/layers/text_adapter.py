@@ -92,3 +92,89 @@ class TextAdapter(keras.layers.Layer):
         config.update({"output_dim": self.output_dim, "kind": self.kind,
                        "experts": self.experts, "dropout": self.dropout})
         return config
+
+
+@keras.saving.register_keras_serializable(package="bert_recommender")
+class TokenStatesAdapter(keras.layers.Layer):
+    """A :class:`TextAdapter` over the top transformer layers of a pretrained encoder,
+    trained: the fine-tune-top-layers variant of the frozen text tower.
+
+    Its input is each text's word-piece states below those layers, computed once by the
+    frozen lower layers (``PretrainedTextEncoder`` with ``trainable_layers``):
+    ``[..., max_tokens * D]``, padding positions zero. It runs the top layers over them
+    (the zero positions masked), pools as the encoder would (``mean`` or ``first``) and
+    adapts the pooled vector to the item space. With the layers' checkpoint weights
+    (:meth:`initialize_from`) and before training, the pooled vector is the checkpoint's
+    own. A step runs the top layers over every text it reads, so this costs what a
+    ``max_tokens``-token, ``len(layer_configs)``-layer encoder costs per text: an
+    accelerator's work for a large catalogue.
+
+    Args:
+      layer_configs: the ``keras_hub.layers.TransformerEncoder`` configs of the top
+        layers, bottom first.
+      max_tokens / state_dim: the states' layout, ``[max_tokens, state_dim]`` per text.
+      pooling: ``mean`` over the present word pieces or ``first`` (the [CLS] state).
+      output_dim / kind / experts / dropout: the :class:`TextAdapter` after pooling.
+    """
+
+    expensive = True  # the model adapts only the rows a step reads (see TwoTowerRecommender)
+
+    def __init__(self, layer_configs: list, max_tokens: int, state_dim: int,
+                 pooling: str, output_dim: int, kind: str = "linear", experts: int = 8,
+                 dropout: float = 0.2, **kwargs):
+        super().__init__(**kwargs)
+        from keras_hub.layers import TransformerEncoder  # pylint: disable=import-outside-toplevel
+
+        if pooling not in ("mean", "first"):
+            raise ValueError(f"pooling must be mean or first, got {pooling!r}")
+        self.layer_configs = [dict(c) for c in layer_configs]
+        self.max_tokens, self.state_dim, self.pooling = max_tokens, state_dim, pooling
+        self.top_layers = [TransformerEncoder.from_config({**c, "name": f"top_layer_{i}"})
+                           for i, c in enumerate(self.layer_configs)]
+        self.adapter = TextAdapter(output_dim, kind, experts, dropout, name="adapter")
+        self.output_dim = output_dim
+
+    def build(self, input_shape):
+        for layer in self.top_layers:
+            layer.build((None, self.max_tokens, self.state_dim))
+        self.adapter.build(tuple(input_shape[:-1]) + (self.state_dim,))
+
+    def initialize_from(self, layers) -> None:
+        """Copies the checkpoint's top layers' weights (``layers``, bottom first)."""
+        if len(layers) != len(self.top_layers):
+            raise ValueError(f"{len(layers)} layers for {len(self.top_layers)} top layers")
+        for mine, theirs in zip(self.top_layers, layers):
+            mine.set_weights(theirs.get_weights())
+
+    def pooled(self, features, training=False):
+        """The top layers' pooled vectors ``[..., state_dim]`` of ``features``."""
+        x = ops.cast(features, self.compute_dtype)
+        lead = tuple(ops.shape(x)[:-1])
+        states = ops.reshape(x, (-1, self.max_tokens, self.state_dim))
+        present = ops.any(ops.not_equal(states, 0), axis=-1)
+        mask = ops.cast(present, "int32")
+        for layer in self.top_layers:
+            states = layer(states, padding_mask=mask, training=training)
+        if self.pooling == "first":
+            pooled = states[:, 0, :]
+        else:
+            weights = ops.expand_dims(ops.cast(mask, states.dtype), -1)
+            pooled = ops.sum(states * weights, axis=1) / ops.maximum(
+                ops.sum(weights, axis=1), 1.0)
+        # An absent text (all zero) is a zero vector, as the frozen encoder gives it.
+        pooled = pooled * ops.cast(ops.any(present, axis=-1, keepdims=True), pooled.dtype)
+        return ops.reshape(pooled, lead + (self.state_dim,))
+
+    def call(self, features, training=False):
+        return self.adapter(self.pooled(features, training), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"layer_configs": [dict(c) for c in self.layer_configs], "max_tokens": self.max_tokens,
+                       "state_dim": self.state_dim, "pooling": self.pooling,
+                       "output_dim": self.output_dim, "kind": self.adapter.kind,
+                       "experts": self.adapter.experts, "dropout": self.adapter.dropout})
+        return config

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bert_recommender.models.layers.text_adapter import TextAdapter
+from bert_recommender.models.layers.text_adapter import TextAdapter, TokenStatesAdapter
 from bert_recommender.models.pretrained_text import PretrainedTextEncoder
 from bert_recommender.models.two_tower import TwoTowerRecommender
 from tests.harness import write_tiny_checkpoint
@@ -67,6 +67,38 @@ def test_the_encoder_batches_by_length_without_changing_a_vector(checkpoint):
     assert not batched[1].any()  # an empty text is no vector
     assert np.abs(batched[[0, 2, 3]]).sum(axis=1).min() > 0
     assert not encoder.backbone.trainable
+
+
+def test_trained_top_layers_start_as_the_checkpoints_own(tmp_path):
+    """The states below the top layer, through a copy of that layer and the same pooling,
+    give the checkpoint's pooled vectors; the copy trains, the checkpoint does not."""
+    checkpoint = write_tiny_checkpoint(tmp_path / "two_layers", num_layers=2)
+    texts = ["part 1 kit 1. tools. brand 1.", "", "kit", "part 2 kit 2 tools brand 0 part 3"]
+    whole = PretrainedTextEncoder.from_pretrained(checkpoint, 12, "mean").encode(texts)
+    below = PretrainedTextEncoder.from_pretrained(checkpoint, 12, "mean", trainable_layers=1)
+    states = below.encode(texts, batch_size=2)
+    assert below.feature_dim == 12 * 16 and states.shape == (4, 12 * 16)
+    assert not states[1].any()  # an empty text has no states
+    per_token = states.reshape(4, 12, 16)
+    assert not per_token[2, 3:].any() and per_token[2, :3].any(1).all()  # [CLS] kit [SEP]
+    adapter = TokenStatesAdapter([layer.get_config() for layer in below.top_layers], 12, 16,
+                                 "mean", output_dim=8)
+    adapter.build(states.shape)
+    adapter.initialize_from(below.top_layers)
+    np.testing.assert_allclose(np.asarray(adapter.pooled(states)), whole, atol=1e-5)
+    assert adapter(states[None]).shape == (1, 4, 8)
+    top_weights = {id(w) for layer in adapter.top_layers for w in layer.trainable_weights}
+    assert top_weights <= {id(w) for w in adapter.trainable_weights}
+    assert not below.backbone.trainable
+    clone = TokenStatesAdapter.from_config(adapter.get_config())
+    clone.build(states.shape)
+    clone.set_weights(adapter.get_weights())
+    np.testing.assert_allclose(np.asarray(clone(states)), np.asarray(adapter(states)),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="trainable_layers"):
+        PretrainedTextEncoder.from_pretrained(checkpoint, 12, "mean", trainable_layers=3)
+    with pytest.raises(ValueError, match="pooler"):
+        PretrainedTextEncoder.from_pretrained(checkpoint, 12, "cls", trainable_layers=1)
 
 
 def _frozen_model(loss="softmax", num_items=0, rows=6, dim=8):

@@ -231,3 +231,62 @@ def test_explanations_run_through_the_frozen_encoder(trained):
     assert occluded[0] == pytest.approx(
         want - scorer.logits(e_rows, e_segments)[0], abs=1e-4)
     assert "leave_one_out" in summary["history_methods"]
+
+
+@tensorflow_only
+def test_a_run_fine_tunes_the_top_layer_over_cached_states(tmp_path):
+    """``model.text_trainable_layers=1``: the cache holds the word-piece states below the
+    checkpoint's top layer (float16), the model trains its copy of that layer, and the
+    export and the explanations read states through it as training did."""
+    from bert_recommender.explainability.history_attributions import Case
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "two_layers", num_layers=2)
+    data_dir = write_sequence_fixture(tmp_path / "data")
+    cfg = _config(data_dir, checkpoint, "model.text_trainable_layers=1")
+    run_dir = str(tmp_path / "run")
+    metrics = train_lib.train(cfg, run_dir)
+    assert np.isfinite(metrics["test"]["ndcg@10"])
+    (cached,) = os.listdir(os.path.join(run_dir, text_vectors.CACHE_DIR))
+    with np.load(os.path.join(run_dir, text_vectors.CACHE_DIR, cached)) as data:
+        states = data["vectors"]
+    assert states.dtype == np.float16 and states.shape[1] == 12 * 16
+    run = runs.open_run(run_dir)
+    featurizer, model = run.featurizer, run.model
+    np.testing.assert_array_equal(np.asarray(model.text_table)[1:], states.astype(np.float32))
+    start = featurizer.encoder.top_layers[0].get_weights()
+    trained = model.text_adapter.top_layers[0].get_weights()
+    assert max(np.abs(a - b).max() for a, b in zip(start, trained)) > 1e-4  # it trained
+
+    texts, ids = featurizer.item_texts, featurizer.item_ids
+    new_text = "part 3 kit 0. brand 1. tools. part 9"
+    raw = {"query": tf.constant([""]), "history_text": tf.constant([[texts[1], texts[2], ""]]),
+           "history_ids": tf.constant([[ids[1], ids[2], ""]]),
+           "item_text": tf.constant([new_text]), "item_id": tf.constant(["a-new-item"])}
+    served = export.load_serving_fn(os.path.join(run_dir, "export"))(**raw)["logit"].numpy()
+    x = featurizer.from_text(raw["query"], raw["history_text"], raw["item_text"],
+                             history_ids=raw["history_ids"], item_ids=raw["item_id"])
+    assert np.asarray(x["extra_text_vectors"]).shape == (1, 12 * 16)
+    np.testing.assert_allclose(served, np.asarray(model(x)), atol=1e-3)
+
+    scorer, compose = run.kind.explanation_scorer(cfg, model, featurizer)
+    case = Case(query="", history=[(ids[i], texts[i]) for i in (1, 2)],
+                candidate_id=ids[5], candidate_text=texts[5], candidate_title=texts[5],
+                others=[(ids[6], texts[6])], history_texts=[texts[i] for i in (1, 2)])
+    scorer.bind(case)
+    rows, segments = scorer.pack([case.user_text(compose)], [case.candidate_text])
+    recent = [2, 1] + [0] * (featurizer.max_history - 2)
+    y = featurizer.from_text(tf.constant([""]), tf.constant([[texts[i] for i in recent]]),
+                             tf.constant([texts[5]]),
+                             history_ids=tf.constant([[ids[i] for i in recent]]),
+                             item_ids=tf.constant([ids[5]]))
+    # The table's states are float16-rounded; the view's are recomputed in float32.
+    np.testing.assert_allclose(scorer.logits(rows, segments)[0], float(np.asarray(model(y))[0]),
+                               atol=2e-2)
+
+    for overrides, match in [(["model.text_trainable_layers=3"], "more than the 2"),
+                             (["model.text_trainable_layers=-1"], ">= 0"),
+                             (["model.text_trainable_layers=1", "model.pooling=cls"],
+                              "model.pooling")]:
+        with pytest.raises(ConfigError, match=match):
+            train_lib.train(_config(data_dir, checkpoint, *overrides), str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()

@@ -10,6 +10,15 @@ transformer and the losses are the two-tower model's (models/two_tower.py). A tr
 costs what an id-only step costs plus the adapter, and ``train.loss: full_softmax`` (every
 catalogue item a negative) is open to it.
 
+Fine-tuning the top layers (``model.text_trainable_layers`` = k > 0): the cache holds each
+text's word-piece states below the checkpoint's top k layers (computed once), and the model
+trains copies of those k layers, initialised from the checkpoint, before pooling and the
+adapter (``TokenStatesAdapter``). Each step runs k layers over every distinct text it
+reads, every catalogue text with ``full_softmax``: work for an accelerator, measured on
+CPU in docs/benchmarks.md. Serving is as below, with states in place of vectors: a new
+text goes through the frozen lower layers in the SavedModel and the trained top layers in
+the model.
+
 Serving: the exported signatures take raw strings, as every two-tower export does. A text
 of the catalogue reads its cached vector (a string lookup); any other text (a new item, an
 edited title) is encoded by the frozen checkpoint, which the SavedModel carries. So a
@@ -20,7 +29,9 @@ its text alone, exactly as an item training never saw is at evaluation.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -45,6 +56,8 @@ class FrozenTextFeatures(TwoTowerFeatures):
       item_ids / item_texts / trained_mask / max_history: as :class:`TwoTowerFeatures`.
       pretrained / max_tokens / pooling: the frozen checkpoint and how it encodes a text
         (what serving encodes texts outside the catalogue with).
+      trainable_layers: the checkpoint's top layers the model trains (0: none; else the
+        table holds the states below them).
       text_vectors: the catalogue texts' vectors ``[N + 1, D]`` (training builds the model's
         table from them); None for a finished run, whose model holds them.
       encoding: what ``cached_text_vectors`` reported (fingerprint, seconds, reused).
@@ -52,9 +65,11 @@ class FrozenTextFeatures(TwoTowerFeatures):
 
     def __init__(self, item_ids: list, item_texts: list, trained_mask: np.ndarray,
                  max_history: int, pretrained: str, max_tokens: int, pooling: str,
-                 text_vectors: np.ndarray | None = None, encoding: dict | None = None):
+                 text_vectors: np.ndarray | None = None, encoding: dict | None = None,
+                 trainable_layers: int = 0):
         super().__init__(None, item_ids, item_texts, trained_mask, max_history)
         self.pretrained, self.max_tokens, self.pooling = pretrained, max_tokens, pooling
+        self.trainable_layers = int(trainable_layers)
         self.text_vectors = text_vectors
         self.encoding = dict(encoding or {})
 
@@ -62,7 +77,7 @@ class FrozenTextFeatures(TwoTowerFeatures):
     def encoder(self) -> PretrainedTextEncoder:
         """The frozen checkpoint, loaded on first use (serving texts outside the catalogue)."""
         return PretrainedTextEncoder.from_pretrained(self.pretrained, self.max_tokens,
-                                                     self.pooling)
+                                                     self.pooling, self.trainable_layers)
 
     def features(self, batch: dict) -> dict:
         # Not super(): autograph (tf.data) cannot convert its closure.
@@ -146,6 +161,19 @@ class FrozenTwoTower(TwoTower):
         if not 0.0 <= m.adapter_dropout < 1.0:
             raise ConfigError(f"config key 'model.adapter_dropout' must be in [0, 1), got "
                               f"{m.adapter_dropout}")
+        if m.text_trainable_layers < 0:
+            raise ConfigError(f"config key 'model.text_trainable_layers' must be >= 0 (the "
+                              f"checkpoint's top layers to fine-tune), got "
+                              f"{m.text_trainable_layers}")
+        if m.text_trainable_layers and m.pooling == "cls":
+            raise ConfigError("config key 'model.pooling': 'cls' reads the checkpoint's "
+                              "pooler, which model.text_trainable_layers > 0 does not train; "
+                              "use mean or first")
+        layers = _checkpoint_layers(m.pretrained) if m.text_trainable_layers else None
+        if layers is not None and m.text_trainable_layers > layers:
+            raise ConfigError(f"config key 'model.text_trainable_layers' "
+                              f"({m.text_trainable_layers}) is more than the {layers} "
+                              f"transformer layers of {m.pretrained}")
         if m.hidden_dim <= 0 or m.hidden_dim % m.user_heads:
             raise ConfigError(f"config key 'model.hidden_dim' ({m.hidden_dim}), the item "
                               f"vector size, must be > 0 and divisible by 'model.user_heads' "
@@ -156,18 +184,20 @@ class FrozenTwoTower(TwoTower):
         return {**super().benchmark_settings(cfg), "pretrained": m.pretrained,
                 "pooling": m.pooling, "item_max_tokens": cfg.data.item_max_tokens,
                 "adapter": m.adapter, "embedding_dim": m.hidden_dim,
+                "text_trainable_layers": m.text_trainable_layers,
                 **({"adapter_experts": m.adapter_experts} if m.adapter == "moe" else {})}
 
     def featurizer(self, cfg, vocabulary, catalogue, ids, cache_dir=None):
         item_texts = ids.item_texts(catalogue, cfg.data.item_text_fields)
         vectors, encoding = cached_text_vectors(
             item_texts[1:], cfg.model.pretrained, cfg.data.item_max_tokens, cfg.model.pooling,
-            cache_dir=cache_dir)
+            cache_dir=cache_dir, trainable_layers=cfg.model.text_trainable_layers)
         table = np.concatenate([np.zeros([1, vectors.shape[1]], np.float32), vectors])
         return FrozenTextFeatures(ids.item_id_list(), item_texts, ids.trained_item_mask(),
                                   cfg.data.max_history, cfg.model.pretrained,
                                   cfg.data.item_max_tokens, cfg.model.pooling,
-                                  text_vectors=table, encoding=encoding)
+                                  text_vectors=table, encoding=encoding,
+                                  trainable_layers=cfg.model.text_trainable_layers)
 
     def featurizer_settings(self, featurizer):
         encoding = featurizer.encoding
@@ -184,11 +214,13 @@ class FrozenTwoTower(TwoTower):
         return FrozenTextFeatures(state["item_ids"], state["item_texts"], trained,
                                   cfg.data.max_history, cfg.model.pretrained,
                                   cfg.data.item_max_tokens, cfg.model.pooling,
-                                  encoding=state.get("encoding"))
+                                  encoding=state.get("encoding"),
+                                  trainable_layers=cfg.model.text_trainable_layers)
 
     def build(self, cfg, featurizer, ids, train_table):
         m = cfg.model
         table = featurizer.text_vectors
+        top = featurizer.encoder.top_layers if m.text_trainable_layers else []
         model = TwoTowerRecommender(
             None, num_items=len(ids.items) if m.item_ids else 0,
             max_history=cfg.data.max_history, embedding_dim=m.hidden_dim,
@@ -198,7 +230,12 @@ class FrozenTwoTower(TwoTower):
             max_interest=m.max_interest, catalogue_size=len(ids.items),
             text_vectors_shape=table.shape, adapter=m.adapter,
             adapter_experts=m.adapter_experts, adapter_dropout=m.adapter_dropout,
-            deduplicate_items=self.deduplicates(cfg))
+            deduplicate_items=self.deduplicates(cfg), pooling=m.pooling,
+            text_top_layers=[layer.get_config() for layer in top],
+            text_tokens=cfg.data.item_max_tokens)
+        if top:
+            model.text_adapter.build(table.shape)
+            model.text_adapter.initialize_from(top)
         model.set_text_vectors(table)
         model.set_trained_items(ids.trained_item_mask())
         return model
@@ -228,3 +265,16 @@ class FrozenTwoTower(TwoTower):
 
     def add_token_endpoints(self, archive, model, featurizer, item_index=None):
         return None  # no tokenizer of its own: the raw-string export is the only one
+
+
+def _checkpoint_layers(pretrained: str):
+    """The transformer layers of a local checkpoint directory, read from its config.json
+    (Hugging Face's ``num_hidden_layers``, or a keras-hub preset's ``config.num_layers``),
+    or None where that cannot be read without loading it (a preset name, a hub handle)."""
+    path = os.path.join(pretrained, "config.json")
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        config = json.load(f)
+    layers = config.get("num_hidden_layers") or (config.get("config") or {}).get("num_layers")
+    return int(layers) if layers else None

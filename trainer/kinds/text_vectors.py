@@ -7,6 +7,11 @@ the key is a fingerprint of everything the vectors depend on (the checkpoint's f
 texts in order, the token limit and the pooling). The training library caches into the run
 directory; a benchmark into its output directory, shared by its rows. A stale or damaged
 file is never read: the fingerprint is checked, and a mismatch encodes again.
+
+With ``trainable_layers`` (the fine-tune-top-layers variant) the cache holds each text's
+word-piece states below those layers instead, ``max_tokens`` times larger, stored as
+float16 (the values the model reads are those float16 values, on the first run as on a
+reused cache).
 """
 
 from __future__ import annotations
@@ -48,19 +53,26 @@ def checkpoint_fingerprint(pretrained: str) -> str:
     return sha.hexdigest()
 
 
-def fingerprint(pretrained: str, texts: list, max_tokens: int, pooling: str) -> str:
-    """The cache key: the checkpoint, the texts in order, the token limit, the pooling."""
-    sha = hashlib.sha256(json.dumps(
-        {"format": _FORMAT, "checkpoint": checkpoint_fingerprint(pretrained),
-         "max_tokens": max_tokens, "pooling": pooling}, sort_keys=True).encode())
+def fingerprint(pretrained: str, texts: list, max_tokens: int, pooling: str,
+                trainable_layers: int = 0) -> str:
+    """The cache key: the checkpoint, the texts in order, the token limit, the pooling
+    (and the trainable top layers left out of the encoding, when there are any)."""
+    fields = {"format": _FORMAT, "checkpoint": checkpoint_fingerprint(pretrained),
+              "max_tokens": max_tokens, "pooling": pooling}
+    if trainable_layers:
+        fields["trainable_layers"] = int(trainable_layers)
+    sha = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     for text in texts:
         sha.update(text.encode() + b"\0")
     return sha.hexdigest()
 
 
 def cached_text_vectors(texts: list, pretrained: str, max_tokens: int, pooling: str,
-                        cache_dir: str | None = None, batch_size: int = 128) -> tuple:
-    """``(vectors [len(texts), D] float32, info)``: the frozen vectors of ``texts``, read
+                        cache_dir: str | None = None, batch_size: int = 128,
+                        trainable_layers: int = 0) -> tuple:
+    """``(vectors [len(texts), F] float32, info)``: the frozen features of ``texts``
+    (``PretrainedTextEncoder.encode``: pooled vectors, or the word-piece states below
+    ``trainable_layers`` top layers), read
     from ``cache_dir`` when a file with the same fingerprint is there, else encoded (and
     written there atomically when ``cache_dir`` is given).
 
@@ -68,7 +80,7 @@ def cached_text_vectors(texts: list, pretrained: str, max_tokens: int, pooling: 
     ``encode_seconds`` (0 when reused): what a run or a benchmark reports as the one-time
     encoding cost.
     """
-    key = fingerprint(pretrained, texts, max_tokens, pooling)
+    key = fingerprint(pretrained, texts, max_tokens, pooling, trainable_layers)
     path = os.path.join(cache_dir, CACHE_DIR, f"{key[:24]}.npz") if cache_dir else None
     if path and tf.io.gfile.exists(path):
         vectors = _read(path, key, len(texts))
@@ -77,14 +89,17 @@ def cached_text_vectors(texts: list, pretrained: str, max_tokens: int, pooling: 
             return vectors, {"fingerprint": key, "path": path, "reused": True,
                              "encode_seconds": 0.0}
     started = time.time()
-    encoder = PretrainedTextEncoder.from_pretrained(pretrained, max_tokens, pooling)
+    encoder = PretrainedTextEncoder.from_pretrained(pretrained, max_tokens, pooling,
+                                                    trainable_layers)
     vectors = encoder.encode(list(texts), batch_size=batch_size)
+    stored = vectors.astype(np.float16) if trainable_layers else vectors
+    vectors = stored.astype(np.float32)
     seconds = round(time.time() - started, 1)
     log.info("frozen text vectors: %d texts encoded by %s in %.1f s", len(texts), pretrained,
              seconds)
     if path:
         buffer = io.BytesIO()
-        np.savez(buffer, vectors=vectors, fingerprint=np.array(key))
+        np.savez(buffer, vectors=stored, fingerprint=np.array(key))
         atomic_write_bytes(path, buffer.getvalue())
     return vectors, {"fingerprint": key, "path": path, "reused": False,
                      "encode_seconds": seconds}
