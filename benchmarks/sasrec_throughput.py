@@ -180,9 +180,11 @@ def trainable_parameters(model) -> int:
 
 
 class OursTrainer:
-    """Our ``sasrec`` kind through train_lib's build/compile/dataset and ``model.fit``."""
+    """The model kind of ``cfg`` (here ``sasrec``; benchmarks/text_tower_cost.py times
+    frozen text towers) through train_lib's build/compile/dataset and ``model.fit``.
+    ``packer``: the kind's featurizer when the caller made it (with its cache)."""
 
-    def __init__(self, cfg, prepared, warmup_steps: int = WARMUP_STEPS):
+    def __init__(self, cfg, prepared, warmup_steps: int = WARMUP_STEPS, packer=None):
         import tensorflow as tf
 
         from trainer import kinds
@@ -190,7 +192,8 @@ class OursTrainer:
 
         self.cfg = cfg
         kind = kinds.for_config(cfg)
-        packer = train_lib.make_packer(cfg, None, prepared)
+        if packer is None:
+            packer = train_lib.make_packer(cfg, None, prepared)
         strategy = tf.distribute.get_strategy()
         with strategy.scope():
             self.model = train_lib.build_model(cfg, packer, prepared.ids,
