@@ -4,7 +4,7 @@ beside the id-only ``sasrec`` at the same sizes, on a sequential benchmark's rea
 
     python -m benchmarks.text_tower_cost --data_dir PATH/amazon-scientific \\
         --pretrained PATH/all-MiniLM-L6-v2 --out runs/text_tower_cost \\
-        [--layers 0 1 2] [--losses full_softmax softmax] [--steps 5] [--rounds 3] \\
+        [--layers 0 1 2] [--losses softmax] [--steps 5] [--rounds 3] \\
         [--set KEY=VALUE ...]
 
 Every row is ``configs/sequences_frozen.yaml`` (width 128, the latest 20 items, 64 word
@@ -18,15 +18,18 @@ Per row: the one-time encoding (seconds, or 0 when the output directory's cache 
 held the features; the cache's size on disk), then the training step as
 ``benchmarks.sasrec_throughput`` times it: the training library's model, compiled
 optimizer and tf.data pipeline, ``--steps`` steps per window after warm-up, ``--rounds``
-windows interleaved across rows, the median reported as seconds per step, training
-examples/s and the seconds one epoch over the training rows would take. The machine's
-load average is recorded before and after. Output: a table on stdout and
-``OUT/text_tower_cost.json``.
+windows, the median reported as seconds per step, training examples/s, the seconds one
+epoch over the training rows would take and the process's peak memory so far. Rows run
+one after another, each model freed before the next (a fine-tuned row holds gigabytes of
+activations: with Scientific's 64-token texts, one trained layer over the whole catalogue,
+``full_softmax``, did not fit in 24 GB). The machine's load average is recorded before and
+after. Output: a table on stdout and ``OUT/text_tower_cost.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import statistics
@@ -62,12 +65,12 @@ def _cache_megabytes(out: str) -> dict:
 
 
 def format_table(rows: list) -> str:
-    lines = ["| row | encode s | s/step | examples/s | epoch s (est.) | params |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| row | encode s | s/step | examples/s | epoch s (est.) | params | peak MB |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['row']} | {r['encode_seconds']} | {r['seconds_per_step']:.3f} | "
                      f"{r['examples_per_second']:,.0f} | {r['epoch_seconds']:,.0f} | "
-                     f"{r['params']:,} |")
+                     f"{r['params']:,} | {r['peak_rss_mb']:,.0f} |")
     return "\n".join(lines)
 
 
@@ -84,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="output directory (also the text-feature cache)")
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 1, 2],
                         help="model.text_trainable_layers of the text rows (0: frozen)")
-    parser.add_argument("--losses", nargs="+", default=["full_softmax", "softmax"],
+    parser.add_argument("--losses", nargs="+", default=["softmax"],
                         choices=["full_softmax", "softmax"], help="train.loss of each row")
     parser.add_argument("--no_sasrec", action="store_true", help="leave out the sasrec rows")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per window")
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from benchmarks.sasrec_throughput import OursTrainer
-    from benchmarks.throughput import interleaved_windows
+    from benchmarks.timing import peak_rss_mb
     from trainer import config as config_lib
     from trainer.errors import ConfigError
     from trainer.io import write_json
@@ -133,28 +136,29 @@ def main(argv: list[str] | None = None) -> int:
                            "rounds": args.rounds, "warmup_steps": args.warmup_steps}}
     first = next(iter(configs.values()))
     prepared = train_lib.prepare_data(first, args.out)
-    trainers, encoding = {}, {}
+    rows = []
     for name, cfg in configs.items():
         started = time.perf_counter()
         packer = train_lib.make_packer(cfg, None, prepared, cache_dir=args.out)
-        encoding[name] = (getattr(packer, "encoding", {}) or {}).get("encode_seconds", 0.0)
+        encoded = (getattr(packer, "encoding", {}) or {}).get("encode_seconds", 0.0)
         keras.utils.set_random_seed(0)
-        trainers[name] = OursTrainer(cfg, prepared, args.warmup_steps, packer=packer)
+        trainer = OursTrainer(cfg, prepared, args.warmup_steps, packer=packer)
         print(f"{name}: ready in {time.perf_counter() - started:.0f} s "
-              f"({trainers[name].info['params']:,} trainable parameters)", flush=True)
-    seconds = interleaved_windows(trainers, args.steps, args.rounds)
-    result["machine"]["load_average_after"] = os.getloadavg()
-    rows = []
-    for name, cfg in configs.items():
-        per_step = statistics.median(seconds[name]) / args.steps
+              f"({trainer.info['params']:,} trainable parameters)", flush=True)
+        seconds = [trainer.window(args.steps) for _ in range(args.rounds)]
+        per_step = statistics.median(seconds) / args.steps
         batch = cfg.train.batch_size
-        info = trainers[name].info
         rows.append({"row": name, "text_trainable_layers": cfg.model.text_trainable_layers
                      if cfg.model.kind == "frozen_two_tower" else None,
-                     "loss": cfg.train.loss, "encode_seconds": encoding[name],
+                     "loss": cfg.train.loss, "encode_seconds": encoded,
                      "seconds_per_step": per_step, "examples_per_second": batch / per_step,
-                     "epoch_seconds": info["training_rows"] / batch * per_step,
-                     "window_seconds": seconds[name], **info})
+                     "epoch_seconds": trainer.info["training_rows"] / batch * per_step,
+                     "window_seconds": seconds, "peak_rss_mb": peak_rss_mb(), **trainer.info})
+        print(f"{name}: {per_step:.3f} s/step", flush=True)
+        del trainer, packer
+        gc.collect()
+        keras.backend.clear_session()
+    result["machine"]["load_average_after"] = os.getloadavg()
     result["rows"] = rows
     result["cache_megabytes"] = _cache_megabytes(args.out)
     print("\n" + format_table(rows))
