@@ -613,13 +613,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['model']} was ranked for:")
             print(format_full_table([{"model": name, **values} for name, values in
                                      row["full_ranking"]["comparison_on_subset"].items()]))
-    paired = [(row["model"], other, values["ndcg@10"]) for row in result["rows"]
-              for other, values in row["full_ranking"].get("paired_difference", {}).items()]
-    if paired:
-        print("\nfull-ranking nDCG@10, paired over the same users (row minus other, 95% CI):")
-        print("\n".join(f"  {row:<16} - {other:<16} {d['mean']:+.4f} "
-                         f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
-                         for row, other, d in paired))
+    for title, section in (("sampled", None), ("full-ranking", "full_ranking")):
+        paired = [(row["model"], other, values["ndcg@10"]) for row in result["rows"]
+                  for other, values in (row if section is None else row[section]).get(
+                      "paired_difference", {}).items()]
+        if paired:
+            print(f"\n{title} nDCG@10, paired over the same users (row minus other, "
+                  "95% CI):")
+            print("\n".join(f"  {row:<16} - {other:<16} {d['mean']:+.4f} "
+                             f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+                             for row, other, d in paired))
     cold = result["protocol"].get("cold_start")
     if cold:
         print(f"\ncold start: the {cold['test_users']} test users whose target is one of the "
@@ -1045,6 +1048,7 @@ def run(args, names: list, per_model: dict) -> dict:
         full_rows_of[spec] = all_rows
         rows.append(row)
     _add_paired_differences(rows, per_user_full_all, len(scored), args.bootstrap, seed)
+    _add_paired_differences(rows, per_user_all, len(scored), args.bootstrap, seed, None)
     cold_start = _cold_start(rows, per_user_full_all, info, ids, user_rows, args.bootstrap,
                              seed)
 
@@ -1251,20 +1255,21 @@ def _ensemble_row(spec: str, kept_logits: dict, rows: list, user_rows, rated, te
     return row, per_user, per_user_full
 
 
-def _add_paired_differences(rows: list, per_user_full: dict, users: int, bootstrap: int,
-                            seed: int) -> None:
-    """Each row ranked for every user gets ``full_ranking.paired_difference``: for every
-    other such row, the mean per-user difference (this row minus that one) of
-    ``PAIRED_METRICS`` with a paired bootstrap 95% interval over users (the same users,
-    so user-to-user spread cancels); an interval above 0 says this row ranks better."""
-    complete = [row["model"] for row in rows if row["model"] in per_user_full
-                and np.isfinite(per_user_full[row["model"]]["mrr"]).sum() == users]
+def _add_paired_differences(rows: list, per_user: dict, users: int, bootstrap: int,
+                            seed: int, section: str | None = "full_ranking") -> None:
+    """Each row scored for every user gets ``paired_difference`` (in ``row[section]``, or
+    in the row itself for ``section=None``, the sampled protocol): for every other such
+    row, the mean per-user difference (this row minus that one) of ``PAIRED_METRICS``
+    with a paired bootstrap 95% interval over users (the same users, so user-to-user
+    spread cancels); an interval above 0 says this row ranks better."""
+    complete = [row["model"] for row in rows if row["model"] in per_user
+                and np.isfinite(per_user[row["model"]]["mrr"]).sum() == users]
     for row in rows:
         if row["model"] not in complete:
             continue
-        mine = per_user_full[row["model"]]
-        row["full_ranking"]["paired_difference"] = {
-            other: {key: _paired(mine[key] - per_user_full[other][key], bootstrap, seed)
+        mine = per_user[row["model"]]
+        (row if section is None else row[section])["paired_difference"] = {
+            other: {key: _paired(mine[key] - per_user[other][key], bootstrap, seed)
                     for key in PAIRED_METRICS}
             for other in complete if other != row["model"]}
 

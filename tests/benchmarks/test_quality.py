@@ -440,16 +440,21 @@ def test_a_sequential_benchmark_ranks_everything_and_prints_the_published_rows(
     assert first["pretrained"] == tiny_checkpoint()
     assert len(os.listdir(tmp_path / "out" / "text_vectors")) == 1
     # Paired differences between every two rows ranked for all users, both ways round.
+    # The sampled protocol's too (in the row itself), equal to the difference of the means.
     names = [row["model"] for row in result["rows"]]
     for row in result["rows"]:
-        paired = row["full_ranking"]["paired_difference"]
-        assert set(paired) == set(names) - {row["model"]}
-        for other, values in paired.items():
-            mirror = next(r for r in result["rows"] if r["model"] == other)
-            back = mirror["full_ranking"]["paired_difference"][row["model"]]["ndcg@10"]
-            assert values["ndcg@10"]["mean"] == pytest.approx(-back["mean"])
-            low, high = values["ndcg@10"]["ci95"]
-            assert low <= values["ndcg@10"]["mean"] <= high
+        for where in (row["full_ranking"], row):
+            paired = where["paired_difference"]
+            assert set(paired) == set(names) - {row["model"]}
+            for other, values in paired.items():
+                mirror = next(r for r in result["rows"] if r["model"] == other)
+                there = mirror if where is row else mirror["full_ranking"]
+                back = there["paired_difference"][row["model"]]["ndcg@10"]
+                assert values["ndcg@10"]["mean"] == pytest.approx(-back["mean"])
+                low, high = values["ndcg@10"]["ci95"]
+                assert low <= values["ndcg@10"]["mean"] <= high
+        assert row["paired_difference"][other]["ndcg@10"]["mean"] == pytest.approx(
+            row["ndcg@10"] - mirror["ndcg@10"], abs=1e-9)
     # Cold start: 6 of the 30 items left out of training; the users whose test target is
     # one of them are scored again, by every row.
     cold = protocol["cold_start"]
