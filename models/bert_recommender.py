@@ -15,6 +15,18 @@ from bert_recommender.models.layers.pre_ln_bert_backbone import PreLNBertBackbon
 POOLING = ("cls", "first", "mean")
 
 
+def pool_tokens(sequence_output, padding_mask, pooling: str):
+    """One vector per row ``[n, D]`` of token states ``[n, L, D]``: the first ([CLS])
+    state for ``first``, else the mean over the positions ``padding_mask`` ``[n, L]``
+    keeps (a row with none kept gives zeros). ``cls`` needs the checkpoint's pooler: its
+    callers apply it themselves."""
+    if pooling == "first":
+        return sequence_output[:, 0, :]
+    weights = ops.expand_dims(ops.cast(padding_mask, sequence_output.dtype), -1)
+    return ops.sum(sequence_output * weights, axis=1) / ops.maximum(
+        ops.sum(weights, axis=1), 1.0)
+
+
 def backbone_from_token_embeddings(backbone, token_embeddings, segment_ids, padding_mask,
                                    training=False, return_attention_scores=False,
                                    num_layers=None):

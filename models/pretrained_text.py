@@ -12,7 +12,8 @@ import tensorflow as tf
 from keras import ops
 
 from bert_recommender.models.bert_recommender import (POOLING, BERTRecommender,
-                                                      backbone_from_token_embeddings)
+                                                      backbone_from_token_embeddings,
+                                                      pool_tokens)
 from bert_recommender.models.layers.item_text_tokenizer import ItemTextTokenizer
 
 
@@ -126,13 +127,8 @@ class PretrainedTextEncoder:
         if self.pooling == "cls":
             pooled = (pooled_output if pooled_output is not None
                       else self.backbone.pooled_dense(sequence_output[:, 0, :]))
-        elif self.pooling == "first":
-            pooled = sequence_output[:, 0, :]
         else:
-            mask = ops.cast(ops.not_equal(token_ids, 0), "int32")
-            weights = ops.expand_dims(ops.cast(mask, sequence_output.dtype), -1)
-            pooled = ops.sum(sequence_output * weights, axis=1) / ops.maximum(
-                ops.sum(weights, axis=1), 1.0)
+            pooled = pool_tokens(sequence_output, ops.not_equal(token_ids, 0), self.pooling)
         present = ops.cast(ops.any(ops.not_equal(token_ids, 0), axis=-1, keepdims=True),
                            pooled.dtype)
         return ops.cast(pooled * present, "float32")

@@ -55,7 +55,8 @@ import numpy as np
 from keras import ops
 from keras_hub.layers import TransformerEncoder
 
-from bert_recommender.models.bert_recommender import POOLING, backbone_from_token_embeddings
+from bert_recommender.models.bert_recommender import (POOLING, backbone_from_token_embeddings,
+                                                      pool_tokens)
 from bert_recommender.models.layers.text_adapter import TextAdapter, TokenStatesAdapter
 
 LOSSES = ("bce", "softmax", "full_softmax")
@@ -376,14 +377,8 @@ class TwoTowerRecommender(keras.Model):
     def _pool_text(self, sequence_output, pooled_output, token_ids):
         """One vector per text row ``[n, d]`` from the encoder's outputs."""
         mask = ops.cast(ops.not_equal(token_ids, 0), "int32")
-        if self.pooling == "cls":
-            pooled = pooled_output
-        elif self.pooling == "first":
-            pooled = sequence_output[:, 0, :]
-        else:
-            weights = ops.expand_dims(ops.cast(mask, sequence_output.dtype), -1)
-            pooled = ops.sum(sequence_output * weights, axis=1) / ops.maximum(
-                ops.sum(weights, axis=1), 1.0)
+        pooled = (pooled_output if self.pooling == "cls"
+                  else pool_tokens(sequence_output, mask, self.pooling))
         if self.item_projection is not None:
             pooled = self.item_projection(pooled)
         # An absent text (all [PAD]) is a zero vector, whatever the encoder's biases.

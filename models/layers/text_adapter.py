@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from bert_recommender.models.bert_recommender import pool_tokens
+
 ADAPTERS = ("linear", "whitening", "moe")
 
 
@@ -155,12 +157,7 @@ class TokenStatesAdapter(keras.layers.Layer):
         mask = ops.cast(present, "int32")
         for layer in self.top_layers:
             states = layer(states, padding_mask=mask, training=training)
-        if self.pooling == "first":
-            pooled = states[:, 0, :]
-        else:
-            weights = ops.expand_dims(ops.cast(mask, states.dtype), -1)
-            pooled = ops.sum(states * weights, axis=1) / ops.maximum(
-                ops.sum(weights, axis=1), 1.0)
+        pooled = pool_tokens(states, mask, self.pooling)
         # An absent text (all zero) is a zero vector, as the frozen encoder gives it.
         pooled = pooled * ops.cast(ops.any(present, axis=-1, keepdims=True), pooled.dtype)
         return ops.reshape(pooled, lead + (self.state_dim,))
