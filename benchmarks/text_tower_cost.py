@@ -54,13 +54,13 @@ def row_name(layers: int | None, loss: str) -> str:
     return f"{kind}/{loss}"
 
 
-def _cache_megabytes(out: str) -> dict:
+def _cache_bytes(out: str) -> dict:
     from trainer.kinds.text_vectors import CACHE_DIR
 
     directory = os.path.join(out, CACHE_DIR)
     if not os.path.isdir(directory):
         return {}
-    return {name: round(os.path.getsize(os.path.join(directory, name)) / 2 ** 20, 1)
+    return {name: os.path.getsize(os.path.join(directory, name))
             for name in sorted(os.listdir(directory))}
 
 
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     specs = [(k, loss) for loss in args.losses
              for k in ([] if args.no_sasrec else [None]) + list(args.layers)]
     try:
-        configs = {row_name(k, loss): config_lib.load_config(
-            CONFIG, row_overrides(args.data_dir, args.pretrained, k, loss, args.overrides))
+        configs = {row_name(k, loss): (k, config_lib.load_config(
+            CONFIG, row_overrides(args.data_dir, args.pretrained, k, loss, args.overrides)))
             for k, loss in specs}
     except (ConfigError, ValueError) as err:
         parser.error(str(err))
@@ -134,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {"config": os.path.relpath(CONFIG, REPO),
                            "overrides": args.overrides, "steps_per_window": args.steps,
                            "rounds": args.rounds, "warmup_steps": args.warmup_steps}}
-    first = next(iter(configs.values()))
+    first = next(iter(configs.values()))[1]
     prepared = train_lib.prepare_data(first, args.out)
     rows = []
-    for name, cfg in configs.items():
+    for name, (layers, cfg) in configs.items():
         started = time.perf_counter()
         packer = train_lib.make_packer(cfg, None, prepared, cache_dir=args.out)
         encoded = (getattr(packer, "encoding", {}) or {}).get("encode_seconds", 0.0)
@@ -148,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = [trainer.window(args.steps) for _ in range(args.rounds)]
         per_step = statistics.median(seconds) / args.steps
         batch = cfg.train.batch_size
-        rows.append({"row": name, "text_trainable_layers": cfg.model.text_trainable_layers
-                     if cfg.model.kind == "frozen_two_tower" else None,
+        rows.append({"row": name, "text_trainable_layers": layers,
                      "loss": cfg.train.loss, "encode_seconds": encoded,
                      "seconds_per_step": per_step, "examples_per_second": batch / per_step,
                      "epoch_seconds": trainer.info["training_rows"] / batch * per_step,
@@ -160,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         keras.backend.clear_session()
     result["machine"]["load_average_after"] = os.getloadavg()
     result["rows"] = rows
-    result["cache_megabytes"] = _cache_megabytes(args.out)
+    result["cache_bytes"] = _cache_bytes(args.out)
     print("\n" + format_table(rows))
     path = os.path.join(args.out, "text_tower_cost.json")
     write_json(path, result)
