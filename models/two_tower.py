@@ -294,17 +294,14 @@ class TwoTowerRecommender(keras.Model):
         rows = ops.cast(texts, "int32")
         if adapted is not None:  # call(): the whole table, adapted once per step
             vectors = ops.take(adapted, rows, axis=0)
-        elif (self.text_top_layers and self.deduplicate_items
-              and keras.backend.backend() == "tensorflow"):
+        elif self.text_top_layers:
             # Top layers over word-piece states: each distinct row once (a batch repeats
-            # popular items across its histories, as _encode_unique_text says).
-            import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-            unique, slot = tf.unique(tf.reshape(rows, [-1]))
-            adapted_rows = self.text_adapter(ops.take(self._text_table(extra_text_vectors),
-                                                      unique, axis=0), training=training)
-            vectors = ops.reshape(ops.take(adapted_rows, slot, axis=0),
-                                  tuple(ops.shape(rows)) + (self.embedding_dim,))
+            # popular items across its histories).
+            table = self._text_table(extra_text_vectors)
+            vectors = ops.reshape(
+                self._once_per_distinct_row(ops.reshape(rows, (-1,)), lambda unique: (
+                    self.text_adapter(ops.take(table, unique, axis=0), training=training))),
+                tuple(ops.shape(rows)) + (self.embedding_dim,))
         else:  # catalogue scoring, serving: only the rows asked for
             vectors = self.text_adapter(ops.take(self._text_table(extra_text_vectors), rows,
                                                  axis=0), training=training)
@@ -356,13 +353,19 @@ class TwoTowerRecommender(keras.Model):
         (per replica, inside the step); other backends and XLA-compiled steps (no dynamic
         shapes) encode every row.
         """
+        return self._once_per_distinct_row(ops.cast(token_rows, "int32"),
+                                           lambda unique: self._encode_text(unique, training))
+
+    def _once_per_distinct_row(self, rows, fn):
+        """``fn(rows)`` for int rows ``[n, ...]``, running ``fn`` once per distinct row and
+        gathering the results back (TensorFlow's ``UniqueV2``, with ``deduplicate_items``);
+        other backends and XLA-compiled steps (no dynamic shapes) run every row."""
         if not self.deduplicate_items or keras.backend.backend() != "tensorflow":
-            return self._encode_text(token_rows, training)
+            return fn(rows)
         import tensorflow as tf  # pylint: disable=import-outside-toplevel  # TF backend only
 
-        rows = ops.cast(token_rows, "int32")
         unique, slot = tf.raw_ops.UniqueV2(x=rows, axis=tf.constant([0], tf.int64))
-        return ops.take(self._encode_text(unique, training), slot, axis=0)
+        return ops.take(fn(unique), slot, axis=0)
 
     def _encode_text(self, token_ids, training):
         token_ids = ops.cast(token_ids, "int32")

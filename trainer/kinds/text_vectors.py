@@ -93,7 +93,7 @@ def cached_text_vectors(texts: list, pretrained: str, max_tokens: int, pooling: 
                                                     trainable_layers)
     vectors = encoder.encode(list(texts), batch_size=batch_size)
     stored = vectors.astype(np.float16) if trainable_layers else vectors
-    vectors = stored.astype(np.float32)
+    vectors = stored.astype(np.float32, copy=False)
     seconds = round(time.time() - started, 1)
     log.info("frozen text vectors: %d texts encoded by %s in %.1f s", len(texts), pretrained,
              seconds)
