@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.sasrec_throughput import OursTrainer
     from benchmarks.timing import peak_rss_mb
     from trainer import config as config_lib
+    from trainer import kinds
     from trainer.errors import ConfigError
     from trainer.io import write_json
     from trainer.training import train_lib
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         configs = {row_name(k, loss): (k, config_lib.load_config(
             CONFIG, row_overrides(args.data_dir, args.pretrained, k, loss, args.overrides)))
             for k, loss in specs}
+        for _, cfg in configs.values():
+            kinds.for_config(cfg)  # each kind's own checks, before anything is written
     except (ConfigError, ValueError) as err:
         parser.error(str(err))
     os.makedirs(args.out, exist_ok=True)

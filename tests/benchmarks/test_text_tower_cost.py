@@ -52,3 +52,15 @@ def test_bad_arguments_exit_2_before_anything_is_written(tmp_path, capsys, extra
     assert exit_info.value.code == 2
     assert match in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_more_layers_than_the_checkpoint_has_exit_2_before_anything_is_written(tmp_path,
+                                                                               capsys):
+    data_dir = write_sequence_fixture(tmp_path / "data")
+    checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", num_layers=2)
+    with pytest.raises(SystemExit) as exit_info:
+        text_tower_cost.main(["--data_dir", str(data_dir), "--pretrained", checkpoint,
+                              "--out", str(tmp_path / "out"), "--layers", "3"])
+    assert exit_info.value.code == 2
+    assert "model.text_trainable_layers" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
