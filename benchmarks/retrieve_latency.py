@@ -24,7 +24,8 @@ seen items, so the bound is below it by construction.
 
 ``--ann_sizes`` (needs faiss-cpu, the ``ann`` extra) builds ``retrieval.ApproximateIndex``
 over the first n items of the index for each n, and reports its build time and, for each
-``--ann_ef`` search beam, recall@k against the exact top k of the same users (seen items
+``--ann_ef`` search beam (``--ann_neighbours`` = HNSW's M, ``--ann_storage`` the vectors'
+storage in the graph), recall@k against the exact top k of the same users (seen items
 excluded on both sides) and batch-1 latency p50/p99 (search and exact rescoring; the user
 tower not included).
 
@@ -155,7 +156,7 @@ def _probe(export_dir: str, inputs_dir: str, ks: list, batches: list, calls: int
 
 def approximate_figures(queries, present, vectors, seen, offset, sizes: list, k: int,
                         calls: int, ef_search: list, neighbours: int = 32,
-                        log=print) -> dict:
+                        storage: str = "flat", log=print) -> dict:
     """For each n of ``sizes``: ``retrieval.ApproximateIndex`` over the first n items, its
     build time and, for each ``ef_search``, recall@k against exact retrieval (seen items
     excluded on both sides) and batch-1 latency of search + exact rescoring."""
@@ -169,9 +170,9 @@ def approximate_figures(queries, present, vectors, seen, offset, sizes: list, k:
         exact, _ = retrieval.top_k(retrieval.catalogue_scores(queries, present, items, offset),
                                    k, exclude)
         started = time.perf_counter()
-        index = retrieval.ApproximateIndex(items, neighbours=neighbours)
+        index = retrieval.ApproximateIndex(items, neighbours=neighbours, storage=storage)
         figures[str(size)] = per_size = {
-            "build_seconds": time.perf_counter() - started, "k": k,
+            "build_seconds": time.perf_counter() - started, "k": k, "storage": storage,
             "neighbours": index.neighbours, "ef_construction": index.ef_construction,
             "candidates": index.candidates, "ef_search": {}}
         for ef in ef_search:
@@ -216,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ann_ef", type=int, nargs="+", default=[256, 512, 1024],
                         help="HNSW search beams measured (one build per size)")
     parser.add_argument("--ann_neighbours", type=int, default=32, help="HNSW's M")
+    parser.add_argument("--ann_storage", default="flat", choices=["flat", "fp16", "sq8"],
+                        help="how the HNSW graph stores the vectors it walks "
+                             "(retrieval.ApproximateIndex)")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--export_dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -264,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ann_sizes:
         result["approximate"] = approximate_figures(queries, present, vectors, seen, offset,
                                                     args.ann_sizes, args.ann_k, args.calls,
-                                                    args.ann_ef, args.ann_neighbours)
+                                                    args.ann_ef, args.ann_neighbours,
+                                                    args.ann_storage)
     os.remove(os.path.join(args.out, "retrieval_vectors.npy"))  # 260 MB at 1M items
     with open(os.path.join(args.out, "retrieve_latency.json"), "w") as f:
         json.dump(result, f, indent=2)

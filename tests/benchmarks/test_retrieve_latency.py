@@ -49,7 +49,7 @@ def test_a_grown_synthetic_index_is_served_and_the_approximate_index_measured(
                                   "--k", "3", "--batches", "1", "2",
                                   "--num_items", str(real + 400),
                                   "--ann_sizes", str(real + 400), "--ann_k", "5",
-                                  "--ann_ef", "16", "64"]) == 0
+                                  "--ann_ef", "16", "64", "--ann_storage", "sq8"]) == 0
     with open(os.path.join(out, "retrieve_latency.json")) as f:
         result = json.load(f)
     assert result["index_items"] == real + 400 and result["synthetic_items"] == 400
@@ -57,6 +57,7 @@ def test_a_grown_synthetic_index_is_served_and_the_approximate_index_measured(
     _check_probe(result["fresh_process"], [3], [1, 2])
     approximate = result["approximate"][str(real + 400)]
     assert approximate["k"] == 5 and approximate["build_seconds"] > 0
+    assert approximate["storage"] == "sq8"
     assert set(approximate["ef_search"]) == {"16", "64"}
     for figures in approximate["ef_search"].values():
         assert 0.8 <= figures["recall_at_k"] <= 1.0

@@ -96,21 +96,38 @@ class ApproximateIndex:
       neighbours: HNSW's M (graph degree); ``ef_construction`` its build-time beam.
       ef_search: the search beam (at least ``candidates``; raised to it when lower).
       candidates: items proposed per query before the exact rescoring.
+      storage: how the graph stores the vectors it walks: ``flat`` (float32), ``fp16`` or
+        ``sq8`` (faiss' scalar quantizer, 1 byte a coordinate). The graph search is bound
+        by fetching vectors from memory; a smaller copy costs less per step, and the exact
+        rescoring reads the float32 vectors, so only which items are proposed changes.
     """
 
+    STORAGE = ("flat", "fp16", "sq8")
+
     def __init__(self, vectors: np.ndarray, neighbours: int = 32, ef_construction: int = 200,
-                 ef_search: int = 512, candidates: int = 128):
+                 ef_search: int = 512, candidates: int = 128, storage: str = "flat"):
         try:
             import faiss  # pylint: disable=import-outside-toplevel  # optional extra
         except ImportError as error:
             raise UserInputError("the approximate index needs faiss-cpu: pip install -e "
                                  "'.[ann]' (or pip install faiss-cpu==1.15.1)") from error
+        if storage not in self.STORAGE:
+            raise UserInputError(f"storage must be one of {', '.join(self.STORAGE)}, got "
+                                 f"{storage!r}")
         self.vectors = np.ascontiguousarray(vectors, np.float32)
-        self.index = faiss.IndexHNSWFlat(self.vectors.shape[1], neighbours,
-                                         faiss.METRIC_INNER_PRODUCT)
+        dimension = self.vectors.shape[1]
+        if storage == "flat":
+            self.index = faiss.IndexHNSWFlat(dimension, neighbours, faiss.METRIC_INNER_PRODUCT)
+        else:
+            quantizer = {"fp16": faiss.ScalarQuantizer.QT_fp16,
+                         "sq8": faiss.ScalarQuantizer.QT_8bit}[storage]
+            self.index = faiss.IndexHNSWSQ(dimension, quantizer, neighbours,
+                                           faiss.METRIC_INNER_PRODUCT)
+            self.index.train(self.vectors)  # each coordinate's range, for the 8-bit codes
         self.index.hnsw.efConstruction = ef_construction
         self.index.add(self.vectors)
         self.neighbours, self.ef_construction = neighbours, ef_construction
+        self.storage = storage
         self.candidates = candidates
         self.ef_search = ef_search
 

@@ -218,7 +218,8 @@ def test_retrieval_vectors_and_queries_give_the_model_logits(similarity, max_int
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_approximate_index_proposes_what_exact_retrieval_finds_and_scores_it_exactly():
+@pytest.mark.parametrize("storage", retrieval.ApproximateIndex.STORAGE)
+def test_approximate_index_proposes_what_exact_retrieval_finds_and_scores_it_exactly(storage):
     pytest.importorskip("faiss")
     rng = np.random.default_rng(2)
     vectors = rng.normal(size=(3000, 9)).astype(np.float32)
@@ -229,7 +230,7 @@ def test_approximate_index_proposes_what_exact_retrieval_finds_and_scores_it_exa
     exclude = [[], [5, 6, 7], [], [], list(range(50))]
     exact_positions, exact_logits = retrieval.top_k(
         retrieval.catalogue_scores(queries, present, vectors, 0.5), 10, exclude)
-    index = retrieval.ApproximateIndex(vectors, candidates=64)
+    index = retrieval.ApproximateIndex(vectors, candidates=64, storage=storage)
     positions, logits = index.search(queries, present, 10, offset=0.5, exclude=exclude)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(positions, exact_positions)])
     assert recall >= 0.9
@@ -240,3 +241,9 @@ def test_approximate_index_proposes_what_exact_retrieval_finds_and_scores_it_exa
                                            vectors[positions[row]], 0.5)[0]
         np.testing.assert_allclose(logits[row], exact, rtol=1e-6)
     np.testing.assert_allclose(logits[:, 0], exact_logits[:, 0], rtol=1e-6)
+
+
+def test_approximate_index_refuses_an_unknown_storage():
+    pytest.importorskip("faiss")
+    with pytest.raises(UserInputError, match="storage must be one of flat, fp16, sq8"):
+        retrieval.ApproximateIndex(np.zeros((10, 4), np.float32), storage="pq")
