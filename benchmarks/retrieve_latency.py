@@ -43,6 +43,8 @@ import time
 
 import numpy as np
 
+from trainer.serving import retrieval  # light: numpy only, no TensorFlow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -96,9 +98,7 @@ def _requests(model_dir: str, users: int) -> dict:
 def numpy_bound(queries, present, vectors, k: int, offset: float) -> np.ndarray:
     """The top ``k`` positions of each user, best first: one inner product per query
     against every item, then ``argpartition`` and a sort of the k (the lower bound)."""
-    from trainer.serving.retrieval import catalogue_scores
-
-    scores = catalogue_scores(queries, present, vectors, offset)
+    scores = retrieval.catalogue_scores(queries, present, vectors, offset)
     top = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
     order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
     return np.take_along_axis(top, order, axis=1)
@@ -161,7 +161,6 @@ def approximate_figures(queries, present, vectors, seen, offset, sizes: list, k:
     build time and, for each ``ef_search``, recall@k against exact retrieval (seen items
     excluded on both sides) and batch-1 latency of search + exact rescoring."""
     from benchmarks.timing import call_times, quantile
-    from trainer.serving import retrieval
 
     figures = {}
     for size in sizes:
@@ -217,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ann_ef", type=int, nargs="+", default=[256, 512, 1024],
                         help="HNSW search beams measured (one build per size)")
     parser.add_argument("--ann_neighbours", type=int, default=32, help="HNSW's M")
-    parser.add_argument("--ann_storage", default="flat", choices=["flat", "fp16", "sq8"],
+    parser.add_argument("--ann_storage", default="flat",
+                        choices=retrieval.ApproximateIndex.STORAGE,
                         help="how the HNSW graph stores the vectors it walks "
                              "(retrieval.ApproximateIndex)")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
