@@ -125,12 +125,15 @@ both.
 
 Outputs in ``--out``: ``quality.json`` ({"protocol": {...}, "rows": [...]}), ``data_info.json``
 (what the loader read and skipped), ``config.yaml`` (the resolved base config) and
-``time_to_quality.png``.
+``time_to_quality.png``. While the run goes on, ``quality.partial.json`` holds the rows
+finished so far with their paired differences (rewritten after each row, deleted once
+``quality.json`` is written), so a long run stopped early keeps what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import logging
 import math
@@ -163,6 +166,8 @@ METRICS = ("hr@10", "ndcg@10", "mrr", "auc")
 # @50 as the sequential benchmarks publish it (UniSRec, VQ-Rec: Recall and NDCG@10/50).
 FULL_METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr", "hr@100")
 FULL_KS = (10, 50, 100)
+# The finished rows of a run still going (or stopped): see _write_partial.
+PARTIAL_FILE = "quality.partial.json"
 KS = (10,)
 _CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # --dataset -> (data.source, default --config, data.sequences.name). "scientific" is the
@@ -905,6 +910,20 @@ def run(args, names: list, per_model: dict) -> dict:
     # Catalogue logits of the rows an --ensemble combines, [users, items + 1].
     ensembled = {m for spec in args.ensemble for m in spec.split("+")}
     kept_logits = {}
+
+    def row_finished() -> None:
+        """Adds each ensemble whose members are all ranked, then saves what is finished
+        (``quality.partial.json``), so a run stopped later keeps its finished rows."""
+        done = {row["model"] for row in rows}
+        for spec in args.ensemble:
+            if spec not in done and all(m in kept_logits for m in spec.split("+")):
+                row, per_user_all[spec], per_user_full_all[spec] = _ensemble_row(
+                    spec, kept_logits, rows, user_rows, rated, test, scored, args.bootstrap,
+                    seed)
+                full_rows_of[spec] = all_rows
+                rows.append(row)
+        _write_partial(args.out, rows, per_user_all, per_user_full_all, len(scored),
+                       args.bootstrap, seed)
     for name in names:
         if name in recbole_peer.ROWS:
             row, per_user_all[name], per_user_full_all[name] = _recbole_row(
@@ -912,6 +931,7 @@ def run(args, names: list, per_model: dict) -> dict:
                 kept_logits if name in ensembled else None)
             full_rows_of[name] = all_rows
             rows.append(row)
+            row_finished()
             continue
         overrides = list(row_overrides()[name])
         if name == "bert_pretrained":
@@ -1023,6 +1043,7 @@ def run(args, names: list, per_model: dict) -> dict:
             row["settings"]["pretrained"] = args.pretrained
             row["settings"]["eval_users_subset"] = eval_subset is not None
         rows.append(row)
+        row_finished()
         full_ndcg = row["full_ranking"].get("ndcg@10", float("nan"))
         print(f"   {name}: hr@10 {row['hr@10']:.4f}  ndcg@10 {row['ndcg@10']:.4f}  "
               f"full-ranking ndcg@10 {full_ndcg:.4f} ({len(full_rows)} users)  train "
@@ -1030,6 +1051,9 @@ def run(args, names: list, per_model: dict) -> dict:
               f"{row['full_ranking'].get('score_seconds', 0.0):.1f} s", flush=True)
         keras.backend.clear_session()  # free the graph before the next model
 
+    # The ensembles were added as soon as their members were ranked; they are listed last.
+    rows = ([row for row in rows if "ensemble_of" not in row]
+            + [row for row in rows if "ensemble_of" in row])
     for row in rows:
         if row["model"] == "bert_pretrained" and eval_subset is not None:
             row["comparison_on_subset"] = {
@@ -1038,15 +1062,11 @@ def run(args, names: list, per_model: dict) -> dict:
         if row["full_ranking"].get("users_subset"):
             subset = full_rows_of[row["model"]]
             row["full_ranking"]["comparison_on_subset"] = {
-                name: summarize(values, subset, args.bootstrap, seed, FULL_METRICS)
-                for name, values in per_user_full_all.items()
-                if np.isfinite(values["mrr"][subset]).all()}
+                other["model"]: summarize(per_user_full_all[other["model"]], subset,
+                                          args.bootstrap, seed, FULL_METRICS)
+                for other in rows if other["model"] in per_user_full_all
+                and np.isfinite(per_user_full_all[other["model"]]["mrr"][subset]).all()}
 
-    for spec in args.ensemble:
-        row, per_user_all[spec], per_user_full_all[spec] = _ensemble_row(
-            spec, kept_logits, rows, user_rows, rated, test, scored, args.bootstrap, seed)
-        full_rows_of[spec] = all_rows
-        rows.append(row)
     _add_paired_differences(rows, per_user_full_all, len(scored), args.bootstrap, seed)
     _add_paired_differences(rows, per_user_all, len(scored), args.bootstrap, seed, None)
     cold_start = _cold_start(rows, per_user_full_all, info, ids, user_rows, args.bootstrap,
@@ -1155,7 +1175,25 @@ def run(args, names: list, per_model: dict) -> dict:
     write_json(os.path.join(args.out, "quality.json"), result, sort_keys=False)
     write_json(os.path.join(args.out, "data_info.json"), info)
     atomic_write_text(os.path.join(args.out, "config.yaml"), config_lib.dump_yaml(base))
+    partial = os.path.join(args.out, PARTIAL_FILE)
+    if os.path.exists(partial):
+        os.remove(partial)  # quality.json now holds every row
     return result
+
+
+def _write_partial(out: str, rows: list, per_user: dict, per_user_full: dict, users: int,
+                   bootstrap: int, seed: int) -> None:
+    """Writes ``PARTIAL_FILE``: the rows finished so far with their paired differences
+    (sampled and full ranking), rewritten after each row. The full run replaces it with
+    ``quality.json`` (protocol, cold start, subsets) and deletes it."""
+    from trainer.io import write_json
+
+    finished = copy.deepcopy(rows)
+    _add_paired_differences(finished, per_user_full, users, bootstrap, seed)
+    _add_paired_differences(finished, per_user, users, bootstrap, seed, None)
+    write_json(os.path.join(out, PARTIAL_FILE),
+               {"partial": True, "finished": [row["model"] for row in finished],
+                "rows": finished}, sort_keys=False)
 
 
 def time_to_quality(wall_seconds, values, epoch_train_seconds, examples_per_epoch: int,

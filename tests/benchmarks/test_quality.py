@@ -181,6 +181,8 @@ def test_quality_json_structure(quality_run):
     assert os.path.exists(os.path.join(out, "data_info.json"))
     assert os.path.exists(os.path.join(out, "config.yaml"))
     assert not [n for n in os.listdir(out) if ".tmp" in n]
+    # The finished-rows file lives only while the run does.
+    assert not os.path.exists(os.path.join(out, quality.PARTIAL_FILE))
 
 
 def test_every_row_is_scored_on_the_same_users_and_candidates(quality_run):
@@ -258,7 +260,8 @@ def test_only_the_cross_encoder_is_ranked_on_a_user_subset(quality_run):
     bert = rows["bert"]["full_ranking"]
     assert bert["pairwise"] and bert["users_subset"]
     assert bert["users_evaluated"] == PAIRWISE_USERS
-    assert list(bert["comparison_on_subset"]) == ROWS
+    # Every row fully ranked for these users, the ensemble included.
+    assert list(bert["comparison_on_subset"]) == ROWS + ["sasrec+two_tower"]
     for name, values in bert["comparison_on_subset"].items():
         assert values["users_evaluated"] == PAIRWISE_USERS, name
     for key in quality.FULL_METRICS:
@@ -522,3 +525,33 @@ def test_bad_ensembles_exit_2(ml_dir, tmp_path, capsys, spec):
     assert quality.main(_argv(ml_dir, tmp_path, "--models", "popularity,sasrec",
                               "--ensemble", spec)) == 2
     assert "--ensemble" in capsys.readouterr().err
+
+
+def test_a_stopped_run_keeps_its_finished_rows_with_paired_differences(
+        ml_dir, tmp_path, monkeypatch):
+    """The third row is stopped: quality.json is never written, but quality.partial.json
+    holds the two finished rows, each with its paired difference against the other."""
+    real_fit, calls = train_lib.fit_model, []
+
+    def fit_then_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what stopping a long run by hand raises
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train_lib, "fit_model", fit_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        quality.main(_argv(ml_dir, tmp_path, "--models", "popularity,mf,sasrec",
+                           "--set_for", "mf:train.epochs=1"))
+    assert not os.path.exists(tmp_path / "quality.json")
+    with open(tmp_path / quality.PARTIAL_FILE) as f:
+        partial = json.load(f)
+    assert partial["partial"] is True
+    assert partial["finished"] == ["popularity", "mf"]
+    rows = {row["model"]: row for row in partial["rows"]}
+    difference = rows["mf"]["full_ranking"]["paired_difference"]["popularity"]["ndcg@10"]
+    assert difference["mean"] == pytest.approx(
+        rows["mf"]["full_ranking"]["ndcg@10"] - rows["popularity"]["full_ranking"]["ndcg@10"],
+        abs=1e-9)
+    assert difference["ci95"][0] <= difference["mean"] <= difference["ci95"][1]
+    assert "popularity" in rows["mf"]["paired_difference"]  # the sampled protocol too
