@@ -2,7 +2,8 @@
 GRU4Rec, two-tower and cross-encoder BERT, one protocol.
 
     python -m benchmarks.quality --dataset scientific --data_dir PATH/amazon-scientific \\
-        --out runs/quality_scientific --models popularity,sasrec,two_tower
+        --out runs/quality_scientific --models popularity,sasrec,frozen_text_ids \\
+        --pretrained PATH/all-MiniLM-L6-v2 [--ensemble sasrec+frozen_text_ids]
     python -m benchmarks.quality --dataset movielens --data_dir ../shared/data/ml-latest-small \\
         --out runs/quality [--config configs/movielens.yaml] [--set train.epochs=2 ...] \\
         [--models popularity,mf,sasrec,two_tower,bert,bert_rerank] [--bootstrap 1000] \\
@@ -71,7 +72,9 @@ pairwise ``predict`` logits on the sampled candidates (it should be ~1e-6).
 
 The sequential benchmarks (``--dataset sequences``, any directory of RecBole atomic files:
 trainer/data/sequences.py; ``--dataset scientific``, the same with the Amazon Scientific
-files' prefix; default config configs/sequences.yaml) keep everything above but the split
+files' prefix and by default configs/scientific.yaml, the tuned recipe, with its per-row
+settings ``RECIPE_SET_FOR``; ``sequences`` defaults to configs/sequences.yaml, or pass
+``--config configs/scientific.yaml``) keep everything above but the split
 and the exclusions, which follow the published figures on those files: the split is the
 files' own (leave-one-out), and full ranking ranks each test target against every item,
 the user's history included (RecBole's full-sort evaluation of a sequential model masks
@@ -175,7 +178,7 @@ _CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 DATASETS = {
     "movielens": ("movielens", os.path.join(_CONFIGS, "movielens.yaml"), None),
     "sequences": ("sequences", os.path.join(_CONFIGS, "sequences.yaml"), None),
-    "scientific": ("sequences", os.path.join(_CONFIGS, "sequences.yaml"), "Scientific"),
+    "scientific": ("sequences", os.path.join(_CONFIGS, "scientific.yaml"), "Scientific"),
 }
 DEFAULT_CONFIG = DATASETS["movielens"][1]
 # Published full-ranking figures on the same files (leave-one-out as the files define,
@@ -292,6 +295,23 @@ DEFAULT_SET_FOR = {"mf": ["train.epochs=30", "train.learning_rate=3e-3", "model.
                             "train.steps_per_epoch=781"],
                    "bert_rerank": ["train.batch_size=64", "train.epochs=3",
                                    "train.steps_per_epoch=781"]}
+
+
+# Per-row settings that belong to a config's recipe (applied after DEFAULT_SET_FOR, before
+# --set_for, whenever --config resolves to that file). configs/scientific.yaml's, measured
+# on Amazon Scientific at width 128 (docs/benchmarks.md): cross-entropy over all 4,385
+# items for the rows with cached item vectors and no text tower to run per item; the frozen
+# rows read MiniLM's mean-pooled vectors through UniSRec's mixture of whitening experts;
+# dropout 0.3 for frozen_text_ids, which overfits from its 5th epoch at 0.1 (test NDCG@10
+# 0.0643 against 0.0638: within the intervals, kept for the steadier validation curve).
+_FROZEN_RECIPE = ["train.loss=full_softmax", "model.adapter=moe", "model.pooling=mean"]
+RECIPE_SET_FOR = {
+    os.path.join(_CONFIGS, "scientific.yaml"): {
+        "sasrec": ["train.loss=full_softmax"],
+        "frozen_text": list(_FROZEN_RECIPE),
+        "frozen_text_ids": _FROZEN_RECIPE + ["model.dropout=0.3"],
+    },
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -456,8 +476,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--config", default="",
                         help="base YAML config (default: configs/movielens.yaml for "
-                             "movielens, configs/sequences.yaml for the sequential "
-                             "benchmarks)")
+                             "movielens, configs/scientific.yaml -- the tuned recipe -- "
+                             "for scientific, configs/sequences.yaml for sequences)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="dotted override for every model, repeatable")
     parser.add_argument("--set_for", action="append", default=[], metavar="MODEL:KEY=VALUE",
@@ -551,7 +571,13 @@ def _models(args) -> list:
 
 
 def _per_model_overrides(args) -> dict:
-    out = {name: list(DEFAULT_SET_FOR.get(name, [])) for name in row_overrides()}
+    """Row name -> its overrides: DEFAULT_SET_FOR, then the base config's RECIPE_SET_FOR,
+    then --set_for (later ones win; all recorded in the row)."""
+    config = os.path.realpath(args.config or DATASETS[args.dataset][1])
+    recipe = next((rows for path, rows in RECIPE_SET_FOR.items()
+                   if os.path.realpath(path) == config), {})
+    out = {name: DEFAULT_SET_FOR.get(name, []) + recipe.get(name, [])
+           for name in row_overrides()}
     for item in args.set_for:
         name, sep, override = item.partition(":")
         if not sep or name not in row_overrides() or "=" not in override:

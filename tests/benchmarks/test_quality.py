@@ -166,6 +166,53 @@ def test_set_for_extends_the_tuned_defaults():
     assert quality.DEFAULT_SET_FOR["mf"]  # the tuned settings are recorded
 
 
+# The long command the Scientific figures in docs/benchmarks.md were measured with.
+MEASURED_SCIENTIFIC_SET = [
+    "data.sequences.eval_negatives=19", "data.item_max_tokens=64", "data.sequence_length=67",
+    "model.max_sequence_length=67", "data.max_history=20", "model.similarity=cosine",
+    "model.max_interest=false", "model.user_pooling=first",
+    "train.early_stopping_patience=5", "model.hidden_dim=128"]
+MEASURED_SCIENTIFIC_SET_FOR = {
+    "sasrec": ["train.loss=full_softmax"],
+    "frozen_text_ids": ["train.loss=full_softmax", "model.adapter=moe", "model.pooling=mean",
+                        "model.dropout=0.3"]}
+
+
+def test_the_scientific_recipe_is_the_measured_command():
+    """configs/scientific.yaml plus RECIPE_SET_FOR resolve to exactly the configs of the
+    measured command (configs/sequences.yaml with its --set / --set_for flags), row by row."""
+    def resolved(config, overrides):
+        cfg = config_lib.load_config(os.path.join(REPO, "configs", config), overrides)
+        cfg.name = ""
+        return config_lib.dump_yaml(cfg)
+
+    args = quality._parser().parse_args(["--dataset", "scientific", "--data_dir", "d",
+                                         "--out", "o"])
+    per_model = quality._per_model_overrides(args)
+    for name, measured in MEASURED_SCIENTIFIC_SET_FOR.items():
+        row = quality.row_overrides()[name]
+        assert resolved("scientific.yaml", row + per_model[name]) == resolved(
+            "sequences.yaml", MEASURED_SCIENTIFIC_SET + row + measured), name
+
+
+@pytest.mark.parametrize("argv, recipe", [
+    (["--dataset", "scientific"], True),
+    (["--dataset", "sequences", "--config", os.path.join(REPO, "configs", "scientific.yaml")],
+     True),
+    (["--dataset", "sequences"], False),
+    (["--dataset", "movielens"], False),
+])
+def test_the_recipe_rows_follow_the_config(argv, recipe):
+    args = quality._parser().parse_args(argv + ["--data_dir", "d", "--out", "o", "--set_for",
+                                                "sasrec:train.learning_rate=3e-4"])
+    per_model = quality._per_model_overrides(args)
+    expected = ["train.loss=full_softmax"] if recipe else []
+    # --set_for comes last, so it overrides the recipe.
+    assert per_model["sasrec"] == expected + ["train.learning_rate=3e-4"]
+    assert ("model.dropout=0.3" in per_model["frozen_text_ids"]) == recipe
+    assert per_model["mf"] == quality.DEFAULT_SET_FOR["mf"]
+
+
 # ----------------------------------------------------------------------------- end to end
 
 def test_quality_json_structure(quality_run):
