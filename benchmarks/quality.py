@@ -1069,12 +1069,12 @@ def run(args, names: list, per_model: dict) -> dict:
             row["settings"]["pretrained"] = args.pretrained
             row["settings"]["eval_users_subset"] = eval_subset is not None
         rows.append(row)
-        row_finished()
         full_ndcg = row["full_ranking"].get("ndcg@10", float("nan"))
         print(f"   {name}: hr@10 {row['hr@10']:.4f}  ndcg@10 {row['ndcg@10']:.4f}  "
               f"full-ranking ndcg@10 {full_ndcg:.4f} ({len(full_rows)} users)  train "
               f"{train_seconds:.1f} s  score {score_seconds:.1f} s + "
               f"{row['full_ranking'].get('score_seconds', 0.0):.1f} s", flush=True)
+        row_finished()
         keras.backend.clear_session()  # free the graph before the next model
 
     # The ensembles were added as soon as their members were ranked; they are listed last.

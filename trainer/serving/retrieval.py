@@ -100,12 +100,22 @@ class ApproximateIndex:
         ``sq8`` (faiss' scalar quantizer, 1 byte a coordinate). The graph search is bound
         by fetching vectors from memory; a smaller copy costs less per step, and the exact
         rescoring reads the float32 vectors, so only which items are proposed changes.
+      screen_ef: > 0 searches in two passes. A user's logit for an item is the best of its
+        queries, so a query whose best inner product is below the user's k-th best logit
+        adds nothing to the top k. The first pass runs every query with this narrow beam;
+        the k-th best exact logit of the union it proposes is a lower bound of the true
+        k-th; only the queries whose best logit over that union reaches it get the full
+        beam. A user's queries often point at different parts of the catalogue and only
+        some of them hold its top k, so the full beam runs for fewer queries; the price is
+        a query whose true best item both passes' narrow look missed.
+        ``screened_queries`` counts the queries the last search spared.
     """
 
     STORAGE = ("flat", "fp16", "sq8")
 
     def __init__(self, vectors: np.ndarray, neighbours: int = 32, ef_construction: int = 200,
-                 ef_search: int = 512, candidates: int = 128, storage: str = "flat"):
+                 ef_search: int = 512, candidates: int = 128, storage: str = "flat",
+                 screen_ef: int = 0):
         try:
             import faiss  # pylint: disable=import-outside-toplevel  # optional extra
         except ImportError as error:
@@ -130,6 +140,8 @@ class ApproximateIndex:
         self.storage = storage
         self.candidates = candidates
         self.ef_search = ef_search
+        self.screen_ef = screen_ef
+        self.screened_queries = 0
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -142,16 +154,36 @@ class ApproximateIndex:
         queries = np.asarray(queries, np.float32)
         present = np.asarray(present, bool)
         width = max(self.candidates, k + max((len(e) for e in exclude or []), default=0))
-        self.index.hnsw.efSearch = max(self.ef_search, width)
         rows, slots = np.nonzero(present)
-        _, proposed = self.index.search(np.ascontiguousarray(queries[rows, slots]), width)
-        positions = np.empty((len(queries), k), np.int64)
-        logits = np.empty((len(queries), k), np.float32)
-        for user in range(len(queries)):
-            found = np.unique(proposed[rows == user])
+        flat = np.ascontiguousarray(queries[rows, slots])
+
+        def unseen(proposals, user):
+            found = np.unique(proposals)
             found = found[found >= 0]
             if exclude is not None and len(exclude[user]):
                 found = np.setdiff1d(found, np.asarray(list(exclude[user]), np.int64))
+            return found
+
+        full = np.ones(len(rows), bool)  # the queries that get the full beam
+        first = np.full((len(rows), 0), -1, np.int64)
+        if self.screen_ef > 0:
+            first = self._propose(flat, self.screen_ef, self.screen_ef)
+            for user in range(len(queries)):
+                mine = np.flatnonzero(rows == user)
+                found = unseen(first[mine], user)
+                if len(mine) < 2 or len(found) < k:
+                    continue  # nothing to spare, or no bound yet: every query searches
+                best = flat[mine] @ self.vectors[found].T  # [queries, found]
+                kth = np.partition(best.max(axis=0), len(found) - k)[len(found) - k]
+                full[mine] = best.max(axis=1) >= kth
+        self.screened_queries = int((~full).sum())
+        second = np.full((len(rows), width), -1, np.int64)
+        second[full] = self._propose(flat[full], width, self.ef_search)
+        proposed = np.concatenate([first, second], axis=1)
+        positions = np.empty((len(queries), k), np.int64)
+        logits = np.empty((len(queries), k), np.float32)
+        for user in range(len(queries)):
+            found = unseen(proposed[rows == user], user)
             if len(found) < k:
                 raise UserInputError(f"the approximate index proposed {len(found)} unseen "
                                      f"items for row {user}, fewer than k={k}: raise "
@@ -161,6 +193,13 @@ class ApproximateIndex:
             order = np.argsort(-scores, kind="stable")[:k]
             positions[user], logits[user] = found[order], scores[order]
         return positions, logits
+
+    def _propose(self, flat_queries: np.ndarray, width: int, ef_search: int) -> np.ndarray:
+        """The graph's ``width`` proposals ``[q, width]`` (-1 pads) for each query row."""
+        if not len(flat_queries):
+            return np.empty((0, width), np.int64)
+        self.index.hnsw.efSearch = max(ef_search, width)
+        return self.index.search(flat_queries, width)[1]
 
 
 def fuse_and_rank(candidates: np.ndarray, retrieval_logits: np.ndarray,

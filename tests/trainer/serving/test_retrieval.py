@@ -218,8 +218,10 @@ def test_retrieval_vectors_and_queries_give_the_model_logits(similarity, max_int
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("storage", retrieval.ApproximateIndex.STORAGE)
-def test_approximate_index_proposes_what_exact_retrieval_finds_and_scores_it_exactly(storage):
+@pytest.mark.parametrize("storage, screen_ef", [
+    *[(storage, 0) for storage in retrieval.ApproximateIndex.STORAGE], ("flat", 32)])
+def test_approximate_index_proposes_what_exact_retrieval_finds_and_scores_it_exactly(
+        storage, screen_ef):
     pytest.importorskip("faiss")
     rng = np.random.default_rng(2)
     vectors = rng.normal(size=(3000, 9)).astype(np.float32)
@@ -230,7 +232,8 @@ def test_approximate_index_proposes_what_exact_retrieval_finds_and_scores_it_exa
     exclude = [[], [5, 6, 7], [], [], list(range(50))]
     exact_positions, exact_logits = retrieval.top_k(
         retrieval.catalogue_scores(queries, present, vectors, 0.5), 10, exclude)
-    index = retrieval.ApproximateIndex(vectors, candidates=64, storage=storage)
+    index = retrieval.ApproximateIndex(vectors, candidates=64, storage=storage,
+                                       screen_ef=screen_ef)
     positions, logits = index.search(queries, present, 10, offset=0.5, exclude=exclude)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(positions, exact_positions)])
     assert recall >= 0.9
@@ -241,6 +244,28 @@ def test_approximate_index_proposes_what_exact_retrieval_finds_and_scores_it_exa
                                            vectors[positions[row]], 0.5)[0]
         np.testing.assert_allclose(logits[row], exact, rtol=1e-6)
     np.testing.assert_allclose(logits[:, 0], exact_logits[:, 0], rtol=1e-6)
+
+
+def test_the_screen_spares_only_queries_that_cannot_reach_the_top_k():
+    """User 0's second query is a hundredth of its first's length: its best logit is far
+    below the first query's 10th, so the full beam skips it, and the top 10 is still the
+    exact one. User 1's two queries point at opposite halves of the catalogue and share its
+    top 10: neither is spared."""
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(2000, 8)).astype(np.float32)
+    direction = rng.normal(size=8).astype(np.float32)
+    queries = np.stack([np.stack([3 * direction, 0.01 * rng.normal(size=8)]),
+                        np.stack([direction, -direction])]).astype(np.float32)
+    present = np.ones((2, 2), bool)
+    exact, _ = retrieval.top_k(retrieval.catalogue_scores(queries, present, vectors), 10)
+    index = retrieval.ApproximateIndex(vectors, candidates=32, screen_ef=32)
+    positions, _ = index.search(queries, present, 10)
+    assert index.screened_queries == 1
+    np.testing.assert_array_equal(positions, exact)
+    index.screen_ef = 0  # one pass: every query gets the full beam
+    np.testing.assert_array_equal(index.search(queries, present, 10)[0], exact)
+    assert index.screened_queries == 0
 
 
 def test_approximate_index_refuses_an_unknown_storage():
