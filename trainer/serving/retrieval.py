@@ -106,8 +106,8 @@ class ApproximateIndex:
         the k-th best exact logit of the union it proposes is a lower bound of the true
         k-th; only the queries whose best logit over that union reaches it get the full
         beam. A user's queries often point at different parts of the catalogue and only
-        some of them hold its top k, so the full beam runs for fewer queries; the price is
-        a query whose true best item both passes' narrow look missed.
+        some of them hold its top k, so the full beam runs for fewer queries. The price: a
+        query is spared wrongly when the narrow pass missed its items that reach the bound.
         ``screened_queries`` counts the queries the last search spared.
     """
 
