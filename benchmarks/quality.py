@@ -936,6 +936,8 @@ def run(args, names: list, per_model: dict) -> dict:
     # Catalogue logits of the rows an --ensemble combines, [users, items + 1].
     ensembled = {m for spec in args.ensemble for m in spec.split("+")}
     kept_logits = {}
+    # Each pair's bootstrap, computed once: the partial file is rewritten after every row.
+    paired_memo = {}
 
     def row_finished() -> None:
         """Adds each ensemble whose members are all ranked, then saves what is finished
@@ -949,7 +951,7 @@ def run(args, names: list, per_model: dict) -> dict:
                 full_rows_of[spec] = all_rows
                 rows.append(row)
         _write_partial(args.out, rows, per_user_all, per_user_full_all, len(scored),
-                       args.bootstrap, seed)
+                       args.bootstrap, seed, paired_memo)
     for name in names:
         if name in recbole_peer.ROWS:
             row, per_user_all[name], per_user_full_all[name] = _recbole_row(
@@ -1093,8 +1095,10 @@ def run(args, names: list, per_model: dict) -> dict:
                 for other in rows if other["model"] in per_user_full_all
                 and np.isfinite(per_user_full_all[other["model"]]["mrr"][subset]).all()}
 
-    _add_paired_differences(rows, per_user_full_all, len(scored), args.bootstrap, seed)
-    _add_paired_differences(rows, per_user_all, len(scored), args.bootstrap, seed, None)
+    _add_paired_differences(rows, per_user_full_all, len(scored), args.bootstrap, seed,
+                            memo=paired_memo)
+    _add_paired_differences(rows, per_user_all, len(scored), args.bootstrap, seed, None,
+                            paired_memo)
     cold_start = _cold_start(rows, per_user_full_all, info, ids, user_rows, args.bootstrap,
                              seed)
 
@@ -1208,15 +1212,15 @@ def run(args, names: list, per_model: dict) -> dict:
 
 
 def _write_partial(out: str, rows: list, per_user: dict, per_user_full: dict, users: int,
-                   bootstrap: int, seed: int) -> None:
+                   bootstrap: int, seed: int, memo: dict | None = None) -> None:
     """Writes ``PARTIAL_FILE``: the rows finished so far with their paired differences
     (sampled and full ranking), rewritten after each row. The full run replaces it with
     ``quality.json`` (protocol, cold start, subsets) and deletes it."""
     from trainer.io import write_json
 
     finished = copy.deepcopy(rows)
-    _add_paired_differences(finished, per_user_full, users, bootstrap, seed)
-    _add_paired_differences(finished, per_user, users, bootstrap, seed, None)
+    _add_paired_differences(finished, per_user_full, users, bootstrap, seed, memo=memo)
+    _add_paired_differences(finished, per_user, users, bootstrap, seed, None, memo)
     write_json(os.path.join(out, PARTIAL_FILE),
                {"partial": True, "finished": [row["model"] for row in finished],
                 "rows": finished}, sort_keys=False)
@@ -1320,22 +1324,31 @@ def _ensemble_row(spec: str, kept_logits: dict, rows: list, user_rows, rated, te
 
 
 def _add_paired_differences(rows: list, per_user: dict, users: int, bootstrap: int,
-                            seed: int, section: str | None = "full_ranking") -> None:
+                            seed: int, section: str | None = "full_ranking",
+                            memo: dict | None = None) -> None:
     """Each row scored for every user gets ``paired_difference`` (in ``row[section]``, or
     in the row itself for ``section=None``, the sampled protocol): for every other such
     row, the mean per-user difference (this row minus that one) of ``PAIRED_METRICS``
     with a paired bootstrap 95% interval over users (the same users, so user-to-user
-    spread cancels); an interval above 0 says this row ranks better."""
+    spread cancels); an interval above 0 says this row ranks better. ``memo`` keeps each
+    pair's result across calls (a row's per-user values never change once it is ranked)."""
+    memo = {} if memo is None else memo
     complete = [row["model"] for row in rows if row["model"] in per_user
                 and np.isfinite(per_user[row["model"]]["mrr"]).sum() == users]
     for row in rows:
         if row["model"] not in complete:
             continue
         mine = per_user[row["model"]]
-        (row if section is None else row[section])["paired_difference"] = {
-            other: {key: _paired(mine[key] - per_user[other][key], bootstrap, seed)
-                    for key in PAIRED_METRICS}
-            for other in complete if other != row["model"]}
+        pairs = {}
+        for other in complete:
+            if other == row["model"]:
+                continue
+            for key in PAIRED_METRICS:
+                at = (section, row["model"], other, key)
+                if at not in memo:
+                    memo[at] = _paired(mine[key] - per_user[other][key], bootstrap, seed)
+                pairs.setdefault(other, {})[key] = memo[at]
+        (row if section is None else row[section])["paired_difference"] = pairs
 
 
 def _paired(difference: np.ndarray, bootstrap: int, seed: int) -> dict:

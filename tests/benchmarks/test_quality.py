@@ -567,6 +567,30 @@ def test_standardized_scores_by_hand():
     np.testing.assert_allclose(z[1], 0.0)  # a constant row does not divide by zero
 
 
+def test_paired_differences_are_bootstrapped_once_per_pair(monkeypatch):
+    rng = np.random.default_rng(0)
+    per_user = {name: {key: rng.random(30) for key in ("mrr", *quality.PAIRED_METRICS)}
+                for name in ("a", "b", "c")}
+    calls = []
+    real = quality._paired
+    monkeypatch.setattr(quality, "_paired",
+                        lambda difference, *args: calls.append(1) or real(difference, *args))
+    memo = {}
+    first = [{"model": "a"}, {"model": "b"}]
+    quality._add_paired_differences(first, per_user, 30, 50, 0, None, memo)
+    assert len(calls) == 2 * len(quality.PAIRED_METRICS)  # a-b and b-a
+    rows = [{"model": "a"}, {"model": "b"}, {"model": "c"}]
+    quality._add_paired_differences(rows, per_user, 30, 50, 0, None, memo)
+    assert len(calls) == 6 * len(quality.PAIRED_METRICS)  # only the pairs with c are new
+    assert rows[0]["paired_difference"]["b"] == first[0]["paired_difference"]["b"]
+    fresh = [{"model": "a"}, {"model": "b"}, {"model": "c"}]
+    quality._add_paired_differences(fresh, per_user, 30, 50, 0, None)
+    assert fresh == rows  # the memo changes nothing but the work
+    difference = per_user["c"]["ndcg@10"] - per_user["a"]["ndcg@10"]
+    assert rows[2]["paired_difference"]["a"]["ndcg@10"]["mean"] == pytest.approx(
+        difference.mean())
+
+
 @pytest.mark.parametrize("spec", ["sasrec", "sasrec+sasrec", "sasrec+nope"])
 def test_bad_ensembles_exit_2(ml_dir, tmp_path, capsys, spec):
     assert quality.main(_argv(ml_dir, tmp_path, "--models", "popularity,sasrec",
