@@ -204,6 +204,9 @@ class ModelConfig:
     # how each item text becomes one vector)
     pooling: str = "cls"
     normalize_first: bool = False  # random init only: pre-LN blocks (see pre_ln_bert_backbone)
+    # Feed-forward activation of the pre-LN blocks (normalize_first=true): gelu | relu
+    # (cheaper on a CPU). keras-hub's post-LN BertBackbone keeps its own GELU.
+    activation: str = "gelu"
     max_sequence_length: int = 128
     embedding_dim: int = 32  # matrix factorisation
     l2: float = 0.0  # matrix factorisation embeddings / glass_box per-word weights: L2
@@ -677,6 +680,13 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.distill.unlabelled_per_example < 0:
         raise ConfigError("config key 'distill.unlabelled_per_example' must be >= 0, got "
                           f"{cfg.distill.unlabelled_per_example}")
+    if m.activation not in ("gelu", "relu"):
+        raise ConfigError(f"config key 'model.activation' must be gelu or relu, got "
+                          f"{m.activation!r}")
+    if m.activation != "gelu" and not m.normalize_first:
+        raise ConfigError("config key 'model.activation' applies to the pre-LN encoder of a "
+                          "random-init model; add --set model.normalize_first=true (keras-hub's "
+                          "post-LN BertBackbone and pretrained checkpoints keep their GELU)")
     if m.pretrained and m.normalize_first:
         raise ConfigError("config key 'model.normalize_first' applies to random init only; a "
                           "pretrained checkpoint (model.pretrained) keeps its own architecture; "

@@ -10,6 +10,12 @@ initialisers learn it (AUC 0.63-1.00 after 1,500 steps depending on the seed). T
 the keras-hub BERT graph with ``normalize_first=True`` encoder blocks; inputs, outputs and
 sub-layer names match ``BertBackbone`` so BERTRecommender and the explainers treat both
 alike. There is no final LayerNorm: with one, the same task learned far more slowly.
+
+``activation`` is the feed-forward blocks' (exact GELU by default). ``"relu"`` makes a
+training step of the MovieLens two-tower, whose item encoder runs over ~50k word pieces a
+step, about a fifth cheaper on a CPU: GELU's element-wise ops (and their gradients) are
+unfused there and cost more than the feed-forward matmuls themselves (docs/benchmarks.md,
+"A faster two-tower").
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ class PreLNBertBackbone(keras_hub.models.Backbone):
     """
 
     def __init__(self, vocabulary_size, num_layers, num_heads, hidden_dim, intermediate_dim,
-                 dropout=0.1, max_sequence_length=512, num_segments=2, dtype=None, **kwargs):
+                 dropout=0.1, max_sequence_length=512, num_segments=2, activation="gelu",
+                 dtype=None, **kwargs):
         self.token_embedding = ReversibleEmbedding(
             vocabulary_size, hidden_dim, dtype=dtype, name="token_embedding")
         self.position_embedding = PositionEmbedding(
@@ -44,7 +51,7 @@ class PreLNBertBackbone(keras_hub.models.Backbone):
                                                        name="embeddings_dropout")
         self.transformer_layers = [
             TransformerEncoder(
-                num_heads=num_heads, intermediate_dim=intermediate_dim, activation="gelu",
+                num_heads=num_heads, intermediate_dim=intermediate_dim, activation=activation,
                 dropout=dropout, normalize_first=True, dtype=dtype,
                 name=f"transformer_layer_{i}")
             for i in range(num_layers)]
@@ -74,6 +81,7 @@ class PreLNBertBackbone(keras_hub.models.Backbone):
         self.dropout = dropout
         self.max_sequence_length = max_sequence_length
         self.num_segments = num_segments
+        self.activation = activation
 
     def get_config(self):
         config = super().get_config()
@@ -82,5 +90,5 @@ class PreLNBertBackbone(keras_hub.models.Backbone):
             "num_heads": self.num_heads, "hidden_dim": self.hidden_dim,
             "intermediate_dim": self.intermediate_dim, "dropout": self.dropout,
             "max_sequence_length": self.max_sequence_length,
-            "num_segments": self.num_segments})
+            "num_segments": self.num_segments, "activation": self.activation})
         return config

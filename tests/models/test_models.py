@@ -74,6 +74,25 @@ def test_pre_ln_backbone_is_a_drop_in_for_bert_backbone():
     assert all(layer.normalize_first for layer in model.backbone.transformer_layers)
 
 
+def test_pre_ln_backbone_takes_its_feed_forward_activation_through_a_round_trip():
+    from bert_recommender.models.layers.pre_ln_bert_backbone import PreLNBertBackbone
+    sizes = dict(vocabulary_size=20, num_layers=1, num_heads=2, hidden_dim=8,
+                 intermediate_dim=16, max_sequence_length=6)
+    relu = PreLNBertBackbone(activation="relu", **sizes)
+    assert relu.transformer_layers[0].activation == keras.activations.relu
+    clone = PreLNBertBackbone.from_config(relu.get_config())
+    assert clone.activation == "relu"
+    inputs = {"token_ids": np.array([[2, 5, 7, 0, 0, 0]]), "segment_ids": np.zeros((1, 6), int),
+              "padding_mask": np.array([[1, 1, 1, 0, 0, 0]])}
+    clone.set_weights(relu.get_weights())
+    np.testing.assert_allclose(clone(inputs)["sequence_output"],
+                               relu(inputs)["sequence_output"], atol=1e-6)
+    # The same weights through GELU blocks give other states: the activation is used.
+    gelu = PreLNBertBackbone(**sizes)
+    gelu.set_weights(relu.get_weights())
+    assert not np.allclose(gelu(inputs)["sequence_output"], relu(inputs)["sequence_output"])
+
+
 def test_popularity_orders_by_training_clicks():
     model = MostPopular(num_items=10)
     model.set_counts(np.array([1, 1, 1, 2, 3]), np.array([1, 1, 0, 1, 0]))

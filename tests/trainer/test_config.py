@@ -145,6 +145,16 @@ def test_pretrained_with_normalize_first_is_refused():
                                ["model.pretrained=/some/dir", "model.normalize_first=true"])
 
 
+def test_activation_is_checked_and_needs_the_pre_ln_encoder():
+    tiny = os.path.join(CONFIGS, "tiny.yaml")
+    with pytest.raises(ConfigError, match="'model.activation' must be gelu or relu.*'tanh'"):
+        config_lib.load_config(tiny, ["model.activation=tanh", "model.normalize_first=true"])
+    with pytest.raises(ConfigError, match="model.activation.*model.normalize_first=true"):
+        config_lib.load_config(tiny, ["model.activation=relu", "model.normalize_first=false"])
+    cfg = config_lib.load_config(tiny, ["model.activation=relu", "model.normalize_first=true"])
+    assert cfg.model.activation == "relu"
+
+
 def test_yaml_file_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  num_layers: [1\n")

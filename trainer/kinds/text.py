@@ -20,15 +20,18 @@ def tokenizer_of(cfg, vocabulary):
 
 def text_backbone(cfg, vocabulary_size: int):
     """The BERT encoder of a text model: pretrained, or random init of the config's sizes
-    (pre-LN when ``model.normalize_first``; see models/layers/pre_ln_bert_backbone.py)."""
+    (pre-LN when ``model.normalize_first``, with ``model.activation``; see
+    models/layers/pre_ln_bert_backbone.py)."""
     m = cfg.model
     if m.pretrained:
         return BERTRecommender.load_backbone(m.pretrained)
-    backbone_cls = PreLNBertBackbone if m.normalize_first else keras_hub.models.BertBackbone
-    return backbone_cls(vocabulary_size=vocabulary_size, num_layers=m.num_layers,
-                        num_heads=m.num_heads, hidden_dim=m.hidden_dim,
-                        intermediate_dim=m.intermediate_dim, dropout=m.dropout,
-                        max_sequence_length=m.max_sequence_length)
+    sizes = dict(vocabulary_size=vocabulary_size, num_layers=m.num_layers,
+                 num_heads=m.num_heads, hidden_dim=m.hidden_dim,
+                 intermediate_dim=m.intermediate_dim, dropout=m.dropout,
+                 max_sequence_length=m.max_sequence_length)
+    if m.normalize_first:
+        return PreLNBertBackbone(activation=m.activation, **sizes)
+    return keras_hub.models.BertBackbone(**sizes)
 
 
 def text_settings(cfg) -> dict:
@@ -38,7 +41,8 @@ def text_settings(cfg) -> dict:
     if not m.pretrained:
         settings.update(num_layers=m.num_layers, hidden_dim=m.hidden_dim,
                         num_heads=m.num_heads, intermediate_dim=m.intermediate_dim,
-                        vocab_size=cfg.data.vocab_size)
+                        vocab_size=cfg.data.vocab_size, normalize_first=m.normalize_first,
+                        activation=m.activation)
     settings.update(pooling=m.pooling, item_text_fields=list(cfg.data.item_text_fields))
     return settings
 
