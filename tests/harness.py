@@ -283,6 +283,16 @@ def run_model_harness(name: str, tmp_path, *overrides, saved_model: bool = True)
     full = kind.catalogue_logits(model, featurizer, table, item_text, 16)
     np.testing.assert_allclose(full[np.arange(len(table)), table.item_index], logits,
                                atol=1e-4)
+    # Per-epoch validation from the catalogue (one user state per group) gives the logits
+    # of the pass over the rows.
+    validation = tiny.prepared.tables["validation"]
+    grouping = kind.catalogue_grouping(validation, item_text)
+    assert (grouping is not None) == (kind.scores_catalogue_from_item_vectors
+                                      and len(item_text) <= len(validation))
+    if grouping is not None:
+        np.testing.assert_allclose(
+            kind.table_logits_from_catalogue(model, featurizer, grouping, item_text, 16),
+            scoring.predict_logits(model, validation, featurizer, 16), atol=1e-4)
 
     if BACKEND != "tensorflow" or not saved_model:
         return tiny  # a JAX run exports from a TensorFlow process (test_backends.py)

@@ -4,6 +4,7 @@ kinds' own modules branches on a kind or on a model or featurizer class."""
 import ast
 import os
 
+import numpy as np
 import pytest
 
 from tests.harness import REPO, required_overrides
@@ -131,3 +132,36 @@ def test_a_kind_registered_outside_the_package_is_a_config_choice():
 def test_unknown_kind_names_the_key_and_the_choices():
     with pytest.raises(ConfigError, match="model.kind.*popularity"):
         kinds.kind_class("gpt")
+
+
+def _grouped_table(**change):
+    """Two users' validation groups of three candidates each (items 1-3 of "abc")."""
+    from trainer.data.input_pipeline import PairTable
+    columns = dict(user_text=np.array(["u1"] * 3 + ["u2"] * 3, object),
+                   item_text=np.array(list("abcabc"), object),
+                   label=np.array([1, 0, 0, 0, 1, 0], np.float32),
+                   group=np.array([0, 0, 0, 1, 1, 1]),
+                   user_index=np.array([1, 1, 1, 2, 2, 2], np.int32),
+                   item_index=np.array([1, 2, 3, 1, 2, 3], np.int32),
+                   history_index=np.array([[2, 0]] * 3 + [[3, 1]] * 3, np.int32))
+    columns.update(change)
+    return PairTable(**columns)
+
+
+def test_validation_scores_from_the_catalogue_only_where_the_logits_are_the_same():
+    texts = np.array(["", "a", "b", "c"], object)
+    two_tower = kinds.kind_class("two_tower")()
+    users, position, candidate = two_tower.catalogue_grouping(_grouped_table(), texts)
+    assert list(users.user_index) == [1, 2]
+    assert list(position) == [0, 0, 0, 1, 1, 1] and list(candidate) == [1, 2, 3, 1, 2, 3]
+    # Pairs only (no item vectors to cache), or rows a catalogue scoring would misread:
+    assert kinds.kind_class("cross_encoder")().catalogue_grouping(_grouped_table(),
+                                                                  texts) is None
+    for change in [dict(item_text=np.array(list("abcaXc"), object)),  # not the catalogue's text
+                   dict(item_index=np.array([1, 2, 0, 1, 2, 3], np.int32)),  # unknown item
+                   dict(history_index=np.array([[2, 0]] * 2 + [[3, 1]] * 4, np.int32)),
+                   dict(query=np.array(["", "", "q", "", "", ""], object))]:
+        assert two_tower.catalogue_grouping(_grouped_table(**change), texts) is None, change
+    # A catalogue larger than the table: the pass over the rows is the cheaper one.
+    assert two_tower.catalogue_grouping(_grouped_table(),
+                                        np.array([""] + list("abcdefg"), object)) is None

@@ -130,7 +130,9 @@ class ValidationRanking(keras.callbacks.Callback):
     :class:`ValidationCurves`.
 
     Args:
-      data: the unshuffled validation features (a ``tf.data.Dataset`` for ``predict``).
+      data: the unshuffled validation features (a ``tf.data.Dataset`` for ``predict``), or
+        a function of the model returning the rows' logits (cached item vectors:
+        ``ModelKind.table_logits_from_catalogue``).
       labels, groups: the validation rows' labels and impression/user groups.
     """
 
@@ -142,7 +144,9 @@ class ValidationRanking(keras.callbacks.Callback):
         self.last_logits = None
 
     def on_epoch_end(self, epoch, logs=None):
-        logits = np.asarray(self.model.predict(self.data, verbose=0), np.float64).reshape(-1)
+        logits = (self.data(self.model) if callable(self.data)
+                  else self.model.predict(self.data, verbose=0))
+        logits = np.asarray(logits, np.float64).reshape(-1)
         if len(logits) != len(self.labels):
             raise ValueError(f"ValidationRanking: the data gave {len(logits)} predictions for "
                              f"{len(self.labels)} labels; pass the unshuffled validation set")

@@ -280,8 +280,9 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
                     "train.early_stopping_metric=auc")
             # One validation predict per epoch, whose metrics go into the logs ahead of
             # early stopping and the checkpoint (fit's own pass would be a second).
-            ranking = run_reports.ValidationRanking(val_ds, tables["validation"].label,
-                                                    tables["validation"].group)
+            ranking = run_reports.ValidationRanking(
+                _validation_scorer(cfg, tables["validation"], packer, item_text) or val_ds,
+                tables["validation"].label, tables["validation"].group)
             # After the epoch clock, before the wall clock (which counts validation).
             callbacks.insert(1, ranking)
             if cfg.train.early_stopping_metric.startswith("full_"):
@@ -309,6 +310,18 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
             cfg.train.privacy, len(train_rows), cfg.train.batch_size, max_batch,
             fitted["epochs_run"] * steps_per_epoch))
     return fitted
+
+
+def _validation_scorer(cfg, validation, packer, item_text):
+    """The validation rows' logits as a function of the model, from one user state per
+    group against cached item vectors (``ModelKind.catalogue_grouping``), or None where
+    that would not be the same logits (``predict`` then scores the rows)."""
+    kind = kinds.for_config(cfg)
+    grouping = kind.catalogue_grouping(validation, item_text)
+    if grouping is None:
+        return None
+    return lambda model: kind.table_logits_from_catalogue(model, packer, grouping, item_text,
+                                                          cfg.train.eval_batch_size)
 
 
 def _full_ranking_callback(cfg, validation, packer, item_text):
