@@ -148,7 +148,8 @@ def _grouped_table(**change):
     return PairTable(**columns)
 
 
-def test_validation_scores_from_the_catalogue_only_where_the_logits_are_the_same():
+def test_validation_scores_from_the_catalogue_only_where_the_logits_are_the_same(
+        monkeypatch):
     texts = np.array(["", "a", "b", "c"], object)
     two_tower = kinds.kind_class("two_tower")()
     users, position, candidate = two_tower.catalogue_grouping(_grouped_table(), texts)
@@ -165,3 +166,7 @@ def test_validation_scores_from_the_catalogue_only_where_the_logits_are_the_same
     # A catalogue larger than the table: the pass over the rows is the cheaper one.
     assert two_tower.catalogue_grouping(_grouped_table(),
                                         np.array([""] + list("abcdefg"), object)) is None
+    # Too many groups x items to hold (MIND's impressions against its news): row by row.
+    from trainer.kinds import base
+    monkeypatch.setattr(base, "CATALOGUE_GROUPING_MAX_SCORES", 2 * 4 - 1)
+    assert two_tower.catalogue_grouping(_grouped_table(), texts) is None

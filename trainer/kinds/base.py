@@ -33,6 +33,10 @@ from trainer.kind_registry import names_with
 from trainer.kinds import endpoints
 
 
+# Validation from the catalogue holds a [groups, items] float32 matrix: at most 512 MB.
+CATALOGUE_GROUPING_MAX_SCORES = 2 ** 27
+
+
 class ModelKind:
     """One model family's answers; subclasses register with ``@trainer.kind_registry.register``."""
 
@@ -197,9 +201,10 @@ class ModelKind:
         candidate)``, one row per group (``table.group``), each row's group and each row's
         candidate index; or None where scoring from the catalogue would not give the same
         logits as a pass over the rows, or would not be cheaper: a kind without separable
-        scores, a catalogue larger than the table, a candidate outside the catalogue or
-        with another text than its catalogue entry, or a group whose rows differ on the
-        user side."""
+        scores, a catalogue larger than the table, more groups x items than
+        :data:`CATALOGUE_GROUPING_MAX_SCORES` (e.g. MIND's impressions against its news),
+        a candidate outside the catalogue or with another text than its catalogue entry,
+        or a group whose rows differ on the user side."""
         if not self.scores_catalogue_from_item_vectors or item_text is None or not len(table):
             return None
         texts = np.asarray(item_text, dtype=object)
@@ -210,6 +215,8 @@ class ModelKind:
             return None
         _, first, position = np.unique(np.asarray(table.group), return_index=True,
                                        return_inverse=True)
+        if len(first) * len(texts) > CATALOGUE_GROUPING_MAX_SCORES:
+            return None  # the [groups, catalogue] logits would not fit in memory
         users = table.subset(first)
         for column in ("user_index", "history_index", "query", "user_text"):
             values = getattr(table, column)
