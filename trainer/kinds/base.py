@@ -232,7 +232,8 @@ class ModelKind:
         (``grouping`` from :meth:`catalogue_grouping`). What per-epoch validation runs
         instead of one forward pass per row: an NCF-protocol validation split holds 100
         rows per user, each with the user's history, so a pass over the rows encodes each
-        history ~100 times (on ml-latest-small the two-tower's pass took 12-20 s an epoch, about 6 s so)."""
+        history ~100 times (on ml-latest-small the two-tower's pass took 12-20 s an epoch;
+        this takes about 6 s)."""
         users, position, candidate = grouping
         logits = self.catalogue_logits(model, featurizer, users,
                                        np.asarray(item_text, dtype=object), batch_size)
