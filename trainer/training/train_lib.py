@@ -278,8 +278,9 @@ def fit_model(cfg: config_lib.ExperimentConfig, model: keras.Model, tables: dict
                     f"train.early_stopping_metric={cfg.train.early_stopping_metric} scores the "
                     "validation split on one worker; under multi_worker use "
                     "train.early_stopping_metric=auc")
-            # One validation predict per epoch, whose metrics go into the logs ahead of
-            # early stopping and the checkpoint (fit's own pass would be a second).
+            # One validation scoring per epoch (from cached item vectors where the kind
+            # allows, else a predict), whose metrics go into the logs ahead of early
+            # stopping and the checkpoint (fit's own pass would be a second).
             ranking = run_reports.ValidationRanking(
                 _validation_scorer(cfg, tables["validation"], packer, item_text) or val_ds,
                 tables["validation"].label, tables["validation"].group)
