@@ -66,6 +66,7 @@ import json
 
 import keras
 import tensorflow as tf
+from tensorflow.python.saved_model import save_context
 
 from bert_recommender.models.layers.text_pair_packer import special_token_ids
 from trainer.data.input_pipeline import USER_SIDE_SEPARATOR
@@ -81,6 +82,28 @@ def build_archive(model: keras.Model, kind, featurizer=None,
     archive.track(model)
     kind.add_serving_endpoints(archive, model, featurizer, item_index)
     return archive
+
+
+def write_archive(archive: keras.export.ExportArchive, directory: str) -> None:
+    """``archive.write_out(directory)`` with each endpoint traced once instead of twice.
+
+    Keras' ``write_out`` traces every endpoint to list the variables it uses, outside
+    TensorFlow's save context, and ``tf.saved_model.save`` traces it again inside one: a
+    ``tf.function``'s cache key holds the save context's variable policy
+    (tensorflow/python/eager/polymorphic_function/function_context.py). Listing the
+    variables inside a save context lets the save reuse that trace (a micro two-tower's
+    raw-string export: 5.5 s -> 4.3 s warm, every endpoint traced once). Both hooks are
+    private, so where either is missing (another Keras or TensorFlow) the plain
+    ``write_out`` runs; tests/trainer/serving/test_export.py counts the traces.
+    """
+    list_resources = getattr(archive, "_filter_and_track_resources", None)
+    if list_resources is not None and hasattr(save_context, "save_context"):
+        def list_resources_in_a_save_context():
+            with save_context.save_context(tf.saved_model.SaveOptions()):
+                list_resources()
+
+        archive._filter_and_track_resources = list_resources_in_a_save_context
+    archive.write_out(directory, verbose=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -111,7 +134,7 @@ def export_token_saved_model(model: keras.Model, export_dir: str, kind, featuriz
                   "Python, ModelKind.token_request(featurizer, **raw_inputs) "
                   "(trainer/kinds/) maps the raw-string export's inputs to these")
     with atomic_directory(export_dir) as tmp:
-        archive.write_out(tmp, verbose=False)
+        write_archive(archive, tmp)
         with tf.io.gfile.GFile(f"{tmp}/vocab.txt", "w") as f:
             f.write("\n".join(vocabulary) + "\n")
         with tf.io.gfile.GFile(f"{tmp}/{TOKEN_EXPORT_CONTRACT}", "w") as f:
@@ -138,7 +161,7 @@ def export_saved_model(model: keras.Model, export_dir: str, kind, featurizer=Non
     """Writes ``kind``'s SavedModel of ``model`` to a temporary sibling directory, then
     renames it into place."""
     with atomic_directory(export_dir) as tmp:
-        build_archive(model, kind, featurizer, item_index).write_out(tmp, verbose=False)
+        write_archive(build_archive(model, kind, featurizer, item_index), tmp)
     return export_dir
 
 

@@ -85,25 +85,6 @@ def test_one_device_strategy():
     assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
 
 
-def test_mirrored_training_over_two_logical_cpus(tmp_path):
-    """A few real training steps under MirroredStrategy with 2 replicas (own process, since
-    logical devices must be configured before TensorFlow starts)."""
-    model_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "trainer.task", "train",
-            "--config", os.path.join(REPO, "configs", "tiny.yaml"), "--model_dir", str(model_dir),
-            "--set", "runtime.strategy=mirrored", "--set", "runtime.logical_cpus=2",
-            "--set", "train.steps_per_epoch=3"]
-    for override in MICRO_OVERRIDES:
-        args += ["--set", override]
-    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    with open(model_dir / "metrics.json") as f:
-        metrics = json.load(f)
-    assert metrics["train"]["replicas"] == 2
-    assert metrics["train"]["steps_per_epoch"] == 3
-    assert metrics["test"]["examples"] > 0
-
-
 def test_tpu_vm_resolver_is_local_even_with_an_empty_master(monkeypatch):
     """On a TPU VM TensorFlow's resolver is named "local" and reports no master address."""
     monkeypatch.delenv("COLAB_TPU_ADDR", raising=False)
