@@ -66,7 +66,11 @@ import json
 
 import keras
 import tensorflow as tf
-from tensorflow.python.saved_model import save_context
+
+try:  # private; write_archive falls back to Keras' own write_out without it
+    from tensorflow.python.saved_model import save_context
+except ImportError:  # pragma: no cover - another TensorFlow
+    save_context = None
 
 from bert_recommender.models.layers.text_pair_packer import special_token_ids
 from trainer.data.input_pipeline import USER_SIDE_SEPARATOR
