@@ -210,6 +210,13 @@ class ModelConfig:
     max_sequence_length: int = 128
     embedding_dim: int = 32  # matrix factorisation
     l2: float = 0.0  # matrix factorisation embeddings / glass_box per-word weights: L2
+    # item_knn (models/baselines.py ItemKNN): the neighbours each item keeps, the weight
+    # of the history item at position p (0 = most recent) is decay ** p, and the
+    # co-occurrence of a and b is divided by pop(a) ** exponent * pop(b) ** (1 - exponent)
+    # (chosen on Amazon Scientific's validation split: docs/benchmarks.md)
+    knn_neighbours: int = 100
+    knn_recency_decay: float = 0.7
+    knn_popularity_exponent: float = 0.9
 
 
 @dataclasses.dataclass

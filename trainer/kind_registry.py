@@ -29,6 +29,7 @@ from trainer.errors import ConfigError
 BUILT_IN = {
     "popularity": "trainer.kinds.id_baselines",
     "mf": "trainer.kinds.id_baselines",
+    "item_knn": "trainer.kinds.id_baselines",
     "sasrec": "trainer.kinds.two_tower",
     "two_tower": "trainer.kinds.two_tower",
     "frozen_two_tower": "trainer.kinds.frozen_two_tower",
