@@ -454,7 +454,7 @@ def test_a_sequential_benchmark_ranks_everything_and_prints_the_published_rows(
         tmp_path, capsys):
     data_dir = write_sequence_fixture(tmp_path / "scientific")
     argv = ["--dataset", "scientific", "--data_dir", data_dir, "--out", str(tmp_path / "out"),
-            "--models", "popularity,sasrec,two_tower,frozen_text,frozen_text_ids",
+            "--models", "popularity,item_knn,sasrec,two_tower,frozen_text,frozen_text_ids",
             "--pretrained", tiny_checkpoint(), "--bootstrap", "100", "--quiet"]
     for item in [f"data.sequences.eval_negatives={SEQ_NEGATIVES}", "data.vocab_size=100",
                  "model.hidden_dim=16", "model.intermediate_dim=32", "model.user_layers=1",
@@ -479,6 +479,11 @@ def test_a_sequential_benchmark_ranks_everything_and_prints_the_published_rows(
         assert ranked["hr@50"] == 1.0  # 30 items: the target is always within 50
         assert row["candidates_per_user"] == SEQ_NEGATIVES + 1
     settings = {row["model"]: row["settings"] for row in result["rows"]}
+    ranked = {row["model"]: row["full_ranking"] for row in result["rows"]}
+    # Each user's next item follows its last one in other users' training sequences: the
+    # neighbours find it for most users whose target training saw (none of the others).
+    assert ranked["item_knn"]["hr@10"] > ranked["popularity"]["hr@10"]
+    assert ranked["item_knn"]["hr@10"] >= 0.5 and settings["item_knn"]["neighbours"] == 100
     for name in ("sasrec", "two_tower", "frozen_text", "frozen_text_ids"):
         assert settings[name]["early_stopping_metric"] == "full_ndcg@10"
         assert 0.0 <= settings[name]["best_val_full_ndcg@10"] <= 1.0
@@ -513,6 +518,9 @@ def test_a_sequential_benchmark_ranks_everything_and_prints_the_published_rows(
     for row in result["rows"]:
         assert row["cold_start"]["users_evaluated"] == cold["test_users"]
         assert 0.0 <= row["cold_start"]["ndcg@10"] <= 1.0
+    # Neighbours counted from training cannot reach an item training never saw.
+    knn_cold = next(r for r in result["rows"] if r["model"] == "item_knn")["cold_start"]
+    assert knn_cold["hr@10"] == 0.0
     out = capsys.readouterr().out
     assert "cold start: the" in out and "paired over the same users" in out
     assert "against every catalogue item, history included" in out

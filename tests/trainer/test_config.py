@@ -102,6 +102,11 @@ def load_checked(path, overrides):
     (["model.kind=sasrec", "data.max_history=0"], "data.max_history"),
     (["model.kind=popularity", "train.privacy.enabled=true", "train.loss=bce"],
      "train.privacy.enabled"),
+    (["model.kind=item_knn", "data.max_history=0"], "data.max_history"),
+    (["model.kind=item_knn", "model.knn_neighbours=0"], "model.knn_neighbours"),
+    (["model.kind=item_knn", "model.knn_recency_decay=0"], "model.knn_recency_decay"),
+    (["model.kind=item_knn", "model.knn_popularity_exponent=1.5"],
+     "model.knn_popularity_exponent"),
 ])
 def test_kind_settings_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
