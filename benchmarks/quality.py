@@ -14,7 +14,8 @@ GRU4Rec, two-tower and cross-encoder BERT, one protocol.
 Rows (``--models``; each is the base config with the row's model settings, see
 :func:`row_overrides`): one per registered model kind that declares ``benchmark_overrides``
 (trainer/kinds/), named after it -- ``popularity`` (training click counts), ``mf`` (matrix
-factorisation, with the tuned ``DEFAULT_SET_FOR`` settings), ``sasrec`` (the two-tower
+factorisation, with the tuned ``DEFAULT_SET_FOR`` settings), ``item_knn`` (item-to-item
+neighbours counted from the training sequences, nothing trained), ``sasrec`` (the two-tower
 model over item ids alone), ``two_tower`` (``model.item_ids=true``: shared text item
 encoder + item ids) -- and the cross-encoder's variants: ``bert`` (random init),
 ``bert_rerank`` (the same, trained on the two-tower's retrieved negatives:
@@ -36,7 +37,8 @@ Protocol (identical for every model, so the rows differ only in the model):
   ``train.loss`` (the in-batch softmax in configs/movielens.yaml: the training positives,
   each batch's other candidates as negatives) for the two-tower rows; models without
   separate user and item vectors (MF, the cross-encoder) train with BCE on the training
-  impressions (``POINTWISE``). Popularity has no weights: it is only counted.
+  impressions (``POINTWISE``). Popularity and item_knn have no trainable weights: they are
+  only counted.
 * Test: each user's impression is the held-out positive plus ``data.movielens.eval_negatives``
   items the user never rated, sampled uniformly with a seed (the same candidates for every
   model). Scores are reshaped to ``[users, 1 + negatives]`` and ranked per user with
@@ -58,7 +60,7 @@ from the loader's own ``movielens.read_movielens`` + ``prepare``) -- with no sam
 ``trainer.evaluation.metrics.full_ranking_metrics``: HR@10, nDCG@10, MRR and HR@100 (with one
 held-out item, recall@100: what a retrieval stage hands a reranker), the same pessimistic ties
 and bootstrap. The logits come from the model kind's ``catalogue_logits``
-(trainer/kinds/): popularity and MF read their weights, ``sasrec`` / ``two_tower``
+(trainer/kinds/): popularity, MF and item_knn read their weights, ``sasrec`` / ``two_tower``
 score one user state against the catalogue's item vectors computed once. A cross-encoder
 has no such shortcut: it scores every (user, item) pair (~N forward passes a user), so the
 cross-encoder rows are ranked on a seeded subset of ``--full_ranking_pairwise_users`` users
@@ -138,6 +140,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import io
 import logging
 import math
 import os
@@ -541,6 +544,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="a row that ranks by the mean of the named rows' per-user "
                              "standardized catalogue logits (no weights fitted), repeatable; "
                              "rows ranked for every user only")
+    parser.add_argument("--save_scores", action="store_true",
+                        help="write each row's full-ranking catalogue logits to "
+                             "OUT/scores/<row>.npz (logits [users, items + 1], column = "
+                             "item index, and the users' ids), to combine or test rows "
+                             "offline")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch training lines")
     return parser
 
@@ -941,6 +949,7 @@ def run(args, names: list, per_model: dict) -> dict:
     # Catalogue logits of the rows an --ensemble combines, [users, items + 1].
     ensembled = {m for spec in args.ensemble for m in spec.split("+")}
     kept_logits = {}
+    scores_of = {}  # --save_scores: a row's catalogue logits until they are written
     # Each pair's bootstrap, computed once: the partial file is rewritten after every row.
     paired_memo = {}
 
@@ -961,9 +970,14 @@ def run(args, names: list, per_model: dict) -> dict:
         if name in recbole_peer.ROWS:
             row, per_user_all[name], per_user_full_all[name] = _recbole_row(
                 name, args, peer_python, peer_split, test, scored, user_rows, rated, seed,
-                kept_logits if name in ensembled else None)
+                kept_logits if name in ensembled else scores_of if args.save_scores
+                else None)
             full_rows_of[name] = all_rows
             rows.append(row)
+            if args.save_scores:
+                _save_scores(args.out, name, kept_logits.get(name, scores_of.get(name)),
+                             scored_users, user_rows.item_index, rated)
+                scores_of.pop(name, None)
             row_finished()
             continue
         overrides = list(row_overrides()[name])
@@ -1040,12 +1054,16 @@ def run(args, names: list, per_model: dict) -> dict:
             row["full_ranking"] = _full_ranking(
                 kind, model, packer, user_rows, full_rows, item_text, rated, logits,
                 model_tables["test"], scored, cfg.train.eval_batch_size, pairwise, args, seed,
-                keep=name in ensembled)
+                keep=name in ensembled or args.save_scores)
+            catalogue_logits = row["full_ranking"].pop("catalogue_logits", None)
+            if args.save_scores:
+                _save_scores(args.out, name, catalogue_logits, scored_users[full_rows],
+                             user_rows.item_index[full_rows], rated[full_rows])
             if name in ensembled:
                 if len(full_rows) < len(scored):
                     raise UserInputError(f"--ensemble: {name} is ranked on a subset of the "
                                          "users; an ensemble combines rows ranked for all")
-                kept_logits[name] = row["full_ranking"].pop("catalogue_logits")
+                kept_logits[name] = catalogue_logits
             ranked = row["full_ranking"].pop("per_user")
             per_user_full = {k: np.full(len(scored), np.nan) for k in FULL_METRICS}
             for key in FULL_METRICS:
@@ -1214,6 +1232,25 @@ def run(args, names: list, per_model: dict) -> dict:
     if os.path.exists(partial):
         os.remove(partial)  # quality.json now holds every row
     return result
+
+
+def _save_scores(out: str, name: str, logits: np.ndarray, users, targets,
+                 excluded) -> str:
+    """``--save_scores``: ``OUT/scores/<name>.npz`` (compressed), written atomically, with
+    what a row's full-ranking metrics are computed from: ``logits`` (float32 ``[users,
+    items + 1]``, column = the run's item index, column 0 "no item"), ``users`` (their
+    ids, in the rows' order), ``targets`` (each user's held-out item column) and
+    ``excluded`` (bool, the columns left out of each user's candidates), so that
+    ``metrics.full_ranking_metrics(logits, targets, excluded)`` gives the row again."""
+    from trainer.io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, logits=np.asarray(logits, np.float32),
+                        users=np.asarray(users, str), targets=np.asarray(targets, np.int64),
+                        excluded=np.asarray(excluded, bool))
+    path = os.path.join(out, "scores", f"{name}.npz")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
 
 
 def _write_partial(out: str, rows: list, per_user: dict, per_user_full: dict, users: int,

@@ -105,12 +105,19 @@ class ItemKNN(keras.Model):
     candidate's similarity to that history item, plus ``popularity_weight`` times the
     candidate's log popularity scaled to [0, 1]: a tie-break, so candidates no history
     item neighbours (most of them, for a short history) rank by popularity rather than
-    all tie at 0.
+    all tie at 0. The logit is the log of that score (+ :data:`LOG_FLOOR`): with a
+    popularity exponent near 1 the score estimates how likely the candidate is to follow
+    the history, so its log is on the scale of a softmax-trained model's logits (a
+    log-probability up to a per-user constant), which is what an ensemble averages.
 
     Nothing is learned by gradients: the training library fits the neighbour tables
-    (:meth:`set_neighbours`). The score is a similarity, not a calibrated logit (its
-    sigmoid is no click probability); rankings are what it is for.
+    (:meth:`set_neighbours`). The logit is not calibrated for a click (its sigmoid is no
+    click probability); rankings are what it is for.
     """
+
+    #: added to the score before its log, so a candidate with no neighbour and no
+    #: training positive has a finite logit (log 1e-6 = -13.8, below every other)
+    LOG_FLOOR = 1e-6
 
     def __init__(self, num_items: int, neighbours: int = 100, recency_decay: float = 0.7,
                  popularity_exponent: float = 0.9, popularity_weight: float = 1e-3,
@@ -205,11 +212,12 @@ class ItemKNN(keras.Model):
         weight = ops.take(self.neighbour_weight, history, axis=0)
         match = ops.cast(ops.equal(index, item[:, None, None]), "float32")
         similarity = ops.sum(match * weight, axis=-1)  # [b, H]
-        return (ops.sum(similarity * self.history_weights(history), axis=-1)
-                + self.popularity_weight * ops.take(self.popularity, item, axis=0))
+        score = (ops.sum(similarity * self.history_weights(history), axis=-1)
+                 + self.popularity_weight * ops.take(self.popularity, item, axis=0))
+        return ops.log(score + self.LOG_FLOOR)
 
     def catalogue_scores(self, history_index) -> np.ndarray:
-        """float32 ``[b, num_items + 1]``: :meth:`call`'s score of every catalogue index
+        """float32 ``[b, num_items + 1]``: :meth:`call`'s logit of every catalogue index
         (column 0 is "no item" and stays 0), from the neighbour tables in numpy."""
         history = np.asarray(history_index, np.int64)
         weights = np.asarray(self.history_weights(history), np.float32)
@@ -219,6 +227,7 @@ class ItemKNN(keras.Model):
         rows = np.broadcast_to(np.arange(len(history))[:, None, None], index.shape)
         np.add.at(out, (rows.reshape(-1), index.reshape(-1)), contribution.reshape(-1))
         out += np.float32(self.popularity_weight) * np.asarray(self.popularity)[None, :]
+        out = np.log(out + np.float32(self.LOG_FLOOR))
         out[:, 0] = 0.0
         return out
 

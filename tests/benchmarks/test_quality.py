@@ -455,7 +455,8 @@ def test_a_sequential_benchmark_ranks_everything_and_prints_the_published_rows(
     data_dir = write_sequence_fixture(tmp_path / "scientific")
     argv = ["--dataset", "scientific", "--data_dir", data_dir, "--out", str(tmp_path / "out"),
             "--models", "popularity,item_knn,sasrec,two_tower,frozen_text,frozen_text_ids",
-            "--pretrained", tiny_checkpoint(), "--bootstrap", "100", "--quiet"]
+            "--pretrained", tiny_checkpoint(), "--bootstrap", "100", "--quiet",
+            "--save_scores"]
     for item in [f"data.sequences.eval_negatives={SEQ_NEGATIVES}", "data.vocab_size=100",
                  "model.hidden_dim=16", "model.intermediate_dim=32", "model.user_layers=1",
                  "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=64",
@@ -518,6 +519,14 @@ def test_a_sequential_benchmark_ranks_everything_and_prints_the_published_rows(
     for row in result["rows"]:
         assert row["cold_start"]["users_evaluated"] == cold["test_users"]
         assert 0.0 <= row["cold_start"]["ndcg@10"] <= 1.0
+    # --save_scores: each row's catalogue logits, from which its metrics follow again.
+    for row in result["rows"]:
+        saved = np.load(tmp_path / "out" / "scores" / f"{row['model']}.npz")
+        assert saved["logits"].shape == saved["excluded"].shape == (SEQ_USERS, SEQ_ITEMS + 1)
+        assert len(set(saved["users"].tolist())) == SEQ_USERS
+        again = metrics.full_ranking_metrics(saved["logits"], saved["targets"],
+                                             exclude=saved["excluded"], ks=(10,))
+        assert again["ndcg@10"].mean() == pytest.approx(row["full_ranking"]["ndcg@10"])
     # Neighbours counted from training cannot reach an item training never saw.
     knn_cold = next(r for r in result["rows"] if r["model"] == "item_knn")["cold_start"]
     assert knn_cold["hr@10"] == 0.0

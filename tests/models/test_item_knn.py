@@ -66,9 +66,9 @@ def test_a_history_scores_by_decayed_similarity_and_breaks_ties_by_popularity():
     # = 1 / 2 + 0.5 * 1 / 1 (item 1: no positive, pop 1).
     rows = {"history_index": np.array([[3, 1, 0, 0]] * 3, np.int32),
             "item_index": np.array([2, 4, 5], np.int32)}
-    scores = np.asarray(model(rows))
-    assert scores[0] == pytest.approx(1.0)
-    assert scores[2] == 0.0  # item 5 never bought
+    scores = np.exp(np.asarray(model(rows), np.float64)) - ItemKNN.LOG_FLOOR  # the logit's log
+    assert scores[0] == pytest.approx(1.0, rel=1e-5)
+    assert scores[2] == pytest.approx(0.0, abs=1e-9)  # item 5 never bought
     # The catalogue scores are the per-row scores, for every candidate.
     catalogue = model.catalogue_scores(rows["history_index"][:1])
     assert catalogue.shape == (1, 6) and catalogue[0, 0] == 0.0
@@ -80,8 +80,10 @@ def test_a_history_scores_by_decayed_similarity_and_breaks_ties_by_popularity():
     # item 2 (two positives) above item 5 (none), both far below any neighbour.
     model = ItemKNN(num_items=5, neighbours=4, recency_decay=0.5, popularity_exponent=1.0)
     model.set_neighbours(history, target, label)
-    lonely = model.catalogue_scores(np.array([[5, 0, 0, 0]], np.int32))[0]
-    assert lonely[2] > lonely[3] > lonely[5] == 0.0 and lonely.max() <= 1e-3
+    lonely = np.exp(model.catalogue_scores(np.array([[5, 0, 0, 0]], np.int32))[0][1:])
+    lonely = np.concatenate([[0.0], lonely - ItemKNN.LOG_FLOOR])
+    assert lonely[2] > lonely[3] > 0 and lonely[5] == pytest.approx(0.0, abs=1e-9)
+    assert lonely.max() <= 1e-3 + 1e-9
 
 
 def test_a_streamed_training_split_is_refused_with_what_to_do():
