@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks import quality
+from benchmarks import compare_scores, quality
 from tests.harness import (MINILM_DIR, REPO, SEQ_ITEMS, SEQ_USERS, require_shared,
                            tiny_checkpoint, write_sequence_fixture)
 from tests.trainer.data.test_movielens import make_movies, make_ratings, write_csv_variant
@@ -527,6 +527,17 @@ def test_a_sequential_benchmark_ranks_everything_and_prints_the_published_rows(
         again = metrics.full_ranking_metrics(saved["logits"], saved["targets"],
                                              exclude=saved["excluded"], ks=(10,))
         assert again["ndcg@10"].mean() == pytest.approx(row["full_ranking"]["ndcg@10"])
+    # benchmarks.compare_scores reads them back to the benchmark's own figures: its
+    # intervals and paired differences (same bootstrap and seed).
+    logits, split = compare_scores.load_rows(str(tmp_path / "out" / "scores"), [])
+    offline = compare_scores.compare(logits, split, ["popularity+item_knn"], ["popularity"],
+                                     100, seed=13)
+    knn = next(r for r in result["rows"] if r["model"] == "item_knn")["full_ranking"]
+    assert offline["item_knn"]["ci95"]["ndcg@10"] == pytest.approx(knn["ci95"]["ndcg@10"])
+    paired = offline["item_knn"]["paired_difference"]["popularity"]["ndcg@10"]
+    expected = knn["paired_difference"]["popularity"]["ndcg@10"]
+    assert paired["mean"] == pytest.approx(expected["mean"])
+    assert paired["ci95"] == pytest.approx(expected["ci95"])
     # Neighbours counted from training cannot reach an item training never saw.
     knn_cold = next(r for r in result["rows"] if r["model"] == "item_knn")["cold_start"]
     assert knn_cold["hr@10"] == 0.0
