@@ -547,8 +547,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_scores", action="store_true",
                         help="write each row's full-ranking catalogue logits to "
                              "OUT/scores/<row>.npz (logits [users, items + 1], column = "
-                             "item index, and the users' ids), to combine or test rows "
-                             "offline")
+                             "item index; the users, their held-out items and exclusions), "
+                             "to compare or ensemble rows offline (benchmarks.compare_scores)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch training lines")
     return parser
 
@@ -816,7 +816,7 @@ def _recbole_row(name, args, python, split, test, scored, user_rows, rated, seed
                  keep: dict | None = None) -> tuple:
     """A recbole_* row: runs RecBole in its environment and scores its catalogue scores
     with this benchmark's metric code; ``(row, per_user_sampled, per_user_full)``
-    (``keep``, for an ensemble, gets the scores under ``name``)."""
+    (``keep``, for an ensemble or ``--save_scores``, gets the scores under ``name``)."""
     print(f"\n== {name}: RecBole {recbole_peer.ROWS[name]} in {args.recbole_venv} ==",
           flush=True)
     directory = os.path.join(args.out, "recbole")
@@ -949,7 +949,6 @@ def run(args, names: list, per_model: dict) -> dict:
     # Catalogue logits of the rows an --ensemble combines, [users, items + 1].
     ensembled = {m for spec in args.ensemble for m in spec.split("+")}
     kept_logits = {}
-    scores_of = {}  # --save_scores: a row's catalogue logits until they are written
     # Each pair's bootstrap, computed once: the partial file is rewritten after every row.
     paired_memo = {}
 
@@ -968,16 +967,17 @@ def run(args, names: list, per_model: dict) -> dict:
                        args.bootstrap, seed, paired_memo)
     for name in names:
         if name in recbole_peer.ROWS:
+            scores = {}
             row, per_user_all[name], per_user_full_all[name] = _recbole_row(
                 name, args, peer_python, peer_split, test, scored, user_rows, rated, seed,
-                kept_logits if name in ensembled else scores_of if args.save_scores
-                else None)
+                scores)
+            if name in ensembled:
+                kept_logits[name] = scores[name]
+            if args.save_scores:
+                _save_scores(args.out, name, scores[name], scored_users, user_rows.item_index,
+                             rated)
             full_rows_of[name] = all_rows
             rows.append(row)
-            if args.save_scores:
-                _save_scores(args.out, name, kept_logits.get(name, scores_of.get(name)),
-                             scored_users, user_rows.item_index, rated)
-                scores_of.pop(name, None)
             row_finished()
             continue
         overrides = list(row_overrides()[name])
