@@ -39,8 +39,10 @@ EXTRAS_REQUIRE = {
     "tune": ["keras-tuner==1.4.8"],
     "explain": ["shap==0.51.0"],
     # The approximate item index of `recommend --approximate` and benchmarks/retrieve_latency
-    # (HNSW; installs and imports beside TensorFlow 2.21 and numpy 2.4).
-    "ann": ["faiss-cpu==1.15.1"],
+    # (faiss builds the HNSW graph; numba compiles the search of it under the user's own
+    # logit, trainer/serving/graph_search.py; both install and import beside TensorFlow 2.21
+    # and numpy 2.4; numba is the version shap resolves to).
+    "ann": ["faiss-cpu==1.15.1", "numba==0.68.1"],
     # TensorBoard's Profile tab, to view traces written with runtime.profile_steps.
     "profile": ["tensorboard-plugin-profile==2.24.2"],
     # The second engine: KERAS_BACKEND=jax / runtime.backend=jax (trainer/backend.py). 0.10.2

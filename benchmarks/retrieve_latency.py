@@ -22,13 +22,14 @@ per query (``retrieval.catalogue_scores``, the user tower already run) and
 ``np.argpartition`` for the top k, sorted. ``retrieve`` also runs the user tower and drops
 seen items, so the bound is below it by construction.
 
-``--ann_sizes`` (needs faiss-cpu, the ``ann`` extra) builds ``retrieval.ApproximateIndex``
-over the first n items of the index for each n, and reports its build time and, for each
-``--ann_ef`` search beam (``--ann_neighbours`` = HNSW's M, ``--ann_storage`` the vectors'
-storage in the graph) and each ``--ann_screen_ef`` (the two-pass search's first beam; 0 =
-one pass), recall@k against the exact top k of the same users (seen items excluded on both
-sides) and batch-1 latency p50/p99 (search and exact rescoring; the user tower not
-included).
+``--ann_sizes`` (needs faiss-cpu and numba, the ``ann`` extra) builds
+``retrieval.ApproximateIndex`` over the first n items of the index for each n, and reports
+its build time and, for each ``--ann_search`` (``joint``: one graph walk per user under its
+own logit; ``per_query``: faiss' search per query, the union rescored) and each
+``--ann_ef`` search beam (``--ann_neighbours`` = HNSW's M, ``--ann_ef_construction`` its
+build beam, ``--ann_storage`` the vectors' storage in the graph), recall@k against the
+exact top k of the same users (seen items excluded on both sides) and batch-1 latency
+p50/p99 (search and exact rescoring; the user tower not included).
 
 Writes ``OUT/retrieve_latency.json`` and prints it.
 """
@@ -157,12 +158,12 @@ def _probe(export_dir: str, inputs_dir: str, ks: list, batches: list, calls: int
 
 def approximate_figures(queries, present, vectors, seen, offset, sizes: list, k: int,
                         calls: int, ef_search: list, neighbours: int = 32,
-                        storage: str = "flat", screen_ef: list = (0,), log=print) -> dict:
+                        storage: str = "flat", searches: list = ("joint",),
+                        ef_construction: int = 200, log=print) -> dict:
     """For each n of ``sizes``: ``retrieval.ApproximateIndex`` over the first n items, its
-    build time and, for each ``ef_search`` and each ``screen_ef`` (0: one pass), recall@k
-    against exact retrieval (seen items excluded on both sides) and batch-1 latency of
-    search + exact rescoring. One-pass figures are under ``ef_search``, two-pass ones under
-    ``screen_ef[screen][ef]`` with the share of queries the screen spared."""
+    build time and, for each of ``searches`` and each ``ef_search``, recall@k against
+    exact retrieval (seen items excluded on both sides) and batch-1 latency of search +
+    exact rescoring, under ``[search][ef]``."""
     from benchmarks.timing import call_times, quantile
 
     figures = {}
@@ -172,19 +173,18 @@ def approximate_figures(queries, present, vectors, seen, offset, sizes: list, k:
         exact, _ = retrieval.top_k(retrieval.catalogue_scores(queries, present, items, offset),
                                    k, exclude)
         started = time.perf_counter()
-        index = retrieval.ApproximateIndex(items, neighbours=neighbours, storage=storage)
+        index = retrieval.ApproximateIndex(items, neighbours=neighbours, storage=storage,
+                                           ef_construction=ef_construction)
         figures[str(size)] = per_size = {
             "build_seconds": time.perf_counter() - started, "k": k, "storage": storage,
             "neighbours": index.neighbours, "ef_construction": index.ef_construction,
-            "candidates": index.candidates, "ef_search": {}}
-        for screen, ef in ((screen, ef) for screen in screen_ef for ef in ef_search):
-            index.ef_search, index.screen_ef = ef, screen
+            "candidates": index.candidates}
+        for search, ef in ((search, ef) for search in searches for ef in ef_search):
+            index.search_mode, index.ef_search = search, ef
             found, _ = index.search(queries, present, k, offset, exclude)
             recall = [len(set(a) & set(b)) / k for a, b in zip(found, exact)]
             figure = {"recall_at_k": float(np.mean(recall)),
                       "min_user_recall_at_k": float(np.min(recall))}
-            if screen:
-                figure["spared_query_share"] = index.screened_queries / int(present.sum())
             user = iter(range(10 ** 9))
 
             def one():
@@ -193,11 +193,9 @@ def approximate_figures(queries, present, vectors, seen, offset, sizes: list, k:
             times = call_times(one, calls)
             figure.update({"batch1_p50_ms": 1000 * quantile(times, 0.5),
                            "batch1_p99_ms": 1000 * quantile(times, 0.99)})
-            where = (per_size.setdefault("screen_ef", {}).setdefault(str(screen), {})
-                     if screen else per_size["ef_search"])
-            where[str(ef)] = figure
-            log(f"approximate index over {size} items, efSearch {ef}"
-                + (f", screen efSearch {screen}" if screen else "") + f": {json.dumps(figure)}")
+            per_size.setdefault(search, {})[str(ef)] = figure
+            log(f"approximate index over {size} items, {search} search, efSearch {ef}: "
+                f"{json.dumps(figure)}")
     return figures
 
 
@@ -223,13 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ann_ef", type=int, nargs="+", default=[256, 512, 1024],
                         help="HNSW search beams measured (one build per size)")
     parser.add_argument("--ann_neighbours", type=int, default=32, help="HNSW's M")
+    parser.add_argument("--ann_ef_construction", type=int, default=200,
+                        help="HNSW's build-time beam")
     parser.add_argument("--ann_storage", default="flat",
                         choices=retrieval.ApproximateIndex.STORAGE,
                         help="how the HNSW graph stores the vectors it walks "
                              "(retrieval.ApproximateIndex)")
-    parser.add_argument("--ann_screen_ef", type=int, nargs="+", default=[0],
-                        help="first-pass beams of the two-pass search measured (0: one "
-                             "pass; retrieval.ApproximateIndex's screen_ef)")
+    parser.add_argument("--ann_search", nargs="+", default=["joint"],
+                        choices=retrieval.ApproximateIndex.SEARCHES,
+                        help="searches measured (retrieval.ApproximateIndex's search)")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--export_dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         result["approximate"] = approximate_figures(queries, present, vectors, seen, offset,
                                                     args.ann_sizes, args.ann_k, args.calls,
                                                     args.ann_ef, args.ann_neighbours,
-                                                    args.ann_storage, args.ann_screen_ef)
+                                                    args.ann_storage, args.ann_search,
+                                                    args.ann_ef_construction)
     os.remove(os.path.join(args.out, "retrieval_vectors.npy"))  # 260 MB at 1M items
     with open(os.path.join(args.out, "retrieve_latency.json"), "w") as f:
         json.dump(result, f, indent=2)

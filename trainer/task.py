@@ -132,8 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--k", type=int, default=None,
                            help="items to return (default: 10, or the pipeline's k)")
     recommend.add_argument("--approximate", action="store_true",
-                           help="--model_dir: candidates from an HNSW index (faiss-cpu, "
-                           "pip install -e '.[ann]'), rescored exactly; for large catalogues")
+                           help="--model_dir: candidates from an HNSW index (faiss-cpu and "
+                           "numba, pip install -e '.[ann]'), rescored exactly; for large "
+                           "catalogues")
     audit = sub.add_parser("audit", help="popularity bias, item-group exposure against "
                            "merit and user-group gaps of a trained run, beside the "
                            "popularity baseline (trainer/responsible/audit_lib.py); writes audit/")

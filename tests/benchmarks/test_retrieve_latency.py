@@ -50,7 +50,8 @@ def test_a_grown_synthetic_index_is_served_and_the_approximate_index_measured(
                                   "--num_items", str(real + 400),
                                   "--ann_sizes", str(real + 400), "--ann_k", "5",
                                   "--ann_ef", "16", "64", "--ann_storage", "sq8",
-                                  "--ann_screen_ef", "0", "8"]) == 0
+                                  "--ann_ef_construction", "40",
+                                  "--ann_search", "joint", "per_query"]) == 0
     with open(os.path.join(out, "retrieve_latency.json")) as f:
         result = json.load(f)
     assert result["index_items"] == real + 400 and result["synthetic_items"] == 400
@@ -59,16 +60,13 @@ def test_a_grown_synthetic_index_is_served_and_the_approximate_index_measured(
     approximate = result["approximate"][str(real + 400)]
     assert approximate["k"] == 5 and approximate["build_seconds"] > 0
     assert approximate["storage"] == "sq8"
-    assert set(approximate["ef_search"]) == {"16", "64"}
-    # One pass under ef_search, the two-pass search under screen_ef, every beam each.
-    assert set(approximate["screen_ef"]) == {"8"}
-    assert set(approximate["screen_ef"]["8"]) == {"16", "64"}
-    for figures in [*approximate["ef_search"].values(),
-                    *approximate["screen_ef"]["8"].values()]:
-        assert 0.8 <= figures["recall_at_k"] <= 1.0
-        assert 0 < figures["batch1_p50_ms"] <= figures["batch1_p99_ms"]
-    for figures in approximate["screen_ef"]["8"].values():
-        assert 0.0 <= figures["spared_query_share"] <= 1.0
+    assert approximate["ef_construction"] == 40
+    # Both searches, every beam each.
+    for search in ("joint", "per_query"):
+        assert set(approximate[search]) == {"16", "64"}
+        for figures in approximate[search].values():
+            assert 0.8 <= figures["recall_at_k"] <= 1.0
+            assert 0 < figures["batch1_p50_ms"] <= figures["batch1_p99_ms"]
     assert not os.path.exists(os.path.join(out, "retrieval_vectors.npy"))
 
 

@@ -40,8 +40,9 @@ class Recommender:
 
     Args:
       model_dir: a finished two-tower run (``model.keras``, ``item_index/``).
-      approximate: propose candidates with an HNSW index (faiss-cpu, the ``ann`` extra)
-        instead of scoring the whole catalogue: for catalogues of ~10^5 items and more.
+      approximate: propose candidates with an HNSW index (faiss-cpu and numba, the ``ann``
+        extra), walked once per user under its own logit, instead of scoring the whole
+        catalogue: for catalogues of ~10^5 items and more.
     """
 
     def __init__(self, model_dir: str, approximate: bool = False):

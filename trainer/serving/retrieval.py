@@ -8,8 +8,9 @@ tower (``ModelKind.item_index``) and saved under ``<model_dir>/item_index/``
 interest_k`` against ``[item vector, item bias]``), so retrieval scores every item with one
 matrix product per query (:func:`catalogue_scores`) and keeps the top k, excluding the
 items the user has already seen (:func:`top_k`). For large catalogues
-:class:`ApproximateIndex` (faiss HNSW) proposes candidates for each query and rescores
-them exactly. The ``recommend`` command is trainer/serving/recommend_lib.py.
+:class:`ApproximateIndex` (an HNSW graph built by faiss, searched under the user's own
+logit) proposes candidates for each user and rescores them exactly. The ``recommend``
+command is trainer/serving/recommend_lib.py.
 
 keras-rs' ``BruteForceRetrieval`` is not used: it scores one query vector by one dot
 product per candidate, while this model's logit adds the best match over the user's parts
@@ -79,8 +80,8 @@ def catalogue_scores(queries: np.ndarray, present: np.ndarray, vectors: np.ndarr
 
 class ApproximateIndex:
     """An approximate maximum-inner-product index over a catalogue's retrieval vectors
-    (``[N, d']``, ``TwoTowerRecommender.retrieval_vectors``): faiss' HNSW graph proposes
-    ``candidates`` items for each present query of a user, and the union is rescored
+    (``[N, d']``, ``TwoTowerRecommender.retrieval_vectors``): faiss builds an HNSW graph
+    over them, a search proposes items for each user, and the proposals are rescored
     exactly with the model's logit (the best query's inner product), so every returned
     score is the model's and only the recall of the proposals is approximate.
 
@@ -88,34 +89,31 @@ class ApproximateIndex:
     Measured on 100,000 synthetic items (``benchmarks/retrieve_latency``): recall@100
     0.995 at efSearch 512, against 0.970 for the usual reduction to a Euclidean search
     (one more coordinate ``sqrt(max_norm^2 - |x|^2)`` per item) with the same settings.
-    faiss-cpu is an optional dependency
-    (``pip install -e .[ann]``); it is imported only here.
+    faiss-cpu and numba are optional dependencies (``pip install -e .[ann]``); they are
+    imported only here.
 
     Args:
       vectors: ``[N, d']`` float32, the index's items in position order.
       neighbours: HNSW's M (graph degree); ``ef_construction`` its build-time beam.
-      ef_search: the search beam (at least ``candidates``; raised to it when lower).
-      candidates: items proposed per query before the exact rescoring.
-      storage: how the graph stores the vectors it walks: ``flat`` (float32), ``fp16`` or
-        ``sq8`` (faiss' scalar quantizer, 1 byte a coordinate). The graph search is bound
-        by fetching vectors from memory; a smaller copy costs less per step, and the exact
-        rescoring reads the float32 vectors, so only which items are proposed changes.
-      screen_ef: > 0 searches in two passes. A user's logit for an item is the best of its
-        queries, so a query whose best inner product is below the user's k-th best logit
-        adds nothing to the top k. The first pass runs every query with this narrow beam;
-        the k-th best exact logit of the union it proposes is a lower bound of the true
-        k-th; only the queries whose best logit over that union reaches it get the full
-        beam. A user's queries often point at different parts of the catalogue and only
-        some of them hold its top k, so the full beam runs for fewer queries. The price: a
-        query is spared wrongly when the narrow pass missed its items that reach the bound.
-        ``screened_queries`` counts the queries the last search spared.
+      ef_search: the search beam (at least k; for ``per_query`` at least ``candidates``).
+      candidates: ``per_query`` only: items faiss proposes per query.
+      storage: how the graph stores the vectors: ``flat`` (float32), ``fp16`` or ``sq8``
+        (faiss' scalar quantizer, 1 byte a coordinate). Only faiss' own walks read that
+        copy (the build, and ``per_query`` searches); the ``joint`` search and the exact
+        rescoring read the float32 vectors.
+      search: ``joint`` (default) walks the graph once per user, ranking its beam by the
+        user's logit (the best of its queries; trainer/serving/graph_search.py, numba), so
+        a query whose items cannot reach the top k stops costing anything as soon as the
+        beam is better. ``per_query`` runs faiss' search once per query (``candidates``
+        each) and rescores the union.
     """
 
     STORAGE = ("flat", "fp16", "sq8")
+    SEARCHES = ("joint", "per_query")
 
     def __init__(self, vectors: np.ndarray, neighbours: int = 32, ef_construction: int = 200,
                  ef_search: int = 512, candidates: int = 128, storage: str = "flat",
-                 screen_ef: int = 0):
+                 search: str = "joint"):
         try:
             import faiss  # pylint: disable=import-outside-toplevel  # optional extra
         except ImportError as error:
@@ -124,6 +122,13 @@ class ApproximateIndex:
         if storage not in self.STORAGE:
             raise UserInputError(f"storage must be one of {', '.join(self.STORAGE)}, got "
                                  f"{storage!r}")
+        if search not in self.SEARCHES:
+            raise UserInputError(f"search must be one of {', '.join(self.SEARCHES)}, got "
+                                 f"{search!r}")
+        from trainer.serving import graph_search  # pylint: disable=import-outside-toplevel
+        if search == "joint" and not graph_search.COMPILED:
+            raise UserInputError("the joint search needs numba: pip install -e '.[ann]' (or "
+                                 "pip install numba==0.68.1), or use search='per_query'")
         self.vectors = np.ascontiguousarray(vectors, np.float32)
         dimension = self.vectors.shape[1]
         if storage == "flat":
@@ -140,8 +145,8 @@ class ApproximateIndex:
         self.storage = storage
         self.candidates = candidates
         self.ef_search = ef_search
-        self.screen_ef = screen_ef
-        self.screened_queries = 0
+        self.search_mode = search
+        self.graph = graph_search.JointGraphSearch(self.index.hnsw, self.vectors)
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -149,57 +154,38 @@ class ApproximateIndex:
     def search(self, queries: np.ndarray, present: np.ndarray, k: int, offset: float = 0.0,
                exclude=None) -> tuple:
         """``(positions [b, k], logits [b, k])`` as :func:`top_k` over
-        :func:`catalogue_scores` returns them, but over each user's proposed candidates
-        only (``exclude``: positions per user never returned, as in :func:`top_k`)."""
+        :func:`catalogue_scores` returns them, but over each user's proposed items only
+        (``exclude``: positions per user never returned, as in :func:`top_k`)."""
         queries = np.asarray(queries, np.float32)
         present = np.asarray(present, bool)
-        width = max(self.candidates, k + max((len(e) for e in exclude or []), default=0))
-        rows, slots = np.nonzero(present)
-        flat = np.ascontiguousarray(queries[rows, slots])
-
-        def unseen(proposals, user):
-            found = np.unique(proposals)
-            found = found[found >= 0]
-            if exclude is not None and len(exclude[user]):
-                found = np.setdiff1d(found, np.asarray(list(exclude[user]), np.int64))
-            return found
-
-        full = np.ones(len(rows), bool)  # the queries that get the full beam
-        first = np.full((len(rows), 0), -1, np.int64)
-        if self.screen_ef > 0:
-            first = self._propose(flat, self.screen_ef, self.screen_ef)
-            for user in range(len(queries)):
-                mine = np.flatnonzero(rows == user)
-                found = unseen(first[mine], user)
-                if len(mine) < 2 or len(found) < k:
-                    continue  # nothing to spare, or no bound yet: every query searches
-                best = flat[mine] @ self.vectors[found].T  # [queries, found]
-                kth = np.partition(best.max(axis=0), len(found) - k)[len(found) - k]
-                full[mine] = best.max(axis=1) >= kth
-        self.screened_queries = int((~full).sum())
-        second = np.full((len(rows), width), -1, np.int64)
-        second[full] = self._propose(flat[full], width, self.ef_search)
-        proposed = np.concatenate([first, second], axis=1)
+        seen = [np.asarray(list(exclude[user]) if exclude is not None else [], np.int64)
+                for user in range(len(queries))]
+        if self.search_mode == "joint":
+            proposed = [self.graph.search(queries[user, present[user]],
+                                          max(self.ef_search, k), seen[user])
+                        for user in range(len(queries))]
+        else:
+            width = max(self.candidates, k + max((len(s) for s in seen), default=0))
+            rows, slots = np.nonzero(present)
+            self.index.hnsw.efSearch = max(self.ef_search, width)
+            flat = np.ascontiguousarray(queries[rows, slots])
+            found = (self.index.search(flat, width)[1] if len(flat)
+                     else np.empty((0, width), np.int64))
+            proposed = [found[rows == user].ravel() for user in range(len(queries))]
         positions = np.empty((len(queries), k), np.int64)
         logits = np.empty((len(queries), k), np.float32)
         for user in range(len(queries)):
-            found = unseen(proposed[rows == user], user)
+            found = np.unique(proposed[user])
+            found = np.setdiff1d(found[found >= 0], seen[user])
             if len(found) < k:
                 raise UserInputError(f"the approximate index proposed {len(found)} unseen "
                                      f"items for row {user}, fewer than k={k}: raise "
-                                     "candidates")
+                                     "ef_search (and candidates)")
             user_queries = queries[user, present[user]]
             scores = (user_queries @ self.vectors[found].T).max(axis=0) + np.float32(offset)
             order = np.argsort(-scores, kind="stable")[:k]
             positions[user], logits[user] = found[order], scores[order]
         return positions, logits
-
-    def _propose(self, flat_queries: np.ndarray, width: int, ef_search: int) -> np.ndarray:
-        """The graph's ``width`` proposals ``[q, width]`` (-1 pads) for each query row."""
-        if not len(flat_queries):
-            return np.empty((0, width), np.int64)
-        self.index.hnsw.efSearch = max(ef_search, width)
-        return self.index.search(flat_queries, width)[1]
 
 
 def fuse_and_rank(candidates: np.ndarray, retrieval_logits: np.ndarray,

@@ -218,10 +218,11 @@ def test_retrieval_vectors_and_queries_give_the_model_logits(similarity, max_int
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("storage, screen_ef", [
-    *[(storage, 0) for storage in retrieval.ApproximateIndex.STORAGE], ("flat", 32)])
+@pytest.mark.parametrize("storage, search", [
+    *[(storage, "per_query") for storage in retrieval.ApproximateIndex.STORAGE],
+    ("flat", "joint"), ("sq8", "joint")])
 def test_approximate_index_proposes_what_exact_retrieval_finds_and_scores_it_exactly(
-        storage, screen_ef):
+        storage, search):
     pytest.importorskip("faiss")
     rng = np.random.default_rng(2)
     vectors = rng.normal(size=(3000, 9)).astype(np.float32)
@@ -232,8 +233,8 @@ def test_approximate_index_proposes_what_exact_retrieval_finds_and_scores_it_exa
     exclude = [[], [5, 6, 7], [], [], list(range(50))]
     exact_positions, exact_logits = retrieval.top_k(
         retrieval.catalogue_scores(queries, present, vectors, 0.5), 10, exclude)
-    index = retrieval.ApproximateIndex(vectors, candidates=64, storage=storage,
-                                       screen_ef=screen_ef)
+    index = retrieval.ApproximateIndex(vectors, candidates=64, ef_search=64,
+                                       storage=storage, search=search)
     positions, logits = index.search(queries, present, 10, offset=0.5, exclude=exclude)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(positions, exact_positions)])
     assert recall >= 0.9
@@ -246,11 +247,11 @@ def test_approximate_index_proposes_what_exact_retrieval_finds_and_scores_it_exa
     np.testing.assert_allclose(logits[:, 0], exact_logits[:, 0], rtol=1e-6)
 
 
-def test_the_screen_spares_only_queries_that_cannot_reach_the_top_k():
-    """User 0's second query is a hundredth of its first's length: its best logit is far
-    below the first query's 10th, so the full beam skips it, and the top 10 is still the
-    exact one. User 1's two queries point at opposite halves of the catalogue and share its
-    top 10: neither is spared."""
+def test_the_joint_search_ranks_its_beam_by_the_users_logit():
+    """User 0's second query is a hundredth of its first's length, so nothing it finds can
+    reach the first query's top 10; user 1's two queries point at opposite halves of the
+    catalogue and share its top 10. One walk per user, with a beam of only 16, returns
+    each user's exact top 10 in both cases, items it must not return included on the way."""
     pytest.importorskip("faiss")
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(2000, 8)).astype(np.float32)
@@ -258,17 +259,36 @@ def test_the_screen_spares_only_queries_that_cannot_reach_the_top_k():
     queries = np.stack([np.stack([3 * direction, 0.01 * rng.normal(size=8)]),
                         np.stack([direction, -direction])]).astype(np.float32)
     present = np.ones((2, 2), bool)
-    exact, _ = retrieval.top_k(retrieval.catalogue_scores(queries, present, vectors), 10)
-    index = retrieval.ApproximateIndex(vectors, candidates=32, screen_ef=32)
-    positions, _ = index.search(queries, present, 10)
-    assert index.screened_queries == 1
+    scores = retrieval.catalogue_scores(queries, present, vectors)
+    exact, _ = retrieval.top_k(scores, 10)
+    index = retrieval.ApproximateIndex(vectors, ef_search=16, search="joint")
+    positions, logits = index.search(queries, present, 10)
     np.testing.assert_array_equal(positions, exact)
-    index.screen_ef = 0  # one pass: every query gets the full beam
-    np.testing.assert_array_equal(index.search(queries, present, 10)[0], exact)
-    assert index.screened_queries == 0
+    np.testing.assert_allclose(logits, np.take_along_axis(scores, exact, axis=1), rtol=1e-6)
+    # User 1's 3 best items are excluded: the walk passes through them and returns the
+    # next 10, as exact retrieval does.
+    exclude = [[], list(exact[1, :3])]
+    expected, _ = retrieval.top_k(scores, 10, exclude)
+    np.testing.assert_array_equal(index.search(queries, present, 10, exclude=exclude)[0],
+                                  expected)
+    # The beam holds ef_search items: k above it widens the beam, never returns fewer.
+    assert index.search(queries, present, 40)[0].shape == (2, 40)
 
 
-def test_approximate_index_refuses_an_unknown_storage():
+def test_the_joint_search_is_refused_without_numba(monkeypatch):
+    pytest.importorskip("faiss")
+    from trainer.serving import graph_search
+
+    monkeypatch.setattr(graph_search, "COMPILED", False)
+    with pytest.raises(UserInputError, match="the joint search needs numba"):
+        retrieval.ApproximateIndex(np.zeros((10, 4), np.float32))
+    index = retrieval.ApproximateIndex(np.eye(10, 4, dtype=np.float32), search="per_query")
+    assert index.search_mode == "per_query"
+
+
+def test_approximate_index_refuses_an_unknown_storage_or_search():
     pytest.importorskip("faiss")
     with pytest.raises(UserInputError, match="storage must be one of flat, fp16, sq8"):
         retrieval.ApproximateIndex(np.zeros((10, 4), np.float32), storage="pq")
+    with pytest.raises(UserInputError, match="search must be one of joint, per_query"):
+        retrieval.ApproximateIndex(np.zeros((10, 4), np.float32), search="two_pass")
