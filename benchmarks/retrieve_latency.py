@@ -163,8 +163,9 @@ def approximate_figures(queries, present, vectors, seen, offset, sizes: list, k:
     """For each n of ``sizes``: ``retrieval.ApproximateIndex`` over the first n items, its
     build time and, for each of ``searches`` and each ``ef_search``, recall@k against
     exact retrieval (seen items excluded on both sides) and batch-1 latency of search +
-    exact rescoring, under ``[search][ef]``."""
-    from benchmarks.timing import call_times, quantile
+    exact rescoring (``calls`` calls each, the settings timed in turns), under
+    ``[search][ef]``."""
+    from benchmarks.timing import quantile
 
     figures = {}
     for size in sizes:
@@ -179,21 +180,30 @@ def approximate_figures(queries, present, vectors, seen, offset, sizes: list, k:
             "build_seconds": time.perf_counter() - started, "k": k, "storage": storage,
             "neighbours": index.neighbours, "ef_construction": index.ef_construction,
             "candidates": index.candidates}
-        for search, ef in ((search, ef) for search in searches for ef in ef_search):
+        settings = [(search, ef) for search in searches for ef in ef_search]
+        for search, ef in settings:
             index.search_mode, index.ef_search = search, ef
             found, _ = index.search(queries, present, k, offset, exclude)
             recall = [len(set(a) & set(b)) / k for a, b in zip(found, exact)]
-            figure = {"recall_at_k": float(np.mean(recall)),
-                      "min_user_recall_at_k": float(np.min(recall))}
-            user = iter(range(10 ** 9))
-
-            def one():
-                u = next(user) % len(queries)
+            per_size.setdefault(search, {})[str(ef)] = {
+                "recall_at_k": float(np.mean(recall)),
+                "min_user_recall_at_k": float(np.min(recall))}
+        # Timed in turns: each round times every setting on the same user, so a change in
+        # the machine's speed during the run (2-core cloud machines drift by tens of
+        # percent over minutes) falls on all settings alike.
+        times = {setting: [] for setting in settings}
+        for call in range(calls + 1):  # the first round is untimed (compilation, caches)
+            u = call % len(queries)
+            for setting in settings:
+                index.search_mode, index.ef_search = setting
+                started = time.perf_counter()
                 index.search(queries[u:u + 1], present[u:u + 1], k, offset, exclude[u:u + 1])
-            times = call_times(one, calls)
-            figure.update({"batch1_p50_ms": 1000 * quantile(times, 0.5),
-                           "batch1_p99_ms": 1000 * quantile(times, 0.99)})
-            per_size.setdefault(search, {})[str(ef)] = figure
+                if call:
+                    times[setting].append(time.perf_counter() - started)
+        for (search, ef), seconds in times.items():
+            figure = per_size[search][str(ef)]
+            figure.update({"batch1_p50_ms": 1000 * quantile(seconds, 0.5),
+                           "batch1_p99_ms": 1000 * quantile(seconds, 0.99)})
             log(f"approximate index over {size} items, {search} search, efSearch {ef}: "
                 f"{json.dumps(figure)}")
     return figures
