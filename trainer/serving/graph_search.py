@@ -11,8 +11,9 @@ own graph (its neighbour lists, read once) with it: each query descends the grap
 greedily to a local best of its own, then one beam of ``ef`` items at the bottom level,
 seeded with those, is ranked by the logit itself. A query whose items score below the beam's worst stops being
 expanded by itself, with no separate screening pass; the beam's items carry the exact
-logit. Measured at a million items (docs/benchmarks.md): recall@100 0.992 at a batch-1
-p50 of 4.3 ms on one core, where faiss' per-query search needed 6.3 ms on two for 0.990.
+logit. Measured at a million items (docs/benchmarks.md, one run): recall@100 0.992 at a
+batch-1 p50 of 3.4 ms on one core, where faiss' per-query search on two cores needed
+6.5 ms for the same recall.
 
 The kernels are compiled with numba (the ``ann`` extra; shap already depends on it), on
 first use and cached beside this file.
@@ -166,9 +167,10 @@ class JointGraphSearch:
         self.entry, self.top_level = int(hnsw.entry_point), int(hnsw.max_level)
         # The walk scores an 8-bit copy of the vectors (each coordinate's range in 256
         # steps; 66 bytes an item instead of 260): it waits on memory, so a quarter of the
-        # bytes per item is about a third off its time (at a million items: p50 3.8 against
-        # 5.4 ms at the same beam, recall@100 0.992 both ways). Only which items reach the
-        # beam can change: the caller rescores them with the float32 vectors.
+        # bytes per item took about a third off its time (at a million items, one scratch
+        # run after the other: p50 3.8 against 5.4 ms at the same beam, recall@100 0.992
+        # both ways). Only which items reach the beam can change: the caller rescores
+        # them with the float32 vectors.
         vectors = np.asarray(vectors, np.float32)
         self._low = vectors.min(axis=0) if len(vectors) else np.zeros(vectors.shape[1])
         spread = (vectors.max(axis=0) - self._low) if len(vectors) else self._low
