@@ -292,3 +292,26 @@ def test_approximate_index_refuses_an_unknown_storage_or_search():
         retrieval.ApproximateIndex(np.zeros((10, 4), np.float32), storage="pq")
     with pytest.raises(UserInputError, match="search must be one of joint, per_query"):
         retrieval.ApproximateIndex(np.zeros((10, 4), np.float32), search="two_pass")
+
+
+def test_recommend_approximate_serves_the_exact_top_k_of_a_small_catalogue(
+        trained_two_tower_run):
+    """``Recommender(approximate=True)`` goes through the joint walk over the run's own
+    item index: on a catalogue smaller than the beam it reaches every item, so it returns
+    exact retrieval's items and logits, seen items excluded."""
+    pytest.importorskip("faiss")
+    from trainer.serving import recommend_lib
+
+    model_dir, _ = trained_two_tower_run
+    exact = recommend_lib.Recommender(model_dir)
+    approximate = recommend_lib.Recommender(model_dir, approximate=True)
+    assert approximate.approximate_index.search_mode == "joint"
+    items = list(exact.index.item_ids)
+    assert len(items) < approximate.approximate_index.ef_search
+    queries, histories = ["", "a query"], [items[:3], items[5:6]]
+    expected_positions, expected_logits = exact.retrieve(queries, histories, 5)
+    positions, logits = approximate.retrieve(queries, histories, 5)
+    for row, history in enumerate(histories):
+        assert set(positions[row]) == set(expected_positions[row])
+        assert not {items[p] for p in positions[row]} & set(history)
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-6)
