@@ -9,11 +9,11 @@ them. The model's logit for an item is the best inner product over the user's qu
 faiss' search cannot take such a score function from Python, so this module walks faiss'
 own graph (its neighbour lists, read once) with it: each query descends the graph
 greedily to a local best of its own, then one beam of ``ef`` items at the bottom level,
-seeded with those, is ranked by the logit itself. A query whose items score below the beam's worst stops being
-expanded by itself, with no separate screening pass; the beam's items carry the exact
-logit. Measured at a million items (docs/benchmarks.md, one run): recall@100 0.992 at a
-batch-1 p50 of 3.4 ms on one core, where faiss' per-query search on two cores needed
-6.5 ms for the same recall.
+seeded with those, is ranked by the logit itself. A query whose items score below the
+beam's worst stops being expanded by itself, with no separate screening pass; the caller
+rescores the beam exactly. Measured at a million items (docs/benchmarks.md, one run):
+recall@100 0.992 at a batch-1 p50 of 3.4 ms on one core, where faiss' per-query search on
+two cores needed 6.5 ms for the same recall.
 
 The kernels are compiled with numba (the ``ann`` extra; shap already depends on it), on
 first use and cached beside this file.

@@ -125,10 +125,8 @@ class ApproximateIndex:
         if search not in self.SEARCHES:
             raise UserInputError(f"search must be one of {', '.join(self.SEARCHES)}, got "
                                  f"{search!r}")
-        from trainer.serving import graph_search  # pylint: disable=import-outside-toplevel
-        if search == "joint" and not graph_search.COMPILED:
-            raise UserInputError("the joint search needs numba: pip install -e '.[ann]' (or "
-                                 "pip install numba==0.68.1), or use search='per_query'")
+        if search == "joint":
+            self._require_numba()
         self.vectors = np.ascontiguousarray(vectors, np.float32)
         dimension = self.vectors.shape[1]
         if storage == "flat":
@@ -146,10 +144,27 @@ class ApproximateIndex:
         self.candidates = candidates
         self.ef_search = ef_search
         self.search_mode = search
-        self.graph = graph_search.JointGraphSearch(self.index.hnsw, self.vectors)
+        self._graph = None
 
     def __len__(self) -> int:
         return len(self.vectors)
+
+    @staticmethod
+    def _require_numba():
+        from trainer.serving import graph_search  # pylint: disable=import-outside-toplevel
+        if not graph_search.COMPILED:
+            raise UserInputError("the joint search needs numba: pip install -e '.[ann]' (or "
+                                 "pip install numba==0.68.1), or use search='per_query'")
+        return graph_search
+
+    @property
+    def graph(self):
+        """The joint search's view of the graph (graph_search.JointGraphSearch: its
+        neighbour lists and an 8-bit copy of the vectors), made on the first joint search."""
+        if self._graph is None:
+            self._graph = self._require_numba().JointGraphSearch(self.index.hnsw,
+                                                                  self.vectors)
+        return self._graph
 
     def search(self, queries: np.ndarray, present: np.ndarray, k: int, offset: float = 0.0,
                exclude=None) -> tuple:
