@@ -1,5 +1,7 @@
 """trainer/serving/retrieval.py: the saved item index and top-k against brute force."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -22,6 +24,44 @@ def test_top_k_equals_numpy_brute_force_and_excludes_seen_items():
         assert positions[row].tolist() == allowed[:5]
         np.testing.assert_allclose(top[row], scores[row, allowed[:5]])
     assert np.all(np.diff(top, axis=1) <= 0)
+
+
+@pytest.mark.parametrize("items,k", [(300, 5), (300, 60), (300, 298), (300, 300), (5000, 7)])
+def test_exported_top_k_equals_numpy_over_the_whole_catalogue(items, k):
+    """``retrieve``'s top k (endpoints.catalogue_top_k: the best groups' items of a padded
+    catalogue) against numpy over every item: ties across group edges, absent query slots,
+    seen items (filling k only past the unseen ones), the one-product and per-slot paths."""
+    from trainer.kinds import endpoints
+
+    rng = np.random.default_rng(3)
+    users, slots, dim = 5, 4, 6
+    queries = rng.normal(size=(users, slots, dim)).astype(np.float32)
+    queries[..., -1] = 1  # the constant coordinate, as retrieval_queries gives it
+    present = rng.random((users, slots)) < 0.6
+    present[:, -1] = ~present[:, :-1].any(axis=1)  # as retrieval_queries: one slot at least
+    vectors = np.round(rng.normal(size=(items, dim)), 1).astype(np.float32)
+    vectors[120:140] = vectors[100]  # tied logits across a group edge (128)
+    seen = np.full((users, 3), -1, np.int32)
+    seen[1] = [100, 130, items - 1]
+    seen[2, :1] = [7]
+    padded = endpoints.padded_retrieval_vectors(vectors)
+    assert len(padded) % endpoints.SCORE_GROUP == 0 and len(padded) >= items
+    expected_scores = retrieval.catalogue_scores(queries, present, vectors)
+    for one_product in (endpoints.ONE_PRODUCT_SCORES, 0):
+        with mock.patch.object(endpoints, "ONE_PRODUCT_SCORES", one_product):
+            logits, positions = tf.function(endpoints.catalogue_top_k)(
+                tf.constant(queries), tf.constant(present), tf.constant(padded),
+                tf.constant(seen), tf.constant(k), items)
+        for row in range(users):
+            excluded = sorted({int(s) for s in seen[row] if s >= 0})
+            allowed = [j for j in np.argsort(-expected_scores[row], kind="stable")
+                       if j not in excluded][:k]
+            np.testing.assert_allclose(logits[row].numpy()[:len(allowed)],
+                                       expected_scores[row, allowed], rtol=1e-5, atol=1e-5)
+            assert positions[row].numpy()[:len(allowed)].tolist() == allowed
+            # Past the unseen items: seen ones, at -inf.
+            assert set(positions[row].numpy()[len(allowed):].tolist()) <= set(excluded)
+            assert np.all(np.isneginf(logits[row].numpy()[len(allowed):]))
 
 
 @pytest.mark.parametrize("k", [0, -1, 31, 2.5])
