@@ -5,8 +5,8 @@ After a retrieving run trains, every catalogue item's vector is computed once fr
 tower (``ModelKind.item_index``) and saved under ``<model_dir>/item_index/``
 (trainer/kinds/item_index.py). The model's logit is a maximum of inner products
 (``TwoTowerRecommender.retrieval_vectors`` / ``retrieval_queries``: the best of ``user +
-interest_k`` against ``[item vector, item bias]``), so retrieval scores every item with one
-matrix product per query (:func:`catalogue_scores`) and keeps the top k, excluding the
+interest_k`` against ``[item vector, item bias]``), so retrieval scores every item with
+matrix products over all queries a tile of items at a time (:func:`catalogue_scores`) and keeps the top k, excluding the
 items the user has already seen (:func:`top_k`). For large catalogues
 :class:`ApproximateIndex` (an HNSW graph built by faiss, searched under the user's own
 logit) proposes candidates for each user and rescores them exactly. The ``recommend``
@@ -58,24 +58,35 @@ def top_k(scores: np.ndarray, k: int, exclude=None) -> tuple:
     return order, np.take_along_axis(masked, order, axis=1)
 
 
+# The most scores ([users x query slots, items]) catalogue_scores takes from one matrix
+# product: a tile of items small enough to stay in cache while its maximum over slots is
+# taken. At 256 users x 1M items x 7 slots: 2.3 s, against 9.7 s for one product per slot
+# over the users that have it (scratch timing on a 2-core Xeon).
+TILE_SCORES = 1 << 20
+
+
 def catalogue_scores(queries: np.ndarray, present: np.ndarray, vectors: np.ndarray,
                      offset: float = 0.0) -> np.ndarray:
     """Every user's logit against every catalogue item, ``[b, N]`` float32: the best
     present query's inner product (``queries [b, K, d']``, ``present [b, K]``, ``vectors
     [N, d']``, as ``TwoTowerRecommender.retrieval_queries`` / ``retrieval_vectors`` give
-    them) plus ``offset`` (the model's global bias). Each query slot is one matrix product
-    over the users that have it, so absent parts cost nothing."""
+    them) plus ``offset`` (the model's global bias); -inf for a user with no query present.
+    One product per tile of items over every slot; an absent slot repeats the user's
+    first present query, which leaves the maximum as it is."""
     queries = np.asarray(queries, np.float32)
     present = np.asarray(present, bool)
     vectors = np.asarray(vectors, np.float32)
-    scores = np.full((queries.shape[0], vectors.shape[0]), -np.inf, np.float32)
-    for slot in range(queries.shape[1]):
-        rows = np.flatnonzero(present[:, slot])
-        if len(rows) == len(scores):
-            np.maximum(scores, queries[:, slot] @ vectors.T, out=scores)
-        elif len(rows):
-            scores[rows] = np.maximum(scores[rows], queries[rows, slot] @ vectors.T)
-    return scores + np.float32(offset)
+    users, slots, dim = queries.shape
+    first_present = queries[np.arange(users), present.argmax(axis=1)]
+    rows = np.where(present[..., None], queries, first_present[:, None]).reshape(-1, dim)
+    scores = np.empty((users, len(vectors)), np.float32)
+    step = max(TILE_SCORES // max(len(rows), 1), 256)
+    for start in range(0, len(vectors), step):
+        tile = rows @ vectors[start:start + step].T
+        np.max(tile.reshape(users, slots, -1), axis=1, out=scores[:, start:start + step])
+    scores += np.float32(offset)
+    scores[~present.any(axis=1)] = -np.inf
+    return scores
 
 
 class ApproximateIndex:

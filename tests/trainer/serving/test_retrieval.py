@@ -26,6 +26,28 @@ def test_top_k_equals_numpy_brute_force_and_excludes_seen_items():
     assert np.all(np.diff(top, axis=1) <= 0)
 
 
+def brute_force_scores(queries, present, vectors):
+    """Every slot against every item, absent slots at -inf, the best slot per user."""
+    products = np.einsum("bkd,nd->bkn", queries.astype(np.float64), vectors)
+    return np.where(present[:, :, None], products, -np.inf).max(axis=1)
+
+
+@pytest.mark.parametrize("step_scores", [1, retrieval.TILE_SCORES])
+def test_catalogue_scores_in_tiles_equal_brute_force(step_scores):
+    """retrieval.catalogue_scores a tile of items at a time (tiles of 256 items, the last
+    one short, or one tile): the best present slot plus the offset, -inf with none."""
+    rng = np.random.default_rng(4)
+    queries = rng.normal(size=(4, 3, 5)).astype(np.float32)
+    present = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0]], bool)
+    vectors = rng.normal(size=(700, 5)).astype(np.float32)
+    with mock.patch.object(retrieval, "TILE_SCORES", step_scores):
+        scores = retrieval.catalogue_scores(queries, present, vectors, 0.25)
+    assert scores.dtype == np.float32 and scores.shape == (4, 700)
+    np.testing.assert_allclose(scores, brute_force_scores(queries, present, vectors) + 0.25,
+                               rtol=1e-5, atol=1e-5)
+    assert np.all(np.isneginf(scores[3]))
+
+
 @pytest.mark.parametrize("items,k", [(300, 5), (300, 60), (300, 298), (300, 300), (5000, 7)])
 def test_exported_top_k_equals_numpy_over_the_whole_catalogue(items, k):
     """``retrieve``'s top k (endpoints.catalogue_top_k: the best groups' items of a padded
@@ -46,7 +68,7 @@ def test_exported_top_k_equals_numpy_over_the_whole_catalogue(items, k):
     seen[2, :1] = [7]
     padded = endpoints.padded_retrieval_vectors(vectors)
     assert len(padded) % endpoints.SCORE_GROUP == 0 and len(padded) >= items
-    expected_scores = retrieval.catalogue_scores(queries, present, vectors)
+    expected_scores = brute_force_scores(queries, present, vectors)
     for one_product in (endpoints.ONE_PRODUCT_SCORES, 0):
         with mock.patch.object(endpoints, "ONE_PRODUCT_SCORES", one_product):
             logits, positions = tf.function(endpoints.catalogue_top_k)(
