@@ -17,10 +17,11 @@ exports the model with that index baked in. Users are real users of the run's te
 Then a new Python process (``--probe``) loads the SavedModel (imports and load timed apart)
 and, for each ``--k`` and each ``--batches`` size, times ``retrieve`` (p50/p99 of
 ``--calls`` calls at batch 1, a tenth of them above) and, in the same process, the numpy
-lower bound of the same ranking: the users' logits against every item as one inner product
-per query (``retrieval.catalogue_scores``, the user tower already run) and
-``np.argpartition`` for the top k, sorted. ``retrieve`` also runs the user tower and drops
-seen items, so the bound is below it by construction.
+bound of the same ranking: the users' logits against every item
+(``retrieval.catalogue_scores``, the user tower already run) and ``np.argpartition`` for
+the top k, sorted. ``retrieve`` also runs the user tower and drops seen items; the bound is
+not below it on every CPU (TensorFlow's product and ``top_k`` use every core, where
+``np.argpartition`` uses one).
 
 ``--ann_sizes`` (needs faiss-cpu and numba, the ``ann`` extra) builds
 ``retrieval.ApproximateIndex`` over the first n items of the index for each n, and reports
@@ -98,8 +99,8 @@ def _requests(model_dir: str, users: int) -> dict:
 
 
 def numpy_bound(queries, present, vectors, k: int, offset: float) -> np.ndarray:
-    """The top ``k`` positions of each user, best first: one inner product per query
-    against every item, then ``argpartition`` and a sort of the k (the lower bound)."""
+    """The top ``k`` positions of each user, best first: every user's logit against every
+    item (``retrieval.catalogue_scores``), then ``argpartition`` and a sort of the k."""
     scores = retrieval.catalogue_scores(queries, present, vectors, offset)
     top = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
     order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)

@@ -4,7 +4,7 @@ two-tower run's saved item index (trainer/serving/retrieval.py), optionally rera
 A user is a query ("" for none) and a history of catalogue item ids, most recent first.
 The history's texts come from the run's catalogue; the user state is computed by the
 trained model and scored against every cached item vector as ``score_matrix`` scores it
-(one inner product per query, ``retrieval.catalogue_scores``), or, with ``approximate``,
+(every query's inner products, ``retrieval.catalogue_scores``), or, with ``approximate``,
 against the candidates an HNSW index proposes (``retrieval.ApproximateIndex``, rescored
 exactly); items in the history are not recommended again.
 
