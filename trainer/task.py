@@ -134,7 +134,13 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--approximate", action="store_true",
                            help="--model_dir: candidates from an HNSW index (faiss-cpu and "
                            "numba, pip install -e '.[ann]'), rescored exactly; for large "
-                           "catalogues")
+                           "catalogues. The graph is saved under RUN/item_index/ and read "
+                           "back by later calls")
+    recommend.add_argument("--ann_neighbours", type=int, default=None,
+                           help="--approximate: HNSW's M, the graph's degree (default 32; "
+                           "64 at a million items, docs/benchmarks.md)")
+    recommend.add_argument("--ann_ef", type=int, default=None,
+                           help="--approximate: the search beam, efSearch (default 512)")
     audit = sub.add_parser("audit", help="popularity bias, item-group exposure against "
                            "merit and user-group gaps of a trained run, beside the "
                            "popularity baseline (trainer/responsible/audit_lib.py); writes audit/")
@@ -341,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.pipeline:
                 if args.approximate:
                     raise UserInputError("--approximate applies to --model_dir only")
+                if args.ann_neighbours is not None or args.ann_ef is not None:
+                    raise UserInputError("--ann_neighbours / --ann_ef apply to --model_dir "
+                                         "with --approximate only")
                 pipeline = config_lib.load_pipeline(args.pipeline, args.overrides)
                 recommender = recommend_lib.RetrieveRerank(pipeline)
                 items = recommender.recommend([args.user_text], [history], k=args.k)[0]
@@ -353,7 +362,14 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 if args.overrides:
                     raise UserInputError("--set applies to --pipeline only")
-                recommender = recommend_lib.Recommender(args.model_dir, args.approximate)
+                if not args.approximate and (args.ann_neighbours is not None
+                                             or args.ann_ef is not None):
+                    raise UserInputError("--ann_neighbours / --ann_ef apply with "
+                                         "--approximate only")
+                ann = {"neighbours": args.ann_neighbours, "ef_search": args.ann_ef}
+                recommender = recommend_lib.Recommender(
+                    args.model_dir, args.approximate,
+                    **{name: value for name, value in ann.items() if value is not None})
                 items = recommender.recommend([args.user_text], [history],
                                               k=10 if args.k is None else args.k)[0]
                 print("rank\titem_id\tclick_probability\tlogit")

@@ -16,12 +16,15 @@ top k of ``rerank logit + rerank.retrieval_weight * retrieval logit`` come back.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer.data import input_pipeline
 from trainer import kinds, runs
+from trainer.kinds.item_index import ITEM_INDEX_DIR
 from trainer.serving import retrieval
 from trainer.data.canonical import Example
 from trainer.errors import UserInputError
@@ -42,10 +45,16 @@ class Recommender:
       model_dir: a finished two-tower run (``model.keras``, ``item_index/``).
       approximate: propose candidates with an HNSW index (faiss-cpu and numba, the ``ann``
         extra), walked once per user under its own logit, instead of scoring the whole
-        catalogue: for catalogues of ~10^5 items and more.
+        catalogue: for catalogues of ~10^5 items and more. The graph is saved under the
+        run's ``item_index/`` when it is built and read back by later recommenders of the
+        same run (a local run directory only).
+      neighbours, ef_search: the index's HNSW M and search beam
+        (``retrieval.ApproximateIndex``; M 64 and efSearch 512 reached recall@100 0.99
+        at a million items, docs/benchmarks.md).
     """
 
-    def __init__(self, model_dir: str, approximate: bool = False):
+    def __init__(self, model_dir: str, approximate: bool = False, neighbours: int = 32,
+                 ef_search: int = 512):
         self.run = run = runs.open_run(model_dir)
         if not run.kind.retrieves:
             raise UserInputError(
@@ -58,8 +67,12 @@ class Recommender:
         self.position = {item: i for i, item in enumerate(self.index.item_ids)}
         self.retrieval_vectors = np.asarray(
             self.model.retrieval_vectors(self.index.vectors, self.index.id_index), np.float32)
-        self.approximate_index = (retrieval.ApproximateIndex(self.retrieval_vectors)
-                                  if approximate else None)
+        self.approximate_index = None
+        if approximate:
+            local = "://" not in model_dir  # faiss reads and writes local files only
+            self.approximate_index = retrieval.ApproximateIndex(
+                self.retrieval_vectors, neighbours=neighbours, ef_search=ef_search,
+                cache_dir=os.path.join(model_dir, ITEM_INDEX_DIR) if local else None)
 
     def retrieve(self, queries: list, histories: list, k: int,
                  exclude_seen: bool = True) -> tuple:

@@ -6,10 +6,10 @@ tower (``ModelKind.item_index``) and saved under ``<model_dir>/item_index/``
 (trainer/kinds/item_index.py). The model's logit is a maximum of inner products
 (``TwoTowerRecommender.retrieval_vectors`` / ``retrieval_queries``: the best of ``user +
 interest_k`` against ``[item vector, item bias]``), so retrieval scores every item with
-matrix products over all queries a tile of items at a time (:func:`catalogue_scores`) and keeps the top k, excluding the
-items the user has already seen (:func:`top_k`). For large catalogues
-:class:`ApproximateIndex` (an HNSW graph built by faiss, searched under the user's own
-logit) proposes candidates for each user and rescores them exactly. The ``recommend``
+matrix products over all queries, a tile of items at a time (:func:`catalogue_scores`),
+and keeps the top k, excluding the items the user has already seen (:func:`top_k`). For
+large catalogues :class:`ApproximateIndex` (an HNSW graph built by faiss, searched under
+the user's own logit) proposes candidates for each user and rescores them exactly. The ``recommend``
 command is trainer/serving/recommend_lib.py.
 
 keras-rs' ``BruteForceRetrieval`` is not used: it scores one query vector by one dot
@@ -18,6 +18,10 @@ product per candidate, while this model's logit adds the best match over the use
 """
 
 from __future__ import annotations
+
+import hashlib
+import os
+import warnings
 
 import numpy as np
 
@@ -117,6 +121,11 @@ class ApproximateIndex:
         a query whose items cannot reach the top k stops costing anything as soon as the
         beam is better. ``per_query`` runs faiss' search once per query (``candidates``
         each) and rescores the union.
+      cache_dir: a local folder for the graph (the build takes minutes at a million
+        items): read from ``cache_dir/hnsw-M<M>-efc<ef>-<storage>-<fingerprint>.faiss``
+        when a graph of the same vectors and build settings was saved there, else built
+        and saved there atomically (a warning, not an error, when it cannot be written).
+        ``loaded`` says which happened.
     """
 
     STORAGE = ("flat", "fp16", "sq8")
@@ -124,7 +133,7 @@ class ApproximateIndex:
 
     def __init__(self, vectors: np.ndarray, neighbours: int = 32, ef_construction: int = 200,
                  ef_search: int = 512, candidates: int = 128, storage: str = "flat",
-                 search: str = "joint"):
+                 search: str = "joint", cache_dir: str | None = None):
         try:
             import faiss  # pylint: disable=import-outside-toplevel  # optional extra
         except ImportError as error:
@@ -138,20 +147,20 @@ class ApproximateIndex:
                                  f"{search!r}")
         if search == "joint":
             self._require_numba()
+        for name, value in (("neighbours", neighbours), ("ef_construction", ef_construction),
+                            ("ef_search", ef_search), ("candidates", candidates)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise UserInputError(f"{name} must be a positive integer, got {value!r}")
         self.vectors = np.ascontiguousarray(vectors, np.float32)
-        dimension = self.vectors.shape[1]
-        if storage == "flat":
-            self.index = faiss.IndexHNSWFlat(dimension, neighbours, faiss.METRIC_INNER_PRODUCT)
-        else:
-            quantizer = {"fp16": faiss.ScalarQuantizer.QT_fp16,
-                         "sq8": faiss.ScalarQuantizer.QT_8bit}[storage]
-            self.index = faiss.IndexHNSWSQ(dimension, quantizer, neighbours,
-                                           faiss.METRIC_INNER_PRODUCT)
-            self.index.train(self.vectors)  # each coordinate's range, for the 8-bit codes
-        self.index.hnsw.efConstruction = ef_construction
-        self.index.add(self.vectors)
         self.neighbours, self.ef_construction = neighbours, ef_construction
         self.storage = storage
+        self.graph_file = (None if cache_dir is None else
+                           os.path.join(cache_dir, self._graph_name(faiss.__version__)))
+        self.index = self._read_graph(faiss)
+        self.loaded = self.index is not None
+        if not self.loaded:
+            self.index = self._build_graph(faiss)
+            self._write_graph(faiss)
         self.candidates = candidates
         self.ef_search = ef_search
         self.search_mode = search
@@ -159,6 +168,60 @@ class ApproximateIndex:
 
     def __len__(self) -> int:
         return len(self.vectors)
+
+    def _build_graph(self, faiss):
+        dimension = self.vectors.shape[1]
+        if self.storage == "flat":
+            index = faiss.IndexHNSWFlat(dimension, self.neighbours, faiss.METRIC_INNER_PRODUCT)
+        else:
+            quantizer = {"fp16": faiss.ScalarQuantizer.QT_fp16,
+                         "sq8": faiss.ScalarQuantizer.QT_8bit}[self.storage]
+            index = faiss.IndexHNSWSQ(dimension, quantizer, self.neighbours,
+                                      faiss.METRIC_INNER_PRODUCT)
+            index.train(self.vectors)  # each coordinate's range, for the 8-bit codes
+        index.hnsw.efConstruction = self.ef_construction
+        index.add(self.vectors)
+        return index
+
+    def _graph_name(self, faiss_version: str) -> str:
+        """The cache file's name: the build settings and a fingerprint of the vectors
+        (and faiss' version), so a graph is only ever read back for what built it."""
+        fingerprint = hashlib.blake2b(digest_size=8)
+        fingerprint.update(f"{self.vectors.shape} {faiss_version}".encode())
+        fingerprint.update(self.vectors.tobytes())
+        return (f"hnsw-M{self.neighbours}-efc{self.ef_construction}-{self.storage}-"
+                f"{fingerprint.hexdigest()}.faiss")
+
+    def _read_graph(self, faiss):
+        if self.graph_file is None or not os.path.exists(self.graph_file):
+            return None
+        try:
+            index = faiss.read_index(self.graph_file)
+        except RuntimeError as error:  # a damaged file: built again and replaced
+            warnings.warn(f"could not read the cached graph {self.graph_file} ({error}); "
+                          "building it again")
+            return None
+        if index.ntotal != len(self.vectors) or index.d != self.vectors.shape[1]:
+            warnings.warn(f"the cached graph {self.graph_file} holds {index.ntotal} x "
+                          f"{index.d} vectors, not {self.vectors.shape}; building it again")
+            return None
+        return index
+
+    def _write_graph(self, faiss) -> None:
+        """Writes the graph next to its final name, then renames it: a reader never sees
+        half a file, and nothing is left behind when the write fails."""
+        if self.graph_file is None:
+            return
+        partial = f"{self.graph_file}.partial-{os.getpid()}"
+        try:
+            os.makedirs(os.path.dirname(self.graph_file), exist_ok=True)
+            faiss.write_index(self.index, partial)
+            os.replace(partial, self.graph_file)
+        except (OSError, RuntimeError) as error:
+            warnings.warn(f"could not save the graph to {self.graph_file} ({error}); it "
+                          "will be built again next time")
+            if os.path.exists(partial):
+                os.remove(partial)
 
     @staticmethod
     def _require_numba():

@@ -1,5 +1,7 @@
 """trainer/serving/retrieval.py: the saved item index and top-k against brute force."""
 
+import os
+import shutil
 from unittest import mock
 
 import numpy as np
@@ -357,14 +359,15 @@ def test_approximate_index_refuses_an_unknown_storage_or_search():
 
 
 def test_recommend_approximate_serves_the_exact_top_k_of_a_small_catalogue(
-        trained_two_tower_run):
+        trained_two_tower_run, tmp_path):
     """``Recommender(approximate=True)`` goes through the joint walk over the run's own
     item index: on a catalogue smaller than the beam it reaches every item, so it returns
     exact retrieval's items and logits, seen items excluded."""
     pytest.importorskip("faiss")
     from trainer.serving import recommend_lib
 
-    model_dir, _ = trained_two_tower_run
+    # A copy: the approximate recommender saves its graph under the run's item_index/.
+    model_dir = str(shutil.copytree(trained_two_tower_run[0], tmp_path / "run"))
     exact = recommend_lib.Recommender(model_dir)
     approximate = recommend_lib.Recommender(model_dir, approximate=True)
     assert approximate.approximate_index.search_mode == "joint"
@@ -377,3 +380,92 @@ def test_recommend_approximate_serves_the_exact_top_k_of_a_small_catalogue(
         assert set(positions[row]) == set(expected_positions[row])
         assert not {items[p] for p in positions[row]} & set(history)
     np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-6)
+
+
+def small_catalogue_vectors(seed=5, items=400):
+    vectors = np.random.default_rng(seed).normal(size=(items, 6)).astype(np.float32)
+    vectors[:, -1] = 0.1  # a bias column
+    return vectors
+
+
+def test_approximate_index_saves_its_graph_and_reads_it_back(tmp_path):
+    """cache_dir: the first index builds and saves the graph, the next one of the same
+    vectors and settings reads it (and searches alike); other vectors or settings build a
+    graph of their own."""
+    pytest.importorskip("faiss")
+    vectors = small_catalogue_vectors()
+    queries = np.random.default_rng(6).normal(size=(3, 2, 6)).astype(np.float32)
+    queries[..., -1] = 1.0
+    present = np.ones((3, 2), bool)
+    built = retrieval.ApproximateIndex(vectors, neighbours=8, ef_search=32,
+                                       cache_dir=str(tmp_path))
+    assert not built.loaded
+    assert os.path.basename(built.graph_file).startswith("hnsw-M8-efc200-flat-")
+    assert os.listdir(tmp_path) == [os.path.basename(built.graph_file)]  # nothing partial
+    read = retrieval.ApproximateIndex(vectors, neighbours=8, ef_search=32,
+                                      cache_dir=str(tmp_path))
+    assert read.loaded and read.graph_file == built.graph_file
+    for got, expected in zip(read.search(queries, present, 5),
+                             built.search(queries, present, 5)):
+        np.testing.assert_array_equal(got, expected)
+    other_vectors = retrieval.ApproximateIndex(small_catalogue_vectors(seed=7), neighbours=8,
+                                               cache_dir=str(tmp_path))
+    other_degree = retrieval.ApproximateIndex(vectors, neighbours=12, cache_dir=str(tmp_path))
+    assert not other_vectors.loaded and not other_degree.loaded
+    assert len(set(os.listdir(tmp_path))) == 3
+
+
+def test_approximate_index_rebuilds_a_damaged_graph_and_survives_an_unwritable_cache(tmp_path):
+    pytest.importorskip("faiss")
+    vectors = small_catalogue_vectors()
+    first = retrieval.ApproximateIndex(vectors, neighbours=8, cache_dir=str(tmp_path))
+    with open(first.graph_file, "wb") as f:
+        f.write(b"not a faiss index")
+    with pytest.warns(UserWarning, match="could not read the cached graph"):
+        again = retrieval.ApproximateIndex(vectors, neighbours=8, cache_dir=str(tmp_path))
+    assert not again.loaded
+    assert retrieval.ApproximateIndex(vectors, neighbours=8, cache_dir=str(tmp_path)).loaded
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")  # cache_dir under a file: the folder cannot be made
+    with pytest.warns(UserWarning, match="could not save the graph"):
+        unsaved = retrieval.ApproximateIndex(vectors, neighbours=8,
+                                             cache_dir=str(blocked / "cache"))
+    assert len(unsaved) == len(vectors) and not unsaved.loaded
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(first.graph_file),
+                                                   "a_file"])
+
+
+@pytest.mark.parametrize("setting,value", [("neighbours", 0), ("ef_search", -4),
+                                           ("ef_construction", 2.5), ("candidates", True)])
+def test_approximate_index_refuses_a_bad_setting_before_building(setting, value, tmp_path):
+    pytest.importorskip("faiss")
+    with pytest.raises(UserInputError, match=f"{setting} must be a positive integer"):
+        retrieval.ApproximateIndex(small_catalogue_vectors(), cache_dir=str(tmp_path),
+                                   **{setting: value})
+    assert not os.listdir(tmp_path)
+
+
+def test_recommend_approximate_command_saves_the_graph_and_takes_its_settings(
+        trained_two_tower_run, tmp_path, capsys):
+    """``recommend --approximate --ann_neighbours --ann_ef``: the first call saves the
+    graph under the run's item_index/, the second reads it and prints the same items; the
+    options without --approximate, or out of range, are refused naming them."""
+    pytest.importorskip("faiss")
+    from trainer import task
+
+    model_dir = str(shutil.copytree(trained_two_tower_run[0], tmp_path / "run"))
+    history = ItemIndex.load(model_dir).item_ids[:2]
+    command = ["recommend", "--model_dir", model_dir, "--history", ",".join(history),
+               "--k", "4", "--approximate", "--ann_neighbours", "8", "--ann_ef", "64"]
+    printed = []
+    for _ in range(2):
+        assert task.main(command) == 0
+        printed.append(capsys.readouterr().out)
+    graphs = [name for name in os.listdir(os.path.join(model_dir, "item_index"))
+              if name.endswith(".faiss")]
+    assert len(graphs) == 1 and graphs[0].startswith("hnsw-M8-efc200-flat-")
+    assert printed[0] == printed[1] and len(printed[0].strip().splitlines()) == 5
+    assert task.main(command[:-5] + ["--ann_ef", "64"]) == 2
+    assert "--approximate only" in capsys.readouterr().err
+    assert task.main(command[:-2] + ["--ann_ef", "0"]) == 2
+    assert "ef_search must be a positive integer" in capsys.readouterr().err
