@@ -9,8 +9,8 @@ interest_k`` against ``[item vector, item bias]``), so retrieval scores every it
 matrix products over all queries, a tile of items at a time (:func:`catalogue_scores`),
 and keeps the top k, excluding the items the user has already seen (:func:`top_k`). For
 large catalogues :class:`ApproximateIndex` (an HNSW graph built by faiss, searched under
-the user's own logit) proposes candidates for each user and rescores them exactly. The ``recommend``
-command is trainer/serving/recommend_lib.py.
+the user's own logit) proposes candidates for each user and rescores them exactly. The
+``recommend`` command is trainer/serving/recommend_lib.py.
 
 keras-rs' ``BruteForceRetrieval`` is not used: it scores one query vector by one dot
 product per candidate, while this model's logit adds the best match over the user's parts
