@@ -344,12 +344,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "recommend":
             from trainer.serving import recommend_lib
             history = [h.strip() for h in args.history.split(",") if h.strip()]
+            ann = {"neighbours": args.ann_neighbours, "ef_search": args.ann_ef}
+            ann = {name: value for name, value in ann.items() if value is not None}
+            if ann and not args.approximate:
+                raise UserInputError("--ann_neighbours / --ann_ef apply with --approximate "
+                                     "only")
             if args.pipeline:
                 if args.approximate:
                     raise UserInputError("--approximate applies to --model_dir only")
-                if args.ann_neighbours is not None or args.ann_ef is not None:
-                    raise UserInputError("--ann_neighbours / --ann_ef apply to --model_dir "
-                                         "with --approximate only")
                 pipeline = config_lib.load_pipeline(args.pipeline, args.overrides)
                 recommender = recommend_lib.RetrieveRerank(pipeline)
                 items = recommender.recommend([args.user_text], [history], k=args.k)[0]
@@ -362,14 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 if args.overrides:
                     raise UserInputError("--set applies to --pipeline only")
-                if not args.approximate and (args.ann_neighbours is not None
-                                             or args.ann_ef is not None):
-                    raise UserInputError("--ann_neighbours / --ann_ef apply with "
-                                         "--approximate only")
-                ann = {"neighbours": args.ann_neighbours, "ef_search": args.ann_ef}
-                recommender = recommend_lib.Recommender(
-                    args.model_dir, args.approximate,
-                    **{name: value for name, value in ann.items() if value is not None})
+                recommender = recommend_lib.Recommender(args.model_dir, args.approximate,
+                                                        **ann)
                 items = recommender.recommend([args.user_text], [history],
                                               k=10 if args.k is None else args.k)[0]
                 print("rank\titem_id\tclick_probability\tlogit")
