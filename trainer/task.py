@@ -136,11 +136,16 @@ def _parser() -> argparse.ArgumentParser:
                            "numba, pip install -e '.[ann]'), rescored exactly; for large "
                            "catalogues. The graph is saved under RUN/item_index/ and read "
                            "back by later calls")
+    # numpy and the error types only: the parser stays free of TensorFlow.
+    # pylint: disable-next=import-outside-toplevel
+    from trainer.serving.retrieval import ApproximateIndex
     recommend.add_argument("--ann_neighbours", type=int, default=None,
-                           help="--approximate: HNSW's M, the graph's degree (default 32; "
-                           "64 at a million items, docs/benchmarks.md)")
+                           help="--approximate: HNSW's M, the graph's degree (default "
+                           f"{ApproximateIndex.NEIGHBOURS}; 64 at a million items, "
+                           "docs/benchmarks.md)")
     recommend.add_argument("--ann_ef", type=int, default=None,
-                           help="--approximate: the search beam, efSearch (default 512)")
+                           help="--approximate: the search beam, efSearch (default "
+                           f"{ApproximateIndex.EF_SEARCH})")
     audit = sub.add_parser("audit", help="popularity bias, item-group exposure against "
                            "merit and user-group gaps of a trained run, beside the "
                            "popularity baseline (trainer/responsible/audit_lib.py); writes audit/")

@@ -53,8 +53,9 @@ class Recommender:
         at a million items, docs/benchmarks.md).
     """
 
-    def __init__(self, model_dir: str, approximate: bool = False, neighbours: int = 32,
-                 ef_search: int = 512):
+    def __init__(self, model_dir: str, approximate: bool = False,
+                 neighbours: int = retrieval.ApproximateIndex.NEIGHBOURS,
+                 ef_search: int = retrieval.ApproximateIndex.EF_SEARCH):
         self.run = run = runs.open_run(model_dir)
         if not run.kind.retrieves:
             raise UserInputError(

@@ -130,9 +130,13 @@ class ApproximateIndex:
 
     STORAGE = ("flat", "fp16", "sq8")
     SEARCHES = ("joint", "per_query")
+    # The defaults every caller shares (recommend_lib.Recommender's included).
+    NEIGHBOURS = 32
+    EF_SEARCH = 512
 
-    def __init__(self, vectors: np.ndarray, neighbours: int = 32, ef_construction: int = 200,
-                 ef_search: int = 512, candidates: int = 128, storage: str = "flat",
+    def __init__(self, vectors: np.ndarray, neighbours: int = NEIGHBOURS,
+                 ef_construction: int = 200, ef_search: int = EF_SEARCH,
+                 candidates: int = 128, storage: str = "flat",
                  search: str = "joint", cache_dir: str | None = None):
         try:
             import faiss  # pylint: disable=import-outside-toplevel  # optional extra
