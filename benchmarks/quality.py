@@ -152,7 +152,7 @@ import numpy as np
 from benchmarks import recbole_peer
 from trainer import config as config_lib
 from trainer.evaluation import metrics
-from trainer.errors import DataError, UserInputError
+from trainer.errors import ConfigError, DataError, UserInputError
 
 # TensorFlow (train_lib, datasets) is imported inside run(), after the arguments are checked,
 # so --help and usage errors answer at once.
@@ -857,7 +857,17 @@ def run(args, names: list, per_model: dict) -> dict:
     from trainer.data.prepared import PreparedData
     from trainer.io import atomic_write_text, write_json
 
-    base = _config(args, [])
+    try:
+        base = _config(args, [])
+        kinds.for_config(base)  # the kind's own checks, which data preparation runs
+    except ConfigError as error:
+        if not args.overrides:
+            raise
+        # The base config (the dataset's, its model.kind included) is checked before any
+        # row, so a --set meant for some rows (train.loss=full_softmax for sasrec) fails
+        # here on the base kind, which the user may not even be training.
+        raise ConfigError(f"{error}\n--set applies to the base config and to every row; set a "
+                          "key for one row with --set_for MODEL:KEY=VALUE") from error
     peer_rows = [name for name in names if name in recbole_peer.ROWS]
     # Made (or found) before any data is read, so a failed install costs nothing else.
     peer_python = recbole_peer.ensure_env(args.recbole_venv) if peer_rows else None

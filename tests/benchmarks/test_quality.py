@@ -392,6 +392,9 @@ def test_missing_data_dir_is_a_clean_error(tmp_path, capsys):
     (["--models", "two_tower,bert_rerank", "--rerank_candidates", "0"],
      "--rerank_candidates > 0"),
     (["--rerank_hard_negatives", "-1"], "must be >= 0"),
+    # Valid for the sasrec row, not for the base config's two_tower kind.
+    (["--config", TINY, "--models", "sasrec", "--set", "train.loss=full_softmax"],
+     "set a key for one row with --set_for MODEL:KEY=VALUE"),
 ])
 def test_bad_arguments_exit_2(tmp_path, capsys, extra, match):
     code = quality.main(["--data_dir", str(tmp_path), "--out", str(tmp_path / "o"), *extra])
