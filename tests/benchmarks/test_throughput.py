@@ -52,8 +52,8 @@ def test_windows_are_interleaved_and_rows_use_the_median():
 
 @pytest.mark.slow
 def test_a_micro_run_writes_the_documented_json(tmp_path, capsys):
-    # Without the XLA row (the same trainer with jit_compile=True; its tracing cost CI
-    # about 20 s) and with one scaling process (each is a fresh TensorFlow, about 24 s).
+    # Without the XLA row (the same trainer with jit_compile=True; its tracing took about
+    # 20 s on 2 cores) and with one scaling process (each a fresh TensorFlow, about 24 s).
     code = throughput.main(["--out", str(tmp_path), "--sizes", "tiny", "--rounds", "1",
                             "--window_scale", "0.05", "--examples", "200", "--no_xla",
                             "--scaling_examples", "48", "--scaling_factors", "2",
